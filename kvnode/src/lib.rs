@@ -1,0 +1,5 @@
+//! kvnode: a Raft-replicated key-value store node.
+//!
+//! Layout (see `../shared/STYLE.md`): `raft/` is the sans-IO consensus core; everything that
+//! touches disks, sockets or clocks lives outside it.
+pub mod raft;
