@@ -1,2 +1,349 @@
-//! The Raft core: a pure state machine. No I/O, no clock, no threads, no unseeded randomness.
+//! The Raft core: a pure state machine. No I/O, no clock, no threads, no unseeded randomness
+//! (see `../shared/STYLE.md` and `proto-docs/raft.md`).
+//!
+//! Drive it like this:
+//!
+//! ```text
+//! loop {
+//!     feed inputs:  tick() every tick; step(msg) per message; propose(); read_index()
+//!     if has_ready():
+//!         rd = ready()
+//!         1. send rd.messages now (they promise nothing about our disk)
+//!         2. persist rd.snapshot, rd.entries (truncating from entries[0].index), rd.hard_state
+//!         3. once that and every earlier Ready's writes are durable:
+//!              send rd.persisted_messages; on_persisted(rd.persist_mark)
+//!         4. install rd.snapshot into the state machine, then apply rd.committed_entries in
+//!            order; on_applied(last applied index)
+//!         5. serve rd.read_states once applied >= their index; fail rd.dropped_reads
+//! }
+//! ```
+
+pub mod config;
+pub mod log;
 pub mod message;
+pub mod progress;
+#[allow(clippy::module_inception)]
+pub mod raft;
+pub mod read_only;
+pub mod rng;
+
+use bytes::Bytes;
+
+pub use config::{Config, ConfigError};
+pub use message::{
+    Entry, EntryKind, HardState, Index, Membership, Message, MessageBody, NodeId, SnapshotMeta,
+    Term,
+};
+pub use raft::Role;
+pub use read_only::{ReadContext, ReadState};
+
+use self::log::RaftLog;
+use self::raft::Raft;
+
+/// Why a proposal was refused. None of these means the command was applied.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProposeError {
+    #[error("not the leader (leader hint: {leader_hint:?})")]
+    NotLeader { leader_hint: Option<NodeId> },
+    #[error("a leadership transfer is in progress")]
+    TransferInProgress,
+    #[error("entry of {bytes} bytes exceeds entry_bytes_max {max}")]
+    TooLarge { bytes: u64, max: u64 },
+    #[error("too many uncommitted bytes: back off and retry")]
+    Busy,
+}
+
+/// Why a ReadIndex request was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReadIndexError {
+    #[error("not the leader (leader hint: {leader_hint:?})")]
+    NotLeader { leader_hint: Option<NodeId> },
+    /// A new leader must commit an entry of its own term first (its no-op does so in one
+    /// round trip); retry shortly.
+    #[error("leader has not yet committed an entry in its term")]
+    NoCommitInTerm,
+    #[error("too many reads pending")]
+    Busy,
+}
+
+/// A message the core will not accept.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StepError {
+    #[error("message for node {to} delivered to node {id}")]
+    WrongRecipient { to: NodeId, id: NodeId },
+    #[error("message from node 0 or from ourselves")]
+    BadSender,
+}
+
+/// Volatile state worth reporting when it changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SoftState {
+    pub leader: NodeId,
+    pub role: Role,
+}
+
+/// Everything the caller must do after feeding inputs. Fields are listed in the order they must
+/// be acted on; each documents its rule.
+#[derive(Debug, Default)]
+pub struct Ready {
+    /// Changed role or leader, for metrics and for failing requests waiting on a lost leadership.
+    pub soft_state: Option<SoftState>,
+    /// May be sent immediately, before or while persisting: the leader's appends and heartbeats
+    /// (Raft thesis §10.2.1: a leader writes to its disk in parallel with its followers), and
+    /// messages that make no promise about durable state.
+    pub messages: Vec<Message>,
+    /// A snapshot received from the leader. Persist it first (it replaces the whole log), then
+    /// install it into the state machine before applying `committed_entries`.
+    pub snapshot: Option<SnapshotMeta>,
+    /// Entries to append durably. If `entries[0].index` is at or below the last index already
+    /// handed out, the log suffix from that index is truncated first (conflict repair).
+    pub entries: Vec<Entry>,
+    /// Term, vote and commit to persist, with or after `entries` in the same durable write.
+    pub hard_state: Option<HardState>,
+    /// Send only once this Ready's writes, and every earlier Ready's, are durable: votes and
+    /// append acknowledgements are promises about our disk.
+    pub persisted_messages: Vec<Message>,
+    /// Report with `on_persisted` once this Ready's writes are durable: the last log position
+    /// they cover.
+    pub persist_mark: (Index, Term),
+    /// Committed entries to apply in order. They may include entries of `entries`: a committed
+    /// entry is durable on a majority, so applying it before our own write finishes is safe.
+    pub committed_entries: Vec<Entry>,
+    /// Reads that are linearizable once the state machine has applied `index`.
+    pub read_states: Vec<ReadState>,
+    /// Reads that will never be confirmed (leadership lost): fail them, the client retries.
+    pub dropped_reads: Vec<ReadContext>,
+}
+
+impl Ready {
+    /// Whether anything must be written before `persisted_messages` may leave.
+    pub fn must_persist(&self) -> bool {
+        self.snapshot.is_some() || !self.entries.is_empty() || self.hard_state.is_some()
+    }
+}
+
+/// What a node had on disk when it (re)started.
+#[derive(Clone, Debug, Default)]
+pub struct Restored {
+    pub hard_state: HardState,
+    /// The snapshot the state machine was restored from; `Default` (index 0) for none.
+    pub snapshot: Option<SnapshotMeta>,
+    /// The entries after the snapshot, contiguous.
+    pub entries: Vec<Entry>,
+}
+
+/// A snapshot of the node's state for status displays and checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub id: NodeId,
+    pub role: Role,
+    pub term: Term,
+    pub vote: NodeId,
+    pub leader: NodeId,
+    pub commit_index: Index,
+    pub applied_index: Index,
+    pub first_index: Index,
+    pub last_index: Index,
+    pub last_term: Term,
+    pub stable_index: Index,
+    pub snapshot_index: Index,
+}
+
+/// The node's whole Raft state machine, with the bookkeeping that turns it into `Ready`s.
+#[derive(Debug)]
+pub struct RawNode {
+    raft: Raft,
+    previous_hard_state: HardState,
+    previous_soft_state: SoftState,
+}
+
+impl RawNode {
+    /// Builds a node from its durable state. `bootstrap` is the initial membership, used when no
+    /// snapshot carries one.
+    pub fn new(
+        config: Config,
+        bootstrap: Membership,
+        restored: Restored,
+        seed: u64,
+    ) -> Result<RawNode, ConfigError> {
+        config.validate()?;
+        let snapshot = restored.snapshot.unwrap_or_default();
+        let membership = if snapshot.last_index > 0 {
+            snapshot.membership.clone()
+        } else {
+            bootstrap
+        };
+        if membership.voters.is_empty() {
+            return Err(ConfigError::Invalid("membership has no voters"));
+        }
+        let hard_state = restored.hard_state;
+        let log = RaftLog::restore_from_storage(snapshot, restored.entries, hard_state.commit);
+        let raft = Raft::new(config, hard_state, log, membership, seed);
+        let previous_hard_state = raft.hard_state();
+        let previous_soft_state = SoftState {
+            leader: 0,
+            role: Role::Follower,
+        };
+        Ok(RawNode {
+            raft,
+            previous_hard_state,
+            previous_soft_state,
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.raft.id
+    }
+
+    pub fn tick(&mut self) {
+        self.raft.tick();
+    }
+
+    pub fn step(&mut self, message: Message) -> Result<(), StepError> {
+        if message.to != self.raft.id {
+            return Err(StepError::WrongRecipient {
+                to: message.to,
+                id: self.raft.id,
+            });
+        }
+        if message.from == 0 || message.from == self.raft.id {
+            return Err(StepError::BadSender);
+        }
+        self.raft.step(message);
+        Ok(())
+    }
+
+    /// Proposes one command; returns the (index, term) it will have if it commits. A command
+    /// is applied exactly when an entry with that index AND term is applied.
+    pub fn propose(&mut self, data: Bytes) -> Result<(Index, Term), ProposeError> {
+        self.raft.propose(vec![data])
+    }
+
+    /// Proposes several commands as consecutive entries in one append (batched proposals);
+    /// returns the index and term of the last one.
+    pub fn propose_batch(&mut self, commands: Vec<Bytes>) -> Result<(Index, Term), ProposeError> {
+        self.raft.propose(commands)
+    }
+
+    /// Asks for a linearizable read point; the answer arrives as a `ReadState` with `context`.
+    pub fn read_index(&mut self, context: ReadContext) -> Result<(), ReadIndexError> {
+        self.raft.read_index(context)
+    }
+
+    /// Starts an election now (tests, and operators forcing a campaign).
+    pub fn campaign(&mut self) {
+        if self.raft.role != Role::Leader {
+            self.raft.campaign(false);
+        }
+    }
+
+    pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), ProposeError> {
+        self.raft.transfer_leader(to)
+    }
+
+    pub fn report_snapshot(&mut self, to: NodeId, success: bool) {
+        self.raft.report_snapshot(to, success);
+    }
+
+    /// The caller took a durable snapshot at `meta.last_index` (at most the applied index):
+    /// drop the log up to it. Followers too far behind will be sent this snapshot.
+    pub fn compact(&mut self, meta: SnapshotMeta) {
+        self.raft.compact(meta);
+    }
+
+    pub fn has_ready(&self) -> bool {
+        let raft = &self.raft;
+        !raft.messages.is_empty()
+            || !raft.messages_after_persist.is_empty()
+            || raft.log.has_unstable()
+            || raft.log.has_committed_to_apply()
+            || !raft.read_states.is_empty()
+            || !raft.dropped_reads.is_empty()
+            || raft.pending_snapshot.is_some()
+            || raft.hard_state() != self.previous_hard_state
+            || self.soft_state() != self.previous_soft_state
+    }
+
+    fn soft_state(&self) -> SoftState {
+        SoftState {
+            leader: self.raft.leader,
+            role: self.raft.role,
+        }
+    }
+
+    pub fn ready(&mut self) -> Ready {
+        let raft = &mut self.raft;
+        let mut ready = Ready {
+            messages: std::mem::take(&mut raft.messages),
+            snapshot: raft.pending_snapshot.take(),
+            entries: raft.log.take_unstable(),
+            persisted_messages: std::mem::take(&mut raft.messages_after_persist),
+            committed_entries: raft.log.take_committed(raft.config.apply_batch_bytes_max),
+            read_states: std::mem::take(&mut raft.read_states),
+            dropped_reads: std::mem::take(&mut raft.dropped_reads),
+            ..Ready::default()
+        };
+        ready.persist_mark = (raft.log.last_index(), raft.log.last_term());
+        let hard_state = raft.hard_state();
+        if hard_state != self.previous_hard_state {
+            ready.hard_state = Some(hard_state);
+            self.previous_hard_state = hard_state;
+        }
+        let soft_state = self.soft_state();
+        if soft_state != self.previous_soft_state {
+            ready.soft_state = Some(soft_state);
+            self.previous_soft_state = soft_state;
+        }
+        ready
+    }
+
+    /// Everything handed out up to the Ready whose `persist_mark` was `(index, term)` is durable.
+    pub fn on_persisted(&mut self, mark: (Index, Term)) {
+        self.raft.on_persisted(mark.0, mark.1);
+    }
+
+    /// The state machine has applied every committed entry up to `index`.
+    pub fn on_applied(&mut self, index: Index) {
+        self.raft.log.applied_to(index);
+    }
+
+    pub fn status(&self) -> Status {
+        let raft = &self.raft;
+        Status {
+            id: raft.id,
+            role: raft.role,
+            term: raft.term,
+            vote: raft.vote,
+            leader: raft.leader,
+            commit_index: raft.log.committed,
+            applied_index: raft.log.applied,
+            first_index: raft.log.first_index(),
+            last_index: raft.log.last_index(),
+            last_term: raft.log.last_term(),
+            stable_index: raft.log.stable,
+            snapshot_index: raft.log.snapshot().last_index,
+        }
+    }
+
+    pub fn membership(&self) -> &Membership {
+        &self.raft.membership
+    }
+
+    /// The entries held in memory (the log after the snapshot). For checks and tests.
+    pub fn log_entries(&self) -> &[Entry] {
+        self.raft.log.entries()
+    }
+
+    pub fn log_term(&self, index: Index) -> Option<Term> {
+        self.raft.log.term(index)
+    }
+
+    /// Per-peer replication state, for status displays and tests: (peer, match, next, state).
+    pub fn progress(&self) -> Vec<(NodeId, Index, Index, String)> {
+        self.raft
+            .progress
+            .iter()
+            .map(|(&id, p)| (id, p.match_index, p.next_index, format!("{:?}", p.state)))
+            .collect()
+    }
+}
