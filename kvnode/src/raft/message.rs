@@ -15,7 +15,7 @@ pub type Term = u64;
 pub type Index = u64;
 
 /// What an entry carries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EntryKind {
     /// A client command: `data` goes to the state machine.
     Normal,

@@ -60,6 +60,12 @@ impl Inflights {
         }
     }
 
+    pub fn free_first(&mut self) {
+        if let Some((_, bytes)) = self.window.pop_front() {
+            self.bytes -= bytes;
+        }
+    }
+
     pub fn reset(&mut self) {
         self.window.clear();
         self.bytes = 0;

@@ -804,9 +804,15 @@ impl Raft {
     fn handle_heartbeat_response(&mut self, from: NodeId, read_round: u64) {
         if let Some(progress) = self.progress.get_mut(&from) {
             progress.probe_sent = false;
+            // Appends (or their answers) may have been lost: free one slot of a full window so
+            // that one more append goes out. If it leaves a gap the follower rejects it and we
+            // fall back to probing; if only answers were lost it is acknowledged in full.
+            if progress.state == ProgressState::Replicate && progress.inflights.full() {
+                progress.inflights.free_first();
+            }
             let behind = progress.match_index < self.log.last_index();
             if behind {
-                self.send_append(from, false);
+                self.send_append(from, true);
             }
         }
         if read_round > 0 && self.read_only.pending_count() > 0 {
