@@ -34,6 +34,7 @@ fn sim_seeds_with_faults_keep_every_invariant() {
     let mut crashes = 0;
     let mut writes = 0;
     let mut reads = 0;
+    let mut elections = 0;
     for seed in first..first + count {
         match run_seed(seed) {
             Ok(stats) => {
@@ -41,6 +42,7 @@ fn sim_seeds_with_faults_keep_every_invariant() {
                 crashes += stats.crashes;
                 writes += stats.writes_acked;
                 reads += stats.reads_ok;
+                elections += stats.elections;
             }
             Err(violation) => {
                 eprintln!("FAILED {violation}");
@@ -49,7 +51,8 @@ fn sim_seeds_with_faults_keep_every_invariant() {
         }
     }
     eprintln!(
-        "{count} seeds: {events} events, {crashes} crashes, {writes} writes acked, {reads} reads"
+        "{count} seeds: {events} events, {crashes} crashes, {elections} elections, \
+         {writes} writes acked, {reads} reads"
     );
     // Faults must actually happen, or the run proves little.
     assert!(crashes > count / 4, "too few crashes: {crashes}");

@@ -48,28 +48,51 @@ pub struct SimConfig {
     pub snapshot_entries: u64,
     pub pre_vote: bool,
     pub check_quorum: bool,
+    /// Entry bytes per append message: small values split appends, so followers acknowledge a
+    /// prefix of a new leader's log before its no-op (the Figure 8 window).
+    pub append_batch_bytes_max: u64,
+    /// Share of crashes and isolations aimed at the current leader.
+    pub target_leader_per_million: u64,
+    /// Chance that a node that just won an election crashes a few units later (while its
+    /// first appends are in flight).
+    pub crash_new_leader_per_million: u64,
 }
 
 impl SimConfig {
     pub fn from_seed(seed: u64) -> SimConfig {
         let mut rng = Rng::new(seed ^ 0x5EED_0F_C0FF_EE);
-        SimConfig {
+        let mut config = SimConfig {
             seed,
             nodes: if rng.chance(300_000) { 5 } else { 3 },
-            fault_ticks: rng.between(150, 400),
-            liveness_ticks_max: 400,
+            fault_ticks: rng.between(300, 1000),
+            liveness_ticks_max: 300,
             loss_per_million: rng.between(0, 150_000),
             duplicate_per_million: rng.between(0, 50_000),
             delay_units_max: rng.between(2, 2 * TICK_UNITS),
             persist_units_max: rng.between(1, TICK_UNITS),
-            crash_per_million: rng.between(0, 3_000),
-            restart_per_million: rng.between(2_000, 20_000),
-            partition_per_million: rng.between(0, 4_000),
+            crash_per_million: rng.between(0, 8_000),
+            restart_per_million: rng.between(2_000, 30_000),
+            partition_per_million: rng.between(0, 8_000),
             client_per_million: rng.between(50_000, 400_000),
             snapshot_entries: rng.between(8, 64),
             pre_vote: rng.chance(800_000),
             check_quorum: rng.chance(800_000),
+            append_batch_bytes_max: rng.between(30, 400),
+            target_leader_per_million: rng.between(0, 800_000),
+            crash_new_leader_per_million: rng.between(0, 300_000),
+        };
+        // One seed in three is an election storm: leaders die soon after winning, messages
+        // carry one entry each and many are lost. This is the weather in which old-term entries
+        // get replicated to a majority by a short-lived leader (Raft paper, Figure 8).
+        if rng.chance(333_333) {
+            config.nodes = if rng.chance(500_000) { 5 } else { 3 };
+            config.append_batch_bytes_max = rng.between(30, 60);
+            config.crash_new_leader_per_million = rng.between(500_000, 1_000_000);
+            config.loss_per_million = rng.between(50_000, 250_000);
+            config.restart_per_million = rng.between(20_000, 60_000);
+            config.client_per_million = rng.between(200_000, 600_000);
         }
+        config
     }
 }
 
@@ -87,6 +110,10 @@ enum Event {
         leader: usize,
         to: NodeId,
         success: bool,
+    },
+    Crash {
+        node: usize,
+        epoch: u64,
     },
 }
 
@@ -159,7 +186,8 @@ struct Node {
     raw: Option<RawNode>,
     disk: Disk,
     pending: VecDeque<PendingWrite>,
-    persist_scheduled: bool,
+    /// Writes in the group commit under way (a prefix of `pending`); 0 when idle.
+    persist_in_flight: usize,
     /// Incremented at every crash, so events scheduled before it are ignored.
     epoch: u64,
     sm: StateMachine,
@@ -235,7 +263,7 @@ impl Sim {
                 raw: None,
                 disk: Disk::default(),
                 pending: VecDeque::new(),
-                persist_scheduled: false,
+                persist_in_flight: 0,
                 epoch: 0,
                 sm: StateMachine::default(),
                 received_snapshot: None,
@@ -272,7 +300,7 @@ impl Sim {
         config.check_quorum = self.config.check_quorum;
         config.election_timeout_ticks = 10;
         config.heartbeat_interval_ticks = 2;
-        config.append_batch_bytes_max = 256;
+        config.append_batch_bytes_max = self.config.append_batch_bytes_max;
         config.inflight_messages_max = 4;
         config.inflight_bytes_max = 1024;
         config
@@ -313,13 +341,21 @@ impl Sim {
     }
 
     /// Runs the whole scenario: faults, then healing and the liveness check.
+    fn fault_end(&self) -> u64 {
+        self.config.fault_ticks * TICK_UNITS
+    }
+
     pub fn run(&mut self) -> Result<SimStats, Violation> {
-        let fault_end = self.config.fault_ticks * TICK_UNITS;
+        let fault_end = self.fault_end();
         while self.now < fault_end {
             self.step_time(true)?;
         }
         self.heal_all();
-        let deadline = self.now + self.config.liveness_ticks_max * TICK_UNITS;
+        // Converging takes longer when more log is left to replicate: the bound grows by a tick
+        // per entry of backlog (appends in the slowest configurations carry one entry each).
+        let backlog = self.backlog_entries();
+        let liveness_ticks = self.config.liveness_ticks_max + backlog;
+        let deadline = self.now + liveness_ticks * TICK_UNITS;
         while self.now < deadline {
             self.step_time(false)?;
             if self.now % TICK_UNITS == 0 && self.converged() {
@@ -330,7 +366,7 @@ impl Sim {
         }
         Err(self.violation(format!(
             "liveness: no convergence within {} ticks after the faults stopped; {}",
-            self.config.liveness_ticks_max,
+            liveness_ticks,
             self.describe_nodes()
         )))
     }
@@ -387,6 +423,12 @@ impl Sim {
                     raw.report_snapshot(to, success);
                 }
                 self.process_ready(leader)
+            }
+            Event::Crash { node, epoch } => {
+                if self.nodes[node].epoch == epoch && self.now < self.fault_end() {
+                    self.crash(node);
+                }
+                Ok(())
             }
         }
     }
@@ -467,21 +509,26 @@ impl Sim {
         }
     }
 
+    /// A group commit finished: every write queued when it started is durable now.
     fn persist_done(&mut self, index: usize, epoch: u64) -> Result<(), Violation> {
         let node = &mut self.nodes[index];
         if node.epoch != epoch {
             return Ok(());
         }
-        node.persist_scheduled = false;
-        let Some(write) = node.pending.pop_front() else {
-            return Ok(());
-        };
-        node.disk.write(&write);
-        if let Some(raw) = node.raw.as_mut() {
-            raw.on_persisted(write.mark);
+        let batch: Vec<PendingWrite> = node.pending.drain(..node.persist_in_flight).collect();
+        node.persist_in_flight = 0;
+        let mut mark = None;
+        for write in &batch {
+            node.disk.write(write);
+            mark = Some(write.mark);
         }
-        for message in write.persisted_messages {
-            self.send(message, index);
+        if let (Some(raw), Some(mark)) = (node.raw.as_mut(), mark) {
+            raw.on_persisted(mark);
+        }
+        for write in batch {
+            for message in write.persisted_messages {
+                self.send(message, index);
+            }
         }
         self.schedule_persist(index);
         self.checker
@@ -492,11 +539,11 @@ impl Sim {
 
     fn schedule_persist(&mut self, index: usize) {
         let node = &self.nodes[index];
-        if node.persist_scheduled || node.pending.is_empty() {
+        if node.persist_in_flight > 0 || node.pending.is_empty() {
             return;
         }
         let epoch = node.epoch;
-        self.nodes[index].persist_scheduled = true;
+        self.nodes[index].persist_in_flight = self.nodes[index].pending.len();
         let delay = self.rng.between(1, self.config.persist_units_max);
         self.schedule(delay, Event::PersistDone { node: index, epoch });
     }
@@ -520,6 +567,11 @@ impl Sim {
             if soft.role == Role::Leader {
                 self.stats.elections += 1;
                 self.check_new_leader(index)?;
+                if self.rng.chance(self.config.crash_new_leader_per_million) {
+                    let delay = self.rng.between(1, 3 * TICK_UNITS);
+                    let epoch = self.nodes[index].epoch;
+                    self.schedule(delay, Event::Crash { node: index, epoch });
+                }
             }
         }
         for message in std::mem::take(&mut ready.messages) {
@@ -717,7 +769,7 @@ impl Sim {
 
     fn maybe_fault(&mut self) -> Result<(), Violation> {
         if self.rng.chance(self.config.crash_per_million) {
-            let index = self.rng.below(self.nodes.len() as u64) as usize;
+            let index = self.pick_target();
             self.crash(index);
         }
         if self.rng.chance(self.config.restart_per_million) {
@@ -735,6 +787,21 @@ impl Sim {
         Ok(())
     }
 
+    /// A node to strike: the leader with probability `target_leader_per_million`, else any.
+    fn pick_target(&mut self) -> usize {
+        if self.rng.chance(self.config.target_leader_per_million) {
+            let leader = self.nodes.iter().position(|n| {
+                n.raw
+                    .as_ref()
+                    .is_some_and(|r| r.status().role == Role::Leader)
+            });
+            if let Some(leader) = leader {
+                return leader;
+            }
+        }
+        self.rng.below(self.nodes.len() as u64) as usize
+    }
+
     fn crash(&mut self, index: usize) {
         if self.nodes[index].raw.is_none() {
             return;
@@ -750,7 +817,7 @@ impl Sim {
         }
         node.raw = None;
         node.epoch += 1;
-        node.persist_scheduled = false;
+        node.persist_in_flight = 0;
         node.received_snapshot = None;
         node.sm = StateMachine::default();
         // The clients of this node see no answer: their outcome is unknown.
@@ -783,8 +850,8 @@ impl Sim {
                 }
             }
             2 => {
-                // One node isolated.
-                let lonely = self.rng.below(n as u64) as usize;
+                // One node isolated (often the leader).
+                let lonely = self.pick_target();
                 for other in 0..n {
                     self.blocked[lonely][other] = other != lonely;
                     self.blocked[other][lonely] = other != lonely;
@@ -817,7 +884,20 @@ impl Sim {
     }
 
     fn client_op(&mut self) -> Result<(), Violation> {
-        let index = self.rng.below(self.nodes.len() as u64) as usize;
+        // Clients mostly reach a node that believes it leads (real clients follow leader
+        // hints); the rest land anywhere, stale leaders included.
+        let index = if self.rng.chance(700_000) {
+            self.nodes
+                .iter()
+                .position(|n| {
+                    n.raw
+                        .as_ref()
+                        .is_some_and(|r| r.status().role == Role::Leader)
+                })
+                .unwrap_or(0)
+        } else {
+            self.rng.below(self.nodes.len() as u64) as usize
+        };
         let key = self.rng.below(3) as u8;
         let is_write = self.rng.chance(600_000);
         let now = self.now;
@@ -879,6 +959,21 @@ impl Sim {
                 && n.sm.applied_index == status.last_index
                 && n.pending.is_empty()
         })
+    }
+
+    fn backlog_entries(&self) -> u64 {
+        let last = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.raw.as_ref())
+            .map(|r| r.status().last_index);
+        let applied = self
+            .nodes
+            .iter()
+            .map(|n| n.sm.applied_index)
+            .min()
+            .unwrap_or(0);
+        last.max().unwrap_or(0).saturating_sub(applied)
     }
 
     fn max_commit(&self) -> Index {
