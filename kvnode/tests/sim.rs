@@ -1,6 +1,6 @@
 //! The deterministic simulation, many seeds with faults.
 //!
-//! - `cargo test -p kvnode --test sim` runs `SIM_SEEDS` seeds (default 500) from `SIM_FIRST`
+//! - `cargo test -p kvnode --test sim` runs `SIM_SEEDS` seeds (default 2000) from `SIM_FIRST`
 //!   (default 0).
 //! - `SIM_SEED=<n> cargo test -p kvnode --test sim` replays one seed and prints its trace tail.
 
@@ -28,7 +28,7 @@ fn sim_seeds_with_faults_keep_every_invariant() {
         return;
     }
     let first = env_u64("SIM_FIRST").unwrap_or(0);
-    let count = env_u64("SIM_SEEDS").unwrap_or(500);
+    let count = env_u64("SIM_SEEDS").unwrap_or(2000);
     let mut failures = Vec::new();
     let mut events = 0;
     let mut crashes = 0;

@@ -56,6 +56,9 @@ pub struct SimConfig {
     /// Chance that a node that just won an election crashes a few units later (while its
     /// first appends are in flight).
     pub crash_new_leader_per_million: u64,
+    /// Chance that a node is killed while a write of its term or vote is in flight, and
+    /// restarted shortly after: the window in which an unsynced vote is lost.
+    pub crash_during_vote_per_million: u64,
 }
 
 impl SimConfig {
@@ -80,17 +83,19 @@ impl SimConfig {
             append_batch_bytes_max: rng.between(30, 400),
             target_leader_per_million: rng.between(0, 800_000),
             crash_new_leader_per_million: rng.between(0, 300_000),
+            crash_during_vote_per_million: rng.between(0, 100_000),
         };
         // One seed in three is an election storm: leaders die soon after winning, messages
         // carry one entry each and many are lost. This is the weather in which old-term entries
         // get replicated to a majority by a short-lived leader (Raft paper, Figure 8).
         if rng.chance(333_333) {
-            config.nodes = if rng.chance(500_000) { 5 } else { 3 };
+            config.nodes = 5;
             config.append_batch_bytes_max = rng.between(30, 60);
             config.crash_new_leader_per_million = rng.between(500_000, 1_000_000);
             config.loss_per_million = rng.between(50_000, 250_000);
             config.restart_per_million = rng.between(20_000, 60_000);
             config.client_per_million = rng.between(200_000, 600_000);
+            config.crash_during_vote_per_million = rng.between(100_000, 500_000);
         }
         config
     }
@@ -114,6 +119,11 @@ enum Event {
     Crash {
         node: usize,
         epoch: u64,
+        /// Restart the node this many units after the crash (kill -9 under a supervisor).
+        restart_after: Option<u64>,
+    },
+    Restart {
+        node: usize,
     },
 }
 
@@ -424,9 +434,22 @@ impl Sim {
                 }
                 self.process_ready(leader)
             }
-            Event::Crash { node, epoch } => {
+            Event::Crash {
+                node,
+                epoch,
+                restart_after,
+            } => {
                 if self.nodes[node].epoch == epoch && self.now < self.fault_end() {
                     self.crash(node);
+                    if let Some(delay) = restart_after {
+                        self.schedule(delay, Event::Restart { node });
+                    }
+                }
+                Ok(())
+            }
+            Event::Restart { node } => {
+                if self.nodes[node].raw.is_none() {
+                    self.restart(node)?;
                 }
                 Ok(())
             }
@@ -570,7 +593,12 @@ impl Sim {
                 if self.rng.chance(self.config.crash_new_leader_per_million) {
                     let delay = self.rng.between(1, 3 * TICK_UNITS);
                     let epoch = self.nodes[index].epoch;
-                    self.schedule(delay, Event::Crash { node: index, epoch });
+                    let crash = Event::Crash {
+                        node: index,
+                        epoch,
+                        restart_after: None,
+                    };
+                    self.schedule(delay, crash);
                 }
             }
         }
@@ -595,8 +623,25 @@ impl Sim {
                 persisted_messages: std::mem::take(&mut ready.persisted_messages),
                 mark: ready.persist_mark,
             };
+            let vote_changes = write.hard_state.is_some_and(|h| {
+                let disk = self.nodes[index].disk.hard_state;
+                h.term != disk.term || h.vote != disk.vote
+            });
             self.nodes[index].pending.push_back(write);
             self.schedule_persist(index);
+            if vote_changes && self.rng.chance(self.config.crash_during_vote_per_million) {
+                let delay = self.rng.between(0, self.config.persist_units_max);
+                let restart_after = Some(self.rng.between(1, 2 * TICK_UNITS));
+                let epoch = self.nodes[index].epoch;
+                self.schedule(
+                    delay,
+                    Event::Crash {
+                        node: index,
+                        epoch,
+                        restart_after,
+                    },
+                );
+            }
         }
         if let Some(hard_state) = ready.hard_state {
             let raw = self.nodes[index].raw.as_ref();
