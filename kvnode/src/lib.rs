@@ -2,4 +2,5 @@
 //!
 //! Layout (see `../shared/STYLE.md`): `raft/` is the sans-IO consensus core; everything that
 //! touches disks, sockets or clocks lives outside it.
+pub mod kv;
 pub mod raft;
