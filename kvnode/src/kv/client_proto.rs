@@ -168,3 +168,105 @@ fn check_frame_size(bytes: usize) -> Result<(), ProtoError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::limits::VALUE_BYTES_MAX;
+    use crate::kv::ops::KeyResult;
+
+    fn request(kind: RequestKind) -> ClientRequest {
+        ClientRequest {
+            client_id: 42,
+            seq: 7,
+            kind,
+        }
+    }
+
+    #[test]
+    fn requests_and_responses_round_trip() {
+        let requests = [
+            request(RequestKind::Read {
+                op: Op::get("k"),
+                stale: true,
+            }),
+            request(RequestKind::Write {
+                op: Op::Txn(vec![]),
+            }),
+            request(RequestKind::Status),
+        ];
+        for sent in requests {
+            let frame = encode_request(&sent).unwrap();
+            assert_eq!(decode_request(&frame), Ok(sent));
+        }
+        let status = NodeStatus {
+            id: 2,
+            role: NodeRole::Leader,
+            term: 3,
+            commit_index: 10,
+            applied_index: 9,
+            leader: Some(2),
+        };
+        let responses = [
+            ClientResponse::Ok(OpResult::Key(KeyResult::Put { existed: true })),
+            ClientResponse::Status(status),
+            ClientResponse::Err(ClientError::NotLeader {
+                leader_hint: Some(3),
+            }),
+            ClientResponse::Err(ClientError::TooLarge {
+                what: "value".into(),
+                bytes: 9,
+                max: 8,
+            }),
+        ];
+        for sent in responses {
+            let frame = encode_response(&sent).unwrap();
+            assert_eq!(decode_response(&frame), Ok(sent));
+        }
+    }
+
+    #[test]
+    fn validate_refuses_writes_in_reads_and_oversize_values() {
+        let write_in_read = request(RequestKind::Read {
+            op: Op::put("k", "v"),
+            stale: false,
+        });
+        assert!(matches!(
+            write_in_read.validate(),
+            Err(ClientError::BadRequest(_))
+        ));
+        let value = vec![0u8; VALUE_BYTES_MAX + 1];
+        let oversize = request(RequestKind::Write {
+            op: Op::put("k", value),
+        });
+        let Err(ClientError::TooLarge { what, bytes, max }) = oversize.validate() else {
+            panic!("expected TooLarge")
+        };
+        assert_eq!(
+            (what.as_str(), bytes, max),
+            ("value", VALUE_BYTES_MAX as u64 + 1, VALUE_BYTES_MAX as u64)
+        );
+        assert_eq!(request(RequestKind::Status).validate(), Ok(()));
+    }
+
+    #[test]
+    fn oversize_and_garbage_frames_are_errors() {
+        let frame = vec![0u8; CLIENT_FRAME_BYTES_MAX + 1];
+        assert!(matches!(
+            decode_request(&frame),
+            Err(ProtoError::TooLarge { .. })
+        ));
+        // A claimed length far beyond the frame limit must fail without allocating it.
+        let huge_length = [
+            0u8, 42, 7, 1, 0, 0, 0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+        ];
+        assert!(decode_request(&huge_length).is_err());
+        assert!(matches!(
+            decode_response(&[0xff]),
+            Err(ProtoError::Decode(_))
+        ));
+        let mut frame = encode_request(&request(RequestKind::Status)).unwrap();
+        frame.push(0);
+        assert_eq!(decode_request(&frame), Err(ProtoError::TrailingBytes(1)));
+    }
+}
