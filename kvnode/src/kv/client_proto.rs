@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::limits::CLIENT_FRAME_BYTES_MAX;
 use super::ops::{Op, OpError, OpResult};
+use super::state::ApplyOutcome;
 use super::{Index, NodeId, Term};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +91,21 @@ impl From<OpError> for ClientError {
                 max,
             },
             OpError::BadRequest(reason) => ClientError::BadRequest(reason),
+        }
+    }
+}
+
+impl From<ApplyOutcome> for ClientResponse {
+    /// The answer to the client whose write produced `outcome`.
+    fn from(outcome: ApplyOutcome) -> ClientResponse {
+        match outcome {
+            ApplyOutcome::Applied { result, .. } | ApplyOutcome::Duplicate { result, .. } => {
+                ClientResponse::Ok(result)
+            }
+            ApplyOutcome::Stale { .. } => ClientResponse::Err(ClientError::Stale),
+            ApplyOutcome::Rejected { error, .. } => {
+                ClientResponse::Err(ClientError::BadRequest(error.to_string()))
+            }
         }
     }
 }
@@ -247,6 +263,27 @@ mod tests {
             ("value", VALUE_BYTES_MAX as u64 + 1, VALUE_BYTES_MAX as u64)
         );
         assert_eq!(request(RequestKind::Status).validate(), Ok(()));
+    }
+
+    #[test]
+    fn apply_outcomes_map_to_responses() {
+        let result = OpResult::Key(KeyResult::Append { length: 1 });
+        let duplicate = ApplyOutcome::Duplicate {
+            client_id: 1,
+            seq: 2,
+            result: result.clone(),
+        };
+        assert_eq!(duplicate.client(), Some((1, 2)));
+        assert_eq!(ClientResponse::from(duplicate), ClientResponse::Ok(result));
+        let stale = ApplyOutcome::Stale {
+            client_id: 1,
+            seq: 1,
+            last_seq: 2,
+        };
+        assert_eq!(
+            ClientResponse::from(stale),
+            ClientResponse::Err(ClientError::Stale)
+        );
     }
 
     #[test]

@@ -48,6 +48,18 @@ pub enum ApplyOutcome {
     },
 }
 
+impl ApplyOutcome {
+    /// `(client_id, seq)` of the command, if the entry decoded.
+    pub fn client(&self) -> Option<(u64, u64)> {
+        match self {
+            ApplyOutcome::Applied { client_id, seq, .. }
+            | ApplyOutcome::Duplicate { client_id, seq, .. }
+            | ApplyOutcome::Stale { client_id, seq, .. } => Some((*client_id, *seq)),
+            ApplyOutcome::Rejected { client, .. } => *client,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum KvError {
     #[error("snapshot decode failed at byte {offset}: {reason}")]
