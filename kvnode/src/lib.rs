@@ -3,3 +3,4 @@
 //! Layout (see `../shared/STYLE.md`): `raft/` is the sans-IO consensus core; everything that
 //! touches disks, sockets or clocks lives outside it.
 pub mod raft;
+pub mod transport;
