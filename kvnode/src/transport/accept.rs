@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, BufReader};
 use tokio::sync::oneshot;
+use tokio::task::JoinSet;
 
 use super::codec::{self, CodecError};
 use super::stats::TransportStats;
@@ -21,10 +22,23 @@ use crate::raft::message::{Message, NodeId};
 /// Read buffer of a raft stream: large enough that a burst of small frames is one read.
 const RAFT_READ_BUFFER_BYTES: usize = 64 << 10;
 
+/// Accepts until the endpoint closes, then waits for every connection task to end (they end
+/// once their connection is closed), so that `Transport::shutdown` returns with nothing left.
 pub(crate) async fn run(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
-    while let Some(incoming) = endpoint.accept().await {
-        tokio::spawn(handle_incoming(shared.clone(), incoming));
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => {
+                    connections.spawn(handle_incoming(shared.clone(), incoming));
+                }
+                None => break,
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
     }
+    drop(endpoint);
+    while connections.join_next().await.is_some() {}
 }
 
 /// Who is on the other end of an accepted, greeted connection.
@@ -142,20 +156,27 @@ fn check_claim(
 }
 
 async fn serve_connection(shared: Arc<Shared>, connection: quinn::Connection, caller: Caller) {
-    loop {
+    let mut streams = JoinSet::new();
+    let closed = loop {
         tokio::select! {
             bi = connection.accept_bi() => match bi {
                 Ok((send, recv)) => {
-                    tokio::spawn(serve_bi(shared.clone(), send, recv, caller.clone()));
+                    streams.spawn(serve_bi(shared.clone(), send, recv, caller.clone()));
                 }
-                Err(e) => return tracing::debug!(identity = ?caller.identity, "closed: {e}"),
+                Err(e) => break e,
             },
             uni = connection.accept_uni() => match uni {
-                Ok(recv) => { tokio::spawn(serve_uni(shared.clone(), recv, caller.clone())); }
-                Err(e) => return tracing::debug!(identity = ?caller.identity, "closed: {e}"),
+                Ok(recv) => {
+                    streams.spawn(serve_uni(shared.clone(), recv, caller.clone()));
+                }
+                Err(e) => break e,
             },
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
         }
-    }
+    };
+    tracing::debug!(identity = ?caller.identity, "connection closed: {closed}");
+    // Stream tasks fail fast on a closed connection; wait so none outlives the transport.
+    while streams.join_next().await.is_some() {}
 }
 
 /// Counts a frame error and returns the stream code to refuse the stream with (`None`: the

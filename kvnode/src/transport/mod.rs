@@ -61,6 +61,8 @@ pub const RECONNECT_BACKOFF_MS_MIN: u64 = 20;
 pub const RECONNECT_BACKOFF_MS_MAX: u64 = 1_000;
 /// How long `shutdown` waits for queued messages to be written and connections to close.
 pub const SHUTDOWN_FLUSH_MS_MAX: u64 = 1_000;
+/// Scheduler turns `shutdown` gives quinn's endpoint driver to notice it is unreferenced.
+const ENDPOINT_DRIVER_YIELDS: usize = 4;
 /// Unidirectional streams a peer may open at once (one raft stream is used; slack for a
 /// reconnect racing the old stream's end).
 const UNI_STREAMS_MAX: u32 = 8;
@@ -242,6 +244,7 @@ pub struct Transport {
     endpoint: quinn::Endpoint,
     shutdown_tx: watch::Sender<bool>,
     peer_tasks: Vec<JoinHandle<()>>,
+    accept_task: Option<JoinHandle<()>>,
 }
 
 fn validate_peers(cfg: &TransportConfig) -> Result<(), TransportError> {
@@ -305,7 +308,7 @@ impl Transport {
             snapshot_dir: cfg.snapshot_dir,
             shutdown: shutdown_rx,
         });
-        tokio::spawn(accept::run(shared.clone(), endpoint.clone()));
+        let accept_task = Some(tokio::spawn(accept::run(shared.clone(), endpoint.clone())));
         let peer_tasks = shared
             .peers
             .values()
@@ -316,6 +319,7 @@ impl Transport {
             endpoint,
             shutdown_tx,
             peer_tasks,
+            accept_task,
         };
         Ok((transport, inbound_rx))
     }
@@ -354,20 +358,37 @@ impl Transport {
         tokio::spawn(snapshot::send(self.shared.clone(), to, meta, path));
     }
 
-    /// Stops accepting, lets each peer task write what is queued (bounded by
-    /// `SHUTDOWN_FLUSH_MS_MAX`), then closes every connection and waits for the endpoint.
+    /// Lets each peer task write what is queued, then closes every connection and waits for
+    /// the connection tasks and the endpoint. Each wait is bounded by `SHUTDOWN_FLUSH_MS_MAX`;
+    /// what is still running then is aborted. quinn releases the UDP port only once closed
+    /// connections have drained (3 PTOs: up to a few seconds for a dial that never completed),
+    /// so an in-process restart on the same port may briefly see `AddrInUse`.
     pub async fn shutdown(mut self) {
         let flush = Duration::from_millis(SHUTDOWN_FLUSH_MS_MAX);
         self.shutdown_tx.send_replace(true);
         let deadline = tokio::time::Instant::now() + flush;
         for task in self.peer_tasks.drain(..) {
+            let abort = task.abort_handle();
             if tokio::time::timeout_at(deadline, task).await.is_err() {
-                tracing::warn!("peer task did not flush before shutdown deadline");
+                tracing::warn!("peer task did not flush before the shutdown deadline");
+                abort.abort();
             }
         }
         self.endpoint
             .close(wire::CLOSE_SHUTDOWN.into(), b"shutdown");
+        if let Some(task) = self.accept_task.take() {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(flush, task).await.is_err() {
+                abort.abort();
+            }
+        }
         let _ = tokio::time::timeout(flush, self.endpoint.wait_idle()).await;
+        drop(self);
+        // Dropping the last endpoint handle wakes quinn's endpoint driver, which then ends and
+        // closes the socket; let it run before returning so the port is free.
+        for _ in 0..ENDPOINT_DRIVER_YIELDS {
+            tokio::task::yield_now().await;
+        }
     }
 }
 
@@ -376,7 +397,7 @@ impl Drop for Transport {
         self.shutdown_tx.send_replace(true);
         self.endpoint
             .close(wire::CLOSE_SHUTDOWN.into(), b"shutdown");
-        for task in &self.peer_tasks {
+        for task in self.peer_tasks.iter().chain(&self.accept_task) {
             task.abort();
         }
     }

@@ -85,7 +85,11 @@ pub(crate) async fn run(shared: Arc<Shared>, endpoint: quinn::Endpoint, handle: 
     let mut shutdown = shared.shutdown.clone();
     let mut backoff_ms = limits.reconnect_backoff_ms_min;
     while !*shutdown.borrow() {
-        match dial(&shared, &endpoint, &handle.peer).await {
+        let dialed = tokio::select! {
+            dialed = dial(&shared, &endpoint, &handle.peer) => dialed,
+            _ = shutdown.changed() => return,
+        };
+        match dialed {
             Ok((connection, stream)) => {
                 backoff_ms = limits.reconnect_backoff_ms_min;
                 handle.connection.send_replace(Some(connection.clone()));
