@@ -1,6 +1,9 @@
 //! Transport over real QUIC on 127.0.0.1 with real certificates and files. Every test runs on
 //! tokio's current-thread runtime, as the node does.
 
+// Test helpers outside `#[test]` functions: a failed setup step should simply panic.
+#![allow(clippy::unwrap_used)]
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;

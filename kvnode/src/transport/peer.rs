@@ -17,6 +17,9 @@ use super::stats::TransportStats;
 use super::wire::{self, Hello};
 use super::{Peer, Shared, TransportLimits, SHUTDOWN_FLUSH_MS_MAX};
 
+/// quinn sends higher-priority streams first; snapshot streams keep the default 0.
+const RAFT_STREAM_PRIORITY: i32 = 1;
+
 #[derive(Default)]
 struct PeerQueue {
     frames: Vec<Bytes>,
@@ -127,6 +130,8 @@ async fn dial(
     let (connection, _reply) =
         client::dial(endpoint, config, peer.addr, &peer.name, &hello, timeout).await?;
     let mut stream = connection.open_uni().await?;
+    // Heartbeats and votes must not queue behind a snapshot's megabytes on the same connection.
+    let _ = stream.set_priority(RAFT_STREAM_PRIORITY);
     stream.write_all(&[wire::STREAM_TAG_RAFT]).await?;
     Ok((connection, stream))
 }
