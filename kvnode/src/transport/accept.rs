@@ -99,7 +99,7 @@ async fn greet(
         .await
         .map_err(|_| "no hello in time".to_string())?
         .map_err(|e| format!("no hello: {e}"))?;
-    let hello = tokio::time::timeout(timeout, read_hello(shared, &mut recv))
+    let hello = tokio::time::timeout(timeout, read_hello(&mut recv))
         .await
         .map_err(|_| "no hello in time".to_string())??;
     let node_id = check_claim(shared, &identity, &hello)?;
@@ -107,8 +107,7 @@ async fn greet(
         version: wire::PROTOCOL_VERSION,
         name: shared.self_name.clone(),
     };
-    let frame =
-        codec::encode_frame(&reply, shared.limits.frame_bytes_max).map_err(|e| e.to_string())?;
+    let frame = codec::encode_frame(&reply, wire::HELLO_BYTES_MAX).map_err(|e| e.to_string())?;
     send.write_all(&frame)
         .await
         .map_err(|e| format!("hello reply: {e}"))?;
@@ -116,12 +115,12 @@ async fn greet(
     Ok(Caller { identity, node_id })
 }
 
-async fn read_hello(shared: &Shared, recv: &mut quinn::RecvStream) -> Result<Hello, String> {
+async fn read_hello(recv: &mut quinn::RecvStream) -> Result<Hello, String> {
     let tag = recv.read_u8().await.map_err(|e| format!("hello: {e}"))?;
     if tag != wire::STREAM_TAG_HELLO {
         return Err(format!("first stream has tag {tag}, expected hello"));
     }
-    match codec::read_frame::<Hello, _>(recv, shared.limits.frame_bytes_max).await {
+    match codec::read_frame::<Hello, _>(recv, wire::HELLO_BYTES_MAX).await {
         Ok(Some(hello)) if hello.version == wire::PROTOCOL_VERSION => Ok(hello),
         Ok(Some(hello)) => Err(format!("protocol version {} not supported", hello.version)),
         Ok(None) => Err("hello stream ended without a hello".to_string()),

@@ -121,13 +121,13 @@ async fn hello_round_trip(
     hello: &Hello,
 ) -> Result<HelloReply, ClientError> {
     let (mut send, mut recv) = connection.open_bi().await.map_err(connection_error)?;
-    let frame = codec::encode_frame(hello, codec::FRAME_BYTES_LIMIT)?;
+    let frame = codec::encode_frame(hello, wire::HELLO_BYTES_MAX)?;
     send.write_all(&[wire::STREAM_TAG_HELLO]).await?;
     send.write_all(&frame).await?;
     send.finish()
         .map_err(|e| ClientError::Stream(e.to_string()))?;
     // TLS 1.3: a refused client certificate only shows here, on the first read.
-    match codec::read_frame::<HelloReply, _>(&mut recv, codec::FRAME_BYTES_LIMIT).await {
+    match codec::read_frame::<HelloReply, _>(&mut recv, wire::HELLO_BYTES_MAX).await {
         Ok(Some(reply)) => Ok(reply),
         Ok(None) => Err(ClientError::Codec(CodecError::Truncated)),
         Err(e) => Err(codec_error(e)),

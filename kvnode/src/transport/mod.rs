@@ -275,6 +275,11 @@ impl Transport {
     ) -> Result<(Transport, mpsc::Receiver<Inbound>), TransportError> {
         cfg.limits.validate()?;
         validate_peers(&cfg)?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(TransportError::Config(
+                "start must run inside a tokio runtime".into(),
+            ));
+        }
         std::fs::create_dir_all(&cfg.snapshot_dir).map_err(|e| {
             TransportError::Config(format!("snapshot_dir {}: {e}", cfg.snapshot_dir.display()))
         })?;

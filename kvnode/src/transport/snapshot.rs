@@ -29,8 +29,13 @@ static TEMP_FILE_SEQUENCE: AtomicU64 = AtomicU64::new(0);
 /// Streams `path` to `to`, then reports the outcome to the node.
 pub(crate) async fn send(shared: Arc<Shared>, to: NodeId, meta: SnapshotMeta, path: PathBuf) {
     let timeout = Duration::from_millis(shared.limits.snapshot_transfer_timeout_ms);
-    let transfer = tokio::time::timeout(timeout, transfer(&shared, to, &meta, &path)).await;
-    let result = transfer.unwrap_or_else(|_| Err("transfer timed out".to_string()));
+    let mut shutdown = shared.shutdown.clone();
+    let result = tokio::select! {
+        transfer = tokio::time::timeout(timeout, transfer(&shared, to, &meta, &path)) => {
+            transfer.unwrap_or_else(|_| Err("transfer timed out".to_string()))
+        }
+        _ = shutdown.wait_for(|stopping| *stopping) => Err("transport shut down".to_string()),
+    };
     let ok = match result {
         Ok(()) => {
             TransportStats::inc(&shared.stats.snapshots_sent_total);

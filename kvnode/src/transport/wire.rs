@@ -26,6 +26,9 @@ pub const STREAM_TAG_RAFT: u8 = 2;
 pub const STREAM_TAG_SNAPSHOT: u8 = 3;
 pub const STREAM_TAG_CLIENT: u8 = 4;
 
+/// Hello and hello-reply frames are tiny; anything longer is refused before allocation.
+pub const HELLO_BYTES_MAX: u32 = 64 << 10;
+
 /// Connection close codes.
 pub const CLOSE_SHUTDOWN: u32 = 0;
 pub const CLOSE_REFUSED: u32 = 1;
