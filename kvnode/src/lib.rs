@@ -6,3 +6,4 @@ pub mod kv;
 pub mod raft;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
+pub mod transport;
