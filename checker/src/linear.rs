@@ -341,6 +341,9 @@ fn check_one(
     if cancel.load(Ordering::Relaxed) {
         return Ok(Verdict::Unknown("cancelled: another key already failed".to_string()));
     }
+    if limits.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+        return Ok(Verdict::Unknown("time limit reached".to_string()));
+    }
     let mut compiled = compile_partition(history, partition)?;
     Ok(search(&mut compiled, limits, cancel))
 }
