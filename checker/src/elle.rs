@@ -29,17 +29,17 @@ mod reads;
 
 pub use graph::{EdgeKind, Graph};
 
-/// One micro-operation of a transaction.
-#[derive(Clone, Debug)]
-pub enum Mop {
-    Append { key: u32, element: Value },
-    Read { key: u32, elements: Option<Vec<Value>> },
+/// One micro-operation of a transaction, borrowing its values from the history.
+#[derive(Clone, Copy, Debug)]
+pub enum Mop<'a> {
+    Append { key: u32, element: &'a Value },
+    Read { key: u32, elements: Option<&'a [Value]> },
 }
 
 /// A transaction call, its micro-operations parsed.
-pub struct Txn {
+pub struct Txn<'a> {
     pub call: usize,
-    pub mops: Vec<Mop>,
+    pub mops: Vec<Mop<'a>>,
     pub outcome: Outcome,
     pub process: u64,
     pub invoke_event: usize,
@@ -58,25 +58,25 @@ pub struct Writer {
 /// Everything the checks share.
 pub struct Analysis<'a> {
     pub history: &'a History,
-    pub txns: Vec<Txn>,
-    pub keys: Vec<Value>,
+    pub txns: Vec<Txn<'a>>,
+    pub keys: Vec<&'a Value>,
     /// Per key: element -> appender.
-    pub writers: Vec<FxHashMap<Value, Writer>>,
+    pub writers: Vec<FxHashMap<&'a Value, Writer>>,
     /// Per key: the version order (the longest read).
-    pub orders: Vec<Vec<Value>>,
+    pub orders: Vec<&'a [Value]>,
     /// Per key: ok reads as (txn, mop index).
     pub reads: Vec<Vec<(u32, u32)>>,
     /// Reads that are not a prefix of their key's version order.
     pub incompatible: FxHashSet<(u32, u32)>,
 }
 
-impl Analysis<'_> {
+impl<'a> Analysis<'a> {
     pub fn op(&self, txn: u32) -> OpRef {
         OpRef::new(self.history, self.txns[txn as usize].call)
     }
 
-    pub fn read_elements(&self, txn: u32, mop: u32) -> &[Value] {
-        match &self.txns[txn as usize].mops[mop as usize] {
+    pub fn read_elements(&self, txn: u32, mop: u32) -> &'a [Value] {
+        match self.txns[txn as usize].mops[mop as usize] {
             Mop::Read { elements: Some(elements), .. } => elements,
             _ => &[],
         }
@@ -97,6 +97,9 @@ pub fn check(history: &History, options: &Options) -> Result<Report, CheckError>
     reads::bad_elements(&analysis, &mut sink);
     reads::lost_appends(&analysis, &mut sink);
     let graph = Graph::build(&analysis);
+    if std::env::var_os("CHECKER_DEBUG_GRAPH").is_some() {
+        eprintln!("graph: {} nodes, {} edges", analysis.txns.len(), graph.edge_count());
+    }
     graph::cycles(&analysis, &graph, &mut sink);
     let key_count = analysis.keys.len();
     Ok(Report::assemble(history, Workload::ListAppend, key_count, sink, None))
@@ -107,7 +110,7 @@ fn bad_input(history: &History, event: usize, reason: impl Into<String>) -> Chec
 }
 
 fn parse_txns(history: &History) -> Result<Analysis<'_>, CheckError> {
-    let mut key_ids: FxHashMap<Value, u32> = FxHashMap::default();
+    let mut key_ids: FxHashMap<&Value, u32> = FxHashMap::default();
     let mut keys = Vec::new();
     let mut txns = Vec::with_capacity(history.calls().len());
     for (index, call) in history.calls().iter().enumerate() {
@@ -118,7 +121,7 @@ fn parse_txns(history: &History) -> Result<Analysis<'_>, CheckError> {
         if call.f != F::Txn {
             return Err(bad_input(history, event, "list-append histories hold only f = txn"));
         }
-        let Some(items) = call.value().as_list() else {
+        let Some(items) = history.value(call).as_list() else {
             return Err(bad_input(history, event, "txn value must be a list of micro-ops"));
         };
         let mut mops = Vec::with_capacity(items.len());
@@ -140,17 +143,17 @@ fn parse_txns(history: &History) -> Result<Analysis<'_>, CheckError> {
         txns,
         keys,
         writers: vec![FxHashMap::default(); key_count],
-        orders: vec![Vec::new(); key_count],
+        orders: vec![&[]; key_count],
         reads: vec![Vec::new(); key_count],
         incompatible: FxHashSet::default(),
     })
 }
 
-fn parse_mop(
-    item: &Value,
-    key_ids: &mut FxHashMap<Value, u32>,
-    keys: &mut Vec<Value>,
-) -> Result<Mop, String> {
+fn parse_mop<'a>(
+    item: &'a Value,
+    key_ids: &mut FxHashMap<&'a Value, u32>,
+    keys: &mut Vec<&'a Value>,
+) -> Result<Mop<'a>, String> {
     let Some([function, key, argument]) = item.as_list().and_then(|parts| parts.get(..3)) else {
         return Err(format!("micro-op {item} is not [f, key, value]"));
     };
@@ -158,15 +161,15 @@ fn parse_mop(
         return Err(format!("micro-op {item} is not [f, key, value]"));
     }
     let next_id = keys.len() as u32;
-    let key = *key_ids.entry(key.clone()).or_insert_with(|| {
-        keys.push(key.clone());
+    let key = *key_ids.entry(key).or_insert_with(|| {
+        keys.push(key);
         next_id
     });
     match function.as_str() {
-        Some("append") => Ok(Mop::Append { key, element: argument.clone() }),
+        Some("append") => Ok(Mop::Append { key, element: argument }),
         Some("r") | Some("read") => match argument {
             Value::Null => Ok(Mop::Read { key, elements: None }),
-            Value::List(elements) => Ok(Mop::Read { key, elements: Some(elements.clone()) }),
+            Value::List(elements) => Ok(Mop::Read { key, elements: Some(elements) }),
             other => Err(format!("read result {other} is neither null nor a list")),
         },
         _ => Err(format!("micro-op {item}: f must be \"append\" or \"r\"")),
@@ -177,23 +180,23 @@ fn parse_mop(
 /// version order ambiguous, so it is refused as bad input.
 fn index_writers(analysis: &mut Analysis<'_>) -> Result<(), CheckError> {
     for (txn_index, txn) in analysis.txns.iter().enumerate() {
-        let mut last_append: FxHashMap<u32, Value> = FxHashMap::default();
+        let mut last_append: FxHashMap<u32, &Value> = FxHashMap::default();
         for mop in &txn.mops {
-            let Mop::Append { key, element } = mop else { continue };
-            let writers = &mut analysis.writers[*key as usize];
+            let Mop::Append { key, element } = *mop else { continue };
+            let writers = &mut analysis.writers[key as usize];
             let writer = Writer { txn: txn_index as u32, intermediate: false };
-            if let Some(previous) = writers.insert(element.clone(), writer) {
+            if let Some(previous) = writers.insert(element, writer) {
                 let other = analysis.txns[previous.txn as usize].invoke_event;
                 let reason = format!(
                     "element {element} is appended to key {} twice (also on line {}); \
                      list-append needs unique elements per key",
-                    analysis.keys[*key as usize],
+                    analysis.keys[key as usize],
                     analysis.history.line_of(other)
                 );
                 return Err(bad_input(analysis.history, txn.invoke_event, reason));
             }
-            if let Some(earlier) = last_append.insert(*key, element.clone()) {
-                if let Some(entry) = writers.get_mut(&earlier) {
+            if let Some(earlier) = last_append.insert(key, element) {
+                if let Some(entry) = writers.get_mut(earlier) {
                     entry.intermediate = true;
                 }
             }

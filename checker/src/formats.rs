@@ -292,10 +292,10 @@ mod tests {
         assert_eq!(calls.len(), 2);
         assert_eq!(calls[0].f, F::Cas);
         assert_eq!(calls[0].outcome, Outcome::Fail);
-        assert_eq!(calls[0].value(), &Value::List(vec![Value::Int(1), Value::Int(2)]));
+        assert_eq!(history.value(&calls[0]), &Value::List(vec![Value::Int(1), Value::Int(2)]));
         assert_eq!(calls[1].outcome, Outcome::Info);
-        assert_eq!(calls[1].error.as_deref(), Some("timed-out"));
-        assert_eq!(calls[1].value(), &Value::Int(3));
+        assert_eq!(history.error(&calls[1]), Some("timed-out"));
+        assert_eq!(history.value(&calls[1]), &Value::Int(3));
     }
 
     #[test]
@@ -304,7 +304,7 @@ mod tests {
                     {:process 0, :type :ok, :f :append, :key \"0\", :value \"x 0 0 y\"}\n";
         let history = parse_edn(text).unwrap();
         assert_eq!(history.calls()[0].f, F::Append);
-        assert_eq!(history.calls()[0].key, Some(Value::from("0")));
+        assert_eq!(history.key(&history.calls()[0]), Some(&Value::from("0")));
         assert_eq!(history.initial_value, Value::from(""));
     }
 

@@ -80,33 +80,22 @@ pub enum Outcome {
     Info,
 }
 
-/// An invocation paired with its completion.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// An invocation paired with its completion. Values stay in the events (histories hold
+/// millions of them); [`History::value`] and friends read them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Call {
     pub process: u64,
     pub f: F,
-    pub key: Option<Value>,
     /// Position of the invocation event in [`History::ops`].
     pub invoke_event: usize,
     /// Position of the completion event; `None` if the history ended first.
     pub complete_event: Option<usize>,
     pub outcome: Outcome,
-    pub invoke_value: Value,
-    /// The completion's value (`Null` if there is no completion).
-    pub complete_value: Value,
-    pub error: Option<String>,
 }
 
-impl Call {
-    /// The value that describes what the call did: the completion's value for `ok`
-    /// (reads fill it in), the invocation's value otherwise.
-    pub fn value(&self) -> &Value {
-        match self.outcome {
-            Outcome::Ok => &self.complete_value,
-            Outcome::Fail | Outcome::Info => &self.invoke_value,
-        }
-    }
+static NULL_VALUE: Value = Value::Null;
 
+impl Call {
     /// `true` if the call ended `ok` or `fail`, i.e. has a known return point.
     pub fn returned(&self) -> bool {
         self.outcome != Outcome::Info
@@ -182,25 +171,69 @@ impl History {
         &self.calls
     }
 
+    /// The invocation's value.
+    pub fn invoke_value(&self, call: &Call) -> &Value {
+        &self.ops[call.invoke_event].value
+    }
+
+    /// The completion's value (`Null` without a completion).
+    pub fn complete_value(&self, call: &Call) -> &Value {
+        call.complete_event.map_or(&NULL_VALUE, |event| &self.ops[event].value)
+    }
+
+    /// The value that describes what the call did: the completion's value for `ok`
+    /// (reads fill it in), the invocation's value otherwise.
+    pub fn value(&self, call: &Call) -> &Value {
+        match call.outcome {
+            Outcome::Ok => self.complete_value(call),
+            Outcome::Fail | Outcome::Info => self.invoke_value(call),
+        }
+    }
+
+    /// The key named by the invocation.
+    pub fn key(&self, call: &Call) -> Option<&Value> {
+        self.ops[call.invoke_event].key.as_ref()
+    }
+
+    /// The completion's error, if any.
+    pub fn error(&self, call: &Call) -> Option<&str> {
+        call.complete_event.and_then(|event| self.ops[event].error.as_deref())
+    }
+
     /// The 1-based source line of event `event`.
     pub fn line_of(&self, event: usize) -> usize {
         self.lines.get(event).copied().unwrap_or(event + 1)
     }
 
-    /// Parses JSON-lines text (proto-docs/history.md).
+    /// Parses JSON-lines text (proto-docs/history.md). Large inputs are split at line
+    /// boundaries and parsed on all cores: JSON decoding is most of the cost of reading.
     pub fn parse_jsonl(text: &str) -> Result<History, HistoryError> {
+        let threads = std::thread::available_parallelism().map_or(1, |count| count.get());
+        let chunks = split_lines(text, threads);
+        let parsed: Vec<ParsedChunk> = if chunks.len() == 1 {
+            vec![parse_chunk(text)]
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> =
+                    chunks.iter().map(|chunk| scope.spawn(|| parse_chunk(chunk))).collect();
+                handles
+                    .into_iter()
+                    .map(|handle| handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                    .collect()
+            })
+        };
         let mut ops = Vec::new();
         let mut lines = Vec::new();
-        for (line_index, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
+        let mut lines_before = 0;
+        for chunk in parsed {
+            let (events, line_count) =
+                chunk.map_err(|(line, reason)| HistoryError::line(lines_before + line, reason))?;
+            for (line, mut op) in events {
+                let index = op.index.take().unwrap_or(ops.len() as u64);
+                ops.push(op.into_op(index));
+                lines.push(lines_before + line);
             }
-            let line_number = line_index + 1;
-            let mut op: RawOp = serde_json::from_str(line)
-                .map_err(|error| HistoryError::line(line_number, error.to_string()))?;
-            let index = op.index.take().unwrap_or(ops.len() as u64);
-            ops.push(op.into_op(index));
-            lines.push(line_number);
+            lines_before += line_count;
         }
         History::from_lines(ops, lines, Value::Null)
     }
@@ -230,6 +263,48 @@ pub fn read(path: &Path, format: Format) -> Result<History, HistoryError> {
 /// Parses JSON-lines text; the same as [`History::parse_jsonl`].
 pub fn parse(text: &str) -> Result<History, HistoryError> {
     History::parse_jsonl(text)
+}
+
+/// Inputs at least this large are parsed on several threads.
+const PARALLEL_PARSE_BYTES_MIN: usize = 1 << 20;
+
+/// Events of a chunk with 1-based line numbers within it, and its line count; or the first
+/// bad line (within the chunk) and why.
+type ParsedChunk = Result<(Vec<(usize, RawOp)>, usize), (usize, String)>;
+
+/// Splits `text` into about `parts` pieces, each ending just after a newline.
+fn split_lines(text: &str, parts: usize) -> Vec<&str> {
+    if text.len() < PARALLEL_PARSE_BYTES_MIN || parts < 2 {
+        return vec![text];
+    }
+    let mut chunks = Vec::with_capacity(parts);
+    let mut rest = text;
+    for part in (1..parts).rev() {
+        let target = rest.len() / (part + 1);
+        let Some(newline) = rest.as_bytes()[target..].iter().position(|&byte| byte == b'\n') else {
+            break;
+        };
+        let (chunk, tail) = rest.split_at(target + newline + 1);
+        chunks.push(chunk);
+        rest = tail;
+    }
+    chunks.push(rest);
+    chunks
+}
+
+fn parse_chunk(text: &str) -> ParsedChunk {
+    let mut events = Vec::new();
+    let mut line_count = 0;
+    for (line_index, line) in text.lines().enumerate() {
+        line_count = line_index + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let op: RawOp =
+            serde_json::from_str(line).map_err(|error| (line_index + 1, error.to_string()))?;
+        events.push((line_index + 1, op));
+    }
+    Ok((events, line_count))
 }
 
 fn resolve_format(text: &str, format: Format) -> Format {
@@ -312,7 +387,8 @@ fn pair_calls(ops: &[Op], lines: &[usize]) -> Result<Vec<Call>, HistoryError> {
             let reason = format!("completion for process {} without an open invoke", op.process);
             return Err(HistoryError::line(line, reason));
         };
-        complete_call(&mut calls[call_index], op, event, line)?;
+        let invoke = &ops[calls[call_index].invoke_event];
+        complete_call(&mut calls[call_index], invoke, op, event, line)?;
     }
     Ok(calls)
 }
@@ -321,27 +397,27 @@ fn new_call(op: &Op, event: usize) -> Call {
     Call {
         process: op.process,
         f: op.f,
-        key: op.key.clone(),
         invoke_event: event,
         complete_event: None,
         outcome: Outcome::Info,
-        invoke_value: op.value.clone(),
-        complete_value: Value::Null,
-        error: None,
     }
 }
 
-fn complete_call(call: &mut Call, op: &Op, event: usize, line: usize) -> Result<(), HistoryError> {
+fn complete_call(
+    call: &mut Call,
+    invoke: &Op,
+    op: &Op,
+    event: usize,
+    line: usize,
+) -> Result<(), HistoryError> {
     if op.f != call.f {
         let reason = format!("completion f {} does not match invoke f {}", op.f.name(), call.f.name());
         return Err(HistoryError::line(line, reason));
     }
-    if op.key.is_some() && op.key != call.key {
+    if op.key.is_some() && op.key != invoke.key {
         return Err(HistoryError::line(line, "completion key does not match its invoke key"));
     }
     call.complete_event = Some(event);
-    call.complete_value = op.value.clone();
-    call.error = op.error.clone();
     call.outcome = match op.op_type {
         OpType::Ok => Outcome::Ok,
         OpType::Fail => Outcome::Fail,
@@ -370,7 +446,7 @@ mod tests {
         assert_eq!(calls[0].outcome, Outcome::Ok);
         assert_eq!(calls[0].complete_event, Some(2));
         assert_eq!(calls[1].outcome, Outcome::Info);
-        assert_eq!(calls[1].error.as_deref(), Some("timeout"));
+        assert_eq!(history.error(&calls[1]), Some("timeout"));
         assert_eq!(calls[2].f, F::Read);
         assert_eq!(calls[2].complete_event, None);
         assert_eq!(history.line_of(2), 4);
@@ -391,6 +467,22 @@ mod tests {
         let truncated = "{\"process\":1,\"type\":\"invoke\",\"f\":\"read\"}\n{\"process\":1,\"ty";
         let error = History::parse_jsonl(truncated).unwrap_err();
         assert!(matches!(error, HistoryError::Line { line: 2, .. }), "{error}");
+    }
+
+    #[test]
+    fn parallel_parse_keeps_order_and_line_numbers() {
+        let line = "{\"process\":1,\"type\":\"invoke\",\"f\":\"read\"}\n\
+                    {\"process\":1,\"type\":\"ok\",\"f\":\"read\",\"value\":null}\n";
+        let count = PARALLEL_PARSE_BYTES_MIN / line.len() + 100;
+        let mut text = line.repeat(count);
+        let history = History::parse_jsonl(&text).unwrap();
+        assert_eq!(history.ops().len(), 2 * count);
+        assert_eq!(history.ops()[2 * count - 1].index, (2 * count - 1) as u64);
+        assert_eq!(history.line_of(2 * count - 1), 2 * count);
+        text.push_str("{\"process\":1,\"type\":\"ok\"");
+        let error = History::parse_jsonl(&text).unwrap_err();
+        assert!(matches!(error, HistoryError::Line { line, .. } if line == 2 * count + 1), "{error}");
+        assert_eq!(split_lines(&text, 2).concat(), text);
     }
 
     #[test]

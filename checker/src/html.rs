@@ -111,8 +111,8 @@ fn draw_calls(svg: &mut String, history: &History, layout: &Layout, anomaly: &An
         let mark = marks.get(&index);
         let stroke = if mark.is_some() { "stroke=\"#c00\" stroke-width=\"2\"" } else { "stroke=\"#999\"" };
         let dash = if call.outcome == Outcome::Info { " stroke-dasharray=\"4 3\"" } else { "" };
-        let key = call.key.as_ref().map_or(String::new(), |key| format!("{key} "));
-        let label = format!("{} {key}{}", call.f.name(), call.value());
+        let key = history.key(call).map_or(String::new(), |key| format!("{key} "));
+        let label = format!("{} {key}{}", call.f.name(), history.value(call));
         let time = history.ops()[call.invoke_event].time.map_or(String::new(), |ns| format!(" t={ns}ns"));
         let title = format!("call {index} process {} {:?}{time}: {label}", call.process, call.outcome);
         let width = (x_end - x_start).max(4.0);

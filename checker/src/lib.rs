@@ -95,7 +95,7 @@ fn partitions(history: &History, workload: Workload) -> Result<Vec<Partition>, C
     }
     let mut groups: BTreeMap<&Value, Vec<usize>> = BTreeMap::new();
     for (index, call) in history.calls().iter().enumerate() {
-        let Some(key) = &call.key else {
+        let Some(key) = history.key(call) else {
             let line = history.line_of(call.invoke_event);
             let reason = "kv operation without a key".to_string();
             return Err(CheckError::BadInput { line, reason });

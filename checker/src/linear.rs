@@ -82,7 +82,7 @@ fn compile_partition(
     let mut timed: Vec<(u64, u32)> = Vec::new();
     for &call_index in &partition.calls {
         let call = &history.calls()[call_index];
-        let step = compile(call, &mut interner).map_err(|reason| (call.invoke_event, reason))?;
+        let step = compile(history, call, &mut interner).map_err(|reason| (call.invoke_event, reason))?;
         let Some(step) = step else { continue };
         let entry = 2 * steps.len() as u32;
         let return_position = if call.returned() { call.complete_event } else { None };

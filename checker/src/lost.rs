@@ -22,8 +22,8 @@ fn unique_writers<'a>(history: &'a History, partition: &Partition) -> Option<Wri
     for &index in &partition.calls {
         let call = &history.calls()[index];
         let written = match call.f {
-            F::Write => &call.invoke_value,
-            F::Cas => call.invoke_value.as_list()?.get(1)?,
+            F::Write => history.invoke_value(call),
+            F::Cas => history.invoke_value(call).as_list()?.get(1)?,
             F::Append | F::Delete | F::Txn => return None,
             F::Read => continue,
         };
@@ -69,7 +69,7 @@ pub fn lost_writes(history: &History, partition: &Partition, sink: &mut AnomalyS
         if read.f != F::Read || read.outcome != Outcome::Ok {
             continue;
         }
-        let observed = &read.complete_value;
+        let observed = history.complete_value(read);
         let writer_complete = if observed == &history.initial_value {
             None
         } else {

@@ -4,7 +4,7 @@
 //! of a value that may be a long string. Each call is compiled once into a [`Step`].
 
 use crate::fxhash::FxHashMap;
-use crate::history::{Call, Outcome, F};
+use crate::history::{Call, History, Outcome, F};
 use crate::value::Value;
 
 pub type StateId = u32;
@@ -51,19 +51,27 @@ pub enum Step {
 
 /// Compiles a call. `Ok(None)` means the call constrains nothing and is left out: failed
 /// reads and writes, reads with unknown results, and `fail`s that carry an `error`.
-pub fn compile(call: &Call, interner: &mut Interner) -> Result<Option<Step>, String> {
-    let never_ran = call.outcome == Outcome::Fail && (call.f != F::Cas || call.error.is_some());
+pub fn compile(
+    history: &History,
+    call: &Call,
+    interner: &mut Interner,
+) -> Result<Option<Step>, String> {
+    let never_ran =
+        call.outcome == Outcome::Fail && (call.f != F::Cas || history.error(call).is_some());
     if never_ran {
         return Ok(None);
     }
     let step = match call.f {
-        F::Read if call.outcome == Outcome::Ok => Step::Read(interner.intern(&call.complete_value)),
+        F::Read if call.outcome == Outcome::Ok => {
+            Step::Read(interner.intern(history.complete_value(call)))
+        }
         F::Read => return Ok(None),
-        F::Write => Step::Write(interner.intern(&call.invoke_value)),
+        F::Write => Step::Write(interner.intern(history.invoke_value(call))),
         F::Delete => Step::Write(interner.intern(&Value::Null)),
-        F::Append => Step::Append(call.invoke_value.clone()),
+        F::Append => Step::Append(history.invoke_value(call).clone()),
         F::Cas => {
-            let Some([from, to]) = call.invoke_value.as_list().and_then(|pair| pair.get(..2))
+            let pair = history.invoke_value(call).as_list();
+            let Some([from, to]) = pair.and_then(|pair| pair.get(..2))
             else {
                 return Err("cas value must be a list [expected, new]".to_string());
             };

@@ -8,13 +8,43 @@ use crate::value::Value;
 
 use super::{anomaly, Analysis, Mop};
 
-/// What a transaction knows of one key while it runs.
+/// What a transaction knows of one key while it runs: its last read (if any) followed by
+/// its own appends since. A later read must equal that, or end with the appends if the key
+/// was not read yet.
 #[derive(Default)]
-struct Local {
-    /// The full list, once the transaction has read the key.
-    known: Option<Vec<Value>>,
-    /// Appends before the first read: a later read must end with them.
-    appended: Vec<Value>,
+struct Local<'a> {
+    read: Option<&'a [Value]>,
+    appended: Vec<&'a Value>,
+}
+
+impl Local<'_> {
+    fn admits(&self, elements: &[Value]) -> bool {
+        let tail_start = match self.read {
+            Some(read) => {
+                if elements.len() != read.len() + self.appended.len() || !elements.starts_with(read) {
+                    return false;
+                }
+                read.len()
+            }
+            None => match elements.len().checked_sub(self.appended.len()) {
+                Some(start) => start,
+                None => return false,
+            },
+        };
+        elements[tail_start..].iter().eq(self.appended.iter().copied())
+    }
+
+    fn expected(&self) -> String {
+        let appended: Vec<Value> = self.appended.iter().map(|&element| element.clone()).collect();
+        match self.read {
+            Some(read) => {
+                let mut expected = read.to_vec();
+                expected.extend(appended);
+                Value::List(expected).to_string()
+            }
+            None => format!("a list ending in {}", Value::List(appended)),
+        }
+    }
 }
 
 /// Internal consistency: a read inside a transaction must reflect the transaction's own
@@ -26,35 +56,22 @@ pub fn internal(analysis: &Analysis<'_>, sink: &mut AnomalySink) {
         }
         let mut locals: FxHashMap<u32, Local> = FxHashMap::default();
         for mop in &txn.mops {
-            match mop {
-                Mop::Append { key, element } => {
-                    let local = locals.entry(*key).or_default();
-                    match &mut local.known {
-                        Some(known) => known.push(element.clone()),
-                        None => local.appended.push(element.clone()),
-                    }
-                }
+            match *mop {
+                Mop::Append { key, element } => locals.entry(key).or_default().appended.push(element),
                 Mop::Read { key, elements: Some(elements) } => {
-                    let local = locals.entry(*key).or_default();
-                    let consistent = match &local.known {
-                        Some(expected) => expected == elements,
-                        None => elements.ends_with(&local.appended),
-                    };
-                    if !consistent && sink.wants("internal") {
-                        let expected = match &local.known {
-                            Some(expected) => Value::List(expected.clone()).to_string(),
-                            None => format!("a list ending in {}", Value::List(local.appended.clone())),
-                        };
+                    let local = locals.entry(key).or_default();
+                    if !local.admits(elements) && sink.wants("internal") {
                         let explanation = format!(
                             "the transaction read {} from key {} but its own earlier \
-                             operations imply {expected}",
-                            Value::List(elements.clone()),
-                            analysis.keys[*key as usize]
+                             operations imply {}",
+                            Value::List(elements.to_vec()),
+                            analysis.keys[key as usize],
+                            local.expected()
                         );
                         let txn_id = txn_index as u32;
-                        sink.push(anomaly(analysis, "internal", Some(*key), explanation, &[txn_id]));
+                        sink.push(anomaly(analysis, "internal", Some(key), explanation, &[txn_id]));
                     }
-                    local.known = Some(elements.clone());
+                    local.read = Some(elements);
                     local.appended.clear();
                 }
                 Mop::Read { elements: None, .. } => {}
@@ -83,7 +100,7 @@ pub fn version_orders(analysis: &mut Analysis<'_>, sink: &mut AnomalySink) {
             .copied()
             .max_by_key(|&(txn, mop)| (analysis.read_elements(txn, mop).len(), std::cmp::Reverse(txn)));
         let Some((longest_txn, longest_mop)) = longest else { continue };
-        let order = analysis.read_elements(longest_txn, longest_mop).to_vec();
+        let order = analysis.read_elements(longest_txn, longest_mop);
         let mut incompatible = Vec::new();
         for &(txn, mop) in reads {
             let elements = analysis.read_elements(txn, mop);
@@ -98,16 +115,15 @@ pub fn version_orders(analysis: &mut Analysis<'_>, sink: &mut AnomalySink) {
                      transaction",
                     analysis.keys[key],
                     Value::List(analysis.read_elements(txn, mop).to_vec()),
-                    Value::List(order.clone())
+                    Value::List(order.to_vec())
                 );
                 let involved = [txn, longest_txn];
                 sink.push(anomaly(analysis, "incompatible-order", Some(key as u32), explanation, &involved));
             }
         }
-        duplicates(analysis, key, &order, longest_txn, sink);
+        duplicates(analysis, key, order, longest_txn, sink);
         for &(txn, mop) in &incompatible {
-            let elements = analysis.read_elements(txn, mop).to_vec();
-            duplicates(analysis, key, &elements, txn, sink);
+            duplicates(analysis, key, analysis.read_elements(txn, mop), txn, sink);
         }
         analysis.incompatible.extend(incompatible);
         analysis.orders[key] = order;
@@ -150,7 +166,7 @@ pub fn bad_elements(analysis: &Analysis<'_>, sink: &mut AnomalySink) {
             }
             intermediate(analysis, key, elements, reader, sink);
         }
-        let order = &analysis.orders[key];
+        let order = analysis.orders[key];
         for (position, element) in order.iter().enumerate() {
             let writer = analysis.writers[key].get(element);
             let bad = writer.is_none_or(|writer| {
@@ -238,9 +254,9 @@ pub fn lost_appends(analysis: &Analysis<'_>, sink: &mut AnomalySink) {
                 let txn = &analysis.txns[writer.txn as usize];
                 txn.outcome == Outcome::Ok
                     && txn.complete_event < read_invoke
-                    && !seen.contains(element)
+                    && !seen.contains(*element)
             })
-            .map(|(element, writer)| (element, writer.txn))
+            .map(|(&element, writer)| (element, writer.txn))
             .collect();
         lost.sort_by_key(|&(_, txn)| txn);
         for (element, writer) in lost {
