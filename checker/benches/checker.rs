@@ -9,7 +9,10 @@ use std::time::Instant;
 use checker::history::{self, Format, History, Op, OpType, F};
 use checker::{check, Options, Validity, Value, Workload};
 
-const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/conformance/porcupine");
+const CORPUS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/conformance/porcupine"
+);
 const KV_CALLS: usize = 1_000_000;
 const KV_PROCESSES: u64 = 64;
 const KV_KEYS: u64 = 1000;
@@ -48,7 +51,9 @@ type Planned = (F, Option<Value>, Value, OpType, Value);
 fn events(planned: Vec<Planned>, processes: u64, rng: &mut Rng) -> History {
     let slack = SLACK_POINTS * POINT_SPACING;
     let mut timed: Vec<(u64, u8, Op)> = Vec::with_capacity(planned.len() * 2);
-    for (index, (f, key, invoke_value, completion, complete_value)) in planned.into_iter().enumerate() {
+    for (index, (f, key, invoke_value, completion, complete_value)) in
+        planned.into_iter().enumerate()
+    {
         let point = POINT_SPACING * (index as u64 + 1) + slack;
         let process = index as u64 % processes;
         // The same process's next call is `processes` points later; stay clear of it.
@@ -72,7 +77,11 @@ fn events(planned: Vec<Planned>, processes: u64, rng: &mut Rng) -> History {
     let ops = timed
         .into_iter()
         .enumerate()
-        .map(|(index, (time, _, op))| Op { index: index as u64, time: Some(time), ..op })
+        .map(|(index, (time, _, op))| Op {
+            index: index as u64,
+            time: Some(time),
+            ..op
+        })
         .collect();
     History::from_ops(ops).expect("generated history is well formed")
 }
@@ -82,7 +91,9 @@ fn kv_history(rng: &mut Rng) -> History {
     let mut planned = Vec::with_capacity(KV_CALLS);
     for index in 0..KV_CALLS {
         let key = rng.below(KV_KEYS);
-        let current = state.get(&key).map_or(Value::Null, |&value| Value::Int(value));
+        let current = state
+            .get(&key)
+            .map_or(Value::Null, |&value| Value::Int(value));
         let written = index as i64 + 1;
         let roll = rng.below(100);
         let info = rng.below(200) == 0;
@@ -93,11 +104,20 @@ fn kv_history(rng: &mut Rng) -> History {
                     state.insert(key, written);
                 }
                 let completion = if info { OpType::Info } else { OpType::Ok };
-                (F::Write, Value::Int(written), completion, Value::Int(written))
+                (
+                    F::Write,
+                    Value::Int(written),
+                    completion,
+                    Value::Int(written),
+                )
             }
             _ => {
                 let matched = rng.below(2) == 0;
-                let from = if matched { current.clone() } else { Value::Int(-1) };
+                let from = if matched {
+                    current.clone()
+                } else {
+                    Value::Int(-1)
+                };
                 let pair = Value::List(vec![from, Value::Int(written)]);
                 if matched {
                     state.insert(key, written);
@@ -119,7 +139,11 @@ struct Keys {
 }
 
 fn list_append_history(rng: &mut Rng) -> History {
-    let mut keys = Keys { active: (0..TXN_ACTIVE_KEYS).collect(), next_key: TXN_ACTIVE_KEYS, lists: HashMap::new() };
+    let mut keys = Keys {
+        active: (0..TXN_ACTIVE_KEYS).collect(),
+        next_key: TXN_ACTIVE_KEYS,
+        lists: HashMap::new(),
+    };
     let mut element = 0i64;
     let mut planned = Vec::with_capacity(TXNS);
     for _ in 0..TXNS {
@@ -141,11 +165,25 @@ fn list_append_history(rng: &mut Rng) -> History {
                     keys.next_key += 1;
                 }
             } else {
-                invoke.push(Value::List(vec![Value::from("r"), name.clone(), Value::Null]));
-                complete.push(Value::List(vec![Value::from("r"), name, Value::List(list.clone())]));
+                invoke.push(Value::List(vec![
+                    Value::from("r"),
+                    name.clone(),
+                    Value::Null,
+                ]));
+                complete.push(Value::List(vec![
+                    Value::from("r"),
+                    name,
+                    Value::List(list.clone()),
+                ]));
             }
         }
-        planned.push((F::Txn, None, Value::List(invoke), OpType::Ok, Value::List(complete)));
+        planned.push((
+            F::Txn,
+            None,
+            Value::List(invoke),
+            OpType::Ok,
+            Value::List(complete),
+        ));
     }
     events(planned, TXN_PROCESSES, rng)
 }
@@ -162,14 +200,23 @@ fn to_jsonl(history: &History) -> String {
 fn corpus() {
     let root = PathBuf::from(CORPUS);
     let Ok(table) = std::fs::read_to_string(root.join("verdicts.tsv")) else {
-        println!("corpus: MISSING at {} (shared/ must sit beside the repository)", root.display());
+        println!(
+            "corpus: MISSING at {} (shared/ must sit beside the repository)",
+            root.display()
+        );
         return;
     };
     let started = Instant::now();
     let mut files = 0;
     for line in table.lines().skip(1) {
-        let Some((file, _)) = line.split_once('\t') else { continue };
-        let workload = if file.contains("/kv/") { Workload::Kv } else { Workload::Register };
+        let Some((file, _)) = line.split_once('\t') else {
+            continue;
+        };
+        let workload = if file.contains("/kv/") {
+            Workload::Kv
+        } else {
+            Workload::Register
+        };
         let history = history::read(&root.join(file), Format::Auto).expect("corpus parses");
         check(&history, workload, &Options::default()).expect("corpus checks");
         files += 1;
@@ -186,7 +233,12 @@ fn timed_check(name: &str, history: &History, workload: Workload, unit: &str, co
     let started = Instant::now();
     let report = check(&parsed, workload, &Options::default()).expect("generated history checks");
     let check_seconds = started.elapsed().as_secs_f64();
-    assert_eq!(report.valid, Validity::Valid, "{name}: {}", report.verdict_line());
+    assert_eq!(
+        report.valid,
+        Validity::Valid,
+        "{name}: {}",
+        report.verdict_line()
+    );
     let total = parse_seconds + check_seconds;
     println!(
         "{name}: {count} {unit}, {} events, {:.1} MB JSONL: parse {parse_seconds:.3} s, check \
@@ -200,9 +252,14 @@ fn timed_check(name: &str, history: &History, workload: Workload, unit: &str, co
 
 /// `cargo bench -p checker -- kv` runs only the sections whose name contains an argument.
 fn wanted(section: &str) -> bool {
-    let filters: Vec<String> =
-        std::env::args().skip(1).filter(|argument| !argument.starts_with('-')).collect();
-    filters.is_empty() || filters.iter().any(|filter| section.contains(filter.as_str()))
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|argument| !argument.starts_with('-'))
+        .collect();
+    filters.is_empty()
+        || filters
+            .iter()
+            .any(|filter| section.contains(filter.as_str()))
 }
 
 fn main() {
@@ -214,7 +271,13 @@ fn main() {
     let mut rng = Rng(0x5eed);
     if wanted("kv") {
         let kv = kv_history(&mut rng);
-        timed_check("kv 64 processes x 1000 keys", &kv, Workload::Kv, "calls", KV_CALLS);
+        timed_check(
+            "kv 64 processes x 1000 keys",
+            &kv,
+            Workload::Kv,
+            "calls",
+            KV_CALLS,
+        );
         println!("  (target: 1M-operation history < 10 s)");
     }
     if wanted("list-append") {

@@ -32,8 +32,14 @@ pub use graph::{EdgeKind, Graph};
 /// One micro-operation of a transaction, borrowing its values from the history.
 #[derive(Clone, Copy, Debug)]
 pub enum Mop<'a> {
-    Append { key: u32, element: &'a Value },
-    Read { key: u32, elements: Option<&'a [Value]> },
+    Append {
+        key: u32,
+        element: &'a Value,
+    },
+    Read {
+        key: u32,
+        elements: Option<&'a [Value]>,
+    },
 }
 
 /// A transaction call, its micro-operations parsed.
@@ -77,7 +83,10 @@ impl<'a> Analysis<'a> {
 
     pub fn read_elements(&self, txn: u32, mop: u32) -> &'a [Value] {
         match self.txns[txn as usize].mops[mop as usize] {
-            Mop::Read { elements: Some(elements), .. } => elements,
+            Mop::Read {
+                elements: Some(elements),
+                ..
+            } => elements,
             _ => &[],
         }
     }
@@ -98,15 +107,28 @@ pub fn check(history: &History, options: &Options) -> Result<Report, CheckError>
     reads::lost_appends(&analysis, &mut sink);
     let graph = Graph::build(&analysis);
     if std::env::var_os("CHECKER_DEBUG_GRAPH").is_some() {
-        eprintln!("graph: {} nodes, {} edges", analysis.txns.len(), graph.edge_count());
+        eprintln!(
+            "graph: {} nodes, {} edges",
+            analysis.txns.len(),
+            graph.edge_count()
+        );
     }
     graph::cycles(&analysis, &graph, &mut sink);
     let key_count = analysis.keys.len();
-    Ok(Report::assemble(history, Workload::ListAppend, key_count, sink, None))
+    Ok(Report::assemble(
+        history,
+        Workload::ListAppend,
+        key_count,
+        sink,
+        None,
+    ))
 }
 
 fn bad_input(history: &History, event: usize, reason: impl Into<String>) -> CheckError {
-    CheckError::BadInput { line: history.line_of(event), reason: reason.into() }
+    CheckError::BadInput {
+        line: history.line_of(event),
+        reason: reason.into(),
+    }
 }
 
 fn parse_txns(history: &History) -> Result<Analysis<'_>, CheckError> {
@@ -119,10 +141,18 @@ fn parse_txns(history: &History) -> Result<Analysis<'_>, CheckError> {
             Outcome::Fail | Outcome::Info => call.invoke_event,
         };
         if call.f != F::Txn {
-            return Err(bad_input(history, event, "list-append histories hold only f = txn"));
+            return Err(bad_input(
+                history,
+                event,
+                "list-append histories hold only f = txn",
+            ));
         }
         let Some(items) = history.value(call).as_list() else {
-            return Err(bad_input(history, event, "txn value must be a list of micro-ops"));
+            return Err(bad_input(
+                history,
+                event,
+                "txn value must be a list of micro-ops",
+            ));
         };
         let mut mops = Vec::with_capacity(items.len());
         for item in items {
@@ -135,7 +165,14 @@ fn parse_txns(history: &History) -> Result<Analysis<'_>, CheckError> {
             Outcome::Ok | Outcome::Fail => call.complete_event.unwrap_or(usize::MAX),
         };
         let (outcome, process, invoke_event) = (call.outcome, call.process, call.invoke_event);
-        txns.push(Txn { call: index, mops, outcome, process, invoke_event, complete_event });
+        txns.push(Txn {
+            call: index,
+            mops,
+            outcome,
+            process,
+            invoke_event,
+            complete_event,
+        });
     }
     let key_count = keys.len();
     Ok(Analysis {
@@ -166,10 +203,19 @@ fn parse_mop<'a>(
         next_id
     });
     match function.as_str() {
-        Some("append") => Ok(Mop::Append { key, element: argument }),
+        Some("append") => Ok(Mop::Append {
+            key,
+            element: argument,
+        }),
         Some("r") | Some("read") => match argument {
-            Value::Null => Ok(Mop::Read { key, elements: None }),
-            Value::List(elements) => Ok(Mop::Read { key, elements: Some(elements) }),
+            Value::Null => Ok(Mop::Read {
+                key,
+                elements: None,
+            }),
+            Value::List(elements) => Ok(Mop::Read {
+                key,
+                elements: Some(elements),
+            }),
             other => Err(format!("read result {other} is neither null nor a list")),
         },
         _ => Err(format!("micro-op {item}: f must be \"append\" or \"r\"")),
@@ -182,9 +228,14 @@ fn index_writers(analysis: &mut Analysis<'_>) -> Result<(), CheckError> {
     for (txn_index, txn) in analysis.txns.iter().enumerate() {
         let mut last_append: FxHashMap<u32, &Value> = FxHashMap::default();
         for mop in &txn.mops {
-            let Mop::Append { key, element } = *mop else { continue };
+            let Mop::Append { key, element } = *mop else {
+                continue;
+            };
             let writers = &mut analysis.writers[key as usize];
-            let writer = Writer { txn: txn_index as u32, intermediate: false };
+            let writer = Writer {
+                txn: txn_index as u32,
+                intermediate: false,
+            };
             if let Some(previous) = writers.insert(element, writer) {
                 let other = analysis.txns[previous.txn as usize].invoke_event;
                 let reason = format!(

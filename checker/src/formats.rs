@@ -1,7 +1,7 @@
 //! Readers for histories other tools recorded: Jepsen `jepsen.util` log lines and EDN op maps
 //! (the two formats of the Porcupine corpus; its README states the semantics followed here).
 
-use crate::history::{F, History, HistoryError, Op, OpType};
+use crate::history::{History, HistoryError, Op, OpType, F};
 use crate::value::Value;
 
 /// A parsed EDN value. Keywords stay distinct from strings because `:timed-out` in a value
@@ -20,7 +20,10 @@ struct EdnReader<'a> {
 
 impl<'a> EdnReader<'a> {
     fn new(text: &'a str) -> Self {
-        EdnReader { bytes: text.as_bytes(), position: 0 }
+        EdnReader {
+            bytes: text.as_bytes(),
+            position: 0,
+        }
     }
 
     fn skip_space(&mut self) {
@@ -193,16 +196,31 @@ fn process_of(edn: Edn) -> Result<u64, String> {
 
 /// Parses one `jepsen.util` line: `INFO  jepsen.util - <process> <type> <f> <value>`.
 fn parse_log_line(line: &str, index: u64) -> Result<Op, String> {
-    let (_, fields) = line.split_once("jepsen.util - ").ok_or("missing `jepsen.util - `")?;
+    let (_, fields) = line
+        .split_once("jepsen.util - ")
+        .ok_or("missing `jepsen.util - `")?;
     let mut reader = EdnReader::new(fields);
     let process = process_of(reader.read()?)?;
     let op_type = op_type_of(&keyword(&reader.read()?, "type")?)?;
     let f = f_of(&keyword(&reader.read()?, "f")?)?;
-    let (value, error) = if reader.at_end() { (Value::Null, None) } else { value_and_error(reader.read()?)? };
+    let (value, error) = if reader.at_end() {
+        (Value::Null, None)
+    } else {
+        value_and_error(reader.read()?)?
+    };
     if !reader.at_end() {
         return Err("unexpected text after the value".to_string());
     }
-    Ok(Op { index, time: None, process, op_type, f, key: None, value, error })
+    Ok(Op {
+        index,
+        time: None,
+        process,
+        op_type,
+        f,
+        key: None,
+        value,
+        error,
+    })
 }
 
 /// Parses a Jepsen log: one register, every key absent at the start. Lines that are not
@@ -292,7 +310,10 @@ mod tests {
         assert_eq!(calls.len(), 2);
         assert_eq!(calls[0].f, F::Cas);
         assert_eq!(calls[0].outcome, Outcome::Fail);
-        assert_eq!(history.value(&calls[0]), &Value::List(vec![Value::Int(1), Value::Int(2)]));
+        assert_eq!(
+            history.value(&calls[0]),
+            &Value::List(vec![Value::Int(1), Value::Int(2)])
+        );
         assert_eq!(calls[1].outcome, Outcome::Info);
         assert_eq!(history.error(&calls[1]), Some("timed-out"));
         assert_eq!(history.value(&calls[1]), &Value::Int(3));
@@ -310,8 +331,12 @@ mod tests {
 
     #[test]
     fn reports_bad_lines_with_their_number() {
-        let text = "INFO  jepsen.util - 0\t:invoke\t:read\tnil\nINFO  jepsen.util - 0\t:maybe\t:read\n";
+        let text =
+            "INFO  jepsen.util - 0\t:invoke\t:read\tnil\nINFO  jepsen.util - 0\t:maybe\t:read\n";
         let error = parse_jepsen_log(text).unwrap_err();
-        assert!(matches!(error, HistoryError::Line { line: 2, .. }), "{error}");
+        assert!(
+            matches!(error, HistoryError::Line { line: 2, .. }),
+            "{error}"
+        );
     }
 }

@@ -129,7 +129,10 @@ pub enum HistoryError {
 
 impl HistoryError {
     pub fn line(line: usize, reason: impl Into<String>) -> Self {
-        HistoryError::Line { line, reason: reason.into() }
+        HistoryError::Line {
+            line,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -160,7 +163,12 @@ impl History {
     ) -> Result<History, HistoryError> {
         assert_eq!(ops.len(), lines.len(), "one source line per event");
         let calls = pair_calls(&ops, &lines)?;
-        Ok(History { ops, calls, lines, initial_value })
+        Ok(History {
+            ops,
+            calls,
+            lines,
+            initial_value,
+        })
     }
 
     pub fn ops(&self) -> &[Op] {
@@ -178,7 +186,8 @@ impl History {
 
     /// The completion's value (`Null` without a completion).
     pub fn complete_value(&self, call: &Call) -> &Value {
-        call.complete_event.map_or(&NULL_VALUE, |event| &self.ops[event].value)
+        call.complete_event
+            .map_or(&NULL_VALUE, |event| &self.ops[event].value)
     }
 
     /// The value that describes what the call did: the completion's value for `ok`
@@ -197,7 +206,8 @@ impl History {
 
     /// The completion's error, if any.
     pub fn error(&self, call: &Call) -> Option<&str> {
-        call.complete_event.and_then(|event| self.ops[event].error.as_deref())
+        call.complete_event
+            .and_then(|event| self.ops[event].error.as_deref())
     }
 
     /// The 1-based source line of event `event`.
@@ -214,11 +224,17 @@ impl History {
             vec![parse_chunk(text)]
         } else {
             std::thread::scope(|scope| {
-                let handles: Vec<_> =
-                    chunks.iter().map(|chunk| scope.spawn(|| parse_chunk(chunk))).collect();
+                let handles: Vec<_> = chunks
+                    .iter()
+                    .map(|chunk| scope.spawn(|| parse_chunk(chunk)))
+                    .collect();
                 handles
                     .into_iter()
-                    .map(|handle| handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                    .map(|handle| {
+                        handle
+                            .join()
+                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                    })
                     .collect()
             })
         };
@@ -255,8 +271,10 @@ pub fn read_jsonl(path: &Path) -> Result<History, HistoryError> {
 
 /// Reads a history file in `format` (`Auto` picks by content).
 pub fn read(path: &Path, format: Format) -> Result<History, HistoryError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| HistoryError::Io { path: path.display().to_string(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| HistoryError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
     History::parse(&text, format)
 }
 
@@ -281,7 +299,10 @@ fn split_lines(text: &str, parts: usize) -> Vec<&str> {
     let mut rest = text;
     for part in (1..parts).rev() {
         let target = rest.len() / (part + 1);
-        let Some(newline) = rest.as_bytes()[target..].iter().position(|&byte| byte == b'\n') else {
+        let Some(newline) = rest.as_bytes()[target..]
+            .iter()
+            .position(|&byte| byte == b'\n')
+        else {
             break;
         };
         let (chunk, tail) = rest.split_at(target + newline + 1);
@@ -311,7 +332,11 @@ fn resolve_format(text: &str, format: Format) -> Format {
     if format != Format::Auto {
         return format;
     }
-    let first = text.lines().map(str::trim).find(|line| !line.is_empty()).unwrap_or("");
+    let first = text
+        .lines()
+        .map(str::trim)
+        .find(|line| !line.is_empty())
+        .unwrap_or("");
     if first.starts_with("{:") {
         Format::Edn
     } else if first.starts_with('{') {
@@ -384,7 +409,10 @@ fn pair_calls(ops: &[Op], lines: &[usize]) -> Result<Vec<Call>, HistoryError> {
             continue;
         }
         let Some(call_index) = open.remove(&op.process) else {
-            let reason = format!("completion for process {} without an open invoke", op.process);
+            let reason = format!(
+                "completion for process {} without an open invoke",
+                op.process
+            );
             return Err(HistoryError::line(line, reason));
         };
         let invoke = &ops[calls[call_index].invoke_event];
@@ -411,11 +439,18 @@ fn complete_call(
     line: usize,
 ) -> Result<(), HistoryError> {
     if op.f != call.f {
-        let reason = format!("completion f {} does not match invoke f {}", op.f.name(), call.f.name());
+        let reason = format!(
+            "completion f {} does not match invoke f {}",
+            op.f.name(),
+            call.f.name()
+        );
         return Err(HistoryError::line(line, reason));
     }
     if op.key.is_some() && op.key != invoke.key {
-        return Err(HistoryError::line(line, "completion key does not match its invoke key"));
+        return Err(HistoryError::line(
+            line,
+            "completion key does not match its invoke key",
+        ));
     }
     call.complete_event = Some(event);
     call.outcome = match op.op_type {
@@ -456,7 +491,10 @@ mod tests {
     fn rejects_completion_without_invoke_with_its_line() {
         let text = "{\"index\":0,\"process\":1,\"type\":\"ok\",\"f\":\"write\",\"value\":1}\n";
         let error = History::parse_jsonl(text).unwrap_err();
-        assert!(matches!(error, HistoryError::Line { line: 1, .. }), "{error}");
+        assert!(
+            matches!(error, HistoryError::Line { line: 1, .. }),
+            "{error}"
+        );
     }
 
     #[test]
@@ -466,7 +504,10 @@ mod tests {
         assert!(error.to_string().contains("line 1"), "{error}");
         let truncated = "{\"process\":1,\"type\":\"invoke\",\"f\":\"read\"}\n{\"process\":1,\"ty";
         let error = History::parse_jsonl(truncated).unwrap_err();
-        assert!(matches!(error, HistoryError::Line { line: 2, .. }), "{error}");
+        assert!(
+            matches!(error, HistoryError::Line { line: 2, .. }),
+            "{error}"
+        );
     }
 
     #[test]
@@ -481,7 +522,10 @@ mod tests {
         assert_eq!(history.line_of(2 * count - 1), 2 * count);
         text.push_str("{\"process\":1,\"type\":\"ok\"");
         let error = History::parse_jsonl(&text).unwrap_err();
-        assert!(matches!(error, HistoryError::Line { line, .. } if line == 2 * count + 1), "{error}");
+        assert!(
+            matches!(error, HistoryError::Line { line, .. } if line == 2 * count + 1),
+            "{error}"
+        );
         assert_eq!(split_lines(&text, 2).concat(), text);
     }
 
@@ -490,6 +534,9 @@ mod tests {
         let text = "{\"time\":5,\"process\":1,\"type\":\"invoke\",\"f\":\"read\"}\n\
                     {\"time\":4,\"process\":1,\"type\":\"ok\",\"f\":\"read\"}";
         let error = History::parse_jsonl(text).unwrap_err();
-        assert!(matches!(error, HistoryError::Line { line: 2, .. }), "{error}");
+        assert!(
+            matches!(error, HistoryError::Line { line: 2, .. }),
+            "{error}"
+        );
     }
 }

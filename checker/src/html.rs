@@ -18,7 +18,10 @@ const TIMELINE_WIDTH_PX: usize = 1400;
 const LABEL_CHARS_MAX: usize = 36;
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn shorten(text: &str) -> String {
@@ -43,7 +46,11 @@ impl Layout {
         let involved: BTreeSet<usize> = anomaly.ops.iter().map(|op| op.call).collect();
         let calls = history.calls();
         let end_of = |call: usize| calls[call].complete_event.unwrap_or(history.ops().len());
-        let first = involved.iter().map(|&call| calls[call].invoke_event).min().unwrap_or(0);
+        let first = involved
+            .iter()
+            .map(|&call| calls[call].invoke_event)
+            .min()
+            .unwrap_or(0);
         let last = involved.iter().map(|&call| end_of(call)).max().unwrap_or(0);
         let first_event = first.saturating_sub(CONTEXT_EVENTS);
         let last_event = (last + CONTEXT_EVENTS).min(history.ops().len());
@@ -55,10 +62,20 @@ impl Layout {
             }
         }
         let processes: BTreeSet<u64> = drawn.iter().map(|&call| calls[call].process).collect();
-        let lanes = processes.into_iter().enumerate().map(|(lane, process)| (process, lane)).collect();
+        let lanes = processes
+            .into_iter()
+            .enumerate()
+            .map(|(lane, process)| (process, lane))
+            .collect();
         let span = (last_event - first_event).max(1) as f64;
         let pixels_per_event = (TIMELINE_WIDTH_PX as f64 / span).clamp(3.0, 60.0);
-        Layout { first_event, last_event, pixels_per_event, lanes, calls: drawn }
+        Layout {
+            first_event,
+            last_event,
+            pixels_per_event,
+            lanes,
+            calls: drawn,
+        }
     }
 
     fn x(&self, event: usize) -> f64 {
@@ -81,8 +98,11 @@ impl Layout {
 
 /// Marks per call: outline the anomaly's operations, number a failed linearization.
 fn marks(anomaly: &Anomaly) -> HashMap<usize, String> {
-    let mut marks: HashMap<usize, String> =
-        anomaly.ops.iter().map(|op| (op.call, String::new())).collect();
+    let mut marks: HashMap<usize, String> = anomaly
+        .ops
+        .iter()
+        .map(|op| (op.call, String::new()))
+        .collect();
     if let Some(failure) = &anomaly.linearization {
         let offset = failure.longest_length - failure.longest_tail.len();
         for (position, call) in failure.longest_tail.iter().enumerate() {
@@ -101,7 +121,9 @@ fn draw_calls(svg: &mut String, history: &History, layout: &Layout, anomaly: &An
     for &index in &layout.calls {
         let call = &history.calls()[index];
         let x_start = layout.x(call.invoke_event);
-        let x_end = call.complete_event.map_or(layout.width() - 30.0, |event| layout.x(event));
+        let x_end = call
+            .complete_event
+            .map_or(layout.width() - 30.0, |event| layout.x(event));
         let y = layout.y(call.process);
         let fill = match call.outcome {
             Outcome::Ok => "#d7ecd7",
@@ -109,16 +131,32 @@ fn draw_calls(svg: &mut String, history: &History, layout: &Layout, anomaly: &An
             Outcome::Info => "#e6e6e6",
         };
         let mark = marks.get(&index);
-        let stroke = if mark.is_some() { "stroke=\"#c00\" stroke-width=\"2\"" } else { "stroke=\"#999\"" };
-        let dash = if call.outcome == Outcome::Info { " stroke-dasharray=\"4 3\"" } else { "" };
-        let key = history.key(call).map_or(String::new(), |key| format!("{key} "));
+        let stroke = if mark.is_some() {
+            "stroke=\"#c00\" stroke-width=\"2\""
+        } else {
+            "stroke=\"#999\""
+        };
+        let dash = if call.outcome == Outcome::Info {
+            " stroke-dasharray=\"4 3\""
+        } else {
+            ""
+        };
+        let key = history
+            .key(call)
+            .map_or(String::new(), |key| format!("{key} "));
         let label = format!("{} {key}{}", call.f.name(), history.value(call));
-        let time = history.ops()[call.invoke_event].time.map_or(String::new(), |ns| format!(" t={ns}ns"));
-        let title = format!("call {index} process {} {:?}{time}: {label}", call.process, call.outcome);
+        let time = history.ops()[call.invoke_event]
+            .time
+            .map_or(String::new(), |ns| format!(" t={ns}ns"));
+        let title = format!(
+            "call {index} process {} {:?}{time}: {label}",
+            call.process, call.outcome
+        );
         let width = (x_end - x_start).max(4.0);
         let _ = write!(
             svg,
-            "<g><title>{}</title><rect x=\"{x_start:.1}\" y=\"{}\" width=\"{width:.1}\" height=\"20\" \
+            "<g><title>{}</title><rect x=\"{x_start:.1}\" y=\"{}\" width=\"{width:.1}\" \
+             height=\"20\" \
              rx=\"3\" fill=\"{fill}\" {stroke}{dash}/><text x=\"{:.1}\" y=\"{}\">{}{}</text></g>",
             escape(&title),
             y,
@@ -126,7 +164,9 @@ fn draw_calls(svg: &mut String, history: &History, layout: &Layout, anomaly: &An
             y + 14,
             escape(&shorten(&label)),
             mark.filter(|text| !text.is_empty())
-                .map_or(String::new(), |text| format!(" <tspan class=\"mark\">{}</tspan>", escape(text))),
+                .map_or(String::new(), |text| {
+                    format!(" <tspan class=\"mark\">{}</tspan>", escape(text))
+                }),
         );
     }
 }
@@ -135,7 +175,10 @@ fn draw_cycle(svg: &mut String, history: &History, layout: &Layout, anomaly: &An
     let centre = |call: usize| {
         let call = &history.calls()[call];
         let end = call.complete_event.unwrap_or(layout.last_event);
-        ((layout.x(call.invoke_event) + layout.x(end)) / 2.0, layout.y(call.process) as f64 + 10.0)
+        (
+            (layout.x(call.invoke_event) + layout.x(end)) / 2.0,
+            layout.y(call.process) as f64 + 10.0,
+        )
     };
     for step in &anomaly.cycle {
         let (x1, y1) = centre(step.from);
@@ -145,7 +188,8 @@ fn draw_cycle(svg: &mut String, history: &History, layout: &Layout, anomaly: &An
         let _ = write!(
             svg,
             "<path d=\"M{x1:.1},{y1:.1} Q{mx:.1},{my:.1} {x2:.1},{y2:.1}\" class=\"edge\" \
-             marker-end=\"url(#arrow)\"/><text x=\"{mx:.1}\" y=\"{:.1}\" class=\"edgelabel\">{}</text>",
+             marker-end=\"url(#arrow)\"/><text x=\"{mx:.1}\" y=\"{:.1}\" \
+             class=\"edgelabel\">{}</text>",
             my - 2.0,
             escape(&step.edge)
         );
@@ -157,7 +201,8 @@ fn timeline(history: &History, anomaly: &Anomaly) -> String {
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{:.0}\" height=\"{}\">\
          <defs><marker id=\"arrow\" viewBox=\"0 0 10 10\" refX=\"9\" refY=\"5\" markerWidth=\"7\" \
-         markerHeight=\"7\" orient=\"auto\"><path d=\"M0,0 L10,5 L0,10 z\" fill=\"#c00\"/></marker></defs>",
+         markerHeight=\"7\" orient=\"auto\"><path d=\"M0,0 L10,5 L0,10 z\" fill=\"#c00\"/>\
+         </marker></defs>",
         layout.width(),
         layout.height()
     );
@@ -165,7 +210,11 @@ fn timeline(history: &History, anomaly: &Anomaly) -> String {
     lanes.sort_by_key(|&(_, lane)| *lane);
     for (process, _) in lanes {
         let y = layout.y(*process);
-        let _ = write!(svg, "<text x=\"4\" y=\"{}\" class=\"lane\">process {process}</text>", y + 14);
+        let _ = write!(
+            svg,
+            "<text x=\"4\" y=\"{}\" class=\"lane\">process {process}</text>",
+            y + 14
+        );
     }
     draw_calls(&mut svg, history, &layout, anomaly);
     draw_cycle(&mut svg, history, &layout, anomaly);
@@ -179,7 +228,10 @@ fn timeline(history: &History, anomaly: &Anomaly) -> String {
 }
 
 fn anomaly_section(page: &mut String, anomaly: &Anomaly) {
-    let key = anomaly.key.as_ref().map_or(String::new(), |key| format!(" on key {key}"));
+    let key = anomaly
+        .key
+        .as_ref()
+        .map_or(String::new(), |key| format!(" on key {key}"));
     let _ = write!(
         page,
         "<h2>{}{}</h2><p>{}</p>",
@@ -187,7 +239,10 @@ fn anomaly_section(page: &mut String, anomaly: &Anomaly) {
         escape(&key),
         escape(&anomaly.explanation)
     );
-    page.push_str("<table><tr><th>call</th><th>process</th><th>f</th><th>value</th><th>outcome</th><th>line</th></tr>");
+    page.push_str(
+        "<table><tr><th>call</th><th>process</th><th>f</th><th>value</th><th>outcome</th>\
+         <th>line</th></tr>",
+    );
     for op in &anomaly.ops {
         let _ = write!(
             page,
@@ -208,14 +263,20 @@ pub fn render(history: &History, report: &Report) -> String {
     let mut page = String::from(
         "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>checker: violation</title>\
          <style>body{font-family:sans-serif;margin:20px}svg{border:1px solid #ccc;background:#fff}\
-         text{font-size:11px;font-family:monospace}.lane{fill:#444}.mark{fill:#c00;font-weight:bold}\
+         text{font-size:11px;font-family:monospace}.lane{fill:#444}\
+         .mark{fill:#c00;font-weight:bold}\
          .edge{fill:none;stroke:#c00;stroke-width:1.5}.edgelabel{fill:#c00;font-weight:bold}\
-         table{border-collapse:collapse;margin-bottom:16px}td,th{border:1px solid #ccc;padding:2px 6px;\
+         table{border-collapse:collapse;margin-bottom:16px}\
+         td,th{border:1px solid #ccc;padding:2px 6px;\
          font-size:12px}.scroll{overflow-x:auto}</style></head><body>",
     );
     let _ = write!(page, "<h1>{}</h1>", escape(&report.verdict_line()));
     if let Some(first) = report.anomalies.first() {
-        let _ = write!(page, "<div class=\"scroll\">{}</div>", timeline(history, first));
+        let _ = write!(
+            page,
+            "<div class=\"scroll\">{}</div>",
+            timeline(history, first)
+        );
     }
     for anomaly in &report.anomalies {
         anomaly_section(&mut page, anomaly);

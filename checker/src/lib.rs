@@ -104,7 +104,10 @@ fn partitions(history: &History, workload: Workload) -> Result<Vec<Partition>, C
     }
     let partitions = groups
         .into_iter()
-        .map(|(key, calls)| Partition { key: Some(key.clone()), calls })
+        .map(|(key, calls)| Partition {
+            key: Some(key.clone()),
+            calls,
+        })
         .collect();
     Ok(partitions)
 }
@@ -132,7 +135,10 @@ fn check_kv(
         })? {
             Verdict::Linearizable => {}
             Verdict::Unknown(reason) => {
-                let key = partition.key.as_ref().map_or(String::new(), |key| format!("key {key}: "));
+                let key = partition
+                    .key
+                    .as_ref()
+                    .map_or(String::new(), |key| format!("key {key}: "));
                 unknown_reason.get_or_insert(format!("{key}{reason}"));
             }
             Verdict::Violation(failure) => {
@@ -142,7 +148,13 @@ fn check_kv(
             }
         }
     }
-    Ok(Report::assemble(history, workload, partitions.len(), sink, unknown_reason))
+    Ok(Report::assemble(
+        history,
+        workload,
+        partitions.len(),
+        sink,
+        unknown_reason,
+    ))
 }
 
 fn linearizability_anomaly(
@@ -150,10 +162,18 @@ fn linearizability_anomaly(
     partition: &Partition,
     failure: linear::Failure,
 ) -> Anomaly {
-    let tail_start = failure.longest.len().saturating_sub(LINEARIZATION_TAIL_CALLS_MAX);
+    let tail_start = failure
+        .longest
+        .len()
+        .saturating_sub(LINEARIZATION_TAIL_CALLS_MAX);
     let tail = failure.longest[tail_start..].to_vec();
     let mut involved = vec![failure.stuck];
-    involved.extend(failure.pending.iter().filter(|&&call| call != failure.stuck));
+    involved.extend(
+        failure
+            .pending
+            .iter()
+            .filter(|&&call| call != failure.stuck),
+    );
     involved.extend(tail.iter().rev());
     let mut seen = std::collections::HashSet::new();
     involved.retain(|call| seen.insert(*call));
@@ -169,7 +189,10 @@ fn linearizability_anomaly(
         failure.longest.len(),
         failure.state_after
     );
-    let ops = involved.iter().map(|&call| OpRef::new(history, call)).collect();
+    let ops = involved
+        .iter()
+        .map(|&call| OpRef::new(history, call))
+        .collect();
     let mut anomaly = Anomaly::new("nonlinearizable", partition.key.clone(), explanation, ops);
     anomaly.linearization = Some(LinearizationFailure {
         longest_length: failure.longest.len(),

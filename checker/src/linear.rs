@@ -82,18 +82,32 @@ fn compile_partition(
     let mut timed: Vec<(u64, u32)> = Vec::new();
     for &call_index in &partition.calls {
         let call = &history.calls()[call_index];
-        let step = compile(history, call, &mut interner).map_err(|reason| (call.invoke_event, reason))?;
+        let step =
+            compile(history, call, &mut interner).map_err(|reason| (call.invoke_event, reason))?;
         let Some(step) = step else { continue };
         let entry = 2 * steps.len() as u32;
-        let return_position = if call.returned() { call.complete_event } else { None };
+        let return_position = if call.returned() {
+            call.complete_event
+        } else {
+            None
+        };
         timed.push((call.invoke_event as u64, entry));
-        timed.push((return_position.map_or(u64::MAX, |event| event as u64), entry + 1));
+        timed.push((
+            return_position.map_or(u64::MAX, |event| event as u64),
+            entry + 1,
+        ));
         calls.push(call_index);
         steps.push(step);
     }
     timed.sort_unstable();
     let order = timed.into_iter().map(|(_, entry)| entry).collect();
-    Ok(Compiled { calls, steps, model: KeyModel::new(interner), initial, order })
+    Ok(Compiled {
+        calls,
+        steps,
+        model: KeyModel::new(interner),
+        initial,
+        order,
+    })
 }
 
 /// Set of (linearized calls, state) pairs already explored. Bitsets live in one flat arena;
@@ -108,7 +122,13 @@ struct Memo {
 
 impl Memo {
     fn new(words: usize) -> Self {
-        Memo { words, arena: Vec::new(), states: Vec::new(), chain: Vec::new(), heads: FxHashMap::default() }
+        Memo {
+            words,
+            arena: Vec::new(),
+            states: Vec::new(),
+            chain: Vec::new(),
+            heads: FxHashMap::default(),
+        }
     }
 
     /// Inserts; `false` if the pair was already present.
@@ -118,7 +138,8 @@ impl Memo {
         let mut slot = head;
         while slot != NIL {
             let start = slot as usize * self.words;
-            if self.states[slot as usize] == state && self.arena[start..start + self.words] == *bits {
+            if self.states[slot as usize] == state && self.arena[start..start + self.words] == *bits
+            {
                 return false;
             }
             slot = self.chain[slot as usize];
@@ -207,16 +228,17 @@ fn search(compiled: &mut Compiled, limits: &Limits, cancel: &AtomicBool) -> Verd
     let mut iterations: u64 = 0;
     while list.next[HEAD as usize] != NIL {
         iterations += 1;
-        if iterations % CLOCK_CHECK_INTERVAL_ITERATIONS == 0 {
+        if iterations.is_multiple_of(CLOCK_CHECK_INTERVAL_ITERATIONS) {
             if let Some(reason) = stop_reason(limits, cancel, &memo) {
                 return Verdict::Unknown(reason);
             }
         }
         let entry = node - 1;
         let step = entry / 2;
-        if entry % 2 == 0 {
-            let next_state =
-                compiled.model.apply(state, &compiled.steps[step as usize], step);
+        if entry.is_multiple_of(2) {
+            let next_state = compiled
+                .model
+                .apply(state, &compiled.steps[step as usize], step);
             if let Some(next_state) = next_state {
                 bit_set(&mut linearized, step);
                 if memo.insert(&linearized, next_state) {
@@ -231,7 +253,9 @@ fn search(compiled: &mut Compiled, limits: &Limits, cancel: &AtomicBool) -> Verd
             node = list.next[node as usize];
             continue;
         }
-        let deeper = failure.as_ref().is_none_or(|known| stack.len() > known.longest.len());
+        let deeper = failure
+            .as_ref()
+            .is_none_or(|known| stack.len() > known.longest.len());
         if deeper {
             failure = Some(describe_failure(compiled, &list, &stack, state, node));
         }
@@ -250,11 +274,17 @@ fn stop_reason(limits: &Limits, cancel: &AtomicBool, memo: &Memo) -> Option<Stri
     if cancel.load(Ordering::Relaxed) {
         return Some("cancelled: another key already failed".to_string());
     }
-    if limits.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+    if limits
+        .deadline
+        .is_some_and(|deadline| Instant::now() >= deadline)
+    {
         return Some("time limit reached".to_string());
     }
     if memo.bytes() > limits.memo_bytes_max {
-        return Some(format!("memo table exceeded {} bytes", limits.memo_bytes_max));
+        return Some(format!(
+            "memo table exceeded {} bytes",
+            limits.memo_bytes_max
+        ));
     }
     None
 }
@@ -272,7 +302,7 @@ fn describe_failure(
     let mut cursor = list.next[HEAD as usize];
     while cursor != node && cursor != NIL && pending.len() < FAILURE_PENDING_CALLS_MAX {
         let entry = cursor - 1;
-        if entry % 2 == 0 {
+        if entry.is_multiple_of(2) {
             pending.push(global(entry / 2));
         }
         cursor = list.next[cursor as usize];
@@ -309,7 +339,9 @@ pub fn check_partitions(
                     let mut done = Vec::new();
                     loop {
                         let position = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&index) = order.get(position) else { break };
+                        let Some(&index) = order.get(position) else {
+                            break;
+                        };
                         let outcome = check_one(history, &partitions[index], limits, &cancel);
                         if matches!(outcome, Ok(Verdict::Violation(_)) | Err(_)) {
                             cancel.store(true, Ordering::Relaxed);
@@ -322,14 +354,23 @@ pub fn check_partitions(
             .collect();
         for handle in handles {
             // A panicking worker is a checker bug: propagate it.
-            let done = handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            let done = handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             for (index, outcome) in done {
                 results[index] = Some(outcome);
             }
         }
     });
-    let cancelled = || Ok(Verdict::Unknown("cancelled: another key already failed".to_string()));
-    results.into_iter().map(|outcome| outcome.unwrap_or_else(cancelled)).collect()
+    let cancelled = || {
+        Ok(Verdict::Unknown(
+            "cancelled: another key already failed".to_string(),
+        ))
+    };
+    results
+        .into_iter()
+        .map(|outcome| outcome.unwrap_or_else(cancelled))
+        .collect()
 }
 
 fn check_one(
@@ -339,9 +380,14 @@ fn check_one(
     cancel: &AtomicBool,
 ) -> PartitionOutcome {
     if cancel.load(Ordering::Relaxed) {
-        return Ok(Verdict::Unknown("cancelled: another key already failed".to_string()));
+        return Ok(Verdict::Unknown(
+            "cancelled: another key already failed".to_string(),
+        ));
     }
-    if limits.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+    if limits
+        .deadline
+        .is_some_and(|deadline| Instant::now() >= deadline)
+    {
         return Ok(Verdict::Unknown("time limit reached".to_string()));
     }
     let mut compiled = compile_partition(history, partition)?;

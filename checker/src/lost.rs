@@ -42,7 +42,9 @@ fn unique_writers<'a>(history: &'a History, partition: &Partition) -> Option<Wri
 
 /// Adds a `lost-write` anomaly per write that some read proves lost.
 pub fn lost_writes(history: &History, partition: &Partition, sink: &mut AnomalySink) {
-    let Some(writers) = unique_writers(history, partition) else { return };
+    let Some(writers) = unique_writers(history, partition) else {
+        return;
+    };
     let calls = history.calls();
     // Acknowledged writes by completion; for each prefix, the latest-invoked one.
     let mut acknowledged: Vec<(usize, usize)> = partition
@@ -83,9 +85,12 @@ pub fn lost_writes(history: &History, partition: &Partition, sink: &mut AnomalyS
         let Some(&lost_index) = before.checked_sub(1).and_then(|last| latest.get(last)) else {
             continue;
         };
-        let overwritten = writer_complete.is_none_or(|event| event < calls[lost_index].invoke_event);
+        let overwritten =
+            writer_complete.is_none_or(|event| event < calls[lost_index].invoke_event);
         if overwritten && reported.insert(lost_index) && sink.wants("lost-write") {
-            sink.push(lost_anomaly(history, partition, lost_index, read_index, &writers, observed));
+            sink.push(lost_anomaly(
+                history, partition, lost_index, read_index, &writers, observed,
+            ));
         }
     }
 }

@@ -19,7 +19,11 @@ const EXIT_BAD_INPUT: u8 = 3;
 const EXIT_OUTPUT_FAILED: u8 = 4;
 
 #[derive(Parser)]
-#[command(name = "checker", version, about = "Checks recorded histories of ReplicatedKVStore")]
+#[command(
+    name = "checker",
+    version,
+    about = "Checks recorded histories of ReplicatedKVStore"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -59,7 +63,11 @@ fn main() -> ExitCode {
         Err(error) => {
             // clap exits 2 on usage errors, which would read as "unknown".
             let _ = error.print();
-            let code = if error.use_stderr() { EXIT_BAD_INPUT } else { EXIT_VALID };
+            let code = if error.use_stderr() {
+                EXIT_BAD_INPUT
+            } else {
+                EXIT_VALID
+            };
             return ExitCode::from(code);
         }
     };
@@ -88,7 +96,11 @@ fn run(arguments: &CheckArgs) -> u8 {
             return EXIT_BAD_INPUT;
         }
     };
-    println!("{} [{:.3} s]", report.verdict_line(), started.elapsed().as_secs_f64());
+    println!(
+        "{} [{:.3} s]",
+        report.verdict_line(),
+        started.elapsed().as_secs_f64()
+    );
     if let Err(error) = write_outputs(arguments, &history, &report) {
         eprintln!("error: {error:#}");
         return EXIT_OUTPUT_FAILED;
@@ -112,7 +124,11 @@ fn write_outputs(
         return Ok(());
     }
     let html_path = arguments.html.clone().unwrap_or_else(|| {
-        arguments.out.parent().unwrap_or(Path::new("")).join("checker.html")
+        arguments
+            .out
+            .parent()
+            .unwrap_or(Path::new(""))
+            .join("checker.html")
     });
     std::fs::write(&html_path, html::render(history, report))
         .with_context(|| format!("writing {}", html_path.display()))?;

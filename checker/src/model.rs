@@ -71,8 +71,7 @@ pub fn compile(
         F::Append => Step::Append(history.invoke_value(call).clone()),
         F::Cas => {
             let pair = history.invoke_value(call).as_list();
-            let Some([from, to]) = pair.and_then(|pair| pair.get(..2))
-            else {
+            let Some([from, to]) = pair.and_then(|pair| pair.get(..2)) else {
                 return Err("cas value must be a list [expected, new]".to_string());
             };
             let (from, to) = (interner.intern(from), interner.intern(to));
@@ -97,7 +96,10 @@ pub struct KeyModel {
 
 impl KeyModel {
     pub fn new(interner: Interner) -> Self {
-        KeyModel { interner, append_results: FxHashMap::default() }
+        KeyModel {
+            interner,
+            append_results: FxHashMap::default(),
+        }
     }
 
     /// Applies `step` (number `step_index` of this key) to `state`; `None` if it cannot
@@ -148,11 +150,20 @@ mod tests {
         let mut model = KeyModel::new(Interner::default());
         let one = model.interner.intern(&Value::Int(1));
         let two = model.interner.intern(&Value::Int(2));
-        assert_eq!(model.apply(one, &Step::CasOk { from: one, to: two }, 0), Some(two));
-        assert_eq!(model.apply(two, &Step::CasOk { from: one, to: two }, 0), None);
+        assert_eq!(
+            model.apply(one, &Step::CasOk { from: one, to: two }, 0),
+            Some(two)
+        );
+        assert_eq!(
+            model.apply(two, &Step::CasOk { from: one, to: two }, 0),
+            None
+        );
         assert_eq!(model.apply(one, &Step::CasFail { from: one }, 0), None);
         assert_eq!(model.apply(two, &Step::CasFail { from: one }, 0), Some(two));
-        assert_eq!(model.apply(two, &Step::CasMaybe { from: one, to: two }, 0), Some(two));
+        assert_eq!(
+            model.apply(two, &Step::CasMaybe { from: one, to: two }, 0),
+            Some(two)
+        );
     }
 
     #[test]

@@ -155,7 +155,11 @@ pub struct AnomalySink {
 
 impl AnomalySink {
     pub fn new(per_type_max: usize) -> Self {
-        AnomalySink { per_type_max, anomalies: Vec::new(), counts: BTreeMap::new() }
+        AnomalySink {
+            per_type_max,
+            anomalies: Vec::new(),
+            counts: BTreeMap::new(),
+        }
     }
 
     /// Counts one anomaly of `kind`; `true` if it should be built and added (under the cap).
@@ -200,17 +204,25 @@ impl Report {
             anomaly_types: sink.counts.keys().cloned().collect(),
             anomaly_counts: sink.counts,
             anomalies: sink.anomalies,
-            unknown_reason: if valid == Validity::Invalid { None } else { unknown_reason },
+            unknown_reason: if valid == Validity::Invalid {
+                None
+            } else {
+                unknown_reason
+            },
         }
     }
 
     /// The one-line verdict the binary prints.
     pub fn verdict_line(&self) -> String {
         match self.valid {
-            Validity::Valid => format!("valid ({} calls, {} keys)", self.call_count, self.key_count),
+            Validity::Valid => {
+                format!("valid ({} calls, {} keys)", self.call_count, self.key_count)
+            }
             Validity::Unknown => format!(
                 "unknown: {}",
-                self.unknown_reason.as_deref().unwrap_or("no reason recorded")
+                self.unknown_reason
+                    .as_deref()
+                    .unwrap_or("no reason recorded")
             ),
             Validity::Invalid => {
                 let found: Vec<String> = self

@@ -141,7 +141,9 @@ impl<'de> Visitor<'de> for ValueVisitor {
     }
 
     fn visit_f64<E: de::Error>(self, number: f64) -> Result<Value, E> {
-        Err(E::custom(format!("floating-point value {number} is not supported")))
+        Err(E::custom(format!(
+            "floating-point value {number} is not supported"
+        )))
     }
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<Value, E> {

@@ -1,12 +1,18 @@
 //! The Porcupine corpus (../shared/conformance/porcupine beside the repository): every one of
 //! the 108 labelled histories gets its expected verdict.
 
+// Test helpers outside #[test] functions may unwrap too: a failure is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 
 use checker::history::{self, Format};
 use checker::{check, Options, Validity, Workload};
 
-const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/conformance/porcupine");
+const CORPUS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/conformance/porcupine"
+);
 const LABELLED_HISTORIES: usize = 108;
 
 fn corpus() -> PathBuf {
@@ -55,10 +61,19 @@ fn porcupine_corpus_gets_every_expected_verdict() {
         let history = history::read(&root.join(file), Format::Auto).unwrap();
         let report = check(&history, workload_of(file), &Options::default()).unwrap();
         if report.valid != *expected {
-            mismatches.push(format!("{file}: expected {expected:?}, got {:?}", report.valid));
+            mismatches.push(format!(
+                "{file}: expected {expected:?}, got {:?}",
+                report.valid
+            ));
         }
     }
-    assert!(mismatches.is_empty(), "{} of {} wrong:\n{}", mismatches.len(), cases.len(), mismatches.join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} wrong:\n{}",
+        mismatches.len(),
+        cases.len(),
+        mismatches.join("\n")
+    );
 }
 
 #[test]
@@ -73,7 +88,10 @@ fn corpus_violations_name_the_stuck_operation_and_the_longest_linearization() {
     assert!(anomaly.ops.iter().any(|op| op.call == failure.stuck));
     let kv = history::read(&root.join("test_data/kv/c10-bad.txt"), Format::Auto).unwrap();
     let report = check(&kv, Workload::Kv, &Options::default()).unwrap();
-    assert!(report.anomalies[0].key.is_some(), "kv violations name their key");
+    assert!(
+        report.anomalies[0].key.is_some(),
+        "kv violations name their key"
+    );
 }
 
 #[test]

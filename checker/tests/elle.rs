@@ -1,6 +1,9 @@
 //! Each Elle anomaly class: a small history that has it (detected and named) and a near twin
 //! that does not (valid).
 
+// Test helpers outside #[test] functions may unwrap too: a failure is a test failure.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use checker::{check, Options, Validity, Workload};
@@ -14,7 +17,13 @@ fn anomaly_types(builder: &Builder) -> (Validity, Vec<String>) {
 fn assert_only(builder: &Builder, expected: &[&str]) {
     let (valid, found) = anomaly_types(builder);
     assert_eq!(valid, Validity::Invalid, "expected {expected:?}");
-    assert_eq!(found, expected.iter().map(|name| name.to_string()).collect::<Vec<_>>());
+    assert_eq!(
+        found,
+        expected
+            .iter()
+            .map(|name| name.to_string())
+            .collect::<Vec<_>>()
+    );
 }
 
 fn assert_valid(builder: &Builder) {
@@ -28,7 +37,13 @@ fn g0(y_order: &str) -> Builder {
     history
         .txn(1, 0, 10, "ok", r#"[["append","x",1],["append","y",1]]"#)
         .txn(2, 1, 11, "ok", r#"[["append","x",2],["append","y",2]]"#)
-        .txn(3, 20, 30, "ok", &format!(r#"[["r","x",[1,2]],["r","y",{y_order}]]"#));
+        .txn(
+            3,
+            20,
+            30,
+            "ok",
+            &format!(r#"[["r","x",[1,2]],["r","y",{y_order}]]"#),
+        );
     history
 }
 
@@ -43,7 +58,13 @@ fn g1c(second_reads_x: &str) -> Builder {
     let mut history = Builder::default();
     history
         .txn(1, 0, 10, "ok", r#"[["append","x",1],["r","y",[1]]]"#)
-        .txn(2, 1, 11, "ok", &format!(r#"[["append","y",1],["r","x",{second_reads_x}]]"#));
+        .txn(
+            2,
+            1,
+            11,
+            "ok",
+            &format!(r#"[["append","y",1],["r","x",{second_reads_x}]]"#),
+        );
     history
 }
 
@@ -58,7 +79,13 @@ fn g_single(reader_x: &str) -> Builder {
     let mut history = Builder::default();
     history
         .txn(1, 0, 10, "ok", r#"[["append","x",1],["append","y",1]]"#)
-        .txn(2, 1, 11, "ok", &format!(r#"[["r","x",{reader_x}],["r","y",[1]]]"#))
+        .txn(
+            2,
+            1,
+            11,
+            "ok",
+            &format!(r#"[["r","x",{reader_x}],["r","y",[1]]]"#),
+        )
         .txn(3, 20, 30, "ok", r#"[["r","x",[1]]]"#);
     history
 }
@@ -74,7 +101,13 @@ fn g2_item(second_reads_y: &str) -> Builder {
     let mut history = Builder::default();
     history
         .txn(1, 0, 10, "ok", r#"[["r","x",[]],["append","y",1]]"#)
-        .txn(2, 1, 11, "ok", &format!(r#"[["r","y",{second_reads_y}],["append","x",1]]"#))
+        .txn(
+            2,
+            1,
+            11,
+            "ok",
+            &format!(r#"[["r","y",{second_reads_y}],["append","x",1]]"#),
+        )
         .txn(3, 20, 30, "ok", r#"[["r","x",[1]],["r","y",[1]]]"#);
     history
 }
@@ -135,9 +168,13 @@ fn appends_out_of_real_time_order_are_g0_realtime() {
 
 fn aborted_read(outcome: &str) -> Builder {
     let mut history = Builder::default();
-    history
-        .txn(1, 0, 10, outcome, r#"[["append","x",1]]"#)
-        .txn(2, 5, 15, "ok", r#"[["r","x",[1]]]"#);
+    history.txn(1, 0, 10, outcome, r#"[["append","x",1]]"#).txn(
+        2,
+        5,
+        15,
+        "ok",
+        r#"[["r","x",[1]]]"#,
+    );
     history
 }
 
@@ -177,9 +214,13 @@ fn internal_inconsistency_within_one_transaction() {
 
 fn duplicate(reader_sees: &str) -> Builder {
     let mut history = Builder::default();
-    history
-        .txn(1, 0, 10, "ok", r#"[["append","x",1]]"#)
-        .txn(2, 20, 30, "ok", &format!(r#"[["r","x",{reader_sees}]]"#));
+    history.txn(1, 0, 10, "ok", r#"[["append","x",1]]"#).txn(
+        2,
+        20,
+        30,
+        "ok",
+        &format!(r#"[["r","x",{reader_sees}]]"#),
+    );
     history
 }
 
@@ -224,16 +265,31 @@ fn incompatible_version_orders() {
 #[test]
 fn garbage_element_nobody_appended() {
     let mut history = Builder::default();
-    history.txn(1, 0, 10, "ok", r#"[["append","x",1]]"#).txn(2, 20, 30, "ok", r#"[["r","x",[1,9]]]"#);
+    history.txn(1, 0, 10, "ok", r#"[["append","x",1]]"#).txn(
+        2,
+        20,
+        30,
+        "ok",
+        r#"[["r","x",[1,9]]]"#,
+    );
     assert_only(&history, &["garbage"]);
 }
 
 #[test]
 fn cycle_report_names_edges_and_operations() {
-    let report = check(&g_single("[]").build(), Workload::ListAppend, &Options::default()).unwrap();
+    let report = check(
+        &g_single("[]").build(),
+        Workload::ListAppend,
+        &Options::default(),
+    )
+    .unwrap();
     let anomaly = &report.anomalies[0];
     assert_eq!(anomaly.kind, "G-single");
-    let mut edges: Vec<&str> = anomaly.cycle.iter().map(|step| step.edge.as_str()).collect();
+    let mut edges: Vec<&str> = anomaly
+        .cycle
+        .iter()
+        .map(|step| step.edge.as_str())
+        .collect();
     edges.sort_unstable();
     assert_eq!(edges, ["rw", "wr"]);
     let mut calls: Vec<usize> = anomaly.ops.iter().map(|op| op.call).collect();
@@ -244,7 +300,13 @@ fn cycle_report_names_edges_and_operations() {
 #[test]
 fn non_unique_appends_are_bad_input() {
     let mut history = Builder::default();
-    history.txn(1, 0, 10, "ok", r#"[["append","x",1]]"#).txn(2, 20, 30, "ok", r#"[["append","x",1]]"#);
+    history.txn(1, 0, 10, "ok", r#"[["append","x",1]]"#).txn(
+        2,
+        20,
+        30,
+        "ok",
+        r#"[["append","x",1]]"#,
+    );
     let error = check(&history.build(), Workload::ListAppend, &Options::default()).unwrap_err();
     assert!(error.to_string().contains("line 3"), "{error}");
 }

@@ -1,5 +1,8 @@
 //! Register/kv semantics: lost writes, info operations, fail cas, time limit.
 
+// Test helpers outside #[test] functions may unwrap too: a failure is a test failure.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use checker::history::F;
@@ -43,7 +46,11 @@ fn info_write_may_take_effect_late_or_never() {
             .kv(1, 0, 10, "info", F::Write, "k", "1")
             .kv(2, 20, 30, "ok", F::Read, "k", "null")
             .kv(3, 40, 50, "ok", F::Read, "k", late_read);
-        assert_eq!(verdict(&history).0, Validity::Valid, "late read {late_read}");
+        assert_eq!(
+            verdict(&history).0,
+            Validity::Valid,
+            "late read {late_read}"
+        );
     }
     let mut reverted = Builder::default();
     reverted
@@ -69,7 +76,11 @@ fn failed_cas_means_the_compare_did_not_match() {
     never_ran[3].error = Some("not leader".to_string());
     let history = checker::History::from_ops(never_ran).unwrap();
     let report = check(&history, Workload::Kv, &Options::default()).unwrap();
-    assert_eq!(report.valid, Validity::Valid, "a fail with an error never ran");
+    assert_eq!(
+        report.valid,
+        Validity::Valid,
+        "a fail with an error never ran"
+    );
 }
 
 #[test]
@@ -100,7 +111,10 @@ fn delete_and_append_follow_the_model() {
 
 #[test]
 fn a_spent_time_limit_gives_unknown() {
-    let options = Options { time_limit: Some(std::time::Duration::ZERO), ..Options::default() };
+    let options = Options {
+        time_limit: Some(std::time::Duration::ZERO),
+        ..Options::default()
+    };
     let report = check(&overwritten("2").build(), Workload::Kv, &options).unwrap();
     assert_eq!(report.valid, Validity::Unknown);
     assert!(report.unknown_reason.unwrap().contains("time limit"));
@@ -109,7 +123,16 @@ fn a_spent_time_limit_gives_unknown() {
 #[test]
 fn txn_is_refused_by_the_kv_workload() {
     let mut history = Builder::default();
-    history.call(1, 0, 10, "ok", F::Txn, Some(checker::Value::from("k")), common::json("[]"), common::json("[]"));
+    history.call(
+        1,
+        0,
+        10,
+        "ok",
+        F::Txn,
+        Some(checker::Value::from("k")),
+        common::json("[]"),
+        common::json("[]"),
+    );
     let error = check(&history.build(), Workload::Kv, &Options::default()).unwrap_err();
     assert!(error.to_string().contains("line 1"), "{error}");
 }

@@ -2,6 +2,9 @@
 //! each operation's invoke/complete interval containing its real point, are valid; the same
 //! with one read changed to a value nobody wrote are invalid.
 
+// Test helpers outside #[test] functions may unwrap too: a failure is a test failure.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::HashMap;
@@ -17,7 +20,10 @@ type Plan = (u64, u8, u8, u8, u64, u64);
 const GARBAGE: i64 = 1_000_000_007;
 
 fn plans() -> impl Strategy<Value = Vec<Plan>> {
-    prop::collection::vec((0u64..5, 0u8..3, 0u8..4, any::<u8>(), 0u64..350, 0u64..350), 1..60)
+    prop::collection::vec(
+        (0u64..5, 0u8..3, 0u8..4, any::<u8>(), 0u64..350, 0u64..350),
+        1..60,
+    )
 }
 
 /// Invoke/complete times: operation i happens at 100 (i + 1); intervals of one process never
@@ -34,7 +40,9 @@ fn intervals(plans: &[Plan]) -> Vec<(u64, u64)> {
     let mut last_complete: HashMap<u64, u64> = HashMap::new();
     let mut result = Vec::with_capacity(plans.len());
     for (index, &(process, _, _, _, before, after)) in plans.iter().enumerate() {
-        let earliest = last_complete.get(&process).map_or(0, |complete| complete + 1);
+        let earliest = last_complete
+            .get(&process)
+            .map_or(0, |complete| complete + 1);
         let invoke = point(index).saturating_sub(before).max(earliest);
         let mut complete = point(index) + after;
         if let Some(next) = next_of_process[index] {
@@ -69,13 +77,22 @@ fn kv_history(plans: &[Plan]) -> Vec<Recorded> {
                 (F::Write, Value::Int(counter), Value::Int(counter), "ok")
             }
             2 => {
-                let from = if pick % 3 == 0 { Value::Int(i64::from(pick) % counter) } else { current.clone() };
+                let from = if pick % 3 == 0 {
+                    Value::Int(i64::from(pick) % counter)
+                } else {
+                    current.clone()
+                };
                 let pair = Value::List(vec![from.clone(), Value::Int(counter)]);
                 let matched = from == current;
                 if matched && takes_effect {
                     state.insert(key, Value::Int(counter));
                 }
-                (F::Cas, pair.clone(), pair, if matched { "ok" } else { "fail" })
+                (
+                    F::Cas,
+                    pair.clone(),
+                    pair,
+                    if matched { "ok" } else { "fail" },
+                )
             }
             _ => {
                 if takes_effect {
@@ -84,7 +101,11 @@ fn kv_history(plans: &[Plan]) -> Vec<Recorded> {
                 (F::Delete, Value::Null, Value::Null, "ok")
             }
         };
-        let outcome = if unknown && f != F::Read { "info" } else { outcome };
+        let outcome = if unknown && f != F::Read {
+            "info"
+        } else {
+            outcome
+        };
         let key = Some(Value::from(format!("k{key}").as_str()));
         calls.push((process, start, end, outcome, f, key, invoke, complete));
     }
@@ -121,9 +142,17 @@ fn list_append_history(plans: &[Plan]) -> Vec<Recorded> {
             if (pick >> step) & 1 == 0 {
                 counter += 1;
                 list.push(Value::Int(counter));
-                mops.push(Value::List(vec![Value::from("append"), name, Value::Int(counter)]));
+                mops.push(Value::List(vec![
+                    Value::from("append"),
+                    name,
+                    Value::Int(counter),
+                ]));
             } else {
-                mops.push(Value::List(vec![Value::from("r"), name, Value::List(list.clone())]));
+                mops.push(Value::List(vec![
+                    Value::from("r"),
+                    name,
+                    Value::List(list.clone()),
+                ]));
             }
         }
         if applies {
@@ -131,7 +160,11 @@ fn list_append_history(plans: &[Plan]) -> Vec<Recorded> {
         }
         let complete = Value::List(mops.clone());
         let invoke = Value::List(mops.into_iter().map(blank_read).collect());
-        let complete = if outcome == "ok" { complete } else { invoke.clone() };
+        let complete = if outcome == "ok" {
+            complete
+        } else {
+            invoke.clone()
+        };
         calls.push((process, start, end, outcome, F::Txn, None, invoke, complete));
     }
     calls
@@ -192,7 +225,9 @@ proptest! {
                 let mops = call.7.as_list().unwrap_or(&[]).to_vec();
                 mops.iter()
                     .enumerate()
-                    .filter(|(_, mop)| mop.as_list().is_some_and(|parts| parts[0] == Value::from("r")))
+                    .filter(|(_, mop)| {
+                        mop.as_list().is_some_and(|parts| parts[0] == Value::from("r"))
+                    })
                     .map(|(position, _)| (index, position))
                     .collect::<Vec<_>>()
             })

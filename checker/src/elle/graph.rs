@@ -107,13 +107,22 @@ fn data_edges(analysis: &Analysis<'_>, edges: &mut Vec<RawEdge>) {
     for (key, order) in analysis.orders.iter().enumerate() {
         let writers = &analysis.writers[key];
         let writer_of = |position: usize| {
-            writers.get(&order[position]).map(|writer| writer.txn).filter(|&txn| live(analysis, txn))
+            writers
+                .get(&order[position])
+                .map(|writer| writer.txn)
+                .filter(|&txn| live(analysis, txn))
         };
         let key = key as u32;
         for position in 1..order.len() {
             if let (Some(from), Some(to)) = (writer_of(position - 1), writer_of(position)) {
                 if from != to {
-                    edges.push(RawEdge { from, to, kind: WW, key, position: position as u32 });
+                    edges.push(RawEdge {
+                        from,
+                        to,
+                        kind: WW,
+                        key,
+                        position: position as u32,
+                    });
                 }
             }
         }
@@ -123,17 +132,31 @@ fn data_edges(analysis: &Analysis<'_>, edges: &mut Vec<RawEdge>) {
             }
             let length = analysis.read_elements(reader, mop).len();
             // wr from the last element the reader did not append itself.
-            let observed = (0..length).rev().find(|&position| writer_of(position) != Some(reader));
+            let observed = (0..length)
+                .rev()
+                .find(|&position| writer_of(position) != Some(reader));
             if let Some(position) = observed {
                 if let Some(from) = writer_of(position) {
                     let position = position as u32;
-                    edges.push(RawEdge { from, to: reader, kind: WR, key, position });
+                    edges.push(RawEdge {
+                        from,
+                        to: reader,
+                        kind: WR,
+                        key,
+                        position,
+                    });
                 }
             }
             if length < order.len() {
                 if let Some(to) = writer_of(length).filter(|&to| to != reader) {
                     let position = length as u32;
-                    edges.push(RawEdge { from: reader, to, kind: RW, key, position });
+                    edges.push(RawEdge {
+                        from: reader,
+                        to,
+                        kind: RW,
+                        key,
+                        position,
+                    });
                 }
             }
         }
@@ -160,11 +183,17 @@ fn realtime_edges(analysis: &Analysis<'_>, edges: &mut Vec<RawEdge>) {
     let mut incoming: Vec<(usize, usize)> = vec![(0, 0); analysis.txns.len()];
     for (_, code) in events {
         let txn = code / 2;
-        if code % 2 == 0 {
+        if code.is_multiple_of(2) {
             let start = edges.len();
             for &from in &frontier {
                 let (kind, key) = (EdgeKind::Realtime as u8, NO_KEY);
-                edges.push(RawEdge { from, to: txn, kind, key, position: 0 });
+                edges.push(RawEdge {
+                    from,
+                    to: txn,
+                    kind,
+                    key,
+                    position: 0,
+                });
             }
             incoming[txn as usize] = (start, edges.len());
             continue;
@@ -191,7 +220,13 @@ fn process_edges(analysis: &Analysis<'_>, edges: &mut Vec<RawEdge>) {
         if let Some(previous) = last.insert(txn.process, index) {
             if analysis.txns[previous as usize].outcome == Outcome::Ok {
                 let (kind, key) = (EdgeKind::Process as u8, NO_KEY);
-                edges.push(RawEdge { from: previous, to: index, kind, key, position: 0 });
+                edges.push(RawEdge {
+                    from: previous,
+                    to: index,
+                    kind,
+                    key,
+                    position: 0,
+                });
             }
         }
     }
@@ -205,7 +240,10 @@ struct Marks {
 
 impl Marks {
     fn new(node_count: usize) -> Self {
-        Marks { stamps: vec![0; node_count], current: 0 }
+        Marks {
+            stamps: vec![0; node_count],
+            current: 0,
+        }
     }
 
     fn set(&mut self, nodes: &[u32]) {
@@ -324,7 +362,11 @@ struct Bfs {
 
 impl Bfs {
     fn new(node_count: usize) -> Self {
-        Bfs { seen: Marks::new(node_count), parent_edge: vec![0; node_count], queue: VecDeque::new() }
+        Bfs {
+            seen: Marks::new(node_count),
+            parent_edge: vec![0; node_count],
+            queue: VecDeque::new(),
+        }
     }
 
     /// Edge indices of a shortest path from `source` to `target` (a cycle if they are equal)
@@ -450,7 +492,10 @@ impl Searcher<'_> {
 
 /// Names a cycle by its edges, as Elle does.
 fn classify(graph: &Graph, cycle: &[u32]) -> String {
-    let kinds: Vec<u8> = cycle.iter().map(|&edge| graph.kinds[edge as usize]).collect();
+    let kinds: Vec<u8> = cycle
+        .iter()
+        .map(|&edge| graph.kinds[edge as usize])
+        .collect();
     let rw = kinds.iter().filter(|&&kind| kind == RW).count();
     let base = match rw {
         0 if kinds.iter().all(|&kind| kind & (WW | ORDER) != 0) => "G0",
@@ -476,20 +521,43 @@ fn explain(analysis: &Analysis<'_>, graph: &Graph, edge: usize) -> CycleStep {
     let (name, explanation) = match graph.kinds[edge] {
         WW => (
             "ww",
-            format!("call {to} appended {} right after call {from} appended {}", element(position), element(position - 1)),
+            format!(
+                "call {to} appended {} right after call {from} appended {}",
+                element(position),
+                element(position - 1)
+            ),
         ),
-        WR => ("wr", format!("call {to} read the list up to {}, appended by call {from}", element(position))),
+        WR => (
+            "wr",
+            format!(
+                "call {to} read the list up to {}, appended by call {from}",
+                element(position)
+            ),
+        ),
         RW => (
             "rw",
-            format!("call {from} read the list without {}, which call {to} appended next", element(position)),
+            format!(
+                "call {from} read the list without {}, which call {to} appended next",
+                element(position)
+            ),
         ),
-        kind if kind == EdgeKind::Realtime as u8 => {
-            ("realtime", format!("call {from} completed before call {to} was invoked"))
-        }
-        _ => ("process", format!("call {from} ran before call {to} on the same process")),
+        kind if kind == EdgeKind::Realtime as u8 => (
+            "realtime",
+            format!("call {from} completed before call {to} was invoked"),
+        ),
+        _ => (
+            "process",
+            format!("call {from} ran before call {to} on the same process"),
+        ),
     };
     let key = (key != NO_KEY).then(|| analysis.keys[key as usize].clone());
-    CycleStep { from, to, edge: name.to_string(), key, explanation }
+    CycleStep {
+        from,
+        to,
+        edge: name.to_string(),
+        key,
+        explanation,
+    }
 }
 
 /// Finds the strongly connected components and reports the worst cycle of each.
@@ -508,18 +576,29 @@ pub fn cycles(analysis: &Analysis<'_>, graph: &Graph, sink: &mut AnomalySink) {
         sub: Marks::new(node_count),
     };
     for component in components {
-        let Some(cycle) = searcher.worst_cycle(&component) else { continue };
+        let Some(cycle) = searcher.worst_cycle(&component) else {
+            continue;
+        };
         let kind = classify(graph, &cycle);
         if !sink.wants(&kind) {
             continue;
         }
-        let steps: Vec<CycleStep> =
-            cycle.iter().map(|&edge| explain(analysis, graph, edge as usize)).collect();
-        let txns: Vec<u32> = cycle.iter().map(|&edge| graph.sources[edge as usize]).collect();
+        let steps: Vec<CycleStep> = cycle
+            .iter()
+            .map(|&edge| explain(analysis, graph, edge as usize))
+            .collect();
+        let txns: Vec<u32> = cycle
+            .iter()
+            .map(|&edge| graph.sources[edge as usize])
+            .collect();
         let explanation = format!(
             "{kind} cycle of {} transactions: {}",
             txns.len(),
-            steps.iter().map(|step| step.explanation.as_str()).collect::<Vec<_>>().join("; ")
+            steps
+                .iter()
+                .map(|step| step.explanation.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
         );
         let mut found = anomaly(analysis, &kind, None, explanation, &txns);
         found.cycle = steps;

@@ -21,7 +21,8 @@ impl Local<'_> {
     fn admits(&self, elements: &[Value]) -> bool {
         let tail_start = match self.read {
             Some(read) => {
-                if elements.len() != read.len() + self.appended.len() || !elements.starts_with(read) {
+                if elements.len() != read.len() + self.appended.len() || !elements.starts_with(read)
+                {
                     return false;
                 }
                 read.len()
@@ -31,11 +32,17 @@ impl Local<'_> {
                 None => return false,
             },
         };
-        elements[tail_start..].iter().eq(self.appended.iter().copied())
+        elements[tail_start..]
+            .iter()
+            .eq(self.appended.iter().copied())
     }
 
     fn expected(&self) -> String {
-        let appended: Vec<Value> = self.appended.iter().map(|&element| element.clone()).collect();
+        let appended: Vec<Value> = self
+            .appended
+            .iter()
+            .map(|&element| element.clone())
+            .collect();
         match self.read {
             Some(read) => {
                 let mut expected = read.to_vec();
@@ -57,8 +64,13 @@ pub fn internal(analysis: &Analysis<'_>, sink: &mut AnomalySink) {
         let mut locals: FxHashMap<u32, Local> = FxHashMap::default();
         for mop in &txn.mops {
             match *mop {
-                Mop::Append { key, element } => locals.entry(key).or_default().appended.push(element),
-                Mop::Read { key, elements: Some(elements) } => {
+                Mop::Append { key, element } => {
+                    locals.entry(key).or_default().appended.push(element)
+                }
+                Mop::Read {
+                    key,
+                    elements: Some(elements),
+                } => {
                     let local = locals.entry(key).or_default();
                     if !local.admits(elements) && sink.wants("internal") {
                         let explanation = format!(
@@ -69,7 +81,13 @@ pub fn internal(analysis: &Analysis<'_>, sink: &mut AnomalySink) {
                             local.expected()
                         );
                         let txn_id = txn_index as u32;
-                        sink.push(anomaly(analysis, "internal", Some(key), explanation, &[txn_id]));
+                        sink.push(anomaly(
+                            analysis,
+                            "internal",
+                            Some(key),
+                            explanation,
+                            &[txn_id],
+                        ));
                     }
                     local.read = Some(elements);
                     local.appended.clear();
@@ -88,18 +106,26 @@ pub fn version_orders(analysis: &mut Analysis<'_>, sink: &mut AnomalySink) {
             continue;
         }
         for (mop_index, mop) in txn.mops.iter().enumerate() {
-            if let Mop::Read { key, elements: Some(_) } = mop {
+            if let Mop::Read {
+                key,
+                elements: Some(_),
+            } = mop
+            {
                 analysis.reads[*key as usize].push((txn_index as u32, mop_index as u32));
             }
         }
     }
     for key in 0..analysis.keys.len() {
         let reads = &analysis.reads[key];
-        let longest = reads
-            .iter()
-            .copied()
-            .max_by_key(|&(txn, mop)| (analysis.read_elements(txn, mop).len(), std::cmp::Reverse(txn)));
-        let Some((longest_txn, longest_mop)) = longest else { continue };
+        let longest = reads.iter().copied().max_by_key(|&(txn, mop)| {
+            (
+                analysis.read_elements(txn, mop).len(),
+                std::cmp::Reverse(txn),
+            )
+        });
+        let Some((longest_txn, longest_mop)) = longest else {
+            continue;
+        };
         let order = analysis.read_elements(longest_txn, longest_mop);
         let mut incompatible = Vec::new();
         for &(txn, mop) in reads {
@@ -118,7 +144,13 @@ pub fn version_orders(analysis: &mut Analysis<'_>, sink: &mut AnomalySink) {
                     Value::List(order.to_vec())
                 );
                 let involved = [txn, longest_txn];
-                sink.push(anomaly(analysis, "incompatible-order", Some(key as u32), explanation, &involved));
+                sink.push(anomaly(
+                    analysis,
+                    "incompatible-order",
+                    Some(key as u32),
+                    explanation,
+                    &involved,
+                ));
             }
         }
         duplicates(analysis, key, order, longest_txn, sink);
@@ -147,7 +179,13 @@ fn duplicates(
             analysis.keys[key],
             Value::List(elements.to_vec())
         );
-        sink.push(anomaly(analysis, "duplicate-elements", Some(key as u32), explanation, &[reader]));
+        sink.push(anomaly(
+            analysis,
+            "duplicate-elements",
+            Some(key as u32),
+            explanation,
+            &[reader],
+        ));
     }
 }
 
@@ -169,9 +207,8 @@ pub fn bad_elements(analysis: &Analysis<'_>, sink: &mut AnomalySink) {
         let order = analysis.orders[key];
         for (position, element) in order.iter().enumerate() {
             let writer = analysis.writers[key].get(element);
-            let bad = writer.is_none_or(|writer| {
-                analysis.txns[writer.txn as usize].outcome == Outcome::Fail
-            });
+            let bad = writer
+                .is_none_or(|writer| analysis.txns[writer.txn as usize].outcome == Outcome::Fail);
             if !bad {
                 continue;
             }
@@ -200,7 +237,13 @@ fn aborted_or_garbage(
             if sink.wants("garbage") {
                 let explanation =
                     format!("read of key {name} contains {element}, which no operation appended");
-                sink.push(anomaly(analysis, "garbage", Some(key as u32), explanation, &[reader]));
+                sink.push(anomaly(
+                    analysis,
+                    "garbage",
+                    Some(key as u32),
+                    explanation,
+                    &[reader],
+                ));
             }
         }
         Some(writer) if analysis.txns[writer.txn as usize].outcome == Outcome::Fail => {
@@ -209,7 +252,13 @@ fn aborted_or_garbage(
                     "read of key {name} contains {element}, appended by a transaction that failed"
                 );
                 let involved = [reader, writer.txn];
-                sink.push(anomaly(analysis, "G1a", Some(key as u32), explanation, &involved));
+                sink.push(anomaly(
+                    analysis,
+                    "G1a",
+                    Some(key as u32),
+                    explanation,
+                    &involved,
+                ));
             }
         }
         Some(_) => {}
@@ -224,7 +273,9 @@ fn intermediate(
     sink: &mut AnomalySink,
 ) {
     let Some(last) = elements.last() else { return };
-    let Some(writer) = analysis.writers[key].get(last) else { return };
+    let Some(writer) = analysis.writers[key].get(last) else {
+        return;
+    };
     if !writer.intermediate || writer.txn == reader || !sink.wants("G1b") {
         return;
     }
@@ -234,7 +285,13 @@ fn intermediate(
         analysis.keys[key]
     );
     let involved = [reader, writer.txn];
-    sink.push(anomaly(analysis, "G1b", Some(key as u32), explanation, &involved));
+    sink.push(anomaly(
+        analysis,
+        "G1b",
+        Some(key as u32),
+        explanation,
+        &involved,
+    ));
 }
 
 /// Lost appends: an ok append whose transaction completed before the key's final read was
@@ -245,7 +302,9 @@ pub fn lost_appends(analysis: &Analysis<'_>, sink: &mut AnomalySink) {
             .iter()
             .copied()
             .max_by_key(|&(txn, _)| analysis.txns[txn as usize].invoke_event);
-        let Some((reader, mop)) = final_read else { continue };
+        let Some((reader, mop)) = final_read else {
+            continue;
+        };
         let read_invoke = analysis.txns[reader as usize].invoke_event;
         let seen: FxHashSet<&Value> = analysis.read_elements(reader, mop).iter().collect();
         let mut lost: Vec<(&Value, u32)> = analysis.writers[key]
@@ -269,7 +328,13 @@ pub fn lost_appends(analysis: &Analysis<'_>, sink: &mut AnomalySink) {
                     analysis.line(reader)
                 );
                 let involved = [writer, reader];
-                sink.push(anomaly(analysis, "lost-append", Some(key as u32), explanation, &involved));
+                sink.push(anomaly(
+                    analysis,
+                    "lost-append",
+                    Some(key as u32),
+                    explanation,
+                    &involved,
+                ));
             }
         }
     }

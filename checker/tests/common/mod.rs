@@ -1,5 +1,5 @@
 //! Builders for hand-made histories.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use checker::history::{History, Op, OpType, F};
 use checker::Value;
@@ -15,7 +15,16 @@ pub fn json(text: &str) -> Value {
 }
 
 fn op(process: u64, op_type: OpType, f: F, key: Option<Value>, value: Value) -> Op {
-    Op { index: 0, time: None, process, op_type, f, key, value, error: None }
+    Op {
+        index: 0,
+        time: None,
+        process,
+        op_type,
+        f,
+        key,
+        value,
+        error: None,
+    }
 }
 
 impl Builder {
@@ -43,15 +52,25 @@ impl Builder {
             "info" => OpType::Info,
             _ => return self,
         };
-        self.events.push((end, 1, op(process, op_type, f, key, complete_value)));
+        self.events
+            .push((end, 1, op(process, op_type, f, key, complete_value)));
         self
     }
 
     /// A list-append transaction; `mops` is JSON with read results filled in. The invocation
     /// carries the same micro-ops with every read result replaced by null.
-    pub fn txn(&mut self, process: u64, start: u64, end: u64, outcome: &str, mops: &str) -> &mut Self {
+    pub fn txn(
+        &mut self,
+        process: u64,
+        start: u64,
+        end: u64,
+        outcome: &str,
+        mops: &str,
+    ) -> &mut Self {
         let complete = json(mops);
-        let Value::List(items) = &complete else { panic!("mops must be a list") };
+        let Value::List(items) = &complete else {
+            panic!("mops must be a list")
+        };
         let blanked: Vec<Value> = items
             .iter()
             .map(|mop| match mop {
@@ -62,15 +81,33 @@ impl Builder {
             })
             .collect();
         let invoke = Value::List(blanked);
-        let complete = if outcome == "ok" { complete } else { invoke.clone() };
+        let complete = if outcome == "ok" {
+            complete
+        } else {
+            invoke.clone()
+        };
         self.call(process, start, end, outcome, F::Txn, None, invoke, complete)
     }
 
     /// A single-key register/kv call; for reads `value` is the result.
-    pub fn kv(&mut self, process: u64, start: u64, end: u64, outcome: &str, f: F, key: &str, value: &str) -> &mut Self {
+    #[allow(clippy::too_many_arguments)]
+    pub fn kv(
+        &mut self,
+        process: u64,
+        start: u64,
+        end: u64,
+        outcome: &str,
+        f: F,
+        key: &str,
+        value: &str,
+    ) -> &mut Self {
         let value = json(value);
         let key = Some(Value::from(key));
-        let invoke_value = if f == F::Read { Value::Null } else { value.clone() };
+        let invoke_value = if f == F::Read {
+            Value::Null
+        } else {
+            value.clone()
+        };
         self.call(process, start, end, outcome, f, key, invoke_value, value)
     }
 
@@ -80,7 +117,11 @@ impl Builder {
         let ops = events
             .into_iter()
             .enumerate()
-            .map(|(index, (time, _, op))| Op { index: index as u64, time: Some(*time), ..op.clone() })
+            .map(|(index, (time, _, op))| Op {
+                index: index as u64,
+                time: Some(*time),
+                ..op.clone()
+            })
             .collect();
         History::from_ops(ops).unwrap()
     }
