@@ -268,7 +268,12 @@ fn parse_edn_line(line: &str, index: u64) -> Result<Op, String> {
             "value" => (op.value, op.error) = value_and_error(value)?,
             "index" => op.index = process_of(value)?,
             "time" => op.time = Some(process_of(value)?),
-            "error" => op.error = Some(format!("{:?}", value)),
+            "error" => {
+                op.error = Some(match value {
+                    Edn::Keyword(name) => name,
+                    other => to_value(other)?.to_string(),
+                })
+            }
             _ => {}
         }
     }

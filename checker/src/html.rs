@@ -16,6 +16,8 @@ const LANE_HEIGHT_PX: usize = 30;
 const MARGIN_LEFT_PX: usize = 90;
 const TIMELINE_WIDTH_PX: usize = 1400;
 const LABEL_CHARS_MAX: usize = 36;
+/// How far a cycle arrow bows away from the straight line.
+const ARROW_BEND_PX: f64 = 28.0;
 
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
@@ -183,15 +185,27 @@ fn draw_cycle(svg: &mut String, history: &History, layout: &Layout, anomaly: &An
     for step in &anomaly.cycle {
         let (x1, y1) = centre(step.from);
         let (x2, y2) = centre(step.to);
-        let bend = if (y2 - y1).abs() < 1.0 { 26.0 } else { 0.0 };
-        let (mx, my) = ((x1 + x2) / 2.0, (y1 + y2) / 2.0 - bend);
+        // Bend each arrow to its left, so a -> b and b -> a do not overlap.
+        let (dx, dy) = (x2 - x1, y2 - y1);
+        let length = (dx * dx + dy * dy).sqrt().max(1.0);
+        let (nx, ny) = (-dy / length, dx / length);
+        let (mx, my) = (
+            (x1 + x2) / 2.0 + nx * ARROW_BEND_PX,
+            (y1 + y2) / 2.0 + ny * ARROW_BEND_PX,
+        );
+        let key = step
+            .key
+            .as_ref()
+            .map_or(String::new(), |key| format!(" {key}"));
         let _ = write!(
             svg,
             "<path d=\"M{x1:.1},{y1:.1} Q{mx:.1},{my:.1} {x2:.1},{y2:.1}\" class=\"edge\" \
-             marker-end=\"url(#arrow)\"/><text x=\"{mx:.1}\" y=\"{:.1}\" \
+             marker-end=\"url(#arrow)\"><title>{}</title></path><text x=\"{:.1}\" y=\"{:.1}\" \
              class=\"edgelabel\">{}</text>",
-            my - 2.0,
-            escape(&step.edge)
+            escape(&step.explanation),
+            (x1 + x2) / 2.0 + nx * ARROW_BEND_PX * 0.6,
+            (y1 + y2) / 2.0 + ny * ARROW_BEND_PX * 0.6 + 4.0,
+            escape(&format!("{}{key}", step.edge))
         );
     }
 }
