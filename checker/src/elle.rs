@@ -106,13 +106,6 @@ pub fn check(history: &History, options: &Options) -> Result<Report, CheckError>
     reads::bad_elements(&analysis, &mut sink);
     reads::lost_appends(&analysis, &mut sink);
     let graph = Graph::build(&analysis);
-    if std::env::var_os("CHECKER_DEBUG_GRAPH").is_some() {
-        eprintln!(
-            "graph: {} nodes, {} edges",
-            analysis.txns.len(),
-            graph.edge_count()
-        );
-    }
     graph::cycles(&analysis, &graph, &mut sink);
     let key_count = analysis.keys.len();
     Ok(Report::assemble(
