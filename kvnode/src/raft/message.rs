@@ -152,7 +152,9 @@ pub enum MessageBody {
     /// stream of their own; the follower's node installs them and then calls
     /// `RawNode::restore`. The leader learns the outcome from `RawNode::report_snapshot` and from
     /// the follower's `AppendResponse` afterwards.
-    InstallSnapshot { meta: SnapshotMeta },
+    InstallSnapshot {
+        meta: SnapshotMeta,
+    },
     /// Leadership transfer: the receiver starts an election at once (thesis §3.10).
     TimeoutNow,
 }
