@@ -94,7 +94,7 @@ fn scan_segment(
     let record_bytes_max = usize::try_from(config.record_bytes_max).unwrap_or(usize::MAX);
     let mut offset = SEGMENT_HEADER_BYTES;
     let mut sealed = false;
-    let mut torn = false;
+    let mut torn = None;
     loop {
         match record::decode(&bytes[offset..], record_bytes_max) {
             Ok(Decoded::End) => break,
@@ -110,8 +110,7 @@ fn scan_segment(
                 }
             }
             Err(error) if is_last => {
-                warn_torn(segment, offset, bytes.len(), &error.to_string());
-                torn = true;
+                torn = Some(error.to_string());
                 break;
             }
             Err(error) => return Err(corrupt(offset, error.to_string())),
@@ -128,9 +127,9 @@ fn scan_segment(
         .rposition(|byte| *byte != 0)
         .map_or(0, |at| at + 1);
     let dirty_end = dirty_end.max(offset);
-    if is_last && !torn && dirty_end > offset {
-        let reason = "non-zero bytes after the end of the log";
-        warn_torn(segment, offset, bytes.len(), reason);
+    if is_last && (torn.is_some() || dirty_end > offset) {
+        let reason = torn.unwrap_or_else(|| "non-zero bytes after the end of the log".into());
+        warn_torn(segment, offset, dirty_end - offset, &reason);
     }
     Ok(Tail {
         segment: segment.clone(),
@@ -141,14 +140,14 @@ fn scan_segment(
     })
 }
 
-fn warn_torn(segment: &SegmentId, offset: usize, file_bytes: usize, reason: &str) {
+fn warn_torn(segment: &SegmentId, offset: usize, dirty_bytes: usize, reason: &str) {
     tracing::warn!(
         "wal: recovery: torn tail repaired: {} at byte offset {}: {}; the log ends there \
-         (cutting {} bytes never acknowledged)",
+         ({} bytes after it will be zeroed)",
         segment.path.display(),
         offset,
         reason,
-        file_bytes - offset,
+        dirty_bytes,
     );
 }
 

@@ -118,7 +118,25 @@ impl WalWriter {
                     source,
                 })?;
         }
-        self.file_bytes = tail.file_bytes;
+        // A last segment shorter than its preallocation (cut by a crash or a copy) is extended
+        // with written zeros, so the END marker always fits and rolls work as usual.
+        let size = segment::segment_size_bytes(
+            self.config.segment_bytes_max,
+            tail.end_offset + SEGMENT_END_BYTES,
+        );
+        if tail.file_bytes < size {
+            let zeros = vec![0u8; (size - tail.file_bytes) as usize];
+            self.file
+                .write_all_at(&zeros, tail.file_bytes)
+                .map_err(io)?;
+            self.file
+                .sync_all()
+                .map_err(|source| WalError::SyncFailed {
+                    path: tail.segment.path.clone(),
+                    source,
+                })?;
+        }
+        self.file_bytes = size.max(tail.file_bytes);
         self.written_offset = tail.end_offset;
         self.synced_offset = tail.end_offset;
         Ok(())
