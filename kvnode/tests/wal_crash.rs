@@ -388,3 +388,29 @@ fn wal_group_commit_an_error_is_fatal_and_reported() {
     assert_eq!(closed, Err(SubmitError::Closed));
     assert!(matches!(wal.close(), Err(WalError::Poisoned)));
 }
+
+/// "wal: group commit: segment rolls take preallocated spares, none is left behind"
+#[test]
+fn wal_group_commit_rolls_onto_preallocated_spares() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sender, reports) = mpsc::channel();
+    let callback = Box::new(move |report: Result<Durable, WalError>| {
+        sender.send(report.unwrap().last_index).unwrap();
+    });
+    let (wal, _) = Wal::open(dir.path(), small_config(8192), callback).unwrap();
+    for index in 1..=200 {
+        wal.submit(batch(vec![entry(index, 1, 300)], None)).unwrap();
+        // One at a time, so the preallocator gets a chance to hand spares over.
+        while reports.recv().unwrap() < index {}
+    }
+    wal.close().unwrap();
+    let leftovers: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|item| item.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(segment_files(dir.path()).len() > 5);
+    let (_, recovered) = WalWriter::open(dir.path(), small_config(8192)).unwrap();
+    assert_eq!(recovered.entries, entries(1, 200, 1, 300));
+}

@@ -4,19 +4,24 @@
 //! fdatasync, and reports `Durable` through the callback given at open: batches from concurrent
 //! callers coalesce while a sync is in flight.
 //!
+//! Segment rolls do not stall the group: a second thread keeps one zero-filled, synced spare
+//! segment ready (like etcd's `filePipeline`), and the writer only writes a header over it.
+//!
 //! Any error is fatal: it is reported to the callback once and the thread stops (later submits
 //! get `SubmitError::Closed`). A failed fdatasync is never retried (PostgreSQL "fsyncgate":
 //! after a failed fsync the kernel may have dropped the dirty pages, so a retry can succeed
 //! over lost data).
 
-use std::path::Path;
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SendError, SyncSender, TryRecvError, TrySendError};
 use std::thread::{self, JoinHandle};
 
 use thiserror::Error;
 
 use crate::raft::message::Index;
 
+use super::segment::{self, Spare};
 use super::{Durable, Recovered, WalConfig, WalError, WalWriter, WriteBatch};
 
 /// Called on the WAL thread after each group: `Ok` after an fdatasync, `Err` once on a fatal
@@ -24,6 +29,7 @@ use super::{Durable, Recovered, WalConfig, WalError, WalWriter, WriteBatch};
 pub type DurableCallback = Box<dyn FnMut(Result<Durable, WalError>) + Send>;
 
 const THREAD_NAME: &str = "wal-writer";
+const PREALLOCATOR_THREAD_NAME: &str = "wal-preallocator";
 
 #[derive(Debug)]
 enum Command {
@@ -47,6 +53,7 @@ pub enum SubmitError {
 pub struct Wal {
     sender: Option<SyncSender<Command>>,
     thread: Option<JoinHandle<Result<(), WalError>>>,
+    preallocator: Option<JoinHandle<()>>,
     queue_batches_max: usize,
 }
 
@@ -58,18 +65,29 @@ impl Wal {
         on_durable: DurableCallback,
     ) -> Result<(Wal, Recovered), WalError> {
         let queue_batches_max = config.queue_batches_max.max(1);
-        let (writer, recovered) = WalWriter::open(dir, config)?;
+        let spare_bytes = segment::segment_size_bytes(config.segment_bytes_max, 0);
+        let (mut writer, recovered) = WalWriter::open(dir, config)?;
+        let spawn_error = |source| WalError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        // Capacity 0: at most one spare exists, handed over when the writer asks for it.
+        let (spare_sender, spare_receiver) = mpsc::sync_channel(0);
+        writer.set_spare_source(spare_receiver);
+        let spare_dir = dir.to_path_buf();
+        let preallocator = thread::Builder::new()
+            .name(PREALLOCATOR_THREAD_NAME.to_string())
+            .spawn(move || preallocate(spare_dir, spare_bytes, spare_sender))
+            .map_err(spawn_error)?;
         let (sender, receiver) = mpsc::sync_channel(queue_batches_max);
         let thread = thread::Builder::new()
             .name(THREAD_NAME.to_string())
             .spawn(move || run(writer, receiver, on_durable, queue_batches_max))
-            .map_err(|source| WalError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+            .map_err(spawn_error)?;
         let wal = Wal {
             sender: Some(sender),
             thread: Some(thread),
+            preallocator: Some(preallocator),
             queue_batches_max,
         };
         Ok((wal, recovered))
@@ -104,11 +122,16 @@ impl Wal {
 
     fn stop(&mut self) -> Result<(), WalError> {
         self.sender = None;
-        match self.thread.take().map(JoinHandle::join) {
+        let result = match self.thread.take().map(JoinHandle::join) {
             None => Ok(()),
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(WalError::Poisoned),
+        };
+        // The writer (and its spare receiver) is gone: the preallocator's next send fails.
+        if let Some(preallocator) = self.preallocator.take() {
+            let _ = preallocator.join();
         }
+        result
     }
 }
 
@@ -161,4 +184,26 @@ fn execute(
         }
     }
     writer.sync()
+}
+
+/// Keeps one spare segment ready until the writer goes away. On an error it stops: the writer
+/// then creates segments itself and reports any error through the normal path.
+fn preallocate(dir: PathBuf, size_bytes: u64, ready: SyncSender<Spare>) {
+    let mut counter = 0u64;
+    loop {
+        let path = segment::spare_path(&dir, counter);
+        counter += 1;
+        let spare = match segment::create_spare(&path, size_bytes) {
+            Ok(spare) => spare,
+            Err(error) => {
+                tracing::warn!("wal: preallocating a spare segment failed: {error}");
+                let _ = fs::remove_file(&path);
+                return;
+            }
+        };
+        if let Err(SendError(spare)) = ready.send(spare) {
+            let _ = fs::remove_file(&spare.path);
+            return;
+        }
+    }
 }

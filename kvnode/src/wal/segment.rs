@@ -12,6 +12,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::raft::message::Index;
@@ -112,19 +113,25 @@ pub fn check_header(bytes: &[u8], segment: &SegmentId) -> Result<(), String> {
     Err("segment header checksum or fields do not match the file name".to_string())
 }
 
-/// Creates a segment atomically: header and `head` records, zeros up to `size_bytes`, fsync,
-/// rename, directory fsync. A crash leaves either no segment or a complete one.
-pub fn create_segment(
-    dir: &Path,
-    seq: u64,
-    first_index: Index,
-    head: &[u8],
-    size_bytes: u64,
-) -> Result<(SegmentId, File), WalError> {
-    let path = segment_path(dir, seq, first_index);
-    let tmp = dir.join(format!("{seq:016x}{TMP_SUFFIX}"));
+/// A zero-filled, synced file waiting to become a segment (see `spare_path`).
+#[derive(Debug)]
+pub struct Spare {
+    pub path: PathBuf,
+    pub file: File,
+    pub size_bytes: u64,
+}
+
+/// Spare files are temporary until installed: `list_segments` removes leftovers at open.
+pub fn spare_path(dir: &Path, counter: u64) -> PathBuf {
+    dir.join(format!("spare-{counter:016x}{TMP_SUFFIX}"))
+}
+
+/// Creates a file of `size_bytes` written zeros and fsyncs it. Zeros really written (not a
+/// sparse hole or an unwritten extent): overwriting written blocks needs no allocation at
+/// fdatasync time, which is what makes it fast here.
+pub fn create_spare(path: &Path, size_bytes: u64) -> Result<Spare, WalError> {
     let io = |source| WalError::Io {
-        path: tmp.clone(),
+        path: path.to_path_buf(),
         source,
     };
     let mut file = OpenOptions::new()
@@ -132,22 +139,42 @@ pub fn create_segment(
         .write(true)
         .create(true)
         .truncate(true)
-        .open(&tmp)
+        .open(path)
         .map_err(io)?;
-    let mut prefix = encode_header(seq, first_index).to_vec();
-    prefix.extend_from_slice(head);
-    file.write_all(&prefix).map_err(io)?;
-    // Zeros, really written (not a sparse hole or an unwritten extent): overwriting written
-    // blocks needs no allocation at fdatasync time, which is what makes it fast here.
     let zeros = vec![0u8; ZERO_CHUNK_BYTES];
-    let mut written = prefix.len() as u64;
+    let mut written = 0;
     while written < size_bytes {
         let chunk = (size_bytes - written).min(ZERO_CHUNK_BYTES as u64) as usize;
         file.write_all(&zeros[..chunk]).map_err(io)?;
         written += chunk as u64;
     }
     file.sync_all().map_err(io)?;
-    fs::rename(&tmp, &path).map_err(io)?;
+    Ok(Spare {
+        path: path.to_path_buf(),
+        file,
+        size_bytes,
+    })
+}
+
+/// Turns a spare into a segment: header and `head` records written over its zeros, fdatasync,
+/// rename, directory fsync. A crash leaves either no segment or a complete one.
+pub fn install_spare(
+    dir: &Path,
+    spare: Spare,
+    seq: u64,
+    first_index: Index,
+    head: &[u8],
+) -> Result<(SegmentId, File), WalError> {
+    let io = |source| WalError::Io {
+        path: spare.path.clone(),
+        source,
+    };
+    let mut prefix = encode_header(seq, first_index).to_vec();
+    prefix.extend_from_slice(head);
+    spare.file.write_all_at(&prefix, 0).map_err(io)?;
+    spare.file.sync_data().map_err(io)?;
+    let path = segment_path(dir, seq, first_index);
+    fs::rename(&spare.path, &path).map_err(io)?;
     sync_dir(dir)?;
     Ok((
         SegmentId {
@@ -155,8 +182,21 @@ pub fn create_segment(
             first_index,
             path,
         },
-        file,
+        spare.file,
     ))
+}
+
+/// Creates a segment synchronously (no spare at hand).
+pub fn create_segment(
+    dir: &Path,
+    seq: u64,
+    first_index: Index,
+    head: &[u8],
+    size_bytes: u64,
+) -> Result<(SegmentId, File), WalError> {
+    let tmp = dir.join(format!("{seq:016x}{TMP_SUFFIX}"));
+    let spare = create_spare(&tmp, size_bytes)?;
+    install_spare(dir, spare, seq, first_index, head)
 }
 
 /// Fsyncs a directory so that creations, renames and removals in it are durable.

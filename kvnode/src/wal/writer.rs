@@ -22,12 +22,13 @@ use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::Receiver;
 
 use crate::raft::message::{HardState, Index, Term};
 
 use super::reader::{self, Tail};
 use super::record::{self, Record};
-use super::segment::{self, SegmentId, SEGMENT_HEADER_BYTES};
+use super::segment::{self, SegmentId, Spare, SEGMENT_HEADER_BYTES};
 use super::{Durable, Recovered, WalConfig, WalError, WriteBatch};
 
 /// Bytes of the SegmentEnd marker, reserved in every segment so it can always be sealed.
@@ -62,6 +63,8 @@ pub struct WalWriter {
     compacted_index: Index,
     hard_state: HardState,
     poisoned: bool,
+    /// Preallocated segments made ahead of time by another thread (see `group.rs`).
+    spares: Option<Receiver<Spare>>,
 }
 
 impl WalWriter {
@@ -92,6 +95,7 @@ impl WalWriter {
             compacted_index: recovered.compacted_index,
             hard_state: recovered.hard_state,
             poisoned: false,
+            spares: None,
         };
         match scan.tail {
             Some(tail) if !tail.sealed => writer.resume(tail)?,
@@ -340,13 +344,46 @@ impl WalWriter {
             used + needed_bytes + SEGMENT_END_BYTES,
         );
         let seq = self.segments.last().map_or(1, |last| last.seq + 1);
-        let (id, file) = segment::create_segment(&self.dir, seq, first_index, &head, size)?;
+        let (id, file, size) = match self.take_spare(size)? {
+            Some(spare) => {
+                let spare_bytes = spare.size_bytes;
+                let (id, file) = segment::install_spare(&self.dir, spare, seq, first_index, &head)?;
+                (id, file, spare_bytes)
+            }
+            None => {
+                let (id, file) = segment::create_segment(&self.dir, seq, first_index, &head, size)?;
+                (id, file, size)
+            }
+        };
         self.segments.push(id);
         self.file = file;
         self.file_bytes = size;
         self.written_offset = used;
         self.synced_offset = used;
         Ok(())
+    }
+
+    /// Lets segment rolls take preallocated spares from `source` instead of zero-filling a
+    /// new file while the group waits.
+    pub fn set_spare_source(&mut self, source: Receiver<Spare>) {
+        self.spares = Some(source);
+    }
+
+    /// A ready spare of at least `size_bytes`, if one is waiting. One too small (a huge
+    /// record) is deleted.
+    fn take_spare(&mut self, size_bytes: u64) -> Result<Option<Spare>, WalError> {
+        let Some(spare) = self
+            .spares
+            .as_ref()
+            .and_then(|source| source.try_recv().ok())
+        else {
+            return Ok(None);
+        };
+        if spare.size_bytes >= size_bytes {
+            return Ok(Some(spare));
+        }
+        remove_file(&spare.path)?;
+        Ok(None)
     }
 
     fn delete_compacted(&mut self, up_to: Index) -> Result<(), WalError> {
