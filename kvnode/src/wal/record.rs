@@ -86,6 +86,9 @@ pub enum DecodeError {
         kind: RecordKind,
         payload_bytes: usize,
     },
+    /// Markers carry no term (and SegmentEnd no index): anything else is not what we wrote.
+    #[error("record of kind {kind:?} has unused fields set")]
+    BadField { kind: RecordKind },
 }
 
 /// The result of decoding at one position.
@@ -264,9 +267,18 @@ fn build(kind: RecordKind, index: u64, term: u64, payload: &[u8]) -> Result<Reco
                 commit: index,
             }))
         }
-        RecordKind::Truncate => expect_payload(0).map(|()| Record::Truncate { from: index }),
-        RecordKind::Compact => expect_payload(0).map(|()| Record::Compact { up_to: index }),
-        RecordKind::SegmentEnd => expect_payload(0).map(|()| Record::SegmentEnd),
+        RecordKind::Truncate | RecordKind::Compact | RecordKind::SegmentEnd => {
+            expect_payload(0)?;
+            let index_unused = kind == RecordKind::SegmentEnd;
+            if term != 0 || (index_unused && index != 0) {
+                return Err(DecodeError::BadField { kind });
+            }
+            Ok(match kind {
+                RecordKind::Truncate => Record::Truncate { from: index },
+                RecordKind::Compact => Record::Compact { up_to: index },
+                _ => Record::SegmentEnd,
+            })
+        }
     }
 }
 
