@@ -170,12 +170,52 @@ fn read_u64(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(word)
 }
 
+/// A checked record, borrowed from the input.
+struct View<'a> {
+    kind: RecordKind,
+    index: u64,
+    term: u64,
+    payload: &'a [u8],
+    record_bytes: usize,
+}
+
 /// Decodes the record at the start of `bytes`. `record_bytes_max` bounds the length field, so a
 /// corrupt length is rejected without reading (or allocating) it.
 pub fn decode(bytes: &[u8], record_bytes_max: usize) -> Result<Decoded, DecodeError> {
+    let Some(view) = parse(bytes, record_bytes_max)? else {
+        return Ok(Decoded::End);
+    };
+    let record = build(&view);
+    Ok(Decoded::Record {
+        record,
+        record_bytes: view.record_bytes,
+    })
+}
+
+/// Checks that `bytes` is a sequence of valid records and nothing else (no End inside), without
+/// copying payloads. Run on every buffer before it is written: the read-back check's twin.
+pub fn check_sequence(bytes: &[u8], record_bytes_max: usize) -> Result<usize, DecodeError> {
+    let mut offset = 0;
+    let mut count = 0;
+    while offset < bytes.len() {
+        let Some(view) = parse(&bytes[offset..], record_bytes_max)? else {
+            let available_bytes = bytes.len() - offset;
+            return Err(DecodeError::Torn {
+                needed_bytes: 4,
+                available_bytes,
+            });
+        };
+        offset += view.record_bytes;
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Every check of a record. `Ok(None)`: the end of the log.
+fn parse(bytes: &[u8], record_bytes_max: usize) -> Result<Option<View<'_>>, DecodeError> {
     if bytes.len() < 4 {
         if bytes.iter().all(|byte| *byte == 0) {
-            return Ok(Decoded::End);
+            return Ok(None);
         }
         return Err(DecodeError::Torn {
             needed_bytes: 4,
@@ -184,70 +224,64 @@ pub fn decode(bytes: &[u8], record_bytes_max: usize) -> Result<Decoded, DecodeEr
     }
     let len = read_u32(bytes, 0) as usize;
     if len == 0 {
-        return Ok(Decoded::End);
+        return Ok(None);
     }
     let len_max = record_bytes_max.saturating_sub(RECORD_PREFIX_BYTES);
     if !(RECORD_LEN_MIN..=len_max).contains(&len) {
         return Err(DecodeError::BadLength { len, len_max });
     }
-    let total = RECORD_PREFIX_BYTES + len;
-    if bytes.len() < total {
+    let record_bytes = RECORD_PREFIX_BYTES + len;
+    if bytes.len() < record_bytes {
+        let available_bytes = bytes.len();
         return Err(DecodeError::Torn {
-            needed_bytes: total,
-            available_bytes: bytes.len(),
+            needed_bytes: record_bytes,
+            available_bytes,
         });
     }
-    let record = &bytes[..total];
+    let record = &bytes[..record_bytes];
     let stored = read_u32(record, 4);
     let computed = checksum(record);
     if stored != computed {
         return Err(DecodeError::BadChecksum { stored, computed });
     }
     let kind = RecordKind::from_byte(record[8]).ok_or(DecodeError::BadKind { kind: record[8] })?;
-    let index = read_u64(record, 9);
-    let term = read_u64(record, 17);
-    let payload = &record[RECORD_HEADER_BYTES..];
-    let record = build(kind, index, term, payload)?;
-    Ok(Decoded::Record {
-        record,
-        record_bytes: total,
-    })
-}
-
-/// Checks that `bytes` is a sequence of valid records and nothing else (no End inside).
-/// Used on every buffer before it is written: the read-back check's twin.
-pub fn check_sequence(bytes: &[u8], record_bytes_max: usize) -> Result<usize, DecodeError> {
-    let mut offset = 0;
-    let mut count = 0;
-    while offset < bytes.len() {
-        match decode(&bytes[offset..], record_bytes_max)? {
-            Decoded::Record { record_bytes, .. } => offset += record_bytes,
-            Decoded::End => {
-                let available_bytes = bytes.len() - offset;
-                return Err(DecodeError::Torn {
-                    needed_bytes: 4,
-                    available_bytes,
-                });
-            }
-        }
-        count += 1;
-    }
-    Ok(count)
-}
-
-fn build(kind: RecordKind, index: u64, term: u64, payload: &[u8]) -> Result<Record, DecodeError> {
-    let expect_payload = |bytes: usize| {
-        if payload.len() == bytes {
-            Ok(())
-        } else {
-            Err(DecodeError::BadPayload {
-                kind,
-                payload_bytes: payload.len(),
-            })
-        }
+    let view = View {
+        kind,
+        index: read_u64(record, 9),
+        term: read_u64(record, 17),
+        payload: &record[RECORD_HEADER_BYTES..],
+        record_bytes,
     };
+    check_fields(&view)?;
+    Ok(Some(view))
+}
+
+fn check_fields(view: &View<'_>) -> Result<(), DecodeError> {
+    let kind = view.kind;
+    let payload_bytes = view.payload.len();
+    let expected_bytes = match kind {
+        RecordKind::EntryNormal | RecordKind::EntryNoop => return Ok(()),
+        RecordKind::HardState => HARD_STATE_PAYLOAD_BYTES,
+        RecordKind::Truncate | RecordKind::Compact | RecordKind::SegmentEnd => 0,
+    };
+    if payload_bytes != expected_bytes {
+        return Err(DecodeError::BadPayload {
+            kind,
+            payload_bytes,
+        });
+    }
+    let marker = kind != RecordKind::HardState;
+    if marker && (view.term != 0 || (kind == RecordKind::SegmentEnd && view.index != 0)) {
+        return Err(DecodeError::BadField { kind });
+    }
+    Ok(())
+}
+
+/// Builds a record from a checked view.
+fn build(view: &View<'_>) -> Record {
+    let (index, term) = (view.index, view.term);
     let entry = |kind| {
-        let data = Bytes::copy_from_slice(payload);
+        let data = Bytes::copy_from_slice(view.payload);
         Record::Entry(Entry {
             term,
             index,
@@ -255,30 +289,20 @@ fn build(kind: RecordKind, index: u64, term: u64, payload: &[u8]) -> Result<Reco
             data,
         })
     };
-    match kind {
-        RecordKind::EntryNormal => Ok(entry(EntryKind::Normal)),
-        RecordKind::EntryNoop => Ok(entry(EntryKind::Noop)),
+    match view.kind {
+        RecordKind::EntryNormal => entry(EntryKind::Normal),
+        RecordKind::EntryNoop => entry(EntryKind::Noop),
         RecordKind::HardState => {
-            expect_payload(HARD_STATE_PAYLOAD_BYTES)?;
-            let vote = read_u64(payload, 0);
-            Ok(Record::HardState(HardState {
+            let vote = read_u64(view.payload, 0);
+            Record::HardState(HardState {
                 term,
                 vote,
                 commit: index,
-            }))
-        }
-        RecordKind::Truncate | RecordKind::Compact | RecordKind::SegmentEnd => {
-            expect_payload(0)?;
-            let index_unused = kind == RecordKind::SegmentEnd;
-            if term != 0 || (index_unused && index != 0) {
-                return Err(DecodeError::BadField { kind });
-            }
-            Ok(match kind {
-                RecordKind::Truncate => Record::Truncate { from: index },
-                RecordKind::Compact => Record::Compact { up_to: index },
-                _ => Record::SegmentEnd,
             })
         }
+        RecordKind::Truncate => Record::Truncate { from: index },
+        RecordKind::Compact => Record::Compact { up_to: index },
+        RecordKind::SegmentEnd => Record::SegmentEnd,
     }
 }
 
