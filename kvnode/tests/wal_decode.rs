@@ -31,7 +31,8 @@ proptest! {
         let mut encoded = Vec::new();
         record::encode(&Record::Entry(entry.clone()), &mut encoded);
         let decoded = record::decode(&encoded, RECORD_BYTES_MAX).unwrap();
-        let expected = Decoded::Record { record: Record::Entry(entry), record_bytes: encoded.len() };
+        let record_bytes = encoded.len();
+        let expected = Decoded::Record { record: Record::Entry(entry), record_bytes };
         prop_assert_eq!(decoded, expected);
 
         let bit = flip.index(encoded.len() * 8);

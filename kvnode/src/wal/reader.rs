@@ -77,20 +77,7 @@ fn scan_segment(
         reason,
     };
     segment::check_header(bytes, segment).map_err(|reason| corrupt(0, reason))?;
-    if is_first {
-        recovered.first_index = segment.first_index;
-    } else {
-        let next = next_index(recovered);
-        if segment.first_index > next {
-            return Err(WalError::Gap {
-                path: segment.path.clone(),
-                offset: 0,
-                expected: next,
-                found: segment.first_index,
-            });
-        }
-        truncate_from(recovered, segment.first_index);
-    }
+    enter_segment(segment, is_first, recovered)?;
     let record_bytes_max = usize::try_from(config.record_bytes_max).unwrap_or(usize::MAX);
     let mut offset = SEGMENT_HEADER_BYTES;
     let mut sealed = false;
@@ -138,6 +125,30 @@ fn scan_segment(
         dirty_end: dirty_end as u64,
         sealed,
     })
+}
+
+/// The header's first index starts the log (first segment) or is a boundary: it discards the
+/// entries from there on, and may not lie beyond the next index (a gap).
+fn enter_segment(
+    segment: &SegmentId,
+    is_first: bool,
+    recovered: &mut Recovered,
+) -> Result<(), WalError> {
+    if is_first {
+        recovered.first_index = segment.first_index;
+        return Ok(());
+    }
+    let next = next_index(recovered);
+    if segment.first_index > next {
+        return Err(WalError::Gap {
+            path: segment.path.clone(),
+            offset: 0,
+            expected: next,
+            found: segment.first_index,
+        });
+    }
+    truncate_from(recovered, segment.first_index);
+    Ok(())
 }
 
 fn warn_torn(segment: &SegmentId, offset: usize, dirty_bytes: usize, reason: &str) {
