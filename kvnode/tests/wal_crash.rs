@@ -414,3 +414,70 @@ fn wal_group_commit_rolls_onto_preallocated_spares() {
     let (_, recovered) = WalWriter::open(dir.path(), small_config(8192)).unwrap();
     assert_eq!(recovered.entries, entries(1, 200, 1, 300));
 }
+
+/// Hard-links every segment into `aside`: the links see later in-place writes (the END marker
+/// a roll adds) but survive the deletion, as the files would after a crash before it.
+fn link_segments(dir: &Path, aside: &Path) -> Vec<PathBuf> {
+    let files = segment_files(dir);
+    for path in &files {
+        fs::hard_link(path, aside.join(path.file_name().unwrap())).unwrap();
+    }
+    files
+}
+
+fn restore_deleted(files: &[PathBuf], aside: &Path) -> usize {
+    let missing: Vec<_> = files.iter().filter(|path| !path.exists()).collect();
+    for path in &missing {
+        fs::hard_link(aside.join(path.file_name().unwrap()), path).unwrap();
+    }
+    missing.len()
+}
+
+/// "wal: recovery: crash after a deep truncation, before its dead segments were deleted"
+#[test]
+fn wal_recovery_crash_before_truncated_segments_were_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(4096);
+    let (mut writer, _) = WalWriter::open(dir.path(), config.clone()).unwrap();
+    for first in (1..=60).step_by(3) {
+        writer
+            .append(&batch(entries(first, 3, 1, 200), None))
+            .unwrap();
+    }
+    let aside = tempfile::tempdir_in(dir.path().parent().unwrap()).unwrap();
+    let files = link_segments(dir.path(), aside.path());
+    writer.append(&batch(entries(10, 2, 2, 10), None)).unwrap();
+    drop(writer);
+    assert!(
+        restore_deleted(&files, aside.path()) > 0,
+        "the truncation deleted whole segments"
+    );
+    let (_, recovered) = WalWriter::open(dir.path(), config).unwrap();
+    let mut expected = entries(1, 9, 1, 200);
+    expected.extend(entries(10, 2, 2, 10));
+    assert_eq!(recovered.entries, expected);
+}
+
+/// "wal: recovery: crash after a compaction, before its segments were deleted"
+#[test]
+fn wal_recovery_crash_before_compacted_segments_were_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(4096);
+    let (mut writer, _) = WalWriter::open(dir.path(), config.clone()).unwrap();
+    for first in (1..=60).step_by(3) {
+        writer
+            .append(&batch(entries(first, 3, 1, 200), None))
+            .unwrap();
+    }
+    let aside = tempfile::tempdir_in(dir.path().parent().unwrap()).unwrap();
+    let files = link_segments(dir.path(), aside.path());
+    writer.compact(45).unwrap();
+    drop(writer);
+    assert!(
+        restore_deleted(&files, aside.path()) > 0,
+        "the compaction deleted whole segments"
+    );
+    let (_, recovered) = WalWriter::open(dir.path(), config).unwrap();
+    assert_eq!(recovered.compacted_index, 45);
+    assert_eq!(recovered.entries, entries(46, 15, 1, 200));
+}
