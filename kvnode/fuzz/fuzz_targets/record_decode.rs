@@ -9,7 +9,11 @@ const RECORD_BYTES_MAX: usize = 1 << 20;
 
 fuzz_target!(|bytes: &[u8]| {
     let _ = record::check_sequence(bytes, RECORD_BYTES_MAX);
-    if let Ok(Decoded::Record { record, record_bytes }) = record::decode(bytes, RECORD_BYTES_MAX) {
+    if let Ok(Decoded::Record {
+        record,
+        record_bytes,
+    }) = record::decode(bytes, RECORD_BYTES_MAX)
+    {
         let mut encoded = Vec::new();
         record::encode(&record, &mut encoded);
         assert_eq!(encoded[..], bytes[..record_bytes]);
