@@ -1,9 +1,12 @@
 //! kvnode: a Raft-replicated key-value store node.
 //!
-//! Layout (see `../shared/STYLE.md`): `raft/` is the sans-IO consensus core; everything that
-//! touches disks, sockets or clocks lives outside it.
+//! Layout (see `../shared/STYLE.md`): `raft/` and `kv/` are pure state machines (no I/O, no
+//! clock); `wal/`, `snapshot/` and `datadir` own the disk; `transport/` owns the network.
+pub mod datadir;
 pub mod kv;
 pub mod raft;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
+pub mod snapshot;
 pub mod transport;
+pub mod wal;

@@ -34,7 +34,12 @@ struct Storage {
 }
 
 impl Storage {
-    fn persist(&mut self, snapshot: &Option<SnapshotMeta>, entries: &[Entry], hs: Option<HardState>) {
+    fn persist(
+        &mut self,
+        snapshot: &Option<SnapshotMeta>,
+        entries: &[Entry],
+        hs: Option<HardState>,
+    ) {
         if let Some(meta) = snapshot {
             self.entries.clear();
             self.snapshot = Some(meta.clone());
@@ -68,22 +73,38 @@ struct Env {
 fn describe(m: &Message) -> String {
     let head = format!("{}->{} {} term={}", m.from, m.to, m.body.name(), m.term);
     let tail = match &m.body {
-        MessageBody::VoteRequest { last_log_index, last_log_term, transfer, .. } => {
+        MessageBody::VoteRequest {
+            last_log_index,
+            last_log_term,
+            transfer,
+            ..
+        } => {
             let transfer = if *transfer { " transfer" } else { "" };
             format!(" last={last_log_index}/{last_log_term}{transfer}")
         }
         MessageBody::VoteResponse { granted, .. } => {
             (if *granted { " granted" } else { " rejected" }).to_string()
         }
-        MessageBody::Append { prev_log_index, prev_log_term, entries, commit } => {
+        MessageBody::Append {
+            prev_log_index,
+            prev_log_term,
+            entries,
+            commit,
+        } => {
             let entries: Vec<String> = entries.iter().map(describe_entry).collect();
             format!(
                 " prev={prev_log_index}/{prev_log_term} commit={commit} entries=[{}]",
                 entries.join(", ")
             )
         }
-        MessageBody::AppendResponse { index, reject: None } => format!(" index={index}"),
-        MessageBody::AppendResponse { index, reject: Some(hint) } => {
+        MessageBody::AppendResponse {
+            index,
+            reject: None,
+        } => format!(" index={index}"),
+        MessageBody::AppendResponse {
+            index,
+            reject: Some(hint),
+        } => {
             format!(" index={index} reject hint={}/{}", hint.index, hint.term)
         }
         MessageBody::Heartbeat { commit, read_round } => {
@@ -102,17 +123,24 @@ fn describe_entry(e: &Entry) -> String {
     match e.kind {
         EntryKind::Noop => format!("{}/{} noop", e.index, e.term),
         EntryKind::Normal => {
-            format!("{}/{} {}", e.index, e.term, String::from_utf8_lossy(&e.data))
+            format!(
+                "{}/{} {}",
+                e.index,
+                e.term,
+                String::from_utf8_lossy(&e.data)
+            )
         }
     }
 }
 
 fn arg<'a>(args: &'a [&str], key: &str) -> Option<&'a str> {
-    args.iter().find_map(|a| a.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+    args.iter()
+        .find_map(|a| a.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
 
 fn id(text: &str) -> NodeId {
-    text.parse().unwrap_or_else(|_| panic!("bad node id {text:?}"))
+    text.parse()
+        .unwrap_or_else(|_| panic!("bad node id {text:?}"))
 }
 
 impl Env {
@@ -121,7 +149,10 @@ impl Env {
     }
 
     fn raw(&mut self, id: NodeId) -> &mut RawNode {
-        self.node(id).raw.as_mut().unwrap_or_else(|| panic!("node {id} is down"))
+        self.node(id)
+            .raw
+            .as_mut()
+            .unwrap_or_else(|| panic!("node {id} is down"))
     }
 
     fn add_nodes(&mut self, args: &[&str]) -> String {
@@ -137,7 +168,11 @@ impl Env {
         self.membership = Membership::new((1..=count).collect());
         self.config = Some(config);
         for _ in 0..count {
-            self.nodes.push(Node { raw: None, storage: Storage::default(), applied: 0 });
+            self.nodes.push(Node {
+                raw: None,
+                storage: Storage::default(),
+                applied: 0,
+            });
         }
         for node in 1..=count {
             self.start(node);
@@ -164,7 +199,9 @@ impl Env {
     }
 
     fn process_ready(&mut self, node: NodeId, out: &mut String) {
-        let Some(raw) = self.node(node).raw.as_mut() else { return };
+        let Some(raw) = self.node(node).raw.as_mut() else {
+            return;
+        };
         if !raw.has_ready() {
             return;
         }
@@ -174,7 +211,11 @@ impl Env {
             let _ = writeln!(out, "  Lead:{} State:{:?}", soft.leader, soft.role);
         }
         if let Some(hs) = ready.hard_state {
-            let _ = writeln!(out, "  HardState term={} vote={} commit={}", hs.term, hs.vote, hs.commit);
+            let _ = writeln!(
+                out,
+                "  HardState term={} vote={} commit={}",
+                hs.term, hs.vote, hs.commit
+            );
         }
         if let Some(meta) = &ready.snapshot {
             let _ = writeln!(out, "  Snapshot {}/{}", meta.last_index, meta.last_term);
@@ -188,14 +229,19 @@ impl Env {
             let _ = writeln!(out, "  Committed: {}", entries.join(", "));
         }
         for state in &ready.read_states {
-            let _ = writeln!(out, "  ReadState context={} index={}", state.context, state.index);
+            let _ = writeln!(
+                out,
+                "  ReadState context={} index={}",
+                state.context, state.index
+            );
         }
         for context in &ready.dropped_reads {
             let _ = writeln!(out, "  DroppedRead context={context}");
         }
         // Persist at once (this harness's disk is instant), then release every message.
         let slot = self.node(node);
-        slot.storage.persist(&ready.snapshot, &ready.entries, ready.hard_state);
+        slot.storage
+            .persist(&ready.snapshot, &ready.entries, ready.hard_state);
         if let Some(meta) = &ready.snapshot {
             slot.applied = meta.last_index;
         }
@@ -372,8 +418,11 @@ impl Env {
                 let index: u64 = args[1].parse().expect("index");
                 let raw = self.raw(node);
                 let term = raw.log_term(index).expect("index in log");
-                let meta =
-                    SnapshotMeta { last_index: index, last_term: term, membership: raw.membership().clone() };
+                let meta = SnapshotMeta {
+                    last_index: index,
+                    last_term: term,
+                    membership: raw.membership().clone(),
+                };
                 raw.compact(meta.clone());
                 let storage = &mut self.node(node).storage;
                 storage.entries.retain(|e| e.index > index);
@@ -412,7 +461,11 @@ fn parse(text: &str) -> Vec<Item> {
             continue;
         }
         let command = line.to_string();
-        assert_eq!(lines.next(), Some("----"), "expected ---- after {command:?}");
+        assert_eq!(
+            lines.next(),
+            Some("----"),
+            "expected ---- after {command:?}"
+        );
         let mut expected = Vec::new();
         while let Some(&next) = lines.peek() {
             if next.is_empty() {
@@ -421,7 +474,10 @@ fn parse(text: &str) -> Vec<Item> {
             expected.push(next);
             lines.next();
         }
-        items.push(Item::Block { command, expected: expected.join("\n") });
+        items.push(Item::Block {
+            command,
+            expected: expected.join("\n"),
+        });
     }
     items
 }
@@ -471,7 +527,11 @@ fn interaction_scripts() {
         .filter(|p| p.extension().is_some_and(|x| x == "txt"))
         .collect();
     files.sort();
-    assert!(files.len() >= 6, "expected the six corner-case scripts, found {}", files.len());
+    assert!(
+        files.len() >= 6,
+        "expected the six corner-case scripts, found {}",
+        files.len()
+    );
     let failures: Vec<String> = files.iter().filter_map(|f| run_file(f).err()).collect();
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

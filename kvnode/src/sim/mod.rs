@@ -63,7 +63,7 @@ pub struct SimConfig {
 
 impl SimConfig {
     pub fn from_seed(seed: u64) -> SimConfig {
-        let mut rng = Rng::new(seed ^ 0x5EED_0F_C0FF_EE);
+        let mut rng = Rng::new(seed ^ 0x5EED_0FC0_FFEE);
         let mut config = SimConfig {
             seed,
             nodes: if rng.chance(300_000) { 5 } else { 3 },
@@ -368,7 +368,7 @@ impl Sim {
         let deadline = self.now + liveness_ticks * TICK_UNITS;
         while self.now < deadline {
             self.step_time(false)?;
-            if self.now % TICK_UNITS == 0 && self.converged() {
+            if self.now.is_multiple_of(TICK_UNITS) && self.converged() {
                 self.checker.check_final(&self.nodes_view())?;
                 self.stats.final_commit = self.max_commit();
                 return Ok(self.stats.clone());
