@@ -493,13 +493,23 @@ fn wal_install_snapshot_discards_the_stale_suffix() {
     writer.append(&batch(entries(1, 10, 1, 50), None)).unwrap();
     let durable = writer.install_snapshot(6).unwrap();
     assert_eq!(durable.last_index, 6);
-    let hard_state = HardState { term: 3, vote: 0, commit: 6 };
-    writer.append(&batch(entries(7, 2, 3, 50), Some(hard_state))).unwrap();
+    let hard_state = HardState {
+        term: 3,
+        vote: 0,
+        commit: 6,
+    };
+    writer
+        .append(&batch(entries(7, 2, 3, 50), Some(hard_state)))
+        .unwrap();
     drop(writer);
     let (_, recovered) = WalWriter::open(dir.path(), WalConfig::default()).unwrap();
     assert_eq!(recovered.compacted_index, 6);
     assert_eq!(recovered.first_index, 7);
-    let terms: Vec<(u64, u64)> = recovered.entries.iter().map(|e| (e.index, e.term)).collect();
+    let terms: Vec<(u64, u64)> = recovered
+        .entries
+        .iter()
+        .map(|e| (e.index, e.term))
+        .collect();
     assert_eq!(terms, vec![(7, 3), (8, 3)]);
     assert_eq!(recovered.hard_state, hard_state);
 }
@@ -519,7 +529,10 @@ fn wal_group_commit_reports_the_durable_command_count() {
     wal.install_snapshot(20).unwrap();
     let mut last = 0;
     while last < 21 {
-        let total = receiver.recv_timeout(std::time::Duration::from_secs(10)).unwrap().unwrap();
+        let total = receiver
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap()
+            .unwrap();
         assert!(total > last, "durable counts must grow");
         last = total;
     }
