@@ -50,7 +50,7 @@ fn main() -> ExitCode {
             }
         }
         let done = done as u64 + 1;
-        if done % report_every == 0 {
+        if done.is_multiple_of(report_every) {
             let seconds = started.elapsed().as_secs_f64();
             eprintln!(
                 "{done}/{} seeds, {events} events, {:.0} events/s, {} failed",

@@ -275,3 +275,82 @@ impl RaftLog {
         &self.entries
     }
 }
+
+/// The WAL's entries to restore next to a snapshot, after a restart.
+///
+/// A snapshot received from the leader is installed (file fsynced, renamed) before the WAL
+/// drops the old log; a crash in between leaves WAL entries above the snapshot that follow a
+/// different history. They are kept only if they follow the snapshot: the WAL's entry at the
+/// snapshot index has the snapshot's term, or the WAL continues right after the snapshot.
+/// Otherwise they are discarded (safe: they conflict with a committed prefix, so none of them
+/// is committed). Returns the entries and how many were discarded, or the first index after a
+/// gap (records missing between the snapshot and the WAL: the node must not start).
+pub fn entries_after_snapshot(
+    snapshot_index: Index,
+    snapshot_term: Term,
+    entries: Vec<Entry>,
+) -> Result<(Vec<Entry>, usize), Index> {
+    let at_snapshot = entries
+        .iter()
+        .find(|e| e.index == snapshot_index)
+        .map(|e| e.term);
+    let follows = at_snapshot.is_none_or(|term| term == snapshot_term);
+    let after: Vec<Entry> = entries
+        .into_iter()
+        .filter(|e| e.index > snapshot_index)
+        .collect();
+    if !follows {
+        return Ok((Vec::new(), after.len()));
+    }
+    match after.first() {
+        Some(first) if first.index != snapshot_index + 1 => Err(first.index),
+        _ => Ok((after, 0)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::message::EntryKind;
+
+    fn entries(first: Index, terms: &[Term]) -> Vec<Entry> {
+        let kind = EntryKind::Noop;
+        let data = bytes::Bytes::new();
+        (0..terms.len())
+            .map(|i| Entry {
+                index: first + i as u64,
+                term: terms[i],
+                kind,
+                data: data.clone(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn entries_after_a_snapshot_are_kept_only_if_they_follow_it() {
+        // The WAL holds 1..=6; the snapshot covers 4 with the same term: 5, 6 follow it.
+        let (kept, dropped) =
+            entries_after_snapshot(4, 2, entries(1, &[1, 1, 2, 2, 2, 3])).unwrap();
+        assert_eq!((kept.len(), dropped, kept[0].index), (2, 0, 5));
+        // The snapshot's entry 4 has term 5, the WAL's term 2: 5, 6 belong to another history.
+        let (kept, dropped) =
+            entries_after_snapshot(4, 5, entries(1, &[1, 1, 2, 2, 2, 3])).unwrap();
+        assert_eq!((kept.len(), dropped), (0, 2));
+        // The WAL was compacted at the snapshot: it continues right after it.
+        let (kept, _) = entries_after_snapshot(4, 5, entries(5, &[5, 5])).unwrap();
+        assert_eq!(kept.len(), 2);
+        // A hole between the snapshot and the WAL.
+        assert_eq!(
+            entries_after_snapshot(4, 5, entries(7, &[5])).unwrap_err(),
+            7
+        );
+        // Nothing above the snapshot.
+        assert_eq!(
+            entries_after_snapshot(9, 5, entries(1, &[1, 2]))
+                .unwrap()
+                .0
+                .len(),
+            0
+        );
+    }
+}

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::ClusterConfig;
 use crate::datadir::DataDir;
 use crate::kv::state::StateMachine;
+use crate::raft::log::entries_after_snapshot;
 use crate::raft::{Config, Membership, NodeId, RawNode, Restored};
 use crate::snapshot::SnapshotStore;
 use crate::transport::tls::TlsMaterial;
@@ -196,21 +197,36 @@ async fn start(
     let (wal, recovered) = Wal::open(&data_dir.wal_dir(), WalConfig::default(), callback)
         .map_err(|e| ServerError::Wal(e.to_string()))?;
     let snapshot_index = snapshot.as_ref().map_or(0, |s| s.last_index);
-    // Entries at or below the snapshot are in it already. A gap between the snapshot and the
-    // WAL means lost records: refuse to start rather than run with a hole.
-    let entries: Vec<_> = recovered
-        .entries
-        .into_iter()
-        .filter(|e| e.index > snapshot_index)
-        .collect();
-    if let Some(first) = entries.first() {
-        if first.index != snapshot_index + 1 {
-            return Err(ServerError::Recovery(format!(
-                "the WAL starts at index {} but the newest snapshot ends at {snapshot_index}",
-                first.index
-            )));
+    let snapshot_term = snapshot.as_ref().map_or(0, |s| s.last_term);
+    let recovered_entries = recovered.entries;
+    let compacted_index = recovered.compacted_index;
+    let entries = match entries_after_snapshot(snapshot_index, snapshot_term, recovered_entries) {
+        Ok((entries, 0)) => {
+            // The WAL must continue right after the snapshot before anything is appended.
+            if snapshot_index > compacted_index {
+                wal.compact(snapshot_index)
+                    .map_err(|e| ServerError::Wal(e.to_string()))?;
+            }
+            entries
         }
-    }
+        Ok((entries, discarded)) => {
+            wal.install_snapshot(snapshot_index)
+                .map_err(|e| ServerError::Wal(e.to_string()))?;
+            tracing::warn!(
+                "recovery: discarded {discarded} WAL entries above snapshot {snapshot_index}: \
+                 they do not follow it (a crash came between installing a snapshot from the \
+                 leader and resetting the WAL)"
+            );
+            entries
+        }
+        // A gap between the snapshot and the WAL means lost records: refuse to start.
+        Err(first) => {
+            return Err(ServerError::Recovery(format!(
+                "the WAL continues at index {first} but the newest snapshot ends at \
+                 {snapshot_index}: records are missing"
+            )))
+        }
+    };
     tracing::info!(
         node = id,
         snapshot_index,

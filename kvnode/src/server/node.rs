@@ -179,6 +179,9 @@ impl Node {
                 biased;
                 _ = &mut shutdown => break,
                 Some(report) = self.durable.recv() => self.on_durable(report)?,
+                // Before inbound: under a steady client load ticks (heartbeats, expiry) must
+                // not starve. The ticker is ready only once per tick.
+                _ = ticker.tick() => self.on_tick(),
                 Some(event) = self.inbound.recv() => {
                     self.on_inbound(event);
                     for _ in 0..INBOUND_BATCH_MAX {
@@ -189,7 +192,6 @@ impl Node {
                     }
                 }
                 Some(done) = self.snapshot_done.recv() => self.on_snapshot_taken(done)?,
-                _ = ticker.tick() => self.on_tick(),
             }
             while let Ok(report) = self.durable.try_recv() {
                 self.on_durable(report)?;

@@ -163,8 +163,21 @@ impl Checker {
             .filter(|n| n.disk.snapshot_index() >= index || n.disk.term(index) == Some(term))
             .count();
         if holders < quorum {
+            let disks: Vec<String> = nodes
+                .iter()
+                .map(|n| {
+                    let first = n.disk.entries.first().map(|e| e.index);
+                    let last = n.disk.entries.last().map(|e| e.index);
+                    format!(
+                        "[snapshot {} entries {first:?}..={last:?} term at {index}: {:?}]",
+                        n.disk.snapshot_index(),
+                        n.disk.term(index)
+                    )
+                })
+                .collect();
             return Err(format!(
-                "committed entry {index} (term {term}) is durable on only {holders} nodes"
+                "committed entry {index} (term {term}) is durable on only {holders} nodes: {}",
+                disks.join(" ")
             ));
         }
         Ok(())

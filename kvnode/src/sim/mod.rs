@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use bytes::Bytes;
 
+use crate::raft::log::entries_after_snapshot;
 use crate::raft::rng::Rng;
 use crate::raft::{
     Config, Entry, HardState, Index, Membership, Message, MessageBody, NodeId, RawNode, Ready,
@@ -133,40 +134,36 @@ enum Event {
 }
 
 /// What survives a crash: what was reported durable, plus whatever part of the in-flight writes
-/// the crash let through.
+/// the crash let through. It behaves like the server's files: a snapshot (own or received) is
+/// durable at once (file written, fsynced, renamed), while the WAL's reset for a received
+/// snapshot is a write in the group-commit queue like any other.
 #[derive(Clone, Debug, Default)]
 struct Disk {
     hard_state: HardState,
     snapshot: Option<(SnapshotMeta, StateMachine)>,
-    /// Entries after the snapshot, contiguous.
+    /// The WAL's entries, contiguous among themselves. They may overlap the snapshot and, after
+    /// a crash between a snapshot install and the WAL reset, need not follow it.
     entries: Vec<Entry>,
 }
 
 impl Disk {
-    fn first_index(&self) -> Index {
-        self.snapshot.as_ref().map_or(0, |(m, _)| m.last_index) + 1
-    }
-
     fn write(&mut self, write: &PendingWrite) {
-        if let Some((meta, sm)) = &write.snapshot {
+        if write.reset_wal {
+            // WalWriter::install_snapshot: everything above the snapshot truncated, everything
+            // at or below compacted.
             self.entries.clear();
-            self.snapshot = Some((meta.clone(), sm.clone()));
         }
         if let Some(first) = write.entries.first() {
-            let keep = first.index.saturating_sub(self.first_index()) as usize;
-            self.entries.truncate(keep);
-            let first_new = self.first_index() + self.entries.len() as u64;
-            self.entries.extend(
-                write
-                    .entries
-                    .iter()
-                    .filter(|e| e.index >= first_new)
-                    .cloned(),
-            );
+            self.entries.retain(|e| e.index < first.index);
+            self.entries.extend(write.entries.iter().cloned());
         }
         if let Some(hard_state) = write.hard_state {
             self.hard_state = hard_state;
         }
+    }
+
+    fn compact(&mut self, index: Index) {
+        self.entries.retain(|e| e.index > index);
     }
 
     fn term(&self, index: Index) -> Option<Term> {
@@ -175,11 +172,9 @@ impl Disk {
                 return Some(meta.last_term);
             }
         }
-        let first = self.first_index();
-        if index < first {
-            return None;
-        }
-        self.entries.get((index - first) as usize).map(|e| e.term)
+        let first = self.entries.first()?.index;
+        let offset = index.checked_sub(first)?;
+        self.entries.get(offset as usize).map(|e| e.term)
     }
 
     fn snapshot_index(&self) -> Index {
@@ -189,7 +184,8 @@ impl Disk {
 
 #[derive(Debug)]
 struct PendingWrite {
-    snapshot: Option<(SnapshotMeta, StateMachine)>,
+    /// The WAL drops its log for a snapshot received from the leader.
+    reset_wal: bool,
     entries: Vec<Entry>,
     hard_state: Option<HardState>,
     persisted_messages: Vec<Message>,
@@ -332,10 +328,32 @@ impl Sim {
         let seed = self.rng.next_u64();
         let config = self.raft_config(self.nodes[index].id);
         let node = &mut self.nodes[index];
+        let snapshot = node.disk.snapshot.as_ref().map(|(m, _)| m.clone());
+        let (snapshot_index, snapshot_term) = snapshot
+            .as_ref()
+            .map_or((0, 0), |m| (m.last_index, m.last_term));
+        // The server's recovery rule (raft::log::entries_after_snapshot).
+        let entries = match entries_after_snapshot(
+            snapshot_index,
+            snapshot_term,
+            node.disk.entries.clone(),
+        ) {
+            Ok((entries, _)) => {
+                // The server then makes its WAL continue right after the snapshot (compact, or
+                // reset when stale entries were discarded) before appending anything.
+                node.disk.entries = entries.clone();
+                entries
+            }
+            Err(first) => panic!(
+                "seed {}: node {} cannot restart: WAL resumes at {first} after snapshot \
+                 {snapshot_index}",
+                self.config.seed, node.id
+            ),
+        };
         let restored = Restored {
             hard_state: node.disk.hard_state,
-            snapshot: node.disk.snapshot.as_ref().map(|(m, _)| m.clone()),
-            entries: node.disk.entries.clone(),
+            snapshot,
+            entries,
         };
         node.sm = node
             .disk
@@ -625,16 +643,17 @@ impl Sim {
         self.checker
             .check_appended(self.nodes[index].raw.as_ref(), &ready.entries)
             .map_err(|what| self.violation(what))?;
-        let snapshot = match &ready.snapshot {
-            Some(meta) => Some(self.take_received_snapshot(index, meta)?),
-            None => None,
-        };
-        if let Some((_, sm)) = &snapshot {
-            self.nodes[index].sm = sm.clone();
+        let reset_wal = ready.snapshot.is_some();
+        if let Some(meta) = &ready.snapshot {
+            // Installed like the server does: the file is durable at once, the WAL reset
+            // queues behind the writes before it.
+            let received = self.take_received_snapshot(index, meta)?;
+            self.nodes[index].sm = received.1.clone();
+            self.nodes[index].disk.snapshot = Some(received);
         }
         if ready.must_persist() || !ready.persisted_messages.is_empty() {
             let write = PendingWrite {
-                snapshot,
+                reset_wal,
                 entries: std::mem::take(&mut ready.entries),
                 hard_state: ready.hard_state,
                 persisted_messages: std::mem::take(&mut ready.persisted_messages),
@@ -815,12 +834,7 @@ impl Sim {
         // Taking a snapshot is synchronous and durable here (the real node writes, fsyncs and
         // renames the file before compacting), so it goes straight to disk.
         node.disk.snapshot = Some((meta.clone(), node.sm.clone()));
-        let first = applied + 1;
-        let disk_first = node.disk.entries.first().map_or(first, |e| e.index);
-        let drop = first
-            .saturating_sub(disk_first)
-            .min(node.disk.entries.len() as u64);
-        node.disk.entries.drain(..drop as usize);
+        node.disk.compact(applied);
         if node.disk.hard_state.commit < applied {
             node.disk.hard_state.commit = applied;
         }
