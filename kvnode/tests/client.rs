@@ -1,4 +1,5 @@
 //! Client library scenarios. Loopback only.
+#![allow(clippy::unwrap_used)] // test helpers fail the test on any setup error
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
