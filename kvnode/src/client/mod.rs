@@ -89,6 +89,36 @@ impl ClientConfig {
     }
 }
 
+/// Parses a node list `1=127.0.0.1:50051,2=127.0.0.1:50052` (ids may be written `n1`).
+pub fn parse_nodes(text: &str) -> Result<Vec<(NodeId, SocketAddr)>, ClientError> {
+    let mut nodes = Vec::new();
+    for item in text
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+    {
+        let bad = |reason: &str| ClientError::Config(format!("node {item:?}: {reason}"));
+        let (id, addr) = item
+            .split_once('=')
+            .ok_or_else(|| bad("expected ID=ADDRESS, e.g. 1=127.0.0.1:50051"))?;
+        let id = id.trim();
+        let id: NodeId = id
+            .strip_prefix('n')
+            .unwrap_or(id)
+            .parse()
+            .map_err(|_| bad("the id is not a number"))?;
+        let addr = addr
+            .trim()
+            .parse()
+            .map_err(|_| bad("the address is not IP:PORT"))?;
+        nodes.push((id, addr));
+    }
+    if nodes.is_empty() {
+        return Err(ClientError::Config("the node list is empty".into()));
+    }
+    Ok(nodes)
+}
+
 /// The certificate name of node `id` (`n1`), as `kvnode certs` makes it.
 pub fn node_name(id: NodeId) -> String {
     format!("n{id}")
@@ -116,6 +146,25 @@ mod tests {
         let mut zero_attempts = config(&[1]);
         zero_attempts.attempts_max = 0;
         assert!(zero_attempts.validate().is_err());
+    }
+
+    #[test]
+    fn node_lists_parse_and_bad_ones_say_why() {
+        let nodes = parse_nodes("1=127.0.0.1:50051, n2=127.0.0.1:50052").unwrap();
+        let expected: Vec<(NodeId, SocketAddr)> = vec![
+            (1, "127.0.0.1:50051".parse().unwrap()),
+            (2, "127.0.0.1:50052".parse().unwrap()),
+        ];
+        assert_eq!(nodes, expected);
+        for (text, needle) in [
+            ("", "empty"),
+            ("1:127.0.0.1:1", "ID=ADDRESS"),
+            ("x=127.0.0.1:1", "not a number"),
+            ("1=localhost", "IP:PORT"),
+        ] {
+            let error = parse_nodes(text).unwrap_err().to_string();
+            assert!(error.contains(needle), "{text:?}: {error}");
+        }
     }
 
     #[test]
