@@ -5,6 +5,7 @@
 //! (sessions in closed or open loop, then final reads), `stats` (HdrHistogram figures),
 //! `cluster` (the embedded 3-node cluster), `cpu` and `output`.
 
+pub mod args;
 pub mod cpu;
 pub mod history;
 pub mod output;
