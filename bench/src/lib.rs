@@ -5,7 +5,9 @@
 //! (sessions in closed or open loop, then final reads), `stats` (HdrHistogram figures),
 //! `cluster` (the embedded 3-node cluster), `cpu` and `output`.
 
+pub mod app;
 pub mod args;
+pub mod cluster;
 pub mod cpu;
 pub mod history;
 pub mod output;

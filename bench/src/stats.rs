@@ -259,7 +259,11 @@ impl Figures {
             .iter()
             .map(|(kind, count)| format!("{kind}: {count}"))
             .collect();
-        let _ = writeln!(text, "  Errors:\t{} ({})", self.errors, kinds.join(", "));
+        if kinds.is_empty() {
+            let _ = writeln!(text, "  Errors:\t{}", self.errors);
+        } else {
+            let _ = writeln!(text, "  Errors:\t{} ({})", self.errors, kinds.join(", "));
+        }
         text
     }
 }

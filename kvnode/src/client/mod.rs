@@ -29,6 +29,7 @@ pub use error::ClientError;
 pub use route::{Route, BACKOFF_MS_MAX, BACKOFF_MS_MIN};
 pub use session::{CasOutcome, ReadMode, Session};
 
+use crate::config::ClusterConfig;
 pub use crate::kv::client_proto::{NodeRole, NodeStatus};
 use crate::kv::NodeId;
 
@@ -68,6 +69,16 @@ impl ClientConfig {
             request_timeout: Duration::from_millis(REQUEST_TIMEOUT_MS_DEFAULT),
             attempts_max: ATTEMPTS_MAX_DEFAULT,
         }
+    }
+
+    /// The nodes and certificates of a cluster configuration.
+    pub fn from_cluster(cluster: &ClusterConfig, client_name: &str) -> ClientConfig {
+        let nodes = cluster
+            .nodes
+            .iter()
+            .map(|node| (node.id, node.address))
+            .collect();
+        ClientConfig::new(nodes, cluster.certs_dir.clone(), client_name)
     }
 
     fn validate(&self) -> Result<(), ClientError> {
