@@ -19,8 +19,12 @@ fn stderr(output: &Output) -> String {
 
 #[test]
 fn kvctl_usage_errors_exit_2_with_a_clear_message() {
-    let cases: [(&[&str], &str); 5] = [
-        (&["get", "k"], "--nodes"),
+    let cases: [(&[&str], &str); 6] = [
+        (&["get", "k"], "--config cluster.toml or --nodes"),
+        (
+            &["--config", "/nonexistent.toml", "status"],
+            "/nonexistent.toml",
+        ),
         (&["--nodes", "1=nowhere", "get", "k"], "IP:PORT"),
         (
             &["--nodes", "1=127.0.0.1:1", "frobnicate"],

@@ -12,20 +12,27 @@ use clap::{Parser, Subcommand};
 use kvnode::client::{
     self, Client, ClientConfig, ClientError, NodeRole, NodeStatus, ReadMode, Session,
 };
+use kvnode::config::ClusterConfig;
 use kvnode::kv::{KeyOp, KeyResult, NodeId, Value};
 
 const EXIT_FAILED: u8 = 1;
+/// Where certificates are looked for with `--nodes` and no `--certs`.
+const CERTS_DIR_DEFAULT: &str = "certs";
 const EXIT_USAGE: u8 = 2;
 
 #[derive(Parser, Debug)]
 #[command(name = "kvctl", version, about = "Talk to a ReplicatedKVStore cluster")]
 struct Cli {
+    /// The cluster config (TOML): its nodes, and its certs_dir unless --certs is given.
+    #[arg(long, conflicts_with = "nodes")]
+    config: Option<PathBuf>,
     /// The nodes: `1=127.0.0.1:50051,2=127.0.0.1:50052,...`.
     #[arg(long, value_name = "ID=ADDR,...")]
     nodes: Option<String>,
-    /// Directory with ca.pem and the client's certificate and key.
-    #[arg(long, default_value = "certs")]
-    certs: PathBuf,
+    /// Directory with ca.pem and the client's certificate and key [default: the config's
+    /// certs_dir, else `certs`].
+    #[arg(long)]
+    certs: Option<PathBuf>,
     /// The client certificate's name (`<certs>/<client>.pem`).
     #[arg(long, default_value = "client1")]
     client: String,
@@ -121,11 +128,23 @@ fn run(cli: Cli) -> Result<(), CtlError> {
 }
 
 fn client_config(cli: &Cli) -> Result<ClientConfig, CtlError> {
-    let Some(nodes) = &cli.nodes else {
-        return Err(CtlError::Usage("give the cluster with --nodes".into()));
+    let mut config = match (&cli.config, &cli.nodes) {
+        (Some(path), _) => {
+            let cluster = ClusterConfig::load(path).map_err(|e| CtlError::Usage(e.to_string()))?;
+            ClientConfig::from_cluster(&cluster, &cli.client)
+        }
+        (None, Some(nodes)) => {
+            let nodes = client::parse_nodes(nodes).map_err(|e| CtlError::Usage(e.to_string()))?;
+            ClientConfig::new(nodes, PathBuf::from(CERTS_DIR_DEFAULT), &cli.client)
+        }
+        (None, None) => {
+            let reason = "give the cluster with --config cluster.toml or --nodes";
+            return Err(CtlError::Usage(reason.into()));
+        }
     };
-    let nodes = client::parse_nodes(nodes).map_err(|e| CtlError::Usage(e.to_string()))?;
-    let mut config = ClientConfig::new(nodes, cli.certs.clone(), &cli.client);
+    if let Some(certs) = &cli.certs {
+        config.certs_dir = certs.clone();
+    }
     if cli.timeout_ms == 0 {
         return Err(CtlError::Usage("--timeout-ms must be > 0".into()));
     }
