@@ -55,7 +55,8 @@ pub struct CpuFigures {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct CheckSummary {
-    pub valid: String,
+    /// `true`, `false` or `"unknown"` in JSON, as in checker.json.
+    pub valid: checker::Validity,
     pub verdict: String,
     pub anomaly_types: Vec<String>,
 }
@@ -76,7 +77,7 @@ impl RunOutcome {
     pub fn passed(&self) -> bool {
         self.check
             .as_ref()
-            .is_none_or(|check| check.valid != "false")
+            .is_none_or(|check| check.valid != checker::Validity::Invalid)
     }
 }
 
@@ -243,15 +244,9 @@ fn check_history(settings: &Settings, run_dir: &Path) -> Result<CheckSummary, Be
         .map_err(|e| BenchError::Check(e.to_string()))?;
     let json = serde_json::to_vec_pretty(&report).map_err(|e| BenchError::Check(e.to_string()))?;
     output::write(&run_dir.join("checker.json"), &json)?;
-    let valid = match report.valid {
-        checker::Validity::Valid => "true",
-        checker::Validity::Invalid => "false",
-        checker::Validity::Unknown => "unknown",
-    }
-    .to_string();
     let anomaly_types = report.anomalies.iter().map(|a| a.kind.clone()).collect();
     Ok(CheckSummary {
-        valid,
+        valid: report.valid,
         verdict: report.verdict_line(),
         anomaly_types,
     })

@@ -11,12 +11,15 @@ use clap::Parser;
 
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
+/// Clock seeds keep 53 bits, so summary.json's seed survives any JSON reader's doubles.
+const SEED_MASK: u64 = (1 << 53) - 1;
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let clock_seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_nanos() as u64);
+        .map_or(0, |since| since.as_nanos() as u64)
+        & SEED_MASK;
     let settings = match args::settings(args, clock_seed) {
         Ok(settings) => settings,
         Err(message) => {

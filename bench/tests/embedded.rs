@@ -48,7 +48,7 @@ fn embedded_register_run_is_linearizable_and_complete() {
         .check
         .as_ref()
         .expect("register runs are checked by default");
-    assert_eq!(check.valid, "true", "{}", check.verdict);
+    assert_eq!(check.valid, checker::Validity::Valid, "{}", check.verdict);
     assert!(outcome.figures.ops > 0);
     assert_eq!(outcome.final_reads_failed, 0);
     assert_files(&outcome.run_dir);
@@ -91,7 +91,7 @@ fn embedded_list_append_run_is_serializable() {
         .check
         .as_ref()
         .expect("list-append runs are checked by default");
-    assert_eq!(check.valid, "true", "{}", check.verdict);
+    assert_eq!(check.valid, checker::Validity::Valid, "{}", check.verdict);
     assert_files(&outcome.run_dir);
 }
 
@@ -122,5 +122,5 @@ fn embedded_open_loop_get_run_counts_from_intended_times() {
         outcome.figures.ops
     );
     let check = outcome.check.as_ref().expect("--check was given");
-    assert_eq!(check.valid, "true", "{}", check.verdict);
+    assert_eq!(check.valid, checker::Validity::Valid, "{}", check.verdict);
 }
