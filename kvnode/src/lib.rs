@@ -2,6 +2,7 @@
 //!
 //! Layout (see `../shared/STYLE.md`): `raft/` and `kv/` are pure state machines (no I/O, no
 //! clock); `wal/`, `snapshot/` and `datadir` own the disk; `transport/` owns the network.
+pub mod client;
 pub mod config;
 pub mod datadir;
 pub mod kv;

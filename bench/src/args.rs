@@ -1,0 +1,255 @@
+//! The command line, checked into `Settings` before anything starts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use kvnode::client::ReadMode;
+use kvnode::kv::limits::{SESSIONS_MAX, VALUE_BYTES_MAX};
+use serde::Serialize;
+
+use crate::workload::WorkloadKind;
+
+/// Most clients: each is a session, and the state machine keeps `SESSIONS_MAX` of them; more
+/// would evict live sessions and void exactly-once retries.
+pub const CLIENTS_MAX: u32 = SESSIONS_MAX as u32;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bench",
+    version,
+    about = "Load generator for ReplicatedKVStore (brings its own 3-node cluster by default)"
+)]
+pub struct Args {
+    /// Concurrent clients (sessions); each is one process of the history.
+    #[arg(long, default_value_t = 16)]
+    pub clients: u32,
+    /// How long the timed phase runs: `10s`, `500ms`, `2m`, or seconds.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    #[arg(long, value_enum, default_value_t = WorkloadKind::Mixed)]
+    pub workload: WorkloadKind,
+    /// Keys (active keys for list-append). Default: 1000 for put/get/mixed, 3 for register,
+    /// 8 for list-append.
+    #[arg(long)]
+    pub keys: Option<u64>,
+    /// Bytes of each put value.
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+    /// Open loop at this many operations per second over all clients; latency is measured
+    /// from each operation's intended send time. Default: closed loop.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// An external cluster's config (TOML). Default: an embedded 3-node cluster.
+    #[arg(long)]
+    pub cluster: Option<PathBuf>,
+    /// Certificates for an external cluster (default: the config's certs_dir).
+    #[arg(long)]
+    pub certs: Option<PathBuf>,
+    /// The client certificate name.
+    #[arg(long, default_value = "client1")]
+    pub client: String,
+    /// Pids of an external cluster's nodes, to report their CPU: `123,456,789`.
+    #[arg(long, value_delimiter = ',')]
+    pub node_pids: Vec<u32>,
+    #[arg(long, value_enum, default_value_t = ReadModeArg::Linearizable)]
+    pub read_mode: ReadModeArg,
+    /// Run the checker on the history (default: on for register and list-append).
+    #[arg(long, overrides_with = "no_check")]
+    pub check: bool,
+    /// Do not run the checker.
+    #[arg(long, overrides_with = "check")]
+    pub no_check: bool,
+    /// Workload seed (default: from the clock; printed and saved).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Where `bench/<date-time>/` and `latest` go.
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
+    /// Per-attempt request timeout, in milliseconds.
+    #[arg(long, default_value_t = kvnode::client::REQUEST_TIMEOUT_MS_DEFAULT)]
+    pub timeout_ms: u64,
+    /// Worker threads of bench's own runtime (1: a single-threaded runtime).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// No progress line.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReadModeArg {
+    Linearizable,
+    Stale,
+}
+
+/// The checked settings of a run (saved in `summary.json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Settings {
+    pub clients: u32,
+    pub duration_s: f64,
+    pub workload: WorkloadKind,
+    pub keys: u64,
+    pub value_size: usize,
+    pub rate: Option<f64>,
+    pub cluster: Option<PathBuf>,
+    pub certs: Option<PathBuf>,
+    pub client: String,
+    pub node_pids: Vec<u32>,
+    pub read_mode: &'static str,
+    pub check: bool,
+    pub seed: u64,
+    pub results: PathBuf,
+    pub timeout_ms: u64,
+    pub threads: usize,
+    pub quiet: bool,
+}
+
+impl Settings {
+    pub fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.duration_s)
+    }
+
+    pub fn read_mode(&self) -> ReadMode {
+        match self.read_mode {
+            "stale" => ReadMode::Stale,
+            _ => ReadMode::Linearizable,
+        }
+    }
+}
+
+/// Checks what clap cannot; the message names the flag.
+pub fn settings(args: Args, clock_seed: u64) -> Result<Settings, String> {
+    if args.clients == 0 || args.clients > CLIENTS_MAX {
+        return Err(format!(
+            "--clients must be in 1..={CLIENTS_MAX}, got {}",
+            args.clients
+        ));
+    }
+    if args.duration.is_zero() {
+        return Err("--duration must be > 0".into());
+    }
+    if args.value_size == 0 || args.value_size > VALUE_BYTES_MAX {
+        let size = args.value_size;
+        return Err(format!(
+            "--value-size must be in 1..={VALUE_BYTES_MAX}, got {size}"
+        ));
+    }
+    if let Some(rate) = args.rate {
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err(format!("--rate must be a positive number, got {rate}"));
+        }
+    }
+    let keys = args.keys.unwrap_or(args.workload.keys_default());
+    if keys == 0 {
+        return Err("--keys must be > 0".into());
+    }
+    if args.cluster.is_none() && (!args.node_pids.is_empty() || args.certs.is_some()) {
+        return Err("--node-pids and --certs are for an external --cluster".into());
+    }
+    if args.timeout_ms == 0 || args.threads == 0 {
+        return Err("--timeout-ms and --threads must be > 0".into());
+    }
+    let check = if args.no_check {
+        false
+    } else {
+        args.check || args.workload.check_default()
+    };
+    Ok(Settings {
+        clients: args.clients,
+        duration_s: args.duration.as_secs_f64(),
+        workload: args.workload,
+        keys,
+        value_size: args.value_size,
+        rate: args.rate,
+        cluster: args.cluster,
+        certs: args.certs,
+        client: args.client,
+        node_pids: args.node_pids,
+        read_mode: match args.read_mode {
+            ReadModeArg::Linearizable => "linearizable",
+            ReadModeArg::Stale => "stale",
+        },
+        check,
+        seed: args.seed.unwrap_or(clock_seed),
+        results: args.results,
+        timeout_ms: args.timeout_ms,
+        threads: args.threads,
+        quiet: args.quiet,
+    })
+}
+
+/// `10s`, `1.5s`, `500ms`, `2m`, `1h`, or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 10s, 500ms or 2m"))?;
+    let seconds = match unit {
+        "" | "s" => number,
+        "ms" => number / 1000.0,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}: use ms, s, m or h"
+            ))
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Settings, String> {
+        let args = Args::try_parse_from([&["bench"], args].concat()).map_err(|e| e.to_string())?;
+        settings(args, 1)
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("10 parsecs").unwrap_err().contains("unit"));
+        assert!(parse_duration("fast")
+            .unwrap_err()
+            .contains("not a duration"));
+    }
+
+    #[test]
+    fn argument_errors_name_the_flag() {
+        let cases: [(&[&str], &str); 8] = [
+            (&["--clients", "0"], "--clients"),
+            (&["--clients", "100000"], "--clients"),
+            (&["--duration", "0s"], "--duration"),
+            (&["--duration", "soon"], "not a duration"),
+            (&["--value-size", "0"], "--value-size"),
+            (&["--rate=-5"], "--rate"),
+            (&["--workload", "scan"], "invalid value 'scan'"),
+            (&["--node-pids", "1,2"], "--cluster"),
+        ];
+        for (args, needle) in cases {
+            let error = parse(args).unwrap_err();
+            assert!(error.contains(needle), "{args:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_workload() {
+        let settings = parse(&["--workload", "register"]).unwrap();
+        assert_eq!((settings.keys, settings.check), (3, true));
+        let settings = parse(&["--workload", "put", "--check"]).unwrap();
+        assert_eq!((settings.keys, settings.check), (1000, true));
+        let settings = parse(&["--workload", "list-append", "--no-check"]).unwrap();
+        assert!(!settings.check);
+        assert_eq!(parse(&[]).unwrap().seed, 1);
+    }
+}

@@ -1,0 +1,353 @@
+//! The history recorder: every operation as an `invoke` line before its request is sent and
+//! exactly one completion line after its answer (proto-docs/history.md).
+//!
+//! Lines are written under one lock that also assigns `index` and `time`, so the line order is
+//! the real-time order the checker relies on. An invocation is a `Pending` that must be
+//! completed; one dropped without a completion (a cancelled task, a panic) records `info`, so a
+//! history is complete whatever happens to the worker.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use checker::history::{Op, OpType, F};
+use checker::Value;
+
+/// Error text of the `info` a dropped `Pending` records.
+pub const DROPPED_ERROR: &str = "abandoned: the worker stopped before the answer";
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("history file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("history event could not be encoded: {0}")]
+    Encode(String),
+    #[error("{0} invocations were never completed")]
+    Incomplete(u64),
+}
+
+/// How an operation ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Completion {
+    /// Took effect; `value` is the result (reads fill in what they saw).
+    Ok(Value),
+    /// Certainly did not take effect. `error: None` only for a cas whose compare failed.
+    Fail { value: Value, error: Option<String> },
+    /// Unknown outcome.
+    Info { error: String },
+}
+
+/// Where the lines go.
+enum Sink {
+    File {
+        path: String,
+        writer: BufWriter<File>,
+    },
+    Memory(Vec<Op>),
+}
+
+struct State {
+    sink: Sink,
+    next_index: u64,
+    open: u64,
+    /// The first write error; later writes are skipped and `finish` reports it.
+    failure: Option<HistoryError>,
+}
+
+/// Records one history. Share it as `Arc<Recorder>`.
+pub struct Recorder {
+    start: Instant,
+    state: Mutex<State>,
+}
+
+/// An invocation waiting for its completion.
+#[must_use = "a Pending records `info` if dropped without `complete`"]
+pub struct Pending {
+    recorder: Arc<Recorder>,
+    process: u64,
+    f: F,
+    key: Option<Value>,
+    /// The invocation's value, repeated on `info` completions.
+    value: Value,
+    done: bool,
+}
+
+/// What a finished recorder wrote.
+#[derive(Debug)]
+pub struct Recorded {
+    pub events: u64,
+    /// The events, if recorded in memory.
+    pub ops: Vec<Op>,
+}
+
+impl Recorder {
+    /// Writes `history.jsonl` lines to `path` (created or truncated).
+    pub fn create(path: &Path) -> Result<Arc<Recorder>, HistoryError> {
+        let shown = path.display().to_string();
+        let file = File::create(path).map_err(|source| HistoryError::Io {
+            path: shown.clone(),
+            source,
+        })?;
+        let sink = Sink::File {
+            path: shown,
+            writer: BufWriter::new(file),
+        };
+        Ok(Recorder::with_sink(sink))
+    }
+
+    /// Keeps the events in memory (tests, and callers that check without a file).
+    pub fn in_memory() -> Arc<Recorder> {
+        Recorder::with_sink(Sink::Memory(Vec::new()))
+    }
+
+    fn with_sink(sink: Sink) -> Arc<Recorder> {
+        let state = State {
+            sink,
+            next_index: 0,
+            open: 0,
+            failure: None,
+        };
+        Arc::new(Recorder {
+            start: Instant::now(),
+            state: Mutex::new(state),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records an invocation now; call it just before sending the request.
+    pub fn invoke(
+        self: &Arc<Self>,
+        process: u64,
+        f: F,
+        key: Option<Value>,
+        value: Value,
+    ) -> Pending {
+        let mut state = self.lock();
+        state.open += 1;
+        let op = self.event(
+            &mut state,
+            process,
+            OpType::Invoke,
+            f,
+            &key,
+            value.clone(),
+            None,
+        );
+        state.write(op);
+        drop(state);
+        Pending {
+            recorder: self.clone(),
+            process,
+            f,
+            key,
+            value,
+            done: false,
+        }
+    }
+
+    /// Flushes the file; fails if any event could not be written or an invocation is open.
+    pub fn finish(&self) -> Result<Recorded, HistoryError> {
+        let mut state = self.lock();
+        if let Some(failure) = state.failure.take() {
+            return Err(failure);
+        }
+        if state.open > 0 {
+            return Err(HistoryError::Incomplete(state.open));
+        }
+        let events = state.next_index;
+        let ops = match &mut state.sink {
+            Sink::File { path, writer } => {
+                writer.flush().map_err(|source| HistoryError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                Vec::new()
+            }
+            Sink::Memory(ops) => std::mem::take(ops),
+        };
+        Ok(Recorded { events, ops })
+    }
+
+    #[allow(clippy::too_many_arguments)] // one event's fields; a struct would only rename them
+    fn event(
+        &self,
+        state: &mut State,
+        process: u64,
+        op_type: OpType,
+        f: F,
+        key: &Option<Value>,
+        value: Value,
+        error: Option<String>,
+    ) -> Op {
+        let index = state.next_index;
+        state.next_index += 1;
+        Op {
+            index,
+            time: Some(self.start.elapsed().as_nanos() as u64),
+            process,
+            op_type,
+            f,
+            key: key.clone(),
+            value,
+            error,
+        }
+    }
+}
+
+impl State {
+    fn write(&mut self, op: Op) {
+        if self.failure.is_some() {
+            return;
+        }
+        let result = match &mut self.sink {
+            Sink::Memory(ops) => {
+                ops.push(op);
+                Ok(())
+            }
+            Sink::File { path, writer } => serde_json::to_writer(&mut *writer, &op)
+                .map_err(|error| HistoryError::Encode(error.to_string()))
+                .and_then(|()| {
+                    writer.write_all(b"\n").map_err(|source| HistoryError::Io {
+                        path: path.clone(),
+                        source,
+                    })
+                }),
+        };
+        if let Err(error) = result {
+            self.failure = Some(error);
+        }
+    }
+}
+
+impl Pending {
+    pub fn process(&self) -> u64 {
+        self.process
+    }
+
+    /// Records the completion now; call it just after the answer arrived.
+    pub fn complete(mut self, completion: Completion) {
+        self.record(completion);
+    }
+
+    fn record(&mut self, completion: Completion) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let (op_type, value, error) = match completion {
+            Completion::Ok(value) => (OpType::Ok, value, None),
+            Completion::Fail { value, error } => (OpType::Fail, value, error),
+            Completion::Info { error } => (OpType::Info, self.value.clone(), Some(error)),
+        };
+        let recorder = self.recorder.clone();
+        let mut state = recorder.lock();
+        state.open -= 1;
+        let op = recorder.event(
+            &mut state,
+            self.process,
+            op_type,
+            self.f,
+            &self.key,
+            value,
+            error,
+        );
+        state.write(op);
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let error = DROPPED_ERROR.to_string();
+        self.record(Completion::Info { error });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// Random interleavings of invocations, completions of every kind and drops: every
+    /// invocation gets exactly one completion, and the checker's parser accepts the history.
+    #[test]
+    fn recorder_every_invoke_has_exactly_one_completion() {
+        let mut rng = Rng::new(42);
+        let recorder = Recorder::in_memory();
+        let mut open: Vec<Option<Pending>> = (0..8).map(|_| None).collect();
+        for step in 0..2_000i64 {
+            let process = rng.below(8) as usize;
+            match open[process].take() {
+                None => {
+                    let key = Some(Value::Int(step % 3));
+                    let pending = recorder.invoke(process as u64, F::Write, key, Value::Int(step));
+                    open[process] = Some(pending);
+                }
+                Some(pending) => match rng.below(4) {
+                    0 => pending.complete(Completion::Ok(Value::Int(step))),
+                    1 => pending.complete(Completion::Fail {
+                        value: Value::Null,
+                        error: Some("not leader".into()),
+                    }),
+                    2 => pending.complete(Completion::Info {
+                        error: "timeout".into(),
+                    }),
+                    _ => drop(pending),
+                },
+            }
+        }
+        assert!(matches!(
+            recorder.finish(),
+            Err(HistoryError::Incomplete(_))
+        ));
+        open.clear();
+        let recorded = recorder.finish().unwrap();
+        let ops = recorded.ops;
+        assert_eq!(recorded.events as usize, ops.len());
+        let invokes = ops.iter().filter(|op| op.op_type == OpType::Invoke).count();
+        assert_eq!(invokes * 2, ops.len());
+        for (position, op) in ops.iter().enumerate() {
+            assert_eq!(op.index, position as u64);
+        }
+        let times: Vec<u64> = ops.iter().map(|op| op.time.unwrap()).collect();
+        assert!(times.windows(2).all(|pair| pair[0] <= pair[1]));
+        let history = checker::History::from_ops(ops).unwrap();
+        assert_eq!(history.calls().len(), invokes);
+        assert!(history
+            .calls()
+            .iter()
+            .all(|call| call.complete_event.is_some()));
+    }
+
+    #[test]
+    fn info_repeats_the_invocation_value_and_drop_names_the_reason() {
+        let recorder = Recorder::in_memory();
+        let value = Value::List(vec![Value::Int(1), Value::Int(2)]);
+        let pending = recorder.invoke(3, F::Cas, Some(Value::Int(0)), value.clone());
+        drop(pending);
+        let ops = recorder.finish().unwrap().ops;
+        assert_eq!(ops[1].op_type, OpType::Info);
+        assert_eq!(ops[1].value, value);
+        assert_eq!(ops[1].error.as_deref(), Some(DROPPED_ERROR));
+    }
+
+    #[test]
+    fn file_history_parses_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.jsonl");
+        let recorder = Recorder::create(&path).unwrap();
+        recorder
+            .invoke(0, F::Read, Some(Value::Int(1)), Value::Null)
+            .complete(Completion::Ok(Value::Int(5)));
+        assert_eq!(recorder.finish().unwrap().events, 2);
+        let history = checker::history::read_jsonl(&path).unwrap();
+        assert_eq!(history.calls().len(), 1);
+    }
+}

@@ -1,0 +1,19 @@
+//! bench: the load generator of ReplicatedKVStore.
+//!
+//! The pieces are a library so that other drivers (a fault-injection campaign) reuse them:
+//! `workload` (what to send, how it is recorded), `history` (the recorder), `runner::run_load`
+//! (sessions in closed or open loop, then final reads), `stats` (HdrHistogram figures),
+//! `cluster` (the embedded 3-node cluster), `cpu` and `output`.
+
+pub mod app;
+pub mod args;
+pub mod cluster;
+pub mod cpu;
+pub mod history;
+pub mod output;
+pub mod rng;
+pub mod runner;
+pub mod stats;
+pub mod workload;
+
+pub use runner::{run_load, LoadConfig, LoadReport, Progress};

@@ -1,0 +1,67 @@
+//! `bench`: see `bench --help` and the crate docs.
+//!
+//! Exit codes: 0 success, 1 the run failed or the checker found the history invalid, 2 usage.
+
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bench::app;
+use bench::args::{self, Args};
+use clap::Parser;
+
+const EXIT_FAILED: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+/// Clock seeds keep 53 bits, so summary.json's seed survives any JSON reader's doubles.
+const SEED_MASK: u64 = (1 << 53) - 1;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let clock_seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as u64)
+        & SEED_MASK;
+    let settings = match args::settings(args, clock_seed) {
+        Ok(settings) => settings,
+        Err(message) => {
+            eprintln!("bench: error: {message}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let cluster = settings
+        .cluster
+        .as_ref()
+        .map_or("embedded 3-node cluster".to_string(), |path| {
+            path.display().to_string()
+        });
+    eprintln!(
+        "bench: {} clients, {} workload, {:.1} s, {} keys, {} B values, seed {}, {}",
+        settings.clients,
+        settings.workload.name(),
+        settings.duration_s,
+        settings.keys,
+        settings.value_size,
+        settings.seed,
+        cluster
+    );
+    match app::run(&settings) {
+        Ok(outcome) => {
+            print!("{}", outcome.summary_text);
+            if let Some(check) = &outcome.check {
+                println!("\nChecker: {}", check.verdict);
+            }
+            if outcome.final_reads_failed > 0 {
+                println!("warning: {} final reads failed", outcome.final_reads_failed);
+            }
+            println!("\nResults: {}", outcome.run_dir.display());
+            if outcome.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_FAILED)
+            }
+        }
+        Err(error) => {
+            eprintln!("bench: error: {error}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! The workload runner: sessions driven closed loop (next op when the last is answered) or
+//! open loop (`rate`: each op has an intended send time and its latency counts from it, so a
+//! stall is charged to every op it delays: no coordinated omission), every op recorded in the
+//! history, then final reads of every key.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvnode::client::{Client, ReadMode, Session};
+use tokio::time::Instant;
+
+use crate::history::{Completion, Recorder};
+use crate::rng::Rng;
+use crate::stats::Stats;
+use crate::workload::{self, Planned, Workload};
+
+/// Times a final read of one key is tried before it is left `fail`/`info` in the history.
+pub const FINAL_READ_ATTEMPTS_MAX: u32 = 5;
+
+#[derive(Clone, Debug)]
+pub struct LoadConfig {
+    /// Concurrent sessions; each is a process of the history.
+    pub clients: u32,
+    pub duration: Duration,
+    /// Total operations per second over all clients (open loop); `None`: closed loop.
+    pub rate: Option<f64>,
+    pub seed: u64,
+}
+
+/// Live counters for a progress line.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub answered: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct LoadReport {
+    pub stats: Stats,
+    /// From the first intended send to the last answer of the timed phase.
+    pub elapsed: Duration,
+    pub final_reads_ok: u64,
+    pub final_reads_failed: u64,
+}
+
+/// Process ids: workers start as `0..clients`; one whose operation ended `info` continues as a
+/// fresh id, as Jepsen does, and final reads take fresh ids too.
+struct Processes(AtomicU64);
+
+impl Processes {
+    fn fresh(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// How one operation ended, for the figures.
+struct Executed {
+    /// The client error kind, if it was not answered.
+    error: Option<&'static str>,
+    /// Recorded as `info`: the process id must not be reused.
+    info: bool,
+}
+
+/// Everything a worker task needs.
+struct Worker {
+    session: Session,
+    index: u32,
+    workload: Arc<Workload>,
+    recorder: Arc<Recorder>,
+    processes: Arc<Processes>,
+    progress: Arc<Progress>,
+}
+
+/// Runs the load: preload (get workload), timed phase, final reads. Every operation is in the
+/// history recorded by `recorder`.
+pub async fn run_load(
+    client: &Client,
+    workload: Arc<Workload>,
+    config: &LoadConfig,
+    recorder: Arc<Recorder>,
+    progress: Arc<Progress>,
+) -> LoadReport {
+    let processes = Arc::new(Processes(AtomicU64::new(u64::from(config.clients))));
+    let workers: Vec<Worker> = (0..config.clients)
+        .map(|index| Worker {
+            session: client.session(),
+            index,
+            workload: workload.clone(),
+            recorder: recorder.clone(),
+            processes: processes.clone(),
+            progress: progress.clone(),
+        })
+        .collect();
+    let workers = preload(workers, config.clients).await;
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in workers {
+        let config = config.clone();
+        tasks.spawn(async move { worker.run(&config, start).await });
+    }
+    let mut stats = Stats::default();
+    while let Some(joined) = tasks.join_next().await {
+        // A panicked worker has recorded `info` for its open op (Pending's drop); its figures
+        // are lost, which the summary's counts then show.
+        if let Ok(worker_stats) = joined {
+            stats.merge(&worker_stats);
+        }
+    }
+    let elapsed = start.elapsed();
+    let (final_reads_ok, final_reads_failed) =
+        final_reads(client, &workload, &recorder, &processes, config.clients).await;
+    LoadReport {
+        stats,
+        elapsed,
+        final_reads_ok,
+        final_reads_failed,
+    }
+}
+
+/// Writes every preload key once (recorded, not timed), the keys split over the workers.
+async fn preload(workers: Vec<Worker>, clients: u32) -> Vec<Worker> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut worker in workers {
+        tasks.spawn(async move {
+            let keys = worker.workload.preload_keys();
+            let index = u64::from(worker.index);
+            let mine = keys.filter(move |key| key % u64::from(clients) == index);
+            let mut process = u64::from(worker.index);
+            for key in mine {
+                let planned = worker.workload.write(key);
+                if worker.execute(process, &planned).await.info {
+                    process = worker.processes.fresh();
+                }
+            }
+            worker
+        });
+    }
+    let mut ready = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(worker) = joined {
+            ready.push(worker);
+        }
+    }
+    ready
+}
+
+/// Reads every key the workload used, retrying each until it is answered.
+async fn final_reads(
+    client: &Client,
+    workload: &Arc<Workload>,
+    recorder: &Arc<Recorder>,
+    processes: &Arc<Processes>,
+    clients: u32,
+) -> (u64, u64) {
+    let keys = workload.keys_used();
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0..clients {
+        let worker = Worker {
+            session: client.session(),
+            index,
+            workload: workload.clone(),
+            recorder: recorder.clone(),
+            processes: processes.clone(),
+            progress: Arc::new(Progress::default()),
+        };
+        let keys = keys.clone();
+        tasks.spawn(async move { worker.final_reads(keys, clients).await });
+    }
+    let (mut ok, mut failed) = (0, 0);
+    while let Some(joined) = tasks.join_next().await {
+        let (worker_ok, worker_failed) = joined.unwrap_or((0, 0));
+        ok += worker_ok;
+        failed += worker_failed;
+    }
+    (ok, failed)
+}
+
+impl Worker {
+    async fn run(mut self, config: &LoadConfig, start: Instant) -> Stats {
+        let mut rng = Rng::new(config.seed ^ splitmix(u64::from(self.index)));
+        let deadline = start + config.duration;
+        // Open loop: this worker's share of the rate, its sends staggered over one interval.
+        let interval = config
+            .rate
+            .map(|rate| Duration::from_secs_f64(f64::from(config.clients) / rate));
+        let mut intended = start
+            + interval.map_or(Duration::ZERO, |interval| {
+                interval.mul_f64(f64::from(self.index) / f64::from(config.clients))
+            });
+        let mut process = u64::from(self.index);
+        let mut stats = Stats::default();
+        loop {
+            let send_at = match interval {
+                Some(interval) => {
+                    let at = intended;
+                    intended += interval;
+                    if at >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep_until(at).await;
+                    at
+                }
+                None => Instant::now(),
+            };
+            if send_at >= deadline {
+                break;
+            }
+            let planned = self.workload.next(&mut rng);
+            let executed = self.execute(process, &planned).await;
+            stats.record(send_at - start, send_at.elapsed(), executed.error);
+            let counter = match executed.error {
+                None => &self.progress.answered,
+                Some(_) => &self.progress.errors,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            if executed.info {
+                process = self.processes.fresh();
+            }
+        }
+        stats
+    }
+
+    /// Runs one planned op and records it.
+    async fn execute(&mut self, process: u64, planned: &Planned) -> Executed {
+        let read_mode = self.workload.config.read_mode;
+        let pending = self.recorder.invoke(
+            process,
+            planned.f,
+            planned.key.clone(),
+            planned.value.clone(),
+        );
+        let answer = self.session.execute(planned.op.clone(), read_mode).await;
+        let completion = workload::completion(planned, &answer);
+        let info = matches!(completion, Completion::Info { .. });
+        pending.complete(completion);
+        let error = match &answer {
+            Err(error) => Some(error.kind()),
+            Ok(_) if info => Some("unexpected-result"),
+            Ok(_) => None,
+        };
+        Executed { error, info }
+    }
+
+    async fn final_reads(mut self, keys: std::ops::Range<u64>, clients: u32) -> (u64, u64) {
+        let (mut ok, mut failed) = (0, 0);
+        let mut process = self.processes.fresh();
+        let index = u64::from(self.index);
+        let mine = keys.filter(move |key| key % u64::from(clients) == index);
+        for key in mine {
+            let planned = self.workload.final_read(key);
+            let mut answered = false;
+            for _ in 0..FINAL_READ_ATTEMPTS_MAX {
+                let executed = self.execute(process, &planned).await;
+                if executed.error.is_none() {
+                    answered = true;
+                    break;
+                }
+                if executed.info {
+                    process = self.processes.fresh();
+                }
+            }
+            if answered {
+                ok += 1;
+            } else {
+                failed += 1;
+            }
+        }
+        (ok, failed)
+    }
+}
+
+fn splitmix(seed: u64) -> u64 {
+    Rng::new(seed).next_u64()
+}
+
+/// Read mode names for summaries.
+pub fn read_mode_name(mode: ReadMode) -> &'static str {
+    match mode {
+        ReadMode::Linearizable => "linearizable",
+        ReadMode::Stale => "stale",
+    }
+}

@@ -1,0 +1,126 @@
+//! Short runs against the embedded cluster (loopback only, bounded by `--duration`).
+
+use std::path::Path;
+
+use bench::app;
+use bench::args::{self, Args};
+use clap::Parser;
+
+fn settings(results: &Path, extra: &[&str]) -> args::Settings {
+    let results = results.to_str().expect("temporary paths are UTF-8");
+    let base = ["bench", "--quiet", "--results", results, "--seed", "7"];
+    let args = Args::try_parse_from([&base[..], extra].concat()).expect("valid arguments");
+    args::settings(args, 0).expect("valid settings")
+}
+
+fn assert_files(run_dir: &Path) {
+    for file in [
+        "summary.json",
+        "history.jsonl",
+        "latency.hgrm",
+        "timeseries.csv",
+        "checker.json",
+    ] {
+        assert!(
+            run_dir.join(file).is_file(),
+            "{file} missing in {}",
+            run_dir.display()
+        );
+    }
+}
+
+#[test]
+fn embedded_register_run_is_linearizable_and_complete() {
+    let results = tempfile::tempdir().expect("temporary directory");
+    let settings = settings(
+        results.path(),
+        &[
+            "--workload",
+            "register",
+            "--clients",
+            "8",
+            "--duration",
+            "2s",
+        ],
+    );
+    let outcome = app::run(&settings).expect("the run completes");
+    let check = outcome
+        .check
+        .as_ref()
+        .expect("register runs are checked by default");
+    assert_eq!(check.valid, checker::Validity::Valid, "{}", check.verdict);
+    assert!(outcome.figures.ops > 0);
+    assert_eq!(outcome.final_reads_failed, 0);
+    assert_files(&outcome.run_dir);
+    let latest = std::fs::canonicalize(results.path().join("latest")).expect("latest link");
+    assert_eq!(
+        latest,
+        std::fs::canonicalize(&outcome.run_dir).expect("run dir")
+    );
+    // Every invocation has exactly one completion, and every key got a final read.
+    let history = checker::history::read_jsonl(&outcome.run_dir.join("history.jsonl"))
+        .expect("the history parses");
+    assert!(history
+        .calls()
+        .iter()
+        .all(|call| call.complete_event.is_some()));
+    let summary: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(outcome.run_dir.join("summary.json")).expect("summary.json"),
+    )
+    .expect("summary.json is JSON");
+    assert_eq!(summary["final_reads"]["ok"], 3);
+    assert!(summary["cpu"]["nodes_s"].as_f64().is_some());
+}
+
+#[test]
+fn embedded_list_append_run_is_serializable() {
+    let results = tempfile::tempdir().expect("temporary directory");
+    let settings = settings(
+        results.path(),
+        &[
+            "--workload",
+            "list-append",
+            "--clients",
+            "4",
+            "--duration",
+            "1s",
+        ],
+    );
+    let outcome = app::run(&settings).expect("the run completes");
+    let check = outcome
+        .check
+        .as_ref()
+        .expect("list-append runs are checked by default");
+    assert_eq!(check.valid, checker::Validity::Valid, "{}", check.verdict);
+    assert_files(&outcome.run_dir);
+}
+
+#[test]
+fn embedded_open_loop_get_run_counts_from_intended_times() {
+    let results = tempfile::tempdir().expect("temporary directory");
+    let settings = settings(
+        results.path(),
+        &[
+            "--workload",
+            "get",
+            "--clients",
+            "4",
+            "--duration",
+            "1s",
+            "--rate",
+            "200",
+            "--keys",
+            "20",
+            "--check",
+        ],
+    );
+    let outcome = app::run(&settings).expect("the run completes");
+    // 200 ops/s for 1 s: the schedule, not the server's speed, sets the count.
+    assert!(
+        (150..=210).contains(&outcome.figures.ops),
+        "{}",
+        outcome.figures.ops
+    );
+    let check = outcome.check.as_ref().expect("--check was given");
+    assert_eq!(check.valid, checker::Validity::Valid, "{}", check.verdict);
+}
