@@ -235,6 +235,11 @@ impl Cluster {
         }
     }
 
+    /// Leaves the cluster running when this value is dropped (`nemesis up`).
+    pub fn detach(mut self) {
+        self.owned = false;
+    }
+
     pub fn state(&self) -> &ClusterState {
         &self.state
     }
@@ -564,20 +569,50 @@ pub fn cleanup(state_path: &Path, prefix: &str) -> Result<Vec<String>, ClusterEr
     Ok(removed)
 }
 
-/// On SIGINT or SIGTERM: stop (re)starting nodes, run `cleanup(state_path, prefix)`, exit 130.
-/// Runs on its own thread with a small tokio runtime (tokio's signal handling needs no unsafe).
-pub fn cleanup_on_interrupt(state_path: PathBuf, prefix: String) -> std::io::Result<()> {
+/// A flag set on SIGINT or SIGTERM (instead of dying), for loops that end a fault early.
+pub fn interrupt_flag() -> std::io::Result<std::sync::Arc<AtomicBool>> {
+    let flag = std::sync::Arc::new(AtomicBool::new(false));
+    let (runtime, mut interrupt, mut terminate) = signal_streams()?;
+    let setter = flag.clone();
+    std::thread::Builder::new()
+        .name("nemesis-interrupt".to_string())
+        .spawn(move || {
+            runtime.block_on(async {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
+            });
+            setter.store(true, Ordering::SeqCst);
+        })?;
+    Ok(flag)
+}
+
+type SignalStreams = (
+    tokio::runtime::Runtime,
+    tokio::signal::unix::Signal,
+    tokio::signal::unix::Signal,
+);
+
+/// Registered before returning, so no signal between now and the wait is missed. Tokio's
+/// signal handling needs no unsafe code here.
+fn signal_streams() -> std::io::Result<SignalStreams> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()?;
-    // Registered here, before returning, so no signal between now and the wait is missed.
-    let (mut interrupt, mut terminate) = runtime.block_on(async {
+    let (interrupt, terminate) = runtime.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         Ok::<_, std::io::Error>((
             signal(SignalKind::interrupt())?,
             signal(SignalKind::terminate())?,
         ))
     })?;
+    Ok((runtime, interrupt, terminate))
+}
+
+/// On SIGINT or SIGTERM: stop (re)starting nodes, run `cleanup(state_path, prefix)`, exit 130.
+pub fn cleanup_on_interrupt(state_path: PathBuf, prefix: String) -> std::io::Result<()> {
+    let (runtime, mut interrupt, mut terminate) = signal_streams()?;
     std::thread::Builder::new()
         .name("nemesis-interrupt".to_string())
         .spawn(move || {

@@ -15,6 +15,10 @@ use std::process::Command;
 use crate::spec::NetnsLayout;
 use crate::NodeId;
 
+/// How long removed links may take to disappear (veth removal is asynchronous).
+pub const LINK_GONE_TIMEOUT_MS: u64 = 2000;
+const LINK_POLL_MS: u64 = 10;
+
 /// A partition: node -> the nodes whose packets it drops (Jepsen's "grudge"). Asymmetric
 /// grudges make one-way partitions.
 pub type Grudge = BTreeMap<NodeId, BTreeSet<NodeId>>;
@@ -226,11 +230,39 @@ fn remove_objects(namespaces: &[String], links: &[String]) -> Result<(), NetnsEr
     }
     let existing_links = list_links()?;
     for link in links {
-        if existing_links.contains(link) {
-            run("ip", &["link", "del", link])?;
+        if !existing_links.contains(link) {
+            continue;
+        }
+        // The kernel removes a veth asynchronously once its peer's namespace is gone, so the
+        // link can vanish between the listing and this call: that is success.
+        match run("ip", &["link", "del", link]) {
+            Err(NetnsError::Failed { stderr, .. }) if stderr.contains("Cannot find device") => {}
+            other => {
+                other?;
+            }
         }
     }
-    Ok(())
+    wait_links_gone(links)
+}
+
+/// Polls until none of `links` exists, so a following `create` with the same names cannot
+/// race the kernel's asynchronous veth removal.
+fn wait_links_gone(links: &[String]) -> Result<(), NetnsError> {
+    let start = std::time::Instant::now();
+    loop {
+        let existing = list_links()?;
+        let left: Vec<&String> = links.iter().filter(|l| existing.contains(l)).collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        if start.elapsed() >= std::time::Duration::from_millis(LINK_GONE_TIMEOUT_MS) {
+            return Err(NetnsError::Failed {
+                command: "ip link del".to_string(),
+                stderr: format!("{left:?} still present after {LINK_GONE_TIMEOUT_MS} ms"),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(LINK_POLL_MS));
+    }
 }
 
 /// SIGCONT then SIGKILL to every process in the namespace (a stopped process dies on SIGKILL
@@ -278,8 +310,15 @@ fn check_subnet_free(layout: &NetnsLayout) -> Result<(), NetnsError> {
     let addresses = run("ip", &["-o", "-4", "addr", "show"])?;
     let routes = run("ip", &["-4", "route", "show"])?;
     let needle = format!("{subnet}.");
+    // Match whole addresses only: 10.77.0. must not match inside 110.77.0.5.
+    let uses_subnet = |line: &str| {
+        line.match_indices(&needle).any(|(at, _)| {
+            let before = line[..at].chars().next_back();
+            !before.is_some_and(|c| c.is_ascii_digit() || c == '.')
+        })
+    };
     for line in addresses.lines().chain(routes.lines()) {
-        if line.contains(&needle) {
+        if uses_subnet(line) {
             return Err(NetnsError::SubnetInUse {
                 subnet,
                 found: line.trim().to_string(),
