@@ -229,10 +229,12 @@ impl Cluster {
     /// `attach` if the state file exists, else `discover_local`.
     pub fn attach_or_discover(state_path: &Path) -> Result<Cluster, ClusterError> {
         if state_path.exists() {
-            Cluster::attach(state_path)
-        } else {
-            Cluster::discover_local()
+            return Cluster::attach(state_path);
         }
+        Cluster::discover_local().map_err(|error| match error {
+            ClusterError::NoCluster(_) => ClusterError::NoCluster(state_path.to_path_buf()),
+            other => other,
+        })
     }
 
     /// Leaves the cluster running when this value is dropped (`nemesis up`).
