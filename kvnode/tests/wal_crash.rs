@@ -236,7 +236,8 @@ fn wal_a_hard_state_only_batch_is_durable() {
         Durable {
             last_index: 0,
             last_term: 0,
-            hard_state
+            hard_state,
+            commands_durable_total: 0,
         }
     );
     drop(writer);
@@ -480,4 +481,60 @@ fn wal_recovery_crash_before_compacted_segments_were_deleted() {
     let (_, recovered) = WalWriter::open(dir.path(), config).unwrap();
     assert_eq!(recovered.compacted_index, 45);
     assert_eq!(recovered.entries, entries(46, 15, 1, 200));
+}
+
+/// "wal: install snapshot: a stale suffix above the snapshot is discarded"
+#[test]
+fn wal_install_snapshot_discards_the_stale_suffix() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut writer, _) = WalWriter::open(dir.path(), WalConfig::default()).unwrap();
+    // Entries 1..=10 of term 1; the leader's snapshot covers up to 6 with a different history
+    // above 4, so 7..=10 must not survive next to it.
+    writer.append(&batch(entries(1, 10, 1, 50), None)).unwrap();
+    let durable = writer.install_snapshot(6).unwrap();
+    assert_eq!(durable.last_index, 6);
+    let hard_state = HardState {
+        term: 3,
+        vote: 0,
+        commit: 6,
+    };
+    writer
+        .append(&batch(entries(7, 2, 3, 50), Some(hard_state)))
+        .unwrap();
+    drop(writer);
+    let (_, recovered) = WalWriter::open(dir.path(), WalConfig::default()).unwrap();
+    assert_eq!(recovered.compacted_index, 6);
+    assert_eq!(recovered.first_index, 7);
+    let terms: Vec<(u64, u64)> = recovered
+        .entries
+        .iter()
+        .map(|e| (e.index, e.term))
+        .collect();
+    assert_eq!(terms, vec![(7, 3), (8, 3)]);
+    assert_eq!(recovered.hard_state, hard_state);
+}
+
+/// "wal: group commit: the durable count matches the commands submitted"
+#[test]
+fn wal_group_commit_reports_the_durable_command_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sender, receiver) = mpsc::channel();
+    let callback = Box::new(move |report: Result<Durable, WalError>| {
+        let _ = sender.send(report.map(|d| d.commands_durable_total));
+    });
+    let (wal, _) = Wal::open(dir.path(), WalConfig::default(), callback).unwrap();
+    for index in 1..=20 {
+        wal.submit(batch(entries(index, 1, 1, 10), None)).unwrap();
+    }
+    wal.install_snapshot(20).unwrap();
+    let mut last = 0;
+    while last < 21 {
+        let total = receiver
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap()
+            .unwrap();
+        assert!(total > last, "durable counts must grow");
+        last = total;
+    }
+    assert_eq!(last, 21);
 }

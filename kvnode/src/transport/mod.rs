@@ -47,7 +47,9 @@ pub const PEER_QUEUE_BYTES_MAX_DEFAULT: u64 = 64 << 20;
 pub const INBOUND_QUEUE_MESSAGES_MAX_DEFAULT: usize = 4096;
 /// Default concurrent bidirectional streams per connection (client requests in flight).
 pub const CLIENT_STREAMS_MAX_DEFAULT: u32 = 256;
-pub const CLIENT_REQUEST_BYTES_MAX_DEFAULT: u32 = 1 << 20;
+/// Room for the largest command the state machine accepts (kv::limits::COMMAND_BYTES_MAX,
+/// 4 MiB) plus framing; the server asserts the relation at compile time.
+pub const CLIENT_REQUEST_BYTES_MAX_DEFAULT: u32 = 5 << 20;
 pub const CLIENT_RESPONSE_BYTES_MAX_DEFAULT: u32 = 16 << 20;
 pub const SNAPSHOT_CHUNK_BYTES_DEFAULT: usize = 1 << 20;
 pub const SNAPSHOT_BYTES_MAX_DEFAULT: u64 = 64 << 30;

@@ -35,6 +35,7 @@ const PREALLOCATOR_THREAD_NAME: &str = "wal-preallocator";
 enum Command {
     Append(WriteBatch),
     Compact(Index),
+    InstallSnapshot(Index),
 }
 
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
@@ -103,6 +104,12 @@ impl Wal {
         self.send(Command::Compact(up_to))
     }
 
+    /// Queues the replacement of the log by a received snapshot (in order with the batches):
+    /// see `WalWriter::install_snapshot`.
+    pub fn install_snapshot(&self, up_to: Index) -> Result<(), SubmitError> {
+        self.send(Command::InstallSnapshot(up_to))
+    }
+
     fn send(&self, command: Command) -> Result<(), SubmitError> {
         let Some(sender) = &self.sender else {
             return Err(SubmitError::Closed);
@@ -150,6 +157,7 @@ fn run(
     group_commands_max: usize,
 ) -> Result<(), WalError> {
     let mut commands = Vec::with_capacity(group_commands_max);
+    let mut commands_total = 0u64;
     while let Ok(first) = receiver.recv() {
         commands.push(first);
         // Everything that queued up while the previous sync ran joins this group.
@@ -159,8 +167,12 @@ fn run(
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
+        commands_total += commands.len() as u64;
         match execute(&mut writer, commands.drain(..)) {
-            Ok(durable) => on_durable(Ok(durable)),
+            Ok(mut durable) => {
+                durable.commands_durable_total = commands_total;
+                on_durable(Ok(durable))
+            }
             Err(error) => {
                 tracing::error!("wal: fatal: {error}");
                 on_durable(Err(error));
@@ -180,6 +192,9 @@ fn execute(
             Command::Append(batch) => writer.stage(&batch)?,
             Command::Compact(up_to) => {
                 writer.compact(up_to)?;
+            }
+            Command::InstallSnapshot(up_to) => {
+                writer.install_snapshot(up_to)?;
             }
         }
     }

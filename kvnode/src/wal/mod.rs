@@ -68,6 +68,10 @@ pub struct Durable {
     /// Its term; 0 when the log is empty (e.g. compacted past its end by a received snapshot).
     pub last_term: Term,
     pub hard_state: HardState,
+    /// With the group-commit `Wal`: how many `submit`/`compact` calls, counted from `open`,
+    /// are now durable (they complete in order). The caller matches its own count against it
+    /// to release what waited for those writes. Always 0 from `WalWriter`.
+    pub commands_durable_total: u64,
 }
 
 /// What recovery found.

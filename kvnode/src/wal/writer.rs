@@ -206,6 +206,17 @@ impl WalWriter {
         self.sync()
     }
 
+    /// Replaces the log by a snapshot received from the leader: entries above `up_to` are
+    /// discarded (they may not follow the snapshot's history), then everything up to it is
+    /// compacted. The log restarts at `up_to + 1`.
+    pub fn install_snapshot(&mut self, up_to: Index) -> Result<Durable, WalError> {
+        self.check_live()?;
+        if up_to < self.last_index() && up_to + 1 > self.compacted_index {
+            self.guard(|writer| writer.stage_truncation(up_to + 1, 0))?;
+        }
+        self.compact(up_to)
+    }
+
     /// Writes everything staged and fdatasyncs the current segment. A failed fdatasync is
     /// fatal and poisons the writer: retrying could "succeed" over pages the kernel dropped.
     pub fn sync(&mut self) -> Result<Durable, WalError> {
@@ -218,6 +229,7 @@ impl WalWriter {
                 last_index: writer.last_index(),
                 last_term: writer.last_term(),
                 hard_state: writer.hard_state,
+                commands_durable_total: 0,
             })
         })
     }

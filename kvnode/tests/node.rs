@@ -1,0 +1,503 @@
+//! The node end to end: real `kvnode` processes, real QUIC with mutual TLS on 127.0.0.1, real
+//! files with fsync. No mocks. Each test uses its own port range.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kvnode::kv::client_proto::{
+    decode_response, encode_request, ClientError, ClientRequest, ClientResponse, RequestKind,
+};
+use kvnode::kv::ops::{KeyResult, Op, OpResult, Value};
+use kvnode::transport::client::ClientConn;
+use kvnode::transport::tls::{generate_certs, NodeCertSpec, TlsMaterial};
+
+const NODES: u64 = 3;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Every wait in these tests is bounded by this.
+const WAIT_MAX: Duration = Duration::from_secs(30);
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    base_port: u16,
+    children: HashMap<u64, Child>,
+    conns: HashMap<u64, ClientConn>,
+    client_id: u64,
+    seq: u64,
+}
+
+impl Cluster {
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("cluster.toml")
+    }
+
+    fn certs(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    fn address(&self, id: u64) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.base_port + id as u16 - 1))
+    }
+
+    fn new(base_port: u16, snapshot_entries: u64) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let specs: Vec<NodeCertSpec> = (1..=NODES)
+            .map(|id| NodeCertSpec {
+                name: format!("n{id}"),
+                addr: IpAddr::from([127, 0, 0, 1]),
+            })
+            .collect();
+        generate_certs(
+            &dir.path().join("certs"),
+            &specs,
+            &["client1".to_string()],
+            false,
+        )
+        .unwrap();
+        let mut toml = format!(
+            "data_dir = \"data\"\ncerts_dir = \"certs\"\nelection_timeout_ms = 400\n\
+             heartbeat_interval_ms = 50\nsnapshot_entries = {snapshot_entries}\n"
+        );
+        for id in 1..=NODES {
+            let port = base_port + id as u16 - 1;
+            toml.push_str(&format!(
+                "[[nodes]]\nid = {id}\naddress = \"127.0.0.1:{port}\"\n"
+            ));
+        }
+        std::fs::write(dir.path().join("cluster.toml"), toml).unwrap();
+        let mut cluster = Cluster {
+            dir,
+            base_port,
+            children: HashMap::new(),
+            conns: HashMap::new(),
+            client_id: 0x5EED_0000 + u64::from(base_port),
+            seq: 0,
+        };
+        for id in 1..=NODES {
+            cluster.start(id);
+        }
+        cluster
+    }
+
+    fn start(&mut self, id: u64) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("n{id}.log")))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kvnode"))
+            .args(["run", "--config"])
+            .arg(self.config_path())
+            .args(["--id", &format!("n{id}")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children.insert(id, child);
+        self.conns.remove(&id);
+    }
+
+    /// kill -9: no chance to flush or hand over anything.
+    fn kill9(&mut self, id: u64) {
+        if let Some(mut child) = self.children.remove(&id) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+        self.conns.remove(&id);
+    }
+
+    fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("n{id}.log"))).unwrap_or_default()
+    }
+
+    /// One value from the node's Prometheus metrics (plain HTTP on port + 1000).
+    fn metric(&self, id: u64, name: &str) -> Option<f64> {
+        let address = SocketAddr::from(([127, 0, 0, 1], self.base_port + 1000 + id as u16 - 1));
+        let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).ok()?;
+        text.lines()
+            .find(|line| line.split(' ').next() == Some(name))
+            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+    }
+
+    fn leaders(&self) -> Vec<u64> {
+        self.children
+            .keys()
+            .copied()
+            .filter(|&id| self.metric(id, "raft_role") == Some(2.0))
+            .collect()
+    }
+
+    fn wait_for_one_leader(&self) -> u64 {
+        let deadline = Instant::now() + WAIT_MAX;
+        while Instant::now() < deadline {
+            if let [leader] = self.leaders().as_slice() {
+                return *leader;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "no single leader within {WAIT_MAX:?}; logs:\n{}",
+            self.log(1)
+        );
+    }
+
+    async fn conn(&mut self, id: u64) -> Option<&ClientConn> {
+        if !self.conns.contains_key(&id) {
+            let tls = TlsMaterial::load(&self.certs(), "client1").unwrap();
+            let conn = ClientConn::connect(self.address(id), &format!("n{id}"), &tls)
+                .await
+                .ok()?;
+            self.conns.insert(id, conn);
+        }
+        self.conns.get(&id)
+    }
+
+    async fn request(&mut self, id: u64, request: &ClientRequest) -> Option<ClientResponse> {
+        let bytes = Bytes::from(encode_request(request).unwrap());
+        let conn = self.conn(id).await?;
+        match conn.request(bytes, REQUEST_TIMEOUT).await {
+            Ok(response) => Some(decode_response(&response).unwrap()),
+            Err(_) => {
+                self.conns.remove(&id);
+                None
+            }
+        }
+    }
+
+    /// A write under this client's session, retried with the SAME seq on every node until
+    /// one answers: the session makes it apply once.
+    async fn write(&mut self, op: Op) -> ClientResponse {
+        self.seq += 1;
+        let request = ClientRequest {
+            client_id: self.client_id,
+            seq: self.seq,
+            kind: RequestKind::Write { op },
+        };
+        self.until_served(&request).await
+    }
+
+    async fn read(&mut self, op: Op) -> ClientResponse {
+        let request = ClientRequest {
+            client_id: self.client_id,
+            seq: 0,
+            kind: RequestKind::Read { op, stale: false },
+        };
+        self.until_served(&request).await
+    }
+
+    async fn until_served(&mut self, request: &ClientRequest) -> ClientResponse {
+        let deadline = Instant::now() + WAIT_MAX;
+        let ids: Vec<u64> = (1..=NODES).collect();
+        while Instant::now() < deadline {
+            for &id in &ids {
+                if !self.children.contains_key(&id) {
+                    continue;
+                }
+                match self.request(id, request).await {
+                    Some(ClientResponse::Err(
+                        ClientError::NotLeader { .. }
+                        | ClientError::Unavailable(_)
+                        | ClientError::Timeout,
+                    ))
+                    | None => {}
+                    Some(response) => return response,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("request not served within {WAIT_MAX:?}");
+    }
+
+    async fn stale_get(&mut self, id: u64, key: &str) -> Option<Option<Value>> {
+        let request = ClientRequest {
+            client_id: 1,
+            seq: 0,
+            kind: RequestKind::Read {
+                op: Op::get(key.to_string()),
+                stale: true,
+            },
+        };
+        match self.request(id, &request).await? {
+            ClientResponse::Ok(OpResult::Key(KeyResult::Get { value })) => Some(value),
+            _ => None,
+        }
+    }
+
+    /// Waits until every running node applied as far as `id` has and reads the same value.
+    async fn wait_converged(&mut self, key: &str) -> Option<Value> {
+        let deadline = Instant::now() + WAIT_MAX;
+        let ids: Vec<u64> = self.children.keys().copied().collect();
+        while Instant::now() < deadline {
+            let mut values = Vec::new();
+            for &id in &ids {
+                values.push(self.stale_get(id, key).await);
+            }
+            let applied: Vec<Option<f64>> = ids
+                .iter()
+                .map(|&id| self.metric(id, "raft_last_applied"))
+                .collect();
+            let same_apply = applied.windows(2).all(|w| w[0] == w[1] && w[0].is_some());
+            if same_apply && values.windows(2).all(|w| w[0] == w[1]) && values[0].is_some() {
+                return values[0].clone().flatten();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("nodes did not converge within {WAIT_MAX:?}");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, mut child) in self.children.drain() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn list(value: Option<Value>) -> Vec<String> {
+    match value {
+        Some(Value::List(items)) => items
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect(),
+        other => panic!("expected a list, got {other:?}"),
+    }
+}
+
+fn get_value(response: ClientResponse) -> Option<Value> {
+    match response {
+        ClientResponse::Ok(OpResult::Key(KeyResult::Get { value })) => value,
+        other => panic!("expected a get result, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn node_cluster_elects_one_leader_and_replicates_writes() {
+    let mut cluster = Cluster::new(52100, 100_000);
+    cluster.wait_for_one_leader();
+    for i in 0..50 {
+        let response = cluster.write(Op::put("k", format!("v{i}"))).await;
+        assert!(matches!(response, ClientResponse::Ok(_)), "{response:?}");
+    }
+    let value = cluster.wait_converged("k").await;
+    assert_eq!(value, Some(Value::Bytes(Bytes::from("v49"))));
+    assert_eq!(cluster.leaders().len(), 1, "exactly one leader");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn node_kill9_of_the_leader_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::new(52110, 100_000);
+    let mut acknowledged = Vec::new();
+    for i in 0..60 {
+        if i == 30 {
+            let leader = cluster.wait_for_one_leader();
+            cluster.kill9(leader);
+        }
+        let element = format!("e{i}");
+        let response = cluster.write(Op::append("list", element.clone())).await;
+        if matches!(response, ClientResponse::Ok(_)) {
+            acknowledged.push(element);
+        }
+    }
+    assert_eq!(
+        acknowledged.len(),
+        60,
+        "every write is eventually acknowledged by retrying"
+    );
+    let new_leader = cluster.wait_for_one_leader();
+    let seen = list(get_value(cluster.read(Op::get("list")).await));
+    for element in &acknowledged {
+        assert!(
+            seen.contains(element),
+            "acknowledged {element} lost (leader now n{new_leader})"
+        );
+    }
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        seen.len(),
+        "retried appends applied once: {seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn node_restarted_follower_recovers_from_wal_and_snapshot() {
+    let mut cluster = Cluster::new(52120, 40);
+    let leader = cluster.wait_for_one_leader();
+    for i in 0..100 {
+        cluster
+            .write(Op::put(format!("k{}", i % 10), format!("v{i}")))
+            .await;
+    }
+    let follower = (1..=NODES).find(|&id| id != leader).unwrap();
+    cluster.wait_converged("k9").await;
+    cluster.kill9(follower);
+    cluster.start(follower);
+    cluster.write(Op::put("k0", "after-restart")).await;
+    let value = cluster.wait_converged("k0").await;
+    assert_eq!(value, Some(Value::Bytes(Bytes::from("after-restart"))));
+    let log = cluster.log(follower);
+    let recovered = log
+        .lines()
+        .filter(|l| l.contains("recovered"))
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        recovered.contains("snapshot_index=") && !recovered.contains("snapshot_index=0"),
+        "the restart recovered from a snapshot plus the WAL: {recovered}"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn node_lagging_follower_catches_up_by_streamed_snapshot() {
+    let mut cluster = Cluster::new(52130, 30);
+    let leader = cluster.wait_for_one_leader();
+    let follower = (1..=NODES).find(|&id| id != leader).unwrap();
+    cluster.kill9(follower);
+    for i in 0..150 {
+        cluster
+            .write(Op::put(format!("k{}", i % 7), format!("v{i}")))
+            .await;
+    }
+    cluster.start(follower);
+    let deadline = Instant::now() + WAIT_MAX;
+    while cluster
+        .metric(follower, "raft_snapshots_installed_total")
+        .unwrap_or(0.0)
+        < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot installed; log:\n{}",
+            cluster.log(follower)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for key in 0..7 {
+        let key = format!("k{key}");
+        cluster.wait_converged(&key).await;
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn node_refuses_clients_with_a_foreign_or_no_certificate() {
+    let mut cluster = Cluster::new(52140, 100_000);
+    let leader = cluster.wait_for_one_leader();
+    let other_ca = cluster.dir.path().join("other-ca");
+    let spec = NodeCertSpec {
+        name: format!("n{leader}"),
+        addr: IpAddr::from([127, 0, 0, 1]),
+    };
+    generate_certs(&other_ca, &[spec], &["client1".to_string()], false).unwrap();
+    let foreign = TlsMaterial::load(&other_ca, "client1").unwrap();
+    let result =
+        ClientConn::connect(cluster.address(leader), &format!("n{leader}"), &foreign).await;
+    assert!(
+        result.is_err(),
+        "a client certificate of another CA must be refused"
+    );
+    let no_cert = no_certificate_connect(&cluster.certs(), cluster.address(leader), leader).await;
+    assert!(
+        no_cert.is_err(),
+        "a client without a certificate must be refused"
+    );
+    let deadline = Instant::now() + WAIT_MAX;
+    while cluster
+        .metric(leader, "transport_connections_refused_total")
+        .unwrap_or(0.0)
+        < 2.0
+    {
+        assert!(Instant::now() < deadline, "refusals not counted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let response = cluster.write(Op::put("still", "serving")).await;
+    assert!(matches!(response, ClientResponse::Ok(_)));
+}
+
+async fn no_certificate_connect(
+    certs: &Path,
+    address: SocketAddr,
+    id: u64,
+) -> Result<ClientConn, String> {
+    use kvnode::transport::tls::{crypto_provider, quinn_client_config};
+    use kvnode::transport::wire::Hello;
+    use kvnode::transport::TransportLimits;
+    let ours = TlsMaterial::load(certs, "client1").map_err(|e| e.to_string())?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(ours.ca_cert().clone())
+        .map_err(|e| e.to_string())?;
+    let config = rustls::ClientConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let limits = TransportLimits::default();
+    let transport = limits.quinn_transport().map_err(|e| e.to_string())?;
+    let quinn_config = quinn_client_config(config, transport).map_err(|e| e.to_string())?;
+    ClientConn::connect_with(
+        address,
+        &format!("n{id}"),
+        quinn_config,
+        Hello::client(),
+        &limits,
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn node_oversize_value_and_malformed_frame_get_errors_and_node_keeps_serving() {
+    let mut cluster = Cluster::new(52150, 100_000);
+    let leader = cluster.wait_for_one_leader();
+    let huge = vec![b'x'; 2 * 1024 * 1024];
+    let response = cluster.write(Op::put("big", huge)).await;
+    assert!(
+        matches!(response, ClientResponse::Err(ClientError::TooLarge { .. })),
+        "oversize value: {response:?}"
+    );
+    let conn = cluster.conn(leader).await.unwrap();
+    let garbage = conn
+        .request(Bytes::from_static(b"\xff\x00garbage"), REQUEST_TIMEOUT)
+        .await
+        .unwrap();
+    let response = decode_response(&garbage).unwrap();
+    assert!(
+        matches!(response, ClientResponse::Err(ClientError::BadRequest(_))),
+        "{response:?}"
+    );
+    let response = cluster.write(Op::put("small", "ok")).await;
+    assert!(matches!(response, ClientResponse::Ok(_)), "{response:?}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn node_a_retried_write_applies_once() {
+    let mut cluster = Cluster::new(52160, 100_000);
+    cluster.wait_for_one_leader();
+    let first = cluster.write(Op::append("once", "a")).await;
+    // The response was "lost": the client sends the same (client_id, seq) again.
+    let request = ClientRequest {
+        client_id: cluster.client_id,
+        seq: cluster.seq,
+        kind: RequestKind::Write {
+            op: Op::append("once", "a"),
+        },
+    };
+    let second = cluster.until_served(&request).await;
+    assert_eq!(first, second, "the retry gets the first answer");
+    let seen = list(get_value(cluster.read(Op::get("once")).await));
+    assert_eq!(seen, vec!["a".to_string()]);
+}
