@@ -322,6 +322,9 @@ mod tests {
             parsed.nodes[2].metrics(),
             "10.77.0.3:51053".parse().unwrap()
         );
+        let loaded = kvnode::config::ClusterConfig::load(&spec.config_path()).unwrap();
+        assert_eq!(loaded.nodes.len(), 3);
+        assert_eq!(loaded.election_timeout_ms, spec.election_timeout_ms);
         for name in ["ca.pem", "n1.pem", "n3.key", "client1.pem"] {
             assert!(spec.certs_dir().join(name).exists(), "{name}");
         }
