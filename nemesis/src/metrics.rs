@@ -167,8 +167,9 @@ mod tests {
             let replies = [
                 format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n{PAGE}"),
                 format!(
-                    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{PAGE}\r\n0\r\n\r\n",
-                    PAGE.len()
+                    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{PAGE}\r\n{}",
+                    PAGE.len(),
+                    "0\r\n\r\n"
                 ),
                 "HTTP/1.1 404 Not Found\r\n\r\n".to_string(),
             ];

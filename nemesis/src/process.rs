@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 
 /// How often `wait_gone` looks at /proc.
 const POLL_INTERVAL_MS: u64 = 10;
+/// Longest wait for a spawned child to finish exec (normally well under a millisecond).
+const EXEC_WAIT_MS: u64 = 2000;
+const EXEC_POLL_MS: u64 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
@@ -74,7 +77,7 @@ pub fn spawn(command: &NodeCommand) -> Result<Child, ProcessError> {
     }
     argv.extend(command.argv.iter().cloned());
     let program = argv.first().cloned().unwrap_or_default();
-    Command::new(&program)
+    let child = Command::new(&program)
         .args(&argv[1..])
         .current_dir(&command.cwd)
         .stdin(Stdio::null())
@@ -82,7 +85,23 @@ pub fn spawn(command: &NodeCommand) -> Result<Child, ProcessError> {
         .stderr(log_clone)
         .process_group(0)
         .spawn()
-        .map_err(|source| ProcessError::Spawn { program, source })
+        .map_err(|source| ProcessError::Spawn { program, source })?;
+    wait_exec(child.id(), command);
+    Ok(child)
+}
+
+/// `spawn` returns while the child may still be inside execve (its /proc cmdline is empty
+/// then), and under `ip netns exec` there is a second exec. Waiting until the pid shows the
+/// node's own command line makes `runs` exact from the first call on, also for other
+/// processes reading the state file. A child that dies instead ends the wait early.
+fn wait_exec(pid: u32, command: &NodeCommand) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(EXEC_WAIT_MS) {
+        if !is_alive(pid) || runs(pid, command) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(EXEC_POLL_MS));
+    }
 }
 
 fn pid_of(pid: u32) -> Result<Pid, ProcessError> {
