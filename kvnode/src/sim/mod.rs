@@ -36,6 +36,9 @@ pub struct SimConfig {
     pub liveness_ticks_max: u64,
     pub loss_per_million: u64,
     pub duplicate_per_million: u64,
+    /// Messages that may overtake earlier ones on their link; the rest keep FIFO order (as on
+    /// the real transport's one QUIC stream per peer).
+    pub reorder_per_million: u64,
     pub delay_units_max: u64,
     pub persist_units_max: u64,
     /// Per time unit: chance of a crash, a restart of a crashed node, a partition change.
@@ -71,6 +74,7 @@ impl SimConfig {
             liveness_ticks_max: 300,
             loss_per_million: rng.between(0, 150_000),
             duplicate_per_million: rng.between(0, 50_000),
+            reorder_per_million: rng.between(0, 600_000),
             delay_units_max: rng.between(2, 2 * TICK_UNITS),
             persist_units_max: rng.between(1, TICK_UNITS),
             crash_per_million: rng.between(0, 8_000),
@@ -93,6 +97,7 @@ impl SimConfig {
             config.append_batch_bytes_max = rng.between(30, 60);
             config.crash_new_leader_per_million = rng.between(500_000, 1_000_000);
             config.loss_per_million = rng.between(50_000, 250_000);
+            config.reorder_per_million = 1_000_000;
             config.restart_per_million = rng.between(20_000, 60_000);
             config.client_per_million = rng.between(200_000, 600_000);
             config.crash_during_vote_per_million = rng.between(100_000, 500_000);
@@ -252,6 +257,10 @@ pub struct Sim {
     /// Directed links that drop everything: blocked[from][to].
     blocked: Vec<Vec<bool>>,
     loss_per_million: u64,
+    duplicate_per_million: u64,
+    reorder_per_million: u64,
+    /// The latest delivery time scheduled on each directed link (for FIFO delivery).
+    link_clock: Vec<Vec<u64>>,
     ops: Vec<PendingOp>,
     next_value: u64,
     next_context: u64,
@@ -282,6 +291,9 @@ impl Sim {
             .collect();
         let mut sim = Sim {
             loss_per_million: config.loss_per_million,
+            duplicate_per_million: config.duplicate_per_million,
+            reorder_per_million: config.reorder_per_million,
+            link_clock: vec![vec![0; config.nodes]; config.nodes],
             blocked: vec![vec![false; config.nodes]; config.nodes],
             checker: Checker::new(config.nodes),
             config,
@@ -517,18 +529,23 @@ impl Sim {
         if snapshot.is_none() && self.rng.chance(self.loss_per_million) {
             return;
         }
-        let copies = if self.rng.chance(self.config.duplicate_per_million) {
+        let copies = if self.rng.chance(self.duplicate_per_million) {
             2
         } else {
             1
         };
+        let to = (message.to - 1) as usize;
         for _ in 0..copies {
-            let delay = self.rng.between(1, self.config.delay_units_max);
+            let mut at = self.now + self.rng.between(1, self.config.delay_units_max);
+            if !self.rng.chance(self.reorder_per_million) {
+                at = at.max(self.link_clock[from][to]);
+                self.link_clock[from][to] = at;
+            }
             let event = Event::Deliver {
                 message: message.clone(),
                 snapshot: snapshot.clone(),
             };
-            self.schedule(delay, event);
+            self.schedule(at - self.now, event);
         }
     }
 
@@ -920,7 +937,10 @@ impl Sim {
         for row in self.blocked.iter_mut() {
             row.fill(false);
         }
+        // Loss, duplication and reordering are faults too: they stop with the others.
         self.loss_per_million = 0;
+        self.duplicate_per_million = 0;
+        self.reorder_per_million = 0;
         for index in 0..self.nodes.len() {
             if self.nodes[index].raw.is_none() {
                 self.start_node(index);

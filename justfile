@@ -1,0 +1,40 @@
+# ReplicatedKVStore tasks. `just --list` shows them all.
+
+# Run the whole test suite (the README's test command).
+test:
+    cargo test --workspace --release
+
+# The deterministic Raft simulator: `just sim` (10k seeds) or `just sim 100000`.
+sim seeds="10000" first="0":
+    cargo run --release -p kvnode --features sim --bin sim -- --seeds {{seeds}} --first {{first}}
+
+# Replay one simulator seed with its trace.
+sim-seed seed:
+    SIM_SEED={{seed}} cargo test --release -p kvnode --test sim -- --nocapture
+
+# Formatting, lints and the layout rules.
+lint: tidy
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# The sans-IO rule and other layout checks.
+tidy:
+    scripts/tidy.sh
+
+# A local 3-node cluster: `just cluster up`, `just cluster status`, `just cluster down`.
+cluster action="status":
+    scripts/cluster.sh {{action}}
+
+# The load generator on an embedded 3-node cluster (extra flags pass through).
+bench *args="--clients 64 --duration 10s":
+    cargo run --release -p bench -- {{args}}
+
+# A fault-injection campaign (extra flags pass through).
+campaign *args="":
+    cargo run --release -p bench -- campaign {{args}}
+
+# Storage and checker benchmarks.
+benchmarks:
+    cargo bench -p kvnode --bench wal
+    cargo bench -p kvnode --bench transport
+    cargo bench -p checker
