@@ -69,6 +69,10 @@ pub struct NodeRecord {
     pub command: NodeCommand,
     pub address: SocketAddr,
     pub metrics_address: SocketAddr,
+    /// A pid file another tool keeps for this node (scripts/cluster.sh: `<config dir>/n<k>.pid`),
+    /// rewritten on restart so that tool can still stop the node.
+    #[serde(default)]
+    pub pid_file: Option<PathBuf>,
 }
 
 /// The state file's content.
@@ -197,11 +201,20 @@ impl Cluster {
             let Some((pid, args, cwd)) = running else {
                 continue;
             };
+            let name = spec::node_name(entry.id);
+            // scripts/cluster.sh keeps n<k>.log and n<k>.pid next to the config: reuse them.
+            let config_dir = config_path.parent().unwrap_or(Path::new("."));
+            let script_log = config_dir.join(format!("{name}.log"));
+            let pid_file = Some(config_dir.join(format!("{name}.pid"))).filter(|p| p.is_file());
             let command = NodeCommand {
                 argv: args.clone(),
                 cwd: cwd.clone(),
                 namespace: None,
-                log_path: log_dir.join(format!("{}.log", spec::node_name(entry.id))),
+                log_path: if script_log.is_file() {
+                    script_log
+                } else {
+                    log_dir.join(format!("{name}.log"))
+                },
             };
             nodes.push(NodeRecord {
                 id: entry.id,
@@ -209,6 +222,7 @@ impl Cluster {
                 command,
                 address: entry.address,
                 metrics_address: entry.metrics(),
+                pid_file,
             });
         }
         let state = ClusterState {
@@ -330,7 +344,14 @@ impl Cluster {
         let child = process::spawn(&command)?;
         let pid = child.id();
         self.children.insert(id, child);
-        self.node_mut(id)?.pid = Some(pid);
+        let node = self.node_mut(id)?;
+        node.pid = Some(pid);
+        if let Some(pid_file) = &node.pid_file {
+            std::fs::write(pid_file, format!("{pid}\n")).map_err(|e| ClusterError::State {
+                path: pid_file.clone(),
+                reason: e.to_string(),
+            })?;
+        }
         self.save()?;
         Ok(true)
     }
@@ -516,6 +537,7 @@ fn initial_state(spec: &ClusterSpec) -> ClusterState {
                 },
                 address: spec.node_address(id),
                 metrics_address: spec.metrics_address(id),
+                pid_file: None,
             }
         })
         .collect();

@@ -41,6 +41,7 @@ fn sleeping_cluster(dir: &Path) -> std::path::PathBuf {
             command,
             address,
             metrics_address: address,
+            pid_file: None,
         });
         // Dropping a Child neither kills nor waits: the process runs on, like a detached node.
         drop(child);
