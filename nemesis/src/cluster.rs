@@ -47,7 +47,7 @@ pub enum ClusterError {
     UnknownNode(NodeId),
     #[error("n{0} is not running")]
     NotRunning(NodeId),
-    #[error("no leader (other than {excluded:?}) within {waited_ms} ms")]
+    #[error("no (stable) leader (other than {excluded:?}) within {waited_ms} ms")]
     NoLeader {
         excluded: Vec<NodeId>,
         waited_ms: u64,
@@ -444,18 +444,43 @@ impl Cluster {
         leader_of(&self.status())
     }
 
-    /// Polls metrics until a node other than `excluded` says it leads.
+    /// Polls metrics until a node other than `excluded` says it leads in `term_min` or later.
+    /// Two nodes may both say they lead (an old leader that has not heard of the new term yet):
+    /// `term_min` skips the stale one.
     pub fn wait_for_leader(
         &self,
         timeout: Duration,
         excluded: &[NodeId],
+        term_min: u64,
+    ) -> Result<(NodeId, u64), ClusterError> {
+        self.wait_until_leader(timeout, excluded, |statuses| {
+            leader_of(statuses).filter(|(id, term)| !excluded.contains(id) && *term >= term_min)
+        })
+    }
+
+    /// Polls until every node answers, one leads, and all others follow in the same term: the
+    /// cluster has recovered (after heal, before final reads).
+    pub fn wait_for_stable_leader(&self, timeout: Duration) -> Result<(NodeId, u64), ClusterError> {
+        self.wait_until_leader(timeout, &[], |statuses| {
+            let (leader, term) = leader_of(statuses)?;
+            let stable = statuses.iter().all(|s| {
+                s.raft
+                    .is_some_and(|r| r.term == term && (r.role == Role::Follower || s.id == leader))
+            });
+            stable.then_some((leader, term))
+        })
+    }
+
+    fn wait_until_leader(
+        &self,
+        timeout: Duration,
+        excluded: &[NodeId],
+        found: impl Fn(&[NodeStatus]) -> Option<(NodeId, u64)>,
     ) -> Result<(NodeId, u64), ClusterError> {
         let start = Instant::now();
         loop {
-            if let Some((id, term)) = self.leader() {
-                if !excluded.contains(&id) {
-                    return Ok((id, term));
-                }
+            if let Some(leader) = found(&self.status()) {
+                return Ok(leader);
             }
             if start.elapsed() >= timeout {
                 return Err(ClusterError::NoLeader {

@@ -195,7 +195,7 @@ fn up(state_path: &std::path::Path, args: UpArgs) -> CliResult {
     }
     let cluster = Cluster::start(&spec)?;
     let wait = Duration::from_millis(UP_LEADER_WAIT_MS);
-    if let Err(error) = cluster.wait_for_leader(wait, &[]) {
+    if let Err(error) = cluster.wait_for_stable_leader(wait) {
         eprintln!(
             "nemesis: warning: {error}; see the logs in {}",
             spec.logs_dir().display()

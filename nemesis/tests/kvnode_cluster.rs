@@ -53,7 +53,7 @@ fn local_cluster_kill_leader_elects_a_new_leader_and_the_old_one_rejoins() {
     let dir = tempfile::tempdir().unwrap();
     let spec = spec_for(BackendKind::Local, dir.path(), 56101);
     let cluster = Cluster::start(&spec).unwrap();
-    let (leader, term) = cluster.wait_for_leader(LEADER_WAIT, &[]).unwrap();
+    let (leader, term) = cluster.wait_for_stable_leader(LEADER_WAIT).unwrap();
     let pids: Vec<u32> = (1..=3)
         .map(|id| cluster.running_pid(id).unwrap().unwrap())
         .collect();
@@ -67,13 +67,18 @@ fn local_cluster_kill_leader_elects_a_new_leader_and_the_old_one_rejoins() {
     assert_eq!(active.record.targets, vec![leader]);
     let (new_leader, new_term) = nemesis
         .cluster()
-        .wait_for_leader(LEADER_WAIT, &[leader])
+        .wait_for_leader(LEADER_WAIT, &[leader], term + 1)
         .unwrap();
     assert_ne!(new_leader, leader);
     assert!(new_term > term, "term {new_term} after {term}");
     let record = nemesis.end(active).unwrap();
     assert!(record.end_unix_ms.is_some());
     wait_follower(nemesis.cluster(), leader, new_term);
+    let (_, stable_term) = nemesis
+        .cluster()
+        .wait_for_stable_leader(LEADER_WAIT)
+        .unwrap();
+    assert!(stable_term >= new_term);
 
     let state_path = spec.state_path.clone();
     drop(nemesis);
@@ -99,7 +104,7 @@ fn netns_cluster_isolated_leader_is_replaced_on_the_majority_side_then_heals() {
         subnet: [10, 77, 210],
     };
     let cluster = Cluster::start(&spec).unwrap();
-    let (leader, term) = cluster.wait_for_leader(LEADER_WAIT, &[]).unwrap();
+    let (leader, term) = cluster.wait_for_stable_leader(LEADER_WAIT).unwrap();
 
     let mut nemesis = Nemesis::new(cluster, 2);
     let fault = Fault::Partition {
@@ -111,7 +116,7 @@ fn netns_cluster_isolated_leader_is_replaced_on_the_majority_side_then_heals() {
     assert_eq!(grudge[&leader].len(), 2, "{grudge:?}");
     let (new_leader, new_term) = nemesis
         .cluster()
-        .wait_for_leader(LEADER_WAIT, &[leader])
+        .wait_for_leader(LEADER_WAIT, &[leader], term + 1)
         .unwrap();
     assert_ne!(new_leader, leader);
     assert!(new_term > term);
