@@ -1,0 +1,683 @@
+//! A running cluster on either backend: starts nodes, kills/pauses/restarts them, applies
+//! partitions, reads live state from metrics, and removes everything it created.
+//!
+//! The cluster is recorded in a JSON state file (pids, commands, netns layout) written before
+//! the first node starts and after every restart, so `nemesis cleanup` can undo a run whose tool
+//! crashed, and hand-run `nemesis` commands can act on a cluster another process started.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::{self, RaftState, Role};
+use crate::netns::{self, Grudge, NetnsError, Network};
+use crate::process::{self, NodeCommand, ProcessError};
+use crate::spec::{self, BackendKind, ClusterSpec, ConfigFile, NetnsLayout, SpecError};
+use crate::NodeId;
+
+/// How long a SIGKILLed process may take to disappear.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a node gets to exit after SIGTERM before SIGKILL (it hands leadership over first).
+pub const TERM_GRACE_MS: u64 = 3000;
+/// Poll interval of `wait_for_leader`.
+pub const LEADER_POLL_MS: u64 = 100;
+
+/// Set by the interrupt handler: no node is (re)started once cleanup began.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("state file {path}: {reason}")]
+    State { path: PathBuf, reason: String },
+    #[error("config {path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+    #[error("no node n{0} in this cluster")]
+    UnknownNode(NodeId),
+    #[error("n{0} is not running")]
+    NotRunning(NodeId),
+    #[error("no (stable) leader (other than {excluded:?}) within {waited_ms} ms")]
+    NoLeader {
+        excluded: Vec<NodeId>,
+        waited_ms: u64,
+    },
+    #[error("{0} needs the netns backend (start the cluster with --backend netns, as root)")]
+    NeedsNetns(&'static str),
+    #[error("no cluster found: no state file at {0} and no `kvnode run` process")]
+    NoCluster(PathBuf),
+    #[error("interrupted: cleaning up")]
+    Interrupted,
+}
+
+/// One node as recorded in the state file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: NodeId,
+    /// `None` while the node is down (killed and not yet restarted).
+    pub pid: Option<u32>,
+    pub command: NodeCommand,
+    pub address: SocketAddr,
+    pub metrics_address: SocketAddr,
+    /// A pid file another tool keeps for this node (scripts/cluster.sh: `<config dir>/n<k>.pid`),
+    /// rewritten on restart so that tool can still stop the node.
+    #[serde(default)]
+    pub pid_file: Option<PathBuf>,
+}
+
+/// The state file's content.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub backend: BackendKind,
+    pub config_path: PathBuf,
+    pub netns: Option<NetnsLayout>,
+    pub nodes: Vec<NodeRecord>,
+}
+
+impl ClusterState {
+    pub fn load(path: &Path) -> Result<ClusterState, ClusterError> {
+        let state_error = |reason: String| ClusterError::State {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| state_error(e.to_string()))?;
+        serde_json::from_str(&text).map_err(|e| state_error(e.to_string()))
+    }
+
+    /// Write to a temporary file and rename, so a crash never leaves half a state file.
+    pub fn save(&self, path: &Path) -> Result<(), ClusterError> {
+        let state_error = |reason: String| ClusterError::State {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| state_error(e.to_string()))?;
+        }
+        let text = serde_json::to_string_pretty(self).map_err(|e| state_error(e.to_string()))?;
+        let temporary = path.with_extension("json.tmp");
+        std::fs::write(&temporary, text).map_err(|e| state_error(e.to_string()))?;
+        std::fs::rename(&temporary, path).map_err(|e| state_error(e.to_string()))
+    }
+}
+
+/// What `status` reports for one node.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    pub pid: Option<u32>,
+    pub running: bool,
+    /// Stopped by SIGSTOP (a pause).
+    pub paused: bool,
+    pub raft: Option<RaftState>,
+    /// Why `raft` is missing (metrics unreachable, node down).
+    pub error: Option<String>,
+}
+
+pub struct Cluster {
+    state: ClusterState,
+    /// `None` for a cluster discovered from /proc (nothing to record).
+    state_path: Option<PathBuf>,
+    /// Nodes we started ourselves, kept to reap them after a kill.
+    children: BTreeMap<NodeId, Child>,
+    network: Option<Network>,
+    /// Started by this value: dropping it stops the nodes and removes the network.
+    owned: bool,
+}
+
+impl Cluster {
+    /// Prepares files, builds the network (netns), starts every node and records the cluster in
+    /// `spec.state_path`. On failure everything created is removed again.
+    pub fn start(spec: &ClusterSpec) -> Result<Cluster, ClusterError> {
+        let mut spec = spec.clone();
+        if spec.backend == BackendKind::Netns {
+            netns::require_root()?;
+        }
+        spec.prepare()?;
+        if !spec.node_binary.is_file() {
+            return Err(SpecError::NodeBinary(spec.node_binary.clone()).into());
+        }
+        let network = match spec.backend {
+            BackendKind::Netns => Some(Network::create(&spec.netns, &spec.node_ids())?),
+            BackendKind::Local => None,
+        };
+        let mut cluster = Cluster {
+            state: initial_state(&spec),
+            state_path: Some(spec.state_path.clone()),
+            children: BTreeMap::new(),
+            network,
+            owned: true,
+        };
+        // Recorded before any node runs: a crash from here on is undone by `nemesis cleanup`.
+        cluster.save()?;
+        for id in spec.node_ids() {
+            cluster.restart(id)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Acts on a cluster recorded in a state file (by `nemesis up` or a campaign). Dropping the
+    /// value leaves the cluster running.
+    pub fn attach(state_path: &Path) -> Result<Cluster, ClusterError> {
+        let state = ClusterState::load(state_path)?;
+        let network = state.netns.as_ref().map(|layout| Network {
+            layout: layout.clone(),
+            node_ids: state.nodes.iter().map(|n| n.id).collect(),
+        });
+        Ok(Cluster {
+            state,
+            state_path: Some(state_path.to_path_buf()),
+            children: BTreeMap::new(),
+            network,
+            owned: false,
+        })
+    }
+
+    /// Acts on `kvnode run` processes found in /proc (e.g. a cluster from `just cluster up`),
+    /// reading addresses from the config file named on their command line.
+    pub fn discover_local() -> Result<Cluster, ClusterError> {
+        let found = process::find_kvnode_processes();
+        let Some((_, first_args, first_cwd)) = found.first() else {
+            return Err(ClusterError::NoCluster(spec::default_state_path()));
+        };
+        let config_arg = process::flag_value(first_args, "--config").unwrap_or("cluster.toml");
+        let config_path = first_cwd.join(config_arg);
+        let config = load_config(&config_path)?;
+        let log_dir = std::env::temp_dir().join("kvnemesis");
+        let mut nodes = Vec::new();
+        for entry in &config.nodes {
+            let running = found.iter().find(|(_, args, _)| {
+                process::flag_value(args, "--id").and_then(spec::parse_node_name) == Some(entry.id)
+            });
+            let Some((pid, args, cwd)) = running else {
+                continue;
+            };
+            let name = spec::node_name(entry.id);
+            // scripts/cluster.sh keeps n<k>.log and n<k>.pid next to the config: reuse them.
+            let config_dir = config_path.parent().unwrap_or(Path::new("."));
+            let script_log = config_dir.join(format!("{name}.log"));
+            let pid_file = Some(config_dir.join(format!("{name}.pid"))).filter(|p| p.is_file());
+            let command = NodeCommand {
+                argv: args.clone(),
+                cwd: cwd.clone(),
+                namespace: None,
+                log_path: if script_log.is_file() {
+                    script_log
+                } else {
+                    log_dir.join(format!("{name}.log"))
+                },
+            };
+            nodes.push(NodeRecord {
+                id: entry.id,
+                pid: Some(*pid),
+                command,
+                address: entry.address,
+                metrics_address: entry.metrics(),
+                pid_file,
+            });
+        }
+        let state = ClusterState {
+            backend: BackendKind::Local,
+            config_path,
+            netns: None,
+            nodes,
+        };
+        Ok(Cluster {
+            state,
+            state_path: None,
+            children: BTreeMap::new(),
+            network: None,
+            owned: false,
+        })
+    }
+
+    /// `attach` if the state file exists, else `discover_local`.
+    pub fn attach_or_discover(state_path: &Path) -> Result<Cluster, ClusterError> {
+        if state_path.exists() {
+            return Cluster::attach(state_path);
+        }
+        Cluster::discover_local().map_err(|error| match error {
+            ClusterError::NoCluster(_) => ClusterError::NoCluster(state_path.to_path_buf()),
+            other => other,
+        })
+    }
+
+    /// Leaves the cluster running when this value is dropped (`nemesis up`).
+    pub fn detach(mut self) {
+        self.owned = false;
+    }
+
+    pub fn state(&self) -> &ClusterState {
+        &self.state
+    }
+    pub fn backend(&self) -> BackendKind {
+        self.state.backend
+    }
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        self.state.nodes.iter().map(|n| n.id).collect()
+    }
+    pub fn config_path(&self) -> &Path {
+        &self.state.config_path
+    }
+    pub fn network(&self) -> Option<&Network> {
+        self.network.as_ref()
+    }
+
+    pub fn node(&self, id: NodeId) -> Result<&NodeRecord, ClusterError> {
+        self.state
+            .nodes
+            .iter()
+            .find(|n| n.id == id)
+            .ok_or(ClusterError::UnknownNode(id))
+    }
+
+    fn node_mut(&mut self, id: NodeId) -> Result<&mut NodeRecord, ClusterError> {
+        self.state
+            .nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .ok_or(ClusterError::UnknownNode(id))
+    }
+
+    fn save(&self) -> Result<(), ClusterError> {
+        match &self.state_path {
+            Some(path) => self.state.save(path),
+            None => Ok(()),
+        }
+    }
+
+    /// The node's pid if it is alive and still runs the recorded command.
+    pub fn running_pid(&self, id: NodeId) -> Result<Option<u32>, ClusterError> {
+        let node = self.node(id)?;
+        Ok(node
+            .pid
+            .filter(|pid| process::runs(*pid, &node.command) || self.is_child(id, *pid)))
+    }
+
+    fn is_child(&self, id: NodeId, pid: u32) -> bool {
+        // Under `ip netns exec` the command line is the node's own (ip execs it), but a child
+        // we hold is ours whatever /proc says.
+        self.children.get(&id).is_some_and(|c| c.id() == pid) && process::is_alive(pid)
+    }
+
+    /// SIGKILL; waits until the process is gone. Returns false if it was not running.
+    pub fn kill(&mut self, id: NodeId) -> Result<bool, ClusterError> {
+        let Some(pid) = self.running_pid(id)? else {
+            return Ok(false);
+        };
+        process::send_signal(pid, Signal::KILL)?;
+        self.reap(id, pid)?;
+        self.node_mut(id)?.pid = None;
+        self.save()?;
+        Ok(true)
+    }
+
+    fn reap(&mut self, id: NodeId, pid: u32) -> Result<(), ClusterError> {
+        match self.children.remove(&id) {
+            Some(mut child) if child.id() == pid => {
+                let _ = child.wait();
+                Ok(())
+            }
+            _ => Ok(process::wait_gone(pid, STOP_TIMEOUT)?),
+        }
+    }
+
+    /// Starts the node with its recorded command if it is not running. Returns false if it was
+    /// already running.
+    pub fn restart(&mut self, id: NodeId) -> Result<bool, ClusterError> {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            return Err(ClusterError::Interrupted);
+        }
+        if self.running_pid(id)?.is_some() {
+            return Ok(false);
+        }
+        let command = self.node(id)?.command.clone();
+        let child = process::spawn(&command)?;
+        let pid = child.id();
+        self.children.insert(id, child);
+        let node = self.node_mut(id)?;
+        node.pid = Some(pid);
+        if let Some(pid_file) = &node.pid_file {
+            std::fs::write(pid_file, format!("{pid}\n")).map_err(|e| ClusterError::State {
+                path: pid_file.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        self.save()?;
+        Ok(true)
+    }
+
+    /// SIGSTOP: the process stays, its sockets stay open, it does nothing.
+    pub fn pause(&mut self, id: NodeId) -> Result<(), ClusterError> {
+        let pid = self.running_pid(id)?.ok_or(ClusterError::NotRunning(id))?;
+        Ok(process::send_signal(pid, Signal::STOP)?)
+    }
+
+    /// SIGCONT. Resuming a node that is not paused does nothing.
+    pub fn resume(&mut self, id: NodeId) -> Result<(), ClusterError> {
+        let pid = self.running_pid(id)?.ok_or(ClusterError::NotRunning(id))?;
+        Ok(process::send_signal(pid, Signal::CONT)?)
+    }
+
+    /// Resumes every paused node and restarts every dead one.
+    pub fn revive_all(&mut self) -> Result<(), ClusterError> {
+        for id in self.node_ids() {
+            match self.running_pid(id)? {
+                Some(pid) if process::is_stopped(pid) => self.resume(id)?,
+                Some(_) => {}
+                None => {
+                    self.restart(id)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGCONT + SIGTERM, then SIGKILL after `TERM_GRACE_MS`.
+    pub fn stop(&mut self, id: NodeId) -> Result<(), ClusterError> {
+        let Some(pid) = self.running_pid(id)? else {
+            return Ok(());
+        };
+        let _ = process::send_signal(pid, Signal::CONT);
+        let _ = process::send_signal(pid, Signal::TERM);
+        if process::wait_gone(pid, Duration::from_millis(TERM_GRACE_MS)).is_err() {
+            process::send_signal(pid, Signal::KILL)?;
+        }
+        self.reap(id, pid)?;
+        self.node_mut(id)?.pid = None;
+        self.save()
+    }
+
+    pub fn block(&mut self, grudge: &Grudge) -> Result<(), ClusterError> {
+        let network = self
+            .network
+            .as_ref()
+            .ok_or(ClusterError::NeedsNetns("partition"))?;
+        Ok(network.block(grudge)?)
+    }
+
+    /// Removes every partition rule. On the local backend there is nothing to heal.
+    pub fn heal(&mut self) -> Result<(), ClusterError> {
+        match &self.network {
+            Some(network) => Ok(network.heal()?),
+            None => Ok(()),
+        }
+    }
+
+    pub fn status(&self) -> Vec<NodeStatus> {
+        let timeout = Duration::from_millis(metrics::SCRAPE_TIMEOUT_MS);
+        let mut statuses = Vec::new();
+        for node in &self.state.nodes {
+            let pid = self.running_pid(node.id).ok().flatten();
+            let paused = pid.is_some_and(process::is_stopped);
+            let (raft, error) = match (pid, paused) {
+                (None, _) => (None, Some("not running".to_string())),
+                (Some(_), true) => (None, Some("paused".to_string())),
+                (Some(_), false) => match metrics::raft_state(node.metrics_address, timeout) {
+                    Ok(raft) => (Some(raft), None),
+                    Err(error) => (None, Some(error.to_string())),
+                },
+            };
+            statuses.push(NodeStatus {
+                id: node.id,
+                pid,
+                running: pid.is_some(),
+                paused,
+                raft,
+                error,
+            });
+        }
+        statuses
+    }
+
+    /// The leader with the highest term among the nodes that answer, if any.
+    pub fn leader(&self) -> Option<(NodeId, u64)> {
+        leader_of(&self.status())
+    }
+
+    /// Polls metrics until a node other than `excluded` says it leads in `term_min` or later.
+    /// Two nodes may both say they lead (an old leader that has not heard of the new term yet):
+    /// `term_min` skips the stale one.
+    pub fn wait_for_leader(
+        &self,
+        timeout: Duration,
+        excluded: &[NodeId],
+        term_min: u64,
+    ) -> Result<(NodeId, u64), ClusterError> {
+        self.wait_until_leader(timeout, excluded, |statuses| {
+            leader_of(statuses).filter(|(id, term)| !excluded.contains(id) && *term >= term_min)
+        })
+    }
+
+    /// Polls until every node answers, one leads, and all others follow in the same term: the
+    /// cluster has recovered (after heal, before final reads).
+    pub fn wait_for_stable_leader(&self, timeout: Duration) -> Result<(NodeId, u64), ClusterError> {
+        self.wait_until_leader(timeout, &[], |statuses| {
+            let (leader, term) = leader_of(statuses)?;
+            let stable = statuses.iter().all(|s| {
+                s.raft
+                    .is_some_and(|r| r.term == term && (r.role == Role::Follower || s.id == leader))
+            });
+            stable.then_some((leader, term))
+        })
+    }
+
+    fn wait_until_leader(
+        &self,
+        timeout: Duration,
+        excluded: &[NodeId],
+        found: impl Fn(&[NodeStatus]) -> Option<(NodeId, u64)>,
+    ) -> Result<(NodeId, u64), ClusterError> {
+        let start = Instant::now();
+        loop {
+            if let Some(leader) = found(&self.status()) {
+                return Ok(leader);
+            }
+            if start.elapsed() >= timeout {
+                return Err(ClusterError::NoLeader {
+                    excluded: excluded.to_vec(),
+                    waited_ms: start.elapsed().as_millis() as u64,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(LEADER_POLL_MS));
+        }
+    }
+
+    /// Heals, stops every node (gracefully, then SIGKILL), removes the network and the state
+    /// file. Idempotent; also run on drop of a cluster this value started.
+    pub fn cleanup(&mut self) -> Result<(), ClusterError> {
+        let mut first_error = None;
+        for id in self.node_ids() {
+            if let Err(error) = self.stop(id) {
+                first_error.get_or_insert(error);
+            }
+        }
+        if let Some(network) = self.network.take() {
+            if let Err(error) = network.destroy() {
+                first_error.get_or_insert(error.into());
+            }
+        }
+        if let Some(path) = &self.state_path {
+            let _ = std::fs::remove_file(path);
+        }
+        self.owned = false;
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.owned {
+            if let Err(error) = self.cleanup() {
+                eprintln!("nemesis: cleanup failed: {error}");
+            }
+        }
+    }
+}
+
+pub fn leader_of(statuses: &[NodeStatus]) -> Option<(NodeId, u64)> {
+    statuses
+        .iter()
+        .filter_map(|s| {
+            s.raft
+                .filter(|r| r.role == Role::Leader)
+                .map(|r| (s.id, r.term))
+        })
+        .max_by_key(|(_, term)| *term)
+}
+
+fn initial_state(spec: &ClusterSpec) -> ClusterState {
+    let config = spec.config_path().to_string_lossy().into_owned();
+    let binary = spec.node_binary.to_string_lossy().into_owned();
+    let nodes = spec
+        .node_ids()
+        .into_iter()
+        .map(|id| {
+            let argv = [
+                &binary,
+                "run",
+                "--config",
+                &config,
+                "--id",
+                &spec::node_name(id),
+            ];
+            let namespace = (spec.backend == BackendKind::Netns).then(|| spec.netns.namespace(id));
+            NodeRecord {
+                id,
+                pid: None,
+                command: NodeCommand {
+                    argv: argv.map(String::from).to_vec(),
+                    cwd: spec.work_dir.clone(),
+                    namespace,
+                    log_path: spec.node_log(id),
+                },
+                address: spec.node_address(id),
+                metrics_address: spec.metrics_address(id),
+                pid_file: None,
+            }
+        })
+        .collect();
+    ClusterState {
+        backend: spec.backend,
+        config_path: spec.config_path(),
+        netns: (spec.backend == BackendKind::Netns).then(|| spec.netns.clone()),
+        nodes,
+    }
+}
+
+fn load_config(path: &Path) -> Result<ConfigFile, ClusterError> {
+    let config_error = |reason: String| ClusterError::Config {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| config_error(e.to_string()))?;
+    toml::from_str(&text).map_err(|e| config_error(e.to_string()))
+}
+
+/// Undoes a recorded cluster without attaching to it: SIGKILLs recorded pids that still run the
+/// recorded command, removes the network and the state file, then (as root) removes leftovers
+/// named with `prefix`. Idempotent. Returns a line per thing removed.
+pub fn cleanup(state_path: &Path, prefix: &str) -> Result<Vec<String>, ClusterError> {
+    let mut removed = Vec::new();
+    if state_path.exists() {
+        let state = ClusterState::load(state_path)?;
+        for node in &state.nodes {
+            if let Some(pid) = node.pid.filter(|pid| process::runs(*pid, &node.command)) {
+                let _ = process::send_signal(pid, Signal::KILL);
+                process::wait_gone(pid, STOP_TIMEOUT)?;
+                removed.push(format!("killed n{} (pid {pid})", node.id));
+            }
+        }
+        if let Some(layout) = &state.netns {
+            let node_ids = state.nodes.iter().map(|n| n.id).collect();
+            let network = Network {
+                layout: layout.clone(),
+                node_ids,
+            };
+            network.destroy()?;
+            removed.extend(netns::remove_leftovers(&layout.prefix)?);
+        }
+        std::fs::remove_file(state_path).map_err(|e| ClusterError::State {
+            path: state_path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        removed.push(format!("removed {}", state_path.display()));
+    }
+    if netns::is_root() {
+        removed.extend(netns::remove_leftovers(prefix)?);
+    }
+    Ok(removed)
+}
+
+/// A flag set on SIGINT or SIGTERM (instead of dying), for loops that end a fault early.
+pub fn interrupt_flag() -> std::io::Result<std::sync::Arc<AtomicBool>> {
+    let flag = std::sync::Arc::new(AtomicBool::new(false));
+    let (runtime, mut interrupt, mut terminate) = signal_streams()?;
+    let setter = flag.clone();
+    std::thread::Builder::new()
+        .name("nemesis-interrupt".to_string())
+        .spawn(move || {
+            runtime.block_on(async {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
+            });
+            setter.store(true, Ordering::SeqCst);
+        })?;
+    Ok(flag)
+}
+
+type SignalStreams = (
+    tokio::runtime::Runtime,
+    tokio::signal::unix::Signal,
+    tokio::signal::unix::Signal,
+);
+
+/// Registered before returning, so no signal between now and the wait is missed. Tokio's
+/// signal handling needs no unsafe code here.
+fn signal_streams() -> std::io::Result<SignalStreams> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let (interrupt, terminate) = runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        ))
+    })?;
+    Ok((runtime, interrupt, terminate))
+}
+
+/// On SIGINT or SIGTERM: stop (re)starting nodes, run `cleanup(state_path, prefix)`, exit 130.
+pub fn cleanup_on_interrupt(state_path: PathBuf, prefix: String) -> std::io::Result<()> {
+    let (runtime, mut interrupt, mut terminate) = signal_streams()?;
+    std::thread::Builder::new()
+        .name("nemesis-interrupt".to_string())
+        .spawn(move || {
+            runtime.block_on(async {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
+            });
+            INTERRUPTED.store(true, Ordering::SeqCst);
+            eprintln!("nemesis: interrupted, cleaning up");
+            match cleanup(&state_path, &prefix) {
+                Ok(removed) => removed.iter().for_each(|line| eprintln!("nemesis: {line}")),
+                Err(error) => eprintln!("nemesis: cleanup failed: {error}"),
+            }
+            std::process::exit(130);
+        })?;
+    Ok(())
+}

@@ -1,0 +1,358 @@
+//! `nemesis`: start a cluster, break it by hand, look at it, clean up. CLI parsing and output
+//! only; the work is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use nemesis::cluster::{self, Cluster};
+use nemesis::spec::{self, ClusterSpec, NetnsLayout};
+use nemesis::{BackendKind, Fault, Nemesis, PartitionKind, Target};
+
+/// How long `up` waits for a first leader before reporting the cluster without one.
+const UP_LEADER_WAIT_MS: u64 = 15_000;
+/// Poll interval while a timed fault lasts (checks for Ctrl-C).
+const FAULT_POLL_MS: u64 = 50;
+
+#[derive(Parser)]
+#[command(
+    name = "nemesis",
+    about = "Start a ReplicatedKVStore cluster and inject faults into it by hand",
+    long_about = "Start a ReplicatedKVStore cluster and inject faults into it by hand.\n\n\
+        Commands act on the cluster recorded in the state file (written by `nemesis up` or a \
+        campaign). Without a state file they act on the `kvnode run` processes found on this \
+        machine (e.g. a cluster from `just cluster up`), reading addresses from their config.\n\n\
+        Targets: n<k> (a node), leader, one (random), minority (random), all. Random choices \
+        use --seed. Partitions need the netns backend (`nemesis up --backend netns`, as root).\n\n\
+        Examples:\n  nemesis up --backend netns --nodes 3 --dir /tmp/kv\n  nemesis status\n  \
+        nemesis kill leader --restart-after 2s\n  nemesis pause n1 --for 5s\n  \
+        nemesis partition isolate-leader --for 10s\n  nemesis heal\n  nemesis cleanup"
+)]
+struct Cli {
+    /// The state file of the cluster to act on.
+    #[arg(long, global = true, default_value_os_t = spec::default_state_path())]
+    state: PathBuf,
+    /// Seed for random target choice (default: from the clock, printed).
+    #[arg(long, global = true)]
+    seed: Option<u64>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write config and certificates, start the nodes, record them in the state file.
+    Up(UpArgs),
+    /// Stop the recorded cluster's nodes (SIGTERM, then SIGKILL), remove its network and state.
+    Down,
+    /// Each node's pid, process state, Raft role and term (from its metrics endpoint).
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// SIGKILL the target; restart it after a delay if given.
+    Kill {
+        target: String,
+        /// e.g. 2s, 500ms; without it the node stays down (`nemesis restart n2`).
+        #[arg(long, value_parser = parse_duration)]
+        restart_after: Option<Duration>,
+    },
+    /// Start a node that is down, with its recorded command.
+    Restart { node: String },
+    /// SIGSTOP the target; SIGCONT after the duration if given.
+    Pause {
+        target: String,
+        #[arg(long = "for", value_parser = parse_duration)]
+        duration: Option<Duration>,
+    },
+    /// SIGCONT a paused node (or `all`).
+    Resume { target: String },
+    /// Cut links with iptables inside the node namespaces (netns backend only).
+    Partition {
+        #[arg(value_enum)]
+        kind: PartitionKind,
+        /// Heal after this long; without it the partition stays until `nemesis heal`.
+        #[arg(long = "for", value_parser = parse_duration)]
+        duration: Option<Duration>,
+    },
+    /// Remove every partition rule and resume paused nodes.
+    Heal,
+    /// After a crash of a tool: kill recorded nodes, remove namespaces, veths, bridge and state
+    /// (also leftovers named with --prefix). Safe to run twice.
+    Cleanup {
+        #[arg(long, default_value = "kv")]
+        prefix: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct UpArgs {
+    #[arg(long, value_enum, default_value = "local")]
+    backend: BackendKind,
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Folder for cluster.toml, certs/, data/ and logs/.
+    #[arg(long, default_value = "data/nemesis-cluster")]
+    dir: PathBuf,
+    /// The kvnode binary (default: next to this executable).
+    #[arg(long)]
+    node_binary: Option<PathBuf>,
+    #[arg(long, default_value_t = 50051)]
+    base_port: u16,
+    /// netns object name prefix (namespaces <prefix>-n1.., bridge <prefix>br0).
+    #[arg(long, default_value = "kv")]
+    prefix: String,
+    /// netns /24 as three octets, used only inside the namespaces and the bridge.
+    #[arg(long, default_value = "10.77.0", value_parser = parse_subnet)]
+    subnet: [u8; 3],
+    /// Keep running; Ctrl-C stops the cluster and removes everything.
+    #[arg(long)]
+    foreground: bool,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (digits, unit_ms) = if let Some(d) = text.strip_suffix("ms") {
+        (d, 1)
+    } else if let Some(d) = text.strip_suffix('s') {
+        (d, 1000)
+    } else if let Some(d) = text.strip_suffix('m') {
+        (d, 60_000)
+    } else {
+        (text, 1000)
+    };
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?}: expected e.g. 500ms, 2s, 1m"))?;
+    Ok(Duration::from_millis(value.saturating_mul(unit_ms)))
+}
+
+fn parse_subnet(text: &str) -> Result<[u8; 3], String> {
+    let parts: Vec<u8> = text
+        .split('.')
+        .map(|p| p.parse::<u8>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("{text:?}: expected three octets like 10.77.0"))?;
+    <[u8; 3]>::try_from(parts).map_err(|_| format!("{text:?}: expected three octets"))
+}
+
+type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("nemesis: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> CliResult {
+    let seed = cli.seed.unwrap_or_else(nemesis::fault::unix_ms_now);
+    match cli.command {
+        Command::Up(args) => up(&cli.state, args),
+        Command::Down => {
+            Cluster::attach(&cli.state)?.cleanup()?;
+            println!("cluster stopped and removed");
+            Ok(())
+        }
+        Command::Status { json } => status(&Cluster::attach_or_discover(&cli.state)?, json),
+        Command::Cleanup { prefix } => {
+            let removed = cluster::cleanup(&cli.state, &prefix)?;
+            removed.iter().for_each(|line| println!("{line}"));
+            println!("cleanup done ({} removed)", removed.len());
+            Ok(())
+        }
+        command => fault_command(&cli.state, seed, command),
+    }
+}
+
+fn up(state_path: &std::path::Path, args: UpArgs) -> CliResult {
+    let mut spec = ClusterSpec::new(args.backend, args.nodes, &args.dir);
+    spec.state_path = state_path.to_path_buf();
+    spec.base_port = args.base_port;
+    spec.netns = NetnsLayout {
+        prefix: args.prefix.clone(),
+        subnet: args.subnet,
+    };
+    if let Some(binary) = args.node_binary {
+        spec.node_binary = binary;
+    }
+    if state_path.exists() {
+        return Err(format!(
+            "{} exists: a cluster is recorded already (`nemesis down` or `nemesis cleanup`)",
+            state_path.display()
+        )
+        .into());
+    }
+    if args.foreground {
+        cluster::cleanup_on_interrupt(state_path.to_path_buf(), args.prefix.clone())?;
+    }
+    let cluster = Cluster::start(&spec)?;
+    let wait = Duration::from_millis(UP_LEADER_WAIT_MS);
+    if let Err(error) = cluster.wait_for_stable_leader(wait) {
+        eprintln!(
+            "nemesis: warning: {error}; see the logs in {}",
+            spec.logs_dir().display()
+        );
+    }
+    status(&cluster, false)?;
+    println!("state: {}", state_path.display());
+    if args.foreground {
+        println!("running; Ctrl-C stops the cluster and removes everything");
+        loop {
+            std::thread::park();
+        }
+    }
+    cluster.detach();
+    Ok(())
+}
+
+fn status(cluster: &Cluster, json: bool) -> CliResult {
+    let statuses = cluster.status();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&statuses)?);
+        return Ok(());
+    }
+    println!(
+        "{:<5} {:>8} {:<8} {:<10} {:>6}  note",
+        "node", "pid", "process", "role", "term"
+    );
+    for s in &statuses {
+        let process = match (s.running, s.paused) {
+            (false, _) => "down",
+            (true, true) => "paused",
+            (true, false) => "running",
+        };
+        let pid = s.pid.map_or("-".to_string(), |p| p.to_string());
+        let role = s
+            .raft
+            .map_or("-".to_string(), |r| format!("{:?}", r.role).to_lowercase());
+        let term = s.raft.map_or("-".to_string(), |r| r.term.to_string());
+        let note = s.error.clone().unwrap_or_default();
+        println!(
+            "n{:<4} {pid:>8} {process:<8} {role:<10} {term:>6}  {note}",
+            s.id
+        );
+    }
+    match cluster::leader_of(&statuses) {
+        Some((id, term)) => println!("leader: n{id} (term {term})"),
+        None => println!("leader: none"),
+    }
+    Ok(())
+}
+
+fn node_arg(cluster: &Cluster, text: &str) -> Result<Vec<u64>, Box<dyn std::error::Error>> {
+    if text == "all" {
+        return Ok(cluster.node_ids());
+    }
+    let id = spec::parse_node_name(text).ok_or_else(|| format!("{text:?}: expected n<k>"))?;
+    cluster.node(id)?;
+    Ok(vec![id])
+}
+
+fn fault_command(state_path: &std::path::Path, seed: u64, command: Command) -> CliResult {
+    let mut cluster = Cluster::attach_or_discover(state_path)?;
+    match command {
+        Command::Restart { node } => {
+            for id in node_arg(&cluster, &node)? {
+                let started = cluster.restart(id)?;
+                println!(
+                    "n{id}: {}",
+                    if started {
+                        "started"
+                    } else {
+                        "already running"
+                    }
+                );
+            }
+            Ok(())
+        }
+        Command::Resume { target } => {
+            for id in node_arg(&cluster, &target)? {
+                cluster.resume(id)?;
+                println!("n{id}: resumed");
+            }
+            Ok(())
+        }
+        Command::Heal => {
+            cluster.heal()?;
+            let mut nemesis = Nemesis::new(cluster, seed);
+            for id in nemesis.cluster().node_ids() {
+                if nemesis
+                    .cluster()
+                    .status()
+                    .iter()
+                    .any(|s| s.id == id && s.paused)
+                {
+                    nemesis.cluster_mut().resume(id)?;
+                }
+            }
+            println!("healed: partition rules removed, paused nodes resumed");
+            Ok(())
+        }
+        command => timed_fault(cluster, seed, command),
+    }
+}
+
+fn timed_fault(cluster: Cluster, seed: u64, command: Command) -> CliResult {
+    let (fault, duration) = match command {
+        Command::Kill {
+            target,
+            restart_after,
+        } => (
+            Fault::Kill {
+                target: target.parse::<Target>()?,
+                restart_after_ms: millis(restart_after),
+            },
+            restart_after,
+        ),
+        Command::Pause { target, duration } => (
+            Fault::Pause {
+                target: target.parse::<Target>()?,
+                duration_ms: millis(duration),
+            },
+            duration,
+        ),
+        Command::Partition { kind, duration } => (
+            Fault::Partition {
+                kind,
+                duration_ms: millis(duration),
+            },
+            duration,
+        ),
+        _ => return Err("not a fault command".into()),
+    };
+    let mut nemesis = Nemesis::new(cluster, seed);
+    let active = nemesis.begin(&fault)?;
+    println!("{} (seed {seed})", serde_json::to_string(&active.record)?);
+    let Some(duration) = duration else {
+        println!("{}", undo_hint(&fault));
+        return Ok(());
+    };
+    let interrupted = cluster::interrupt_flag()?;
+    let start = Instant::now();
+    while start.elapsed() < duration && !interrupted.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(FAULT_POLL_MS));
+    }
+    let record = nemesis.end(active)?;
+    println!("{}", serde_json::to_string(&record)?);
+    Ok(())
+}
+
+fn millis(duration: Option<Duration>) -> u64 {
+    duration.map_or(0, |d| d.as_millis() as u64)
+}
+
+fn undo_hint(fault: &Fault) -> &'static str {
+    match fault {
+        Fault::Kill { .. } => "left down; start again with `nemesis restart <node>`",
+        Fault::Pause { .. } => "left paused; continue with `nemesis resume <node>` or `heal`",
+        Fault::Partition { .. } => "left partitioned; undo with `nemesis heal`",
+    }
+}

@@ -1,0 +1,160 @@
+//! Seeded fault schedules for campaigns: quiet for `interval_ms`, one fault for `duration_ms`,
+//! quiet again, ... until `time_limit_ms`. The same spec and seed give the same schedule.
+
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fault::{Fault, PartitionKind, Target};
+use crate::rng::Rng;
+
+/// The fault families a campaign names on its command line (`--faults kill,pause,partition`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultKind {
+    Kill,
+    Pause,
+    Partition,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("unknown fault kind {0:?}: use kill, pause or partition")]
+    Kind(String),
+    #[error("no fault kinds given")]
+    Empty,
+    #[error("duration_ms must be > 0")]
+    Duration,
+}
+
+impl FromStr for FaultKind {
+    type Err = ScheduleError;
+    fn from_str(text: &str) -> Result<FaultKind, ScheduleError> {
+        match text.trim() {
+            "kill" => Ok(FaultKind::Kill),
+            "pause" => Ok(FaultKind::Pause),
+            "partition" => Ok(FaultKind::Partition),
+            other => Err(ScheduleError::Kind(other.to_string())),
+        }
+    }
+}
+
+/// `"kill,pause"` -> `[Kill, Pause]`.
+pub fn parse_fault_kinds(text: &str) -> Result<Vec<FaultKind>, ScheduleError> {
+    let kinds: Vec<FaultKind> = text
+        .split(',')
+        .filter(|part| !part.trim().is_empty())
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    if kinds.is_empty() {
+        return Err(ScheduleError::Empty);
+    }
+    Ok(kinds)
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleSpec {
+    pub kinds: Vec<FaultKind>,
+    /// Quiet time before each fault.
+    pub interval_ms: u64,
+    /// How long each fault lasts (kill: the restart delay).
+    pub duration_ms: u64,
+    /// No fault is active past this (the run's fault phase length).
+    pub time_limit_ms: u64,
+    pub seed: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledFault {
+    /// Offset from the start of the run.
+    pub at_ms: u64,
+    pub fault: Fault,
+}
+
+const KILL_TARGETS: [Target; 4] = [Target::One, Target::Minority, Target::Leader, Target::All];
+const PAUSE_TARGETS: [Target; 4] = [Target::One, Target::Minority, Target::Leader, Target::All];
+
+/// Faults at `interval`, `2 * interval + duration`, ... each ending by `time_limit_ms`. Kinds,
+/// targets and partition shapes are drawn from the seed.
+pub fn schedule(spec: &ScheduleSpec) -> Result<Vec<ScheduledFault>, ScheduleError> {
+    if spec.kinds.is_empty() {
+        return Err(ScheduleError::Empty);
+    }
+    if spec.duration_ms == 0 {
+        return Err(ScheduleError::Duration);
+    }
+    let mut rng = Rng::new(spec.seed);
+    let mut faults = Vec::new();
+    let mut at_ms = spec.interval_ms;
+    while at_ms + spec.duration_ms <= spec.time_limit_ms {
+        let kind = *rng.choose(&spec.kinds).ok_or(ScheduleError::Empty)?;
+        let fault = match kind {
+            FaultKind::Kill => Fault::Kill {
+                target: *rng.choose(&KILL_TARGETS).ok_or(ScheduleError::Empty)?,
+                restart_after_ms: spec.duration_ms,
+            },
+            FaultKind::Pause => Fault::Pause {
+                target: *rng.choose(&PAUSE_TARGETS).ok_or(ScheduleError::Empty)?,
+                duration_ms: spec.duration_ms,
+            },
+            FaultKind::Partition => Fault::Partition {
+                kind: *rng
+                    .choose(&PartitionKind::ALL)
+                    .ok_or(ScheduleError::Empty)?,
+                duration_ms: spec.duration_ms,
+            },
+        };
+        faults.push(ScheduledFault { at_ms, fault });
+        at_ms += spec.duration_ms + spec.interval_ms;
+    }
+    Ok(faults)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(seed: u64) -> ScheduleSpec {
+        ScheduleSpec {
+            kinds: parse_fault_kinds("kill,pause,partition").unwrap(),
+            interval_ms: 5_000,
+            duration_ms: 3_000,
+            time_limit_ms: 60_000,
+            seed,
+        }
+    }
+
+    #[test]
+    fn schedule_is_seeded_spaced_and_bounded() {
+        let a = schedule(&spec(42)).unwrap();
+        assert_eq!(a, schedule(&spec(42)).unwrap());
+        assert_ne!(a, schedule(&spec(43)).unwrap());
+        assert_eq!(a.len(), 7, "5s quiet + 3s fault fits 7 times in 60s");
+        assert_eq!(a[0].at_ms, 5_000);
+        for pair in a.windows(2) {
+            assert_eq!(pair[1].at_ms - pair[0].at_ms, 8_000);
+        }
+        let last = a.last().unwrap();
+        assert!(last.at_ms + last.fault.duration_ms() <= 60_000);
+        let names: std::collections::BTreeSet<&str> = a.iter().map(|s| s.fault.name()).collect();
+        assert!(names.len() >= 2, "{names:?}");
+    }
+
+    #[test]
+    fn only_the_requested_kinds_appear_and_bad_input_is_refused() {
+        let mut only_pause = spec(1);
+        only_pause.kinds = vec![FaultKind::Pause];
+        assert!(schedule(&only_pause)
+            .unwrap()
+            .iter()
+            .all(|s| matches!(s.fault, Fault::Pause { .. })));
+        assert!(matches!(
+            parse_fault_kinds("kill,explode"),
+            Err(ScheduleError::Kind(_))
+        ));
+        assert!(matches!(parse_fault_kinds(""), Err(ScheduleError::Empty)));
+        let mut zero = spec(1);
+        zero.duration_ms = 0;
+        assert!(matches!(schedule(&zero), Err(ScheduleError::Duration)));
+    }
+}
