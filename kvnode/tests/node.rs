@@ -348,6 +348,14 @@ async fn node_restarted_follower_recovers_from_wal_and_snapshot() {
     cluster.write(Op::put("k0", "after-restart")).await;
     let value = cluster.wait_converged("k0").await;
     assert_eq!(value, Some(Value::Bytes(Bytes::from("after-restart"))));
+    // The leader noticed the new incarnation and replaced its dead connection at once.
+    assert!(
+        cluster
+            .log(leader)
+            .contains("peer restarted: replacing our connection"),
+        "leader log:\n{}",
+        cluster.log(leader)
+    );
     let log = cluster.log(follower);
     let recovered = log
         .lines()

@@ -418,7 +418,8 @@ async fn transport_oversize_and_malformed_frames_fail_and_node_keeps_serving() {
     assert!(error.contains("reset by peer: error 3"), "{error}");
     assert_eq!(TransportStats::get(&stats.frames_oversize_total), 1);
     // The library refuses a too large request before sending it.
-    let big = Bytes::from(vec![0u8; (1 << 20) + 1]);
+    let limit = kvnode::transport::CLIENT_REQUEST_BYTES_MAX_DEFAULT as usize;
+    let big = Bytes::from(vec![0u8; limit + 1]);
     assert!(matches!(
         client.request(big, wait()).await,
         Err(ClientError::TooLarge)

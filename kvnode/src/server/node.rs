@@ -786,9 +786,9 @@ impl Node {
         if self.role == Role::Leader {
             self.transfer_leadership().await?;
         }
-        let error = ClientError::Unavailable("node shutting down".into());
+        // Proposed entries may still commit under the next leader: their outcome is unknown.
         for p in std::mem::take(&mut self.proposals) {
-            refuse(p.reply, error.clone(), p.started);
+            refuse(p.reply, ClientError::Timeout, p.started);
         }
         // Let the WAL finish what was queued; persisted messages may still go out.
         let deadline = Instant::now() + Duration::from_millis(SHUTDOWN_TRANSFER_MS_MAX);

@@ -103,6 +103,15 @@ async fn greet(
         .await
         .map_err(|_| "no hello in time".to_string())??;
     let node_id = check_claim(shared, &identity, &hello)?;
+    if let (Some(id), Some(claim)) = (node_id, &hello.node) {
+        let restarted = shared
+            .peers
+            .get(&id)
+            .is_some_and(|p| p.saw_incarnation(claim.incarnation));
+        if restarted {
+            tracing::info!(peer = %claim.name, "peer restarted: replacing our connection to it");
+        }
+    }
     let reply = HelloReply {
         version: wire::PROTOCOL_VERSION,
         name: shared.self_name.clone(),

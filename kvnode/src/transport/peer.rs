@@ -33,6 +33,9 @@ pub(crate) struct PeerHandle {
     queued: Notify,
     /// The live connection, for snapshot streams (`None` while disconnected).
     connection: watch::Sender<Option<quinn::Connection>>,
+    /// The peer's process incarnation, from its hellos (0: not seen yet). A change means the
+    /// peer restarted: our connection to it is dead even if QUIC has not noticed yet.
+    incarnation: watch::Sender<u64>,
 }
 
 impl PeerHandle {
@@ -42,7 +45,17 @@ impl PeerHandle {
             queue: Mutex::new(PeerQueue::default()),
             queued: Notify::new(),
             connection: watch::channel(None).0,
+            incarnation: watch::channel(0).0,
         }
+    }
+
+    /// Records the incarnation from a hello of this peer; returns whether it restarted.
+    pub fn saw_incarnation(&self, incarnation: u64) -> bool {
+        self.incarnation.send_if_modified(|seen| {
+            let restarted = *seen != 0 && *seen != incarnation;
+            *seen = incarnation;
+            restarted
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, PeerQueue> {
@@ -149,6 +162,8 @@ async fn stream_frames(
     mut stream: quinn::SendStream,
 ) -> StreamEnd {
     let mut shutdown = shared.shutdown.clone();
+    let mut incarnation = handle.incarnation.subscribe();
+    incarnation.borrow_and_update();
     loop {
         if *shutdown.borrow() {
             finish(handle, stream).await;
@@ -157,6 +172,10 @@ async fn stream_frames(
         tokio::select! {
             _ = handle.queued.notified() => {}
             error = connection.closed() => return StreamEnd::Broken(error.to_string()),
+            _ = incarnation.changed() => {
+                connection.close(0u32.into(), b"peer restarted");
+                return StreamEnd::Broken("the peer restarted".to_string());
+            }
             _ = shutdown.changed() => continue,
         }
         let mut frames = handle.take_all();

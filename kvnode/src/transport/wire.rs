@@ -55,6 +55,21 @@ pub struct Hello {
 pub struct HelloNode {
     pub id: NodeId,
     pub name: String,
+    /// Differs between two runs of the node's process (a restart). A node whose peer reports a
+    /// new incarnation drops its own connection to that peer at once instead of writing into a
+    /// dead connection until the idle timeout.
+    pub incarnation: u64,
+}
+
+/// This process's incarnation: the start time in nanoseconds mixed with the pid, never 0.
+pub fn incarnation() -> u64 {
+    static INCARNATION: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *INCARNATION.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        (nanos ^ (u64::from(std::process::id()) << 40)) | 1
+    })
 }
 
 impl Hello {
@@ -69,6 +84,7 @@ impl Hello {
         let node = Some(HelloNode {
             id,
             name: name.to_string(),
+            incarnation: incarnation(),
         });
         Hello {
             version: PROTOCOL_VERSION,
