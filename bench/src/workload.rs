@@ -165,7 +165,7 @@ impl Workload {
         match self.config.kind {
             WorkloadKind::Put => self.write(key),
             WorkloadKind::Get => read(key),
-            WorkloadKind::Mixed if rng.chance(1, 2) => read(key),
+            WorkloadKind::Mixed if rng.ratio(1, 2) => read(key),
             WorkloadKind::Mixed => self.write(key),
             WorkloadKind::Register => register_op(key, rng),
             WorkloadKind::ListAppend => self.txn(rng),
@@ -202,7 +202,7 @@ impl Workload {
         for _ in 0..count {
             let slot = rng.below(pool.active.len() as u64) as usize;
             let key = pool.active[slot].0;
-            if rng.chance(1, 2) {
+            if rng.ratio(1, 2) {
                 micros.push(Micro::Read(key));
                 continue;
             }
