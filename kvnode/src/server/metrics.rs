@@ -46,3 +46,28 @@ pub fn recorder(
         .build()
         .map_err(|e| format!("metrics listener on {address}: {e}"))
 }
+
+/// Registers every counter and gauge at zero, so a scrape lists them all from the start (a
+/// counter that never moved is information too).
+pub fn register_all() {
+    for name in [
+        RAFT_ELECTIONS_TOTAL,
+        RAFT_REPLICATION_FAILURES_TOTAL,
+        RAFT_SNAPSHOTS_SENT_TOTAL,
+        RAFT_SNAPSHOTS_INSTALLED_TOTAL,
+        RAFT_SNAPSHOTS_TAKEN_TOTAL,
+        CLIENT_REQUESTS_TOTAL,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for name in [
+        RAFT_ROLE,
+        RAFT_TERM,
+        RAFT_COMMIT_INDEX,
+        RAFT_LAST_APPLIED,
+        RAFT_LOG_SIZE,
+        TRANSPORT_CONNECTIONS_REFUSED_TOTAL,
+    ] {
+        metrics::gauge!(name).set(0.0);
+    }
+}

@@ -171,6 +171,7 @@ impl Node {
         mut self,
         mut shutdown: oneshot::Receiver<()>,
     ) -> Result<(), ServerError> {
+        m::register_all();
         let tick = Duration::from_millis(self.config.tick_ms);
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
