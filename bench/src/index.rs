@@ -93,7 +93,8 @@ pub fn write_index(results: &Path) -> std::io::Result<PathBuf> {
             Value::Null => &run.summary["figures"]["ops"],
             other => other,
         };
-        let _ = write!(
+        let _ =
+            write!(
             html,
             "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
              <td>{main} <a href=\"{}\">summary.json</a></td></tr>",
@@ -129,9 +130,21 @@ mod tests {
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join("summary.json"), summary).unwrap();
         };
-        write("register-kill", "2026-01-01T00-00-00Z", r#"{"valid":true,"ops":5}"#);
-        write("list-append-pause", "2026-01-02T00-00-00Z", r#"{"valid":false}"#);
-        write("bench", "2025-12-31T00-00-00Z", r#"{"check":{"valid":"unknown"}}"#);
+        write(
+            "register-kill",
+            "2026-01-01T00-00-00Z",
+            r#"{"valid":true,"ops":5}"#,
+        );
+        write(
+            "list-append-pause",
+            "2026-01-02T00-00-00Z",
+            r#"{"valid":false}"#,
+        );
+        write(
+            "bench",
+            "2025-12-31T00-00-00Z",
+            r#"{"check":{"valid":"unknown"}}"#,
+        );
         let runs = find_runs(results.path());
         let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["list-append-pause", "register-kill", "bench"]);

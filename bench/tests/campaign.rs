@@ -45,16 +45,25 @@ fn campaign(results: &Path, workload: &str, faults: &str, backend: &str, seed: u
     assert_eq!(runs.len(), 1, "{runs:?}");
     let run = &runs[0];
     for file in RUN_FILES {
-        assert!(run.join(file).is_file(), "{} missing", run.join(file).display());
+        assert!(
+            run.join(file).is_file(),
+            "{} missing",
+            run.join(file).display()
+        );
     }
     let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["valid"], serde_json::Value::Bool(true));
     assert!(summary["ops"].as_u64().unwrap() > 100, "{summary}");
-    assert!(summary["faults_injected"].as_u64().unwrap() >= 2, "{summary}");
+    assert!(
+        summary["faults_injected"].as_u64().unwrap() >= 2,
+        "{summary}"
+    );
     let history = std::fs::read_to_string(run.join("history.jsonl")).unwrap();
-    assert!(history.contains(r#""process":"nemesis""#), "faults are in the history");
+    assert!(
+        history.contains(r#""process":"nemesis""#),
+        "faults are in the history"
+    );
     let report = std::fs::read_to_string(run.join("report.html")).unwrap();
     assert!(report.contains("<svg") && !report.contains("<script"));
     assert!(report.contains(faults.split(',').next().unwrap()));

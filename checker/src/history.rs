@@ -504,14 +504,15 @@ mod tests {
 
     #[test]
     fn nemesis_lines_are_skipped_but_count_as_lines() {
-        let text = r#"{"index":0,"time":5,"process":1,"type":"invoke","f":"write","key":"a","value":3}
+        let text = r#"
+{"index":0,"time":5,"process":1,"type":"invoke","f":"write","key":"a","value":3}
 {"process":"nemesis","type":"invoke","f":"kill","value":{"targets":[2]},"time":9}
 {"index":1,"time":12,"process":1,"type":"ok","f":"write","key":"a","value":3}
 {"process":"nemesis","type":"info","f":"kill","value":{"targets":[2]},"time":3}
 "#;
         let history = History::parse_jsonl(text).unwrap();
         assert_eq!(history.ops().len(), 2);
-        assert_eq!(history.line_of(1), 3);
+        assert_eq!(history.line_of(1), 4);
         let other = text.replace(r#""process":"nemesis""#, r#""process":"chaos""#);
         assert!(History::parse_jsonl(&other).is_err());
     }

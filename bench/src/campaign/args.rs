@@ -123,9 +123,9 @@ pub fn settings(args: CampaignArgs, clock_seed: u64) -> Result<CampaignSettings,
         ));
     }
     let fault_names: Vec<&str> = faults.iter().map(|kind| kind_name(*kind)).collect();
-    let name = args.name.unwrap_or_else(|| {
-        format!("{}-{}", args.workload.name(), fault_names.join("+"))
-    });
+    let name = args
+        .name
+        .unwrap_or_else(|| format!("{}-{}", args.workload.name(), fault_names.join("+")));
     if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
         return Err(format!("--name {name:?} must be a plain directory name"));
     }
@@ -168,8 +168,8 @@ mod tests {
     }
 
     fn parse(args: &[&str]) -> Result<CampaignSettings, String> {
-        let wrapper = Wrapper::try_parse_from([&["campaign"], args].concat())
-            .map_err(|e| e.to_string())?;
+        let wrapper =
+            Wrapper::try_parse_from([&["campaign"], args].concat()).map_err(|e| e.to_string())?;
         settings(wrapper.args, 7)
     }
 

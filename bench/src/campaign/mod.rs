@@ -279,7 +279,9 @@ fn recover(
     recorder: &Recorder,
 ) -> Result<u64, CampaignError> {
     let started = Instant::now();
-    let heal = nemesis.heal_all().map_err(|e| CampaignError::Io(e.to_string()))?;
+    let heal = nemesis
+        .heal_all()
+        .map_err(|e| CampaignError::Io(e.to_string()))?;
     recorder.note(driver::event("invoke", &heal));
     recorder.note(driver::event("info", &heal));
     let timeout = Duration::from_secs_f64(settings.recovery_timeout_s);

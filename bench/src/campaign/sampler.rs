@@ -58,12 +58,8 @@ impl Sampler {
         for thread in self.threads {
             let _ = thread.join();
         }
-        let mut samples = std::mem::take(
-            &mut *self
-                .samples
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
+        let mut samples =
+            std::mem::take(&mut *self.samples.lock().unwrap_or_else(PoisonError::into_inner));
         samples.sort_by_key(|sample| (sample.unix_ms, sample.node));
         samples
     }

@@ -19,7 +19,13 @@ use svg::{escape, Band, Plot};
 /// Most points drawn in the latency scatter: past it `ok` points are thinned evenly (every
 /// `fail`/`info` is kept), so the page stays a few MB.
 pub const SCATTER_POINTS_MAX: usize = 12_000;
-const OUTCOMES: [(&str, &str); 3] = [("ok", "#2a7ab9"), ("fail", "#d62728"), ("info", "#ff9f1c")];
+/// Colors by outcome, then by operation (Jepsen's latency-raw colors by both): ok blues and
+/// greens, fail reds, info oranges.
+const OUTCOME_PALETTES: [(&str, [&str; 4]); 3] = [
+    ("ok", ["#1f77b4", "#2ca02c", "#17becf", "#9467bd"]),
+    ("fail", ["#d62728", "#e377c2", "#8c1c13", "#ff6f91"]),
+    ("info", ["#ff9f1c", "#bcbd22", "#d4a017", "#8c564b"]),
+];
 const NANOS_PER_SECOND: f64 = 1e9;
 
 /// Writes nemesis.jsonl and metrics.jsonl.
@@ -165,7 +171,9 @@ fn client_ops(history: &str) -> Vec<OpPoint> {
 }
 
 fn page(data: &RunData, counterexample: bool) -> String {
-    let name = data.summary["config"]["name"].as_str().unwrap_or("campaign");
+    let name = data.summary["config"]["name"]
+        .as_str()
+        .unwrap_or("campaign");
     let mut html = format!(
         "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{} campaign report</title>\
          <style>{STYLE}</style></head><body><h1>Campaign {}</h1>",
@@ -250,8 +258,9 @@ fn rate_plot(data: &RunData) -> String {
     let dashes = ["", "6,3", "2,2", "8,3,2,3"];
     let fs: Vec<String> = unique(data.ops.iter().map(|op| op.f.clone()));
     for ((f, outcome), series) in &counts {
-        let color = outcome_color(outcome);
-        let dash = dashes[fs.iter().position(|x| x == f).unwrap_or(0) % dashes.len()];
+        let f_index = fs.iter().position(|x| x == f).unwrap_or(0);
+        let color = outcome_color(outcome, f_index);
+        let dash = dashes[f_index % dashes.len()];
         let points: Vec<(f64, f64)> = (series.iter().enumerate())
             .map(|(i, count)| (i as f64 + 0.5, *count))
             .collect();
@@ -261,24 +270,25 @@ fn rate_plot(data: &RunData) -> String {
 }
 
 fn scatter_plot(data: &RunData) -> String {
-    let oks = data.ops.iter().filter(|op| op.outcome == "ok").count();
-    let others = data.ops.len() - oks;
-    let stride = oks.div_ceil(SCATTER_POINTS_MAX.saturating_sub(others).max(1)).max(1);
+    let infos = data.ops.iter().filter(|op| op.outcome == "info").count();
+    let thinned = data.ops.len() - infos;
+    // Every info is drawn (they are few and matter most); ok and fail share the rest evenly.
+    let stride = thinned
+        .div_ceil(SCATTER_POINTS_MAX.saturating_sub(infos).max(1))
+        .max(1);
     let y_max = data.ops.iter().map(|op| op.latency_ms).fold(10.0, f64::max);
     let mut plot = Plot::new(420.0, data.x_max_s, 0.1, y_max * 1.5, true);
     plot.y_label = "latency (ms, log)".into();
     plot.bands(&data.bands);
     let shapes = ["circle", "square", "triangle"];
     let fs: Vec<String> = unique(data.ops.iter().map(|op| op.f.clone()));
-    for (outcome, color) in OUTCOMES {
+    for (outcome, _) in OUTCOME_PALETTES {
         for (index, f) in fs.iter().enumerate() {
-            let mut seen = 0usize;
+            let color = outcome_color(outcome, index);
+            let step = if outcome == "info" { 1 } else { stride };
             let points: Vec<(f64, f64)> = (data.ops.iter())
                 .filter(|op| op.outcome == outcome && &op.f == f)
-                .filter(|_| {
-                    seen += 1;
-                    outcome != "ok" || (seen - 1) % stride == 0
-                })
+                .step_by(step)
                 .map(|op| (op.at_s, op.latency_ms))
                 .collect();
             let shape = shapes[index % shapes.len()];
@@ -289,7 +299,7 @@ fn scatter_plot(data: &RunData) -> String {
     if stride > 1 {
         let _ = write!(
             html,
-            "<p><small>Every {stride}th ok operation drawn ({oks} in all); every fail and \
+            "<p><small>Every {stride}th ok and fail operation drawn ({thinned} in all); every \
              info is drawn.</small></p>"
         );
     }
@@ -349,7 +359,9 @@ fn role_plot(data: &RunData) -> String {
         let top = lanes - lane as f64;
         for (i, sample) in mine.iter().enumerate() {
             let from = sample_s(data, sample);
-            let to = mine.get(i + 1).map_or(from + 1.0, |next| sample_s(data, next));
+            let to = mine
+                .get(i + 1)
+                .map_or(from + 1.0, |next| sample_s(data, next));
             let role = sample.role.as_deref().unwrap_or("unreachable");
             let color = role_color(role);
             let title = format!("n{node} {role} term {:?} at {from:.1} s", sample.term);
@@ -368,14 +380,21 @@ fn node_line_plot(data: &RunData, what: &str, value: fn(&Sample) -> Option<u64>)
     let mut plot = Plot::new(220.0, data.x_max_s, low as f64, high as f64 + 1.0, false);
     plot.y_label = what.to_string();
     plot.bands(&data.bands);
-    let palette = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
+    let palette = [
+        "#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+    ];
     for (i, node) in node_ids(data).iter().enumerate() {
         let points: Vec<(f64, f64)> = (data.samples.iter())
             .filter(|s| s.node == *node)
             .filter_map(|s| value(s).map(|v| (sample_s(data, s), v as f64)))
             .collect();
         let dash = if i % 2 == 0 { "" } else { "5,3" };
-        plot.line(&points, palette[i % palette.len()], dash, &format!("n{node}"));
+        plot.line(
+            &points,
+            palette[i % palette.len()],
+            dash,
+            &format!("n{node}"),
+        );
     }
     plot.render(true)
 }
@@ -399,7 +418,10 @@ fn faults_section(data: &RunData) -> String {
         );
     }
     html.push_str("</table>");
-    if let Some(errors) = data.summary["fault_errors"].as_array().filter(|e| !e.is_empty()) {
+    if let Some(errors) = data.summary["fault_errors"]
+        .as_array()
+        .filter(|e| !e.is_empty())
+    {
         html.push_str("<p>Faults not injected:</p><ul>");
         for error in errors {
             let _ = write!(html, "<li>{}</li>", escape(error.as_str().unwrap_or("")));
@@ -417,7 +439,11 @@ fn config_section(data: &RunData) -> String {
         rows.extend(config.iter().map(|(k, v)| (k.clone(), plain(v))));
     }
     if let Some(machine) = s["machine"].as_object() {
-        rows.extend(machine.iter().map(|(k, v)| (format!("machine.{k}"), plain(v))));
+        rows.extend(
+            machine
+                .iter()
+                .map(|(k, v)| (format!("machine.{k}"), plain(v))),
+        );
     }
     rows.push(("history events".into(), plain(&s["history_events"])));
     for (key, value) in rows {
@@ -449,11 +475,11 @@ fn unique<T: Ord + Clone>(items: impl Iterator<Item = T>) -> Vec<T> {
     set.into_iter().collect()
 }
 
-fn outcome_color(outcome: &str) -> &'static str {
-    OUTCOMES
+fn outcome_color(outcome: &str, f_index: usize) -> &'static str {
+    OUTCOME_PALETTES
         .iter()
         .find(|(name, _)| *name == outcome)
-        .map_or("#555", |(_, color)| color)
+        .map_or("#555", |(_, colors)| colors[f_index % colors.len()])
 }
 
 fn role_color(role: &str) -> &'static str {

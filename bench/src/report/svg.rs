@@ -10,6 +10,11 @@ const MARGIN_RIGHT_PX: f64 = 150.0;
 const MARGIN_TOP_PX: f64 = 22.0;
 const MARGIN_BOTTOM_PX: f64 = 36.0;
 
+/// Plots lower than this (the role lanes) get no fault labels: they would cover the lanes.
+const BAND_LABEL_HEIGHT_MIN_PX: f64 = 150.0;
+/// Points further apart than this on the time axis are not joined by a line.
+pub const LINE_GAP_S: f64 = 1.6;
+
 /// A shaded interval (a fault) on the time axis.
 pub struct Band {
     pub from_s: f64,
@@ -68,33 +73,47 @@ impl Plot {
         let (top, height) = (MARGIN_TOP_PX, self.inner_height());
         for band in bands {
             let (x0, x1) = (self.x(band.from_s), self.x(band.to_s));
+            let label = escape(&band.label);
             let _ = write!(
                 self.body,
-                r#"<rect x="{x0:.1}" y="{top:.1}" width="{:.1}" height="{height:.1}" fill="{}" fill-opacity="0.18"><title>{}</title></rect><text x="{:.1}" y="{:.1}" font-size="10" fill="{}">{}</text>"#,
+                "<rect x=\"{x0:.1}\" y=\"{top:.1}\" width=\"{:.1}\" height=\"{height:.1}\" \
+                 fill=\"{}\" fill-opacity=\"0.18\"><title>{label}</title></rect>",
                 (x1 - x0).max(1.0),
                 band.color,
-                escape(&band.label),
-                x0 + 2.0,
-                top + 10.0,
-                band.color,
-                escape(&band.label)
             );
+            if self.height_px >= BAND_LABEL_HEIGHT_MIN_PX {
+                let _ = write!(
+                    self.body,
+                    "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" fill=\"{}\">{label}</text>",
+                    x0 + 2.0,
+                    top + 10.0,
+                    band.color,
+                );
+            }
         }
     }
 
-    /// A polyline through `(seconds, value)` points.
+    /// A polyline through `(seconds, value)` points, broken where two neighbours are more
+    /// than `LINE_GAP_S` apart (no data there: a node down, no completions).
     pub fn line(&mut self, points: &[(f64, f64)], color: &str, dash: &str, label: &str) {
         if points.is_empty() {
             return;
         }
         let mut path = String::new();
-        for (i, (x, y)) in points.iter().enumerate() {
-            let command = if i == 0 { 'M' } else { 'L' };
+        let mut previous_x = f64::NEG_INFINITY;
+        for (x, y) in points {
+            let command = if x - previous_x > LINE_GAP_S {
+                'M'
+            } else {
+                'L'
+            };
+            previous_x = *x;
             let _ = write!(path, "{command}{:.1},{:.1}", self.x(*x), self.y(*y));
         }
         let _ = write!(
             self.body,
-            r#"<path d="{path}" fill="none" stroke="{color}" stroke-width="1.5" stroke-dasharray="{dash}"/>"#
+            "<path d=\"{path}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" \
+             stroke-dasharray=\"{dash}\"/>"
         );
         self.legend_entry(label, color);
     }
@@ -132,7 +151,8 @@ impl Plot {
         let (y0, y1) = (self.y(high), self.y(low));
         let _ = write!(
             self.body,
-            r#"<rect x="{x0:.1}" y="{y0:.1}" width="{:.1}" height="{:.1}" fill="{color}"><title>{}</title></rect>"#,
+            "<rect x=\"{x0:.1}\" y=\"{y0:.1}\" width=\"{:.1}\" height=\"{:.1}\" \
+             fill=\"{color}\"><title>{}</title></rect>",
             (x1 - x0).max(0.5),
             (y1 - y0).max(0.5),
             escape(title)
@@ -158,7 +178,8 @@ impl Plot {
     /// The finished `<svg>` element with axes, grid and legend.
     pub fn render(&self, y_ticks: bool) -> String {
         let mut svg = format!(
-            r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH_PX} {h}" width="100%" font-family="sans-serif">"#,
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {WIDTH_PX} {h}\" \
+             width=\"100%\" font-family=\"sans-serif\">",
             h = self.height_px
         );
         self.axes(&mut svg, y_ticks);
@@ -168,7 +189,8 @@ impl Plot {
             let y = MARGIN_TOP_PX + 14.0 * i as f64;
             let _ = write!(
                 svg,
-                r#"<rect x="{legend_x}" y="{y:.1}" width="10" height="10" fill="{color}"/><text x="{:.1}" y="{:.1}" font-size="11">{}</text>"#,
+                "<rect x=\"{legend_x}\" y=\"{y:.1}\" width=\"10\" height=\"10\" \
+                 fill=\"{color}\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\">{}</text>",
                 legend_x + 14.0,
                 y + 9.0,
                 escape(label)
@@ -184,7 +206,8 @@ impl Plot {
         let bottom = top + height;
         let _ = write!(
             svg,
-            r##"<rect x="{left}" y="{top}" width="{width}" height="{height}" fill="#fff" stroke="#888"/>"##
+            "<rect x=\"{left}\" y=\"{top}\" width=\"{width}\" height=\"{height}\" fill=\"#fff\" \
+             stroke=\"#888\"/>"
         );
         let step = nice_step(self.x_max_s / 12.0);
         let mut t = 0.0;
@@ -192,7 +215,9 @@ impl Plot {
             let x = self.x(t);
             let _ = write!(
                 svg,
-                r##"<line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{bottom}" stroke="#eee"/><text x="{x:.1}" y="{:.1}" font-size="11" text-anchor="middle">{t}</text>"##,
+                "<line x1=\"{x:.1}\" y1=\"{top}\" x2=\"{x:.1}\" y2=\"{bottom}\" \
+                 stroke=\"#eee\"/><text x=\"{x:.1}\" y=\"{:.1}\" font-size=\"11\" \
+                 text-anchor=\"middle\">{t}</text>",
                 bottom + 14.0
             );
             t += step;
@@ -205,7 +230,8 @@ impl Plot {
         );
         let _ = write!(
             svg,
-            r#"<text x="14" y="{:.1}" font-size="11" transform="rotate(-90 14 {:.1})" text-anchor="middle">{}</text>"#,
+            "<text x=\"14\" y=\"{:.1}\" font-size=\"11\" transform=\"rotate(-90 14 {:.1})\" \
+             text-anchor=\"middle\">{}</text>",
             top + height / 2.0,
             top + height / 2.0,
             escape(&self.y_label)
@@ -215,7 +241,9 @@ impl Plot {
                 let y = self.y(value);
                 let _ = write!(
                     svg,
-                    r##"<line x1="{left}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#eee"/><text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end">{}</text>"##,
+                    "<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" \
+                     stroke=\"#eee\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" \
+                     text-anchor=\"end\">{}</text>",
                     left + width,
                     left - 4.0,
                     y + 4.0,
