@@ -245,7 +245,7 @@ fn load_with_faults(
     let load = LoadConfig {
         clients: settings.clients,
         duration: Duration::from_secs_f64(settings.time_limit_s),
-        rate: None,
+        rate: settings.rate,
         seed: settings.seed,
     };
     let injected = Arc::new(AtomicU64::new(0));
