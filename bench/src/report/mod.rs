@@ -299,7 +299,7 @@ fn scatter_plot(data: &RunData) -> String {
     if stride > 1 {
         let _ = write!(
             html,
-            "<p><small>Every {stride}th ok and fail operation drawn ({thinned} in all); every \
+            "<p><small>1 in {stride} ok and fail operations drawn ({thinned} in all); every \
              info is drawn.</small></p>"
         );
     }
