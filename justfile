@@ -38,3 +38,13 @@ benchmarks:
     cargo bench -p kvnode --bench wal
     cargo bench -p kvnode --bench transport
     cargo bench -p checker
+
+# The nightly campaign matrix (8 campaigns: kill, pause, partition and all mixed, per
+# workload) and results/index.html. As root for partitions. `just nightly 20s` for a short one.
+nightly time="60s":
+    cargo build --release -p kvnode -p bench
+    scripts/nightly.sh {{time}}
+
+# Regenerate results/index.html from the runs under results/.
+index:
+    cargo run --release -p bench -- index

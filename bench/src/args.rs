@@ -18,9 +18,13 @@ pub const CLIENTS_MAX: u32 = SESSIONS_MAX as u32;
 #[command(
     name = "bench",
     version,
-    about = "Load generator for ReplicatedKVStore (brings its own 3-node cluster by default)"
+    about = "Load generator for ReplicatedKVStore (brings its own 3-node cluster by default)",
+    args_conflicts_with_subcommands = true
 )]
 pub struct Args {
+    /// `campaign`, `index` or `report`; without one, a plain load run.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Concurrent clients (sessions); each is one process of the history.
     #[arg(long, default_value_t = 16)]
     pub clients: u32,
@@ -75,6 +79,20 @@ pub struct Args {
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// A fault-injection campaign on a real kvnode cluster (exit 0 valid, 1 anomaly,
+    /// 2 unknown or error).
+    Campaign(crate::campaign::args::CampaignArgs),
+    /// Regenerate `<results>/index.html` from the runs found there.
+    Index {
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+    },
+    /// Redraw a campaign directory's report.html from its files.
+    Report { run_dir: PathBuf },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use checker::history::{Op, OpType, F};
 use checker::Value;
@@ -62,6 +62,8 @@ struct State {
 /// Records one history. Share it as `Arc<Recorder>`.
 pub struct Recorder {
     start: Instant,
+    /// Wall-clock time of `start`, to place faults and metrics samples on the history's axis.
+    start_unix_ms: u64,
     state: Mutex<State>,
 }
 
@@ -112,8 +114,12 @@ impl Recorder {
             open: 0,
             failure: None,
         };
+        let start_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
         Arc::new(Recorder {
             start: Instant::now(),
+            start_unix_ms,
             state: Mutex::new(state),
         })
     }
@@ -150,6 +156,26 @@ impl Recorder {
             key,
             value,
             done: false,
+        }
+    }
+
+    /// Milliseconds since the Unix epoch at the history's time 0.
+    pub fn start_unix_ms(&self) -> u64 {
+        self.start_unix_ms
+    }
+
+    /// Writes a line that is not a client operation (a nemesis event, process `"nemesis"`) in
+    /// its real-time place among the others, with `time` set now. It takes no `index`: the
+    /// checker skips such lines, and client events keep their positions.
+    pub fn note(&self, mut fields: serde_json::Map<String, serde_json::Value>) {
+        let mut state = self.lock();
+        let time = self.start.elapsed().as_nanos() as u64;
+        fields.insert("time".to_string(), time.into());
+        if let Sink::File { .. } = state.sink {
+            match serde_json::to_string(&fields) {
+                Ok(line) => state.write_line(&line),
+                Err(error) => state.failure = Some(HistoryError::Encode(error.to_string())),
+            }
         }
     }
 
@@ -203,6 +229,21 @@ impl Recorder {
 }
 
 impl State {
+    fn write_line(&mut self, line: &str) {
+        if self.failure.is_some() {
+            return;
+        }
+        if let Sink::File { path, writer } = &mut self.sink {
+            let result = writer
+                .write_all(line.as_bytes())
+                .and_then(|()| writer.write_all(b"\n"));
+            if let Err(source) = result {
+                let path = path.clone();
+                self.failure = Some(HistoryError::Io { path, source });
+            }
+        }
+    }
+
     fn write(&mut self, op: Op) {
         if self.failure.is_some() {
             return;

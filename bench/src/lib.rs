@@ -7,13 +7,16 @@
 
 pub mod app;
 pub mod args;
+pub mod campaign;
 pub mod cluster;
 pub mod cpu;
 pub mod history;
+pub mod index;
 pub mod output;
+pub mod report;
 pub mod rng;
 pub mod runner;
 pub mod stats;
 pub mod workload;
 
-pub use runner::{run_load, LoadConfig, LoadReport, Progress};
+pub use runner::{run_load, run_timed, LoadConfig, LoadReport, Progress, TimedLoad};

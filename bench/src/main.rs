@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bench::app;
-use bench::args::{self, Args};
+use bench::args::{self, Args, Command};
+use bench::campaign::{self, args::CampaignArgs};
 use clap::Parser;
 
 const EXIT_FAILED: u8 = 1;
@@ -15,11 +16,14 @@ const EXIT_USAGE: u8 = 2;
 const SEED_MASK: u64 = (1 << 53) - 1;
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
     let clock_seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_nanos() as u64)
         & SEED_MASK;
+    if let Some(command) = args.command.take() {
+        return run_command(command, clock_seed);
+    }
     let settings = match args::settings(args, clock_seed) {
         Ok(settings) => settings,
         Err(message) => {
@@ -62,6 +66,65 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("bench: error: {error}");
             ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+fn run_command(command: Command, clock_seed: u64) -> ExitCode {
+    match command {
+        Command::Campaign(campaign_args) => run_campaign(campaign_args, clock_seed),
+        Command::Index { results } => match bench::index::write_index(&results) {
+            Ok(path) => {
+                println!("{}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("bench: error: {}: {error}", results.display());
+                ExitCode::from(EXIT_FAILED)
+            }
+        },
+        Command::Report { run_dir } => match bench::report::render_run(&run_dir) {
+            Ok(()) => {
+                println!("{}", run_dir.join("report.html").display());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("bench: error: {error}");
+                ExitCode::from(EXIT_FAILED)
+            }
+        },
+    }
+}
+
+fn run_campaign(campaign_args: CampaignArgs, clock_seed: u64) -> ExitCode {
+    let settings = match campaign::args::settings(campaign_args, clock_seed) {
+        Ok(settings) => settings,
+        Err(message) => {
+            eprintln!("bench: error: {message}");
+            return ExitCode::from(campaign::EXIT_UNKNOWN);
+        }
+    };
+    eprintln!(
+        "campaign {}: {} workload, faults {:?}, {:.0} s, {} clients, seed {}, backend {:?}",
+        settings.name,
+        settings.workload.name(),
+        settings.faults,
+        settings.time_limit_s,
+        settings.clients,
+        settings.seed,
+        settings.backend
+    );
+    match campaign::run(&settings) {
+        Ok(outcome) => {
+            println!("Operations: {}", outcome.ops);
+            println!("Faults injected: {}", outcome.faults);
+            println!("Checker: {}", outcome.verdict);
+            println!("Report: {}", outcome.run_dir.join("report.html").display());
+            ExitCode::from(outcome.exit_code())
+        }
+        Err(error) => {
+            eprintln!("bench: campaign error: {error}");
+            ExitCode::from(campaign::EXIT_UNKNOWN)
         }
     }
 }

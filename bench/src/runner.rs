@@ -81,6 +81,47 @@ pub async fn run_load(
     recorder: Arc<Recorder>,
     progress: Arc<Progress>,
 ) -> LoadReport {
+    let timed = run_timed(client, workload.clone(), config, recorder.clone(), progress).await;
+    timed.final_reads(client, &workload, &recorder).await
+}
+
+/// The timed phase's result; `final_reads` completes it into a `LoadReport`. A campaign heals
+/// the cluster between the two.
+pub struct TimedLoad {
+    pub stats: Stats,
+    /// From the first intended send to the last answer of the timed phase.
+    pub elapsed: Duration,
+    clients: u32,
+    processes: Arc<Processes>,
+}
+
+impl TimedLoad {
+    /// Reads every key the workload used (fresh process ids), retrying each a few times.
+    pub async fn final_reads(
+        self,
+        client: &Client,
+        workload: &Arc<Workload>,
+        recorder: &Arc<Recorder>,
+    ) -> LoadReport {
+        let (final_reads_ok, final_reads_failed) =
+            final_reads(client, workload, recorder, &self.processes, self.clients).await;
+        LoadReport {
+            stats: self.stats,
+            elapsed: self.elapsed,
+            final_reads_ok,
+            final_reads_failed,
+        }
+    }
+}
+
+/// Preload and the timed phase, without the final reads.
+pub async fn run_timed(
+    client: &Client,
+    workload: Arc<Workload>,
+    config: &LoadConfig,
+    recorder: Arc<Recorder>,
+    progress: Arc<Progress>,
+) -> TimedLoad {
     let processes = Arc::new(Processes(AtomicU64::new(u64::from(config.clients))));
     let workers: Vec<Worker> = (0..config.clients)
         .map(|index| Worker {
@@ -107,14 +148,11 @@ pub async fn run_load(
             stats.merge(&worker_stats);
         }
     }
-    let elapsed = start.elapsed();
-    let (final_reads_ok, final_reads_failed) =
-        final_reads(client, &workload, &recorder, &processes, config.clients).await;
-    LoadReport {
+    TimedLoad {
         stats,
-        elapsed,
-        final_reads_ok,
-        final_reads_failed,
+        elapsed: start.elapsed(),
+        clients: config.clients,
+        processes,
     }
 }
 

@@ -318,7 +318,7 @@ fn parse_chunk(text: &str) -> ParsedChunk {
     let mut line_count = 0;
     for (line_index, line) in text.lines().enumerate() {
         line_count = line_index + 1;
-        if line.trim().is_empty() {
+        if line.trim().is_empty() || is_nemesis_line(line) {
             continue;
         }
         let op: RawOp =
@@ -326,6 +326,21 @@ fn parse_chunk(text: &str) -> ParsedChunk {
         events.push((line_index + 1, op));
     }
     Ok((events, line_count))
+}
+
+/// The process name of fault-injection events (Jepsen's `:nemesis`).
+pub const NEMESIS_PROCESS: &str = "nemesis";
+
+/// A line of the nemesis (`"process": "nemesis"`): it records when a fault struck, not a client
+/// operation, so it is skipped. The substring test keeps the cost off ordinary lines.
+fn is_nemesis_line(line: &str) -> bool {
+    #[derive(Deserialize)]
+    struct Probe {
+        process: serde_json::Value,
+    }
+    line.contains(NEMESIS_PROCESS)
+        && serde_json::from_str::<Probe>(line)
+            .is_ok_and(|probe| probe.process.as_str() == Some(NEMESIS_PROCESS))
 }
 
 fn resolve_format(text: &str, format: Format) -> Format {
@@ -485,6 +500,21 @@ mod tests {
         assert_eq!(calls[2].f, F::Read);
         assert_eq!(calls[2].complete_event, None);
         assert_eq!(history.line_of(2), 4);
+    }
+
+    #[test]
+    fn nemesis_lines_are_skipped_but_count_as_lines() {
+        let text = r#"
+{"index":0,"time":5,"process":1,"type":"invoke","f":"write","key":"a","value":3}
+{"process":"nemesis","type":"invoke","f":"kill","value":{"targets":[2]},"time":9}
+{"index":1,"time":12,"process":1,"type":"ok","f":"write","key":"a","value":3}
+{"process":"nemesis","type":"info","f":"kill","value":{"targets":[2]},"time":3}
+"#;
+        let history = History::parse_jsonl(text).unwrap();
+        assert_eq!(history.ops().len(), 2);
+        assert_eq!(history.line_of(1), 4);
+        let other = text.replace(r#""process":"nemesis""#, r#""process":"chaos""#);
+        assert!(History::parse_jsonl(&other).is_err());
     }
 
     #[test]

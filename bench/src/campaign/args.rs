@@ -1,0 +1,221 @@
+//! `bench campaign` options, checked into `CampaignSettings` before anything starts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::ValueEnum;
+use nemesis::schedule::{parse_fault_kinds, FaultKind};
+use nemesis::BackendKind;
+use serde::Serialize;
+
+use crate::args::{parse_duration, CLIENTS_MAX};
+use crate::workload::WorkloadKind;
+
+/// Default first node port: away from `just cluster up` (50051) and the nemesis tests.
+pub const BASE_PORT_DEFAULT: u16 = 47051;
+/// Netns names (`kvc-n1`, bridge `kvcbr0`) and subnet, apart from `nemesis up`'s `kv`.
+pub const NETNS_PREFIX: &str = "kvc";
+pub const NETNS_SUBNET: [u8; 3] = [10, 77, 41];
+
+/// Register campaigns run open loop at this rate (ops/s): a 60 s closed-loop run makes
+/// ~250k operations on a few keys, past what the linearizability checker's memo can hold.
+pub const REGISTER_RATE_DEFAULT: f64 = 250.0;
+/// Keys of a campaign's workload (register: independent registers; list-append: active keys).
+pub const KEYS_DEFAULT: u64 = 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendArg {
+    Local,
+    Netns,
+}
+
+impl BackendArg {
+    pub fn kind(self) -> BackendKind {
+        match self {
+            BackendArg::Local => BackendKind::Local,
+            BackendArg::Netns => BackendKind::Netns,
+        }
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct CampaignArgs {
+    /// register or list-append (the workloads the checker verifies).
+    #[arg(long, value_enum, default_value_t = WorkloadKind::Register)]
+    pub workload: WorkloadKind,
+    /// Fault kinds, comma-separated: kill, pause, partition (partition needs --backend netns).
+    #[arg(long, default_value = "kill,pause")]
+    pub faults: String,
+    /// Length of the load (faults happen inside it): `60s`, `2m`.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub time_limit: Duration,
+    #[arg(long, default_value_t = 16)]
+    pub clients: u32,
+    /// Quiet time before each fault.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// How long each fault lasts (kill: the restart delay). Default: the interval.
+    #[arg(long, value_parser = parse_duration)]
+    pub fault_duration: Option<Duration>,
+    /// Open loop at this many operations per second over all clients. Default: 250 for
+    /// register (the linearizability check grows fast with ops per key and with unknown
+    /// outcomes), closed loop for list-append.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Keys. Default: 8 for register (independent registers), 8 active keys for list-append.
+    #[arg(long)]
+    pub keys: Option<u64>,
+    /// Seed of the workload and the fault schedule (default: from the clock).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long, value_enum, default_value_t = BackendArg::Local)]
+    pub backend: BackendArg,
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u64,
+    /// Directory name under --results (default: `<workload>-<faults>`).
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
+    /// First node port (local backend; metrics on port + 1000).
+    #[arg(long, default_value_t = BASE_PORT_DEFAULT)]
+    pub base_port: u16,
+    /// How long the healed cluster gets to elect a stable leader and take a write.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub recovery_timeout: Duration,
+    /// No progress line.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// The checked settings (saved in summary.json).
+#[derive(Clone, Debug, Serialize)]
+pub struct CampaignSettings {
+    pub name: String,
+    pub workload: WorkloadKind,
+    pub faults: Vec<FaultKind>,
+    pub time_limit_s: f64,
+    pub clients: u32,
+    pub interval_s: f64,
+    pub fault_duration_s: f64,
+    pub seed: u64,
+    pub backend: BackendArg,
+    pub nodes: u64,
+    pub keys: u64,
+    pub rate: Option<f64>,
+    pub results: PathBuf,
+    pub base_port: u16,
+    pub recovery_timeout_s: f64,
+    pub quiet: bool,
+}
+
+pub fn settings(args: CampaignArgs, clock_seed: u64) -> Result<CampaignSettings, String> {
+    if !matches!(
+        args.workload,
+        WorkloadKind::Register | WorkloadKind::ListAppend
+    ) {
+        return Err("--workload must be register or list-append".into());
+    }
+    let faults = parse_fault_kinds(&args.faults).map_err(|e| format!("--faults: {e}"))?;
+    if faults.contains(&FaultKind::Partition) && args.backend != BackendArg::Netns {
+        return Err("--faults partition needs --backend netns (run as root)".into());
+    }
+    if args.clients == 0 || args.clients > CLIENTS_MAX {
+        return Err(format!("--clients must be in 1..={CLIENTS_MAX}"));
+    }
+    if args.time_limit.is_zero() || args.interval.is_zero() {
+        return Err("--time-limit and --interval must be > 0".into());
+    }
+    let fault_duration = args.fault_duration.unwrap_or(args.interval);
+    if fault_duration.is_zero() {
+        return Err("--fault-duration must be > 0".into());
+    }
+    if args.nodes == 0 || args.nodes > nemesis::spec::NODE_COUNT_MAX {
+        return Err(format!(
+            "--nodes must be in 1..={}",
+            nemesis::spec::NODE_COUNT_MAX
+        ));
+    }
+    let rate = match (args.rate, args.workload) {
+        (Some(rate), _) if !(rate.is_finite() && rate > 0.0) => {
+            return Err(format!("--rate must be a positive number, got {rate}"))
+        }
+        (Some(rate), _) => Some(rate),
+        (None, WorkloadKind::Register) => Some(REGISTER_RATE_DEFAULT),
+        (None, _) => None,
+    };
+    let keys = args.keys.unwrap_or(KEYS_DEFAULT);
+    if keys == 0 {
+        return Err("--keys must be > 0".into());
+    }
+    let fault_names: Vec<&str> = faults.iter().map(|kind| kind_name(*kind)).collect();
+    let name = args
+        .name
+        .unwrap_or_else(|| format!("{}-{}", args.workload.name(), fault_names.join("+")));
+    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+        return Err(format!("--name {name:?} must be a plain directory name"));
+    }
+    Ok(CampaignSettings {
+        name,
+        workload: args.workload,
+        faults,
+        time_limit_s: args.time_limit.as_secs_f64(),
+        clients: args.clients,
+        interval_s: args.interval.as_secs_f64(),
+        fault_duration_s: fault_duration.as_secs_f64(),
+        seed: args.seed.unwrap_or(clock_seed),
+        backend: args.backend,
+        nodes: args.nodes,
+        keys,
+        rate,
+        results: args.results,
+        base_port: args.base_port,
+        recovery_timeout_s: args.recovery_timeout.as_secs_f64(),
+        quiet: args.quiet,
+    })
+}
+
+pub fn kind_name(kind: FaultKind) -> &'static str {
+    match kind {
+        FaultKind::Kill => "kill",
+        FaultKind::Pause => "pause",
+        FaultKind::Partition => "partition",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: CampaignArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<CampaignSettings, String> {
+        let wrapper =
+            Wrapper::try_parse_from([&["campaign"], args].concat()).map_err(|e| e.to_string())?;
+        settings(wrapper.args, 7)
+    }
+
+    #[test]
+    fn names_follow_workload_and_faults_and_errors_name_the_flag() {
+        let settings = parse(&["--workload", "list-append", "--faults", "kill,pause"]).unwrap();
+        assert_eq!(settings.name, "list-append-kill+pause");
+        assert_eq!((settings.seed, settings.fault_duration_s), (7, 5.0));
+        let cases: [(&[&str], &str); 5] = [
+            (&["--workload", "put"], "--workload"),
+            (&["--faults", "partition"], "netns"),
+            (&["--faults", "explode"], "--faults"),
+            (&["--clients", "0"], "--clients"),
+            (&["--name", "../x"], "--name"),
+        ];
+        for (args, needle) in cases {
+            let error = parse(args).unwrap_err();
+            assert!(error.contains(needle), "{args:?}: {error}");
+        }
+    }
+}

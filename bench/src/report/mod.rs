@@ -1,0 +1,511 @@
+//! `report.html` for a campaign directory: self-contained (inline SVG, inline CSS, no scripts):
+//! throughput and a latency scatter with fault intervals shaded, latency quantiles over time,
+//! each node's role, term and commit index over time, the verdict, config, seed and machine.
+//! Everything is read back from the run's files, so `bench report DIR` can redraw it.
+
+pub mod svg;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::campaign::args::CampaignSettings;
+use crate::campaign::sampler::Sample;
+use crate::campaign::{write_json, CampaignError, Ran};
+use svg::{escape, Band, Plot};
+
+/// Most points drawn in the latency scatter: past it `ok` points are thinned evenly (every
+/// `fail`/`info` is kept), so the page stays a few MB.
+pub const SCATTER_POINTS_MAX: usize = 12_000;
+/// Colors by outcome, then by operation (Jepsen's latency-raw colors by both): ok blues and
+/// greens, fail reds, info oranges.
+const OUTCOME_PALETTES: [(&str, [&str; 4]); 3] = [
+    ("ok", ["#1f77b4", "#2ca02c", "#17becf", "#9467bd"]),
+    ("fail", ["#d62728", "#e377c2", "#8c1c13", "#ff6f91"]),
+    ("info", ["#ff9f1c", "#bcbd22", "#d4a017", "#8c564b"]),
+];
+const NANOS_PER_SECOND: f64 = 1e9;
+
+/// Writes nemesis.jsonl and metrics.jsonl.
+pub(crate) fn write_files(
+    _settings: &CampaignSettings,
+    ran: &Ran,
+    run_dir: &Path,
+) -> Result<(), CampaignError> {
+    let mut nemesis = String::new();
+    for record in &ran.records {
+        let line = serde_json::to_string(record).map_err(|e| CampaignError::Io(e.to_string()))?;
+        nemesis.push_str(&line);
+        nemesis.push('\n');
+    }
+    crate::output::write(&run_dir.join("nemesis.jsonl"), nemesis.as_bytes())?;
+    let mut metrics = String::new();
+    for sample in &ran.samples {
+        let line = serde_json::to_string(sample).map_err(|e| CampaignError::Io(e.to_string()))?;
+        metrics.push_str(&line);
+        metrics.push('\n');
+    }
+    crate::output::write(&run_dir.join("metrics.jsonl"), metrics.as_bytes())?;
+    write_json(&run_dir.join("faults.json"), &ran.records)
+}
+
+/// One completed client operation.
+struct OpPoint {
+    at_s: f64,
+    done_s: f64,
+    latency_ms: f64,
+    f: String,
+    outcome: String,
+}
+
+struct RunData {
+    summary: Value,
+    checker: Value,
+    ops: Vec<OpPoint>,
+    bands: Vec<Band>,
+    samples: Vec<Sample>,
+    start_unix_ms: u64,
+    x_max_s: f64,
+}
+
+/// Reads the run's files and writes `report.html` next to them.
+pub fn render_run(run_dir: &Path) -> Result<(), String> {
+    let data = load(run_dir)?;
+    let html = page(&data, run_dir.join("checker.html").exists());
+    std::fs::write(run_dir.join("report.html"), html).map_err(|e| e.to_string())
+}
+
+fn read_json(path: &Path) -> Result<Value, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn load(run_dir: &Path) -> Result<RunData, String> {
+    let summary = read_json(&run_dir.join("summary.json"))?;
+    let checker = read_json(&run_dir.join("checker.json")).unwrap_or(Value::Null);
+    let start_unix_ms = summary["start_unix_ms"].as_u64().unwrap_or(0);
+    let history = std::fs::read_to_string(run_dir.join("history.jsonl"))
+        .map_err(|e| format!("history.jsonl: {e}"))?;
+    let ops = client_ops(&history);
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap_or_default();
+    let samples: Vec<Sample> = metrics
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let since = |unix_ms: u64| unix_ms.saturating_sub(start_unix_ms) as f64 / 1000.0;
+    let bands = summary["faults"]
+        .as_array()
+        .map(|faults| faults.iter().map(|f| fault_band(f, &since)).collect())
+        .unwrap_or_default();
+    let last_op = ops.iter().map(|op| op.done_s).fold(0.0, f64::max);
+    let last_sample = samples.last().map_or(0.0, |s| since(s.unix_ms));
+    Ok(RunData {
+        summary,
+        checker,
+        ops,
+        bands,
+        samples,
+        start_unix_ms,
+        x_max_s: last_op.max(last_sample).ceil(),
+    })
+}
+
+fn fault_band(fault: &Value, since: &dyn Fn(u64) -> f64) -> Band {
+    let kind = fault["fault"].as_str().unwrap_or("?");
+    let color = match kind {
+        "kill" => "#d62728",
+        "pause" => "#e08c00",
+        "partition" => "#8a3ffc",
+        _ => "#555",
+    };
+    let start = fault["start_unix_ms"].as_u64().unwrap_or(0);
+    let end = fault["end_unix_ms"].as_u64().unwrap_or(start);
+    let targets: Vec<String> = fault["targets"]
+        .as_array()
+        .map(|t| t.iter().map(|id| format!("n{id}")).collect())
+        .unwrap_or_default();
+    Band {
+        from_s: since(start),
+        to_s: since(end),
+        color,
+        label: format!(
+            "{kind} {} {}",
+            fault["detail"].as_str().unwrap_or(""),
+            targets.join(",")
+        ),
+    }
+}
+
+/// Pairs invocations with completions per process (nemesis lines are skipped).
+fn client_ops(history: &str) -> Vec<OpPoint> {
+    let mut open: HashMap<u64, (f64, String)> = HashMap::new();
+    let mut ops = Vec::new();
+    for line in history.lines() {
+        let Ok(event) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let (Some(process), Some(kind), Some(time)) = (
+            event["process"].as_u64(),
+            event["type"].as_str(),
+            event["time"].as_u64(),
+        ) else {
+            continue;
+        };
+        let at_s = time as f64 / NANOS_PER_SECOND;
+        if kind == "invoke" {
+            let f = event["f"].as_str().unwrap_or("?").to_string();
+            open.insert(process, (at_s, f));
+        } else if let Some((invoked_s, f)) = open.remove(&process) {
+            ops.push(OpPoint {
+                at_s: invoked_s,
+                done_s: at_s,
+                latency_ms: ((at_s - invoked_s) * 1000.0).max(0.01),
+                f,
+                outcome: kind.to_string(),
+            });
+        }
+    }
+    ops
+}
+
+fn page(data: &RunData, counterexample: bool) -> String {
+    let name = data.summary["config"]["name"]
+        .as_str()
+        .unwrap_or("campaign");
+    let mut html = format!(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{} campaign report</title>\
+         <style>{STYLE}</style></head><body><h1>Campaign {}</h1>",
+        escape(name),
+        escape(name)
+    );
+    html.push_str(&verdict_section(data, counterexample));
+    html.push_str("<h2>Throughput (completions per second)</h2>");
+    html.push_str(&rate_plot(data));
+    html.push_str("<h2>Latency of every operation (by invocation time)</h2>");
+    html.push_str(&scatter_plot(data));
+    html.push_str("<h2>Latency quantiles per second</h2>");
+    html.push_str(&quantile_plot(data));
+    html.push_str("<h2>Node roles</h2>");
+    html.push_str(&role_plot(data));
+    html.push_str("<h2>Raft term and commit index per node</h2>");
+    html.push_str(&node_line_plot(data, "term", |s| s.term));
+    html.push_str(&node_line_plot(data, "commit index", |s| s.commit_index));
+    html.push_str(&faults_section(data));
+    html.push_str(&config_section(data));
+    html.push_str("</body></html>\n");
+    html
+}
+
+const STYLE: &str = "body{font-family:sans-serif;margin:20px 30px;color:#222;max-width:1300px}\
+h1{font-size:22px}h2{font-size:16px;margin:22px 0 4px}table{border-collapse:collapse;\
+font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}\
+.valid{background:#d8f5d8;border:1px solid #3a3}.invalid{background:#fbd5d5;border:1px solid #c33}\
+.unknown{background:#fff2c8;border:1px solid #c93}.verdict{padding:10px 14px;font-size:16px;\
+margin:8px 0}code{font-size:12px}";
+
+fn verdict_section(data: &RunData, counterexample: bool) -> String {
+    let valid = &data.checker["valid"];
+    let class = match valid {
+        Value::Bool(true) => "valid",
+        Value::Bool(false) => "invalid",
+        _ => "unknown",
+    };
+    let verdict = data.summary["verdict"].as_str().unwrap_or("no verdict");
+    let mut html = format!(
+        "<div class=\"verdict {class}\"><b>Checker: {}</b>",
+        escape(verdict)
+    );
+    if counterexample {
+        html.push_str(
+            " &mdash; <a href=\"checker.html\">counterexample page</a> \
+             (<a href=\"checker.json\">checker.json</a>)",
+        );
+    }
+    let s = &data.summary;
+    let _ = write!(
+        html,
+        "<br>{} operations ({} ok, {} failed or unknown), {:.0} ops/s, {} faults injected, \
+         recovery after heal {} ms, final reads {} ok / {} failed.</div>",
+        s["ops"],
+        s["ops_ok"],
+        s["ops_failed"],
+        s["ops_per_s"].as_f64().unwrap_or(0.0),
+        s["faults_injected"],
+        s["recovery_ms"],
+        s["final_reads"]["ok"],
+        s["final_reads"]["failed"]
+    );
+    html
+}
+
+fn rate_plot(data: &RunData) -> String {
+    let seconds = data.x_max_s as usize + 1;
+    let mut counts: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
+    for op in &data.ops {
+        let series = counts
+            .entry((op.f.clone(), op.outcome.clone()))
+            .or_insert_with(|| vec![0.0; seconds]);
+        if let Some(slot) = series.get_mut(op.done_s as usize) {
+            *slot += 1.0;
+        }
+    }
+    let y_max = counts.values().flatten().fold(1.0, |a: f64, b| a.max(*b)) * 1.1;
+    let mut plot = Plot::new(300.0, data.x_max_s, 0.0, y_max, false);
+    plot.y_label = "ops/s".into();
+    plot.bands(&data.bands);
+    let dashes = ["", "6,3", "2,2", "8,3,2,3"];
+    let fs: Vec<String> = unique(data.ops.iter().map(|op| op.f.clone()));
+    for ((f, outcome), series) in &counts {
+        let f_index = fs.iter().position(|x| x == f).unwrap_or(0);
+        let color = outcome_color(outcome, f_index);
+        let dash = dashes[f_index % dashes.len()];
+        let points: Vec<(f64, f64)> = (series.iter().enumerate())
+            .map(|(i, count)| (i as f64 + 0.5, *count))
+            .collect();
+        plot.line(&points, color, dash, &format!("{f} {outcome}"));
+    }
+    plot.render(true)
+}
+
+fn scatter_plot(data: &RunData) -> String {
+    let infos = data.ops.iter().filter(|op| op.outcome == "info").count();
+    let thinned = data.ops.len() - infos;
+    // Every info is drawn (they are few and matter most); ok and fail share the rest evenly.
+    let stride = thinned
+        .div_ceil(SCATTER_POINTS_MAX.saturating_sub(infos).max(1))
+        .max(1);
+    let y_max = data.ops.iter().map(|op| op.latency_ms).fold(10.0, f64::max);
+    let mut plot = Plot::new(420.0, data.x_max_s, 0.1, y_max * 1.5, true);
+    plot.y_label = "latency (ms, log)".into();
+    plot.bands(&data.bands);
+    let shapes = ["circle", "square", "triangle"];
+    let fs: Vec<String> = unique(data.ops.iter().map(|op| op.f.clone()));
+    for (outcome, _) in OUTCOME_PALETTES {
+        for (index, f) in fs.iter().enumerate() {
+            let color = outcome_color(outcome, index);
+            let step = if outcome == "info" { 1 } else { stride };
+            let points: Vec<(f64, f64)> = (data.ops.iter())
+                .filter(|op| op.outcome == outcome && &op.f == f)
+                .step_by(step)
+                .map(|op| (op.at_s, op.latency_ms))
+                .collect();
+            let shape = shapes[index % shapes.len()];
+            plot.points(&points, color, shape, &format!("{f} {outcome} ({shape})"));
+        }
+    }
+    let mut html = plot.render(true);
+    if stride > 1 {
+        let _ = write!(
+            html,
+            "<p><small>1 in {stride} ok and fail operations drawn ({thinned} in all); every \
+             info is drawn.</small></p>"
+        );
+    }
+    html
+}
+
+fn quantile_plot(data: &RunData) -> String {
+    let seconds = data.x_max_s as usize + 1;
+    let mut buckets: Vec<Vec<f64>> = vec![Vec::new(); seconds];
+    for op in data.ops.iter().filter(|op| op.outcome == "ok") {
+        if let Some(bucket) = buckets.get_mut(op.done_s as usize) {
+            bucket.push(op.latency_ms);
+        }
+    }
+    let quantiles = [
+        (0.5, "p50", "#2a7ab9"),
+        (0.95, "p95", "#2ca02c"),
+        (0.99, "p99", "#e08c00"),
+        (1.0, "max", "#d62728"),
+    ];
+    let mut series: Vec<Vec<(f64, f64)>> = vec![Vec::new(); quantiles.len()];
+    for (second, bucket) in buckets.iter_mut().enumerate() {
+        if bucket.is_empty() {
+            continue;
+        }
+        bucket.sort_by(f64::total_cmp);
+        for (i, (q, _, _)) in quantiles.iter().enumerate() {
+            let rank = ((bucket.len() - 1) as f64 * q).round() as usize;
+            series[i].push((second as f64 + 0.5, bucket[rank]));
+        }
+    }
+    let y_max = series.iter().flatten().map(|p| p.1).fold(10.0, f64::max);
+    let mut plot = Plot::new(300.0, data.x_max_s, 0.1, y_max * 1.5, true);
+    plot.y_label = "ok latency (ms, log)".into();
+    plot.bands(&data.bands);
+    for (points, (_, label, color)) in series.iter().zip(quantiles) {
+        plot.line(points, color, "", label);
+    }
+    plot.render(true)
+}
+
+fn node_ids(data: &RunData) -> Vec<u64> {
+    unique(data.samples.iter().map(|s| s.node))
+}
+
+fn sample_s(data: &RunData, sample: &Sample) -> f64 {
+    sample.unix_ms.saturating_sub(data.start_unix_ms) as f64 / 1000.0
+}
+
+fn role_plot(data: &RunData) -> String {
+    let nodes = node_ids(data);
+    let lanes = nodes.len().max(1) as f64;
+    let mut plot = Plot::new(40.0 + 30.0 * lanes, data.x_max_s, 0.0, lanes, false);
+    plot.bands(&data.bands);
+    for (lane, node) in nodes.iter().enumerate() {
+        let mine: Vec<&Sample> = data.samples.iter().filter(|s| s.node == *node).collect();
+        let top = lanes - lane as f64;
+        for (i, sample) in mine.iter().enumerate() {
+            let from = sample_s(data, sample);
+            let to = mine
+                .get(i + 1)
+                .map_or(from + 1.0, |next| sample_s(data, next));
+            let role = sample.role.as_deref().unwrap_or("unreachable");
+            let color = role_color(role);
+            let title = format!("n{node} {role} term {:?} at {from:.1} s", sample.term);
+            plot.rect(from, to, top - 0.8, top - 0.2, color, &title);
+            plot.legend_entry(role, color);
+        }
+        plot.text_left(top - 0.5, &format!("n{node}"));
+    }
+    plot.render(false)
+}
+
+fn node_line_plot(data: &RunData, what: &str, value: fn(&Sample) -> Option<u64>) -> String {
+    let values = data.samples.iter().filter_map(value);
+    let (low, high) = values.fold((u64::MAX, 0), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let low = if low == u64::MAX { 0 } else { low };
+    let mut plot = Plot::new(220.0, data.x_max_s, low as f64, high as f64 + 1.0, false);
+    plot.y_label = what.to_string();
+    plot.bands(&data.bands);
+    let palette = [
+        "#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+    ];
+    for (i, node) in node_ids(data).iter().enumerate() {
+        let points: Vec<(f64, f64)> = (data.samples.iter())
+            .filter(|s| s.node == *node)
+            .filter_map(|s| value(s).map(|v| (sample_s(data, s), v as f64)))
+            .collect();
+        let dash = if i % 2 == 0 { "" } else { "5,3" };
+        plot.line(
+            &points,
+            palette[i % palette.len()],
+            dash,
+            &format!("n{node}"),
+        );
+    }
+    plot.render(true)
+}
+
+fn faults_section(data: &RunData) -> String {
+    let mut html = String::from(
+        "<h2>Faults</h2><table><tr><th>#</th><th>fault</th><th>target</th><th>nodes</th>\
+         <th>start (s)</th><th>end (s)</th></tr>",
+    );
+    for (i, band) in data.bands.iter().enumerate() {
+        let fault = &data.summary["faults"][i];
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.1}</td></tr>",
+            i + 1,
+            escape(fault["fault"].as_str().unwrap_or("")),
+            escape(fault["detail"].as_str().unwrap_or("")),
+            escape(&fault["targets"].to_string()),
+            band.from_s,
+            band.to_s
+        );
+    }
+    html.push_str("</table>");
+    if let Some(errors) = data.summary["fault_errors"]
+        .as_array()
+        .filter(|e| !e.is_empty())
+    {
+        html.push_str("<p>Faults not injected:</p><ul>");
+        for error in errors {
+            let _ = write!(html, "<li>{}</li>", escape(error.as_str().unwrap_or("")));
+        }
+        html.push_str("</ul>");
+    }
+    html
+}
+
+fn config_section(data: &RunData) -> String {
+    let mut html = String::from("<h2>Configuration and machine</h2><table>");
+    let s = &data.summary;
+    let mut rows: Vec<(String, String)> = Vec::new();
+    if let Some(config) = s["config"].as_object() {
+        rows.extend(config.iter().map(|(k, v)| (k.clone(), plain(v))));
+    }
+    if let Some(machine) = s["machine"].as_object() {
+        rows.extend(
+            machine
+                .iter()
+                .map(|(k, v)| (format!("machine.{k}"), plain(v))),
+        );
+    }
+    rows.push(("history events".into(), plain(&s["history_events"])));
+    for (key, value) in rows {
+        let _ = write!(
+            html,
+            "<tr><th>{}</th><td><code>{}</code></td></tr>",
+            escape(&key),
+            escape(&value)
+        );
+    }
+    html.push_str(
+        "</table><p>Files: <a href=\"summary.json\">summary.json</a>, \
+         <a href=\"checker.json\">checker.json</a>, <a href=\"history.jsonl\">history.jsonl</a>, \
+         <a href=\"nemesis.jsonl\">nemesis.jsonl</a>, <a href=\"metrics.jsonl\">metrics.jsonl</a>, \
+         <a href=\"logs/\">logs/</a></p>",
+    );
+    html
+}
+
+fn plain(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn unique<T: Ord + Clone>(items: impl Iterator<Item = T>) -> Vec<T> {
+    let set: std::collections::BTreeSet<T> = items.collect();
+    set.into_iter().collect()
+}
+
+fn outcome_color(outcome: &str, f_index: usize) -> &'static str {
+    OUTCOME_PALETTES
+        .iter()
+        .find(|(name, _)| *name == outcome)
+        .map_or("#555", |(_, colors)| colors[f_index % colors.len()])
+}
+
+fn role_color(role: &str) -> &'static str {
+    match role {
+        "leader" => "#2ca02c",
+        "follower" => "#9ecae1",
+        "candidate" => "#ff9f1c",
+        _ => "#bbbbbb",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ops_pair_by_process_and_skip_the_nemesis() {
+        let history = r#"{"index":0,"time":1000000000,"process":0,"type":"invoke","f":"read"}
+{"process":"nemesis","type":"invoke","f":"kill","time":1100000000}
+{"index":1,"time":1500000000,"process":0,"type":"info","f":"read"}
+{"index":2,"time":2000000000,"process":1,"type":"invoke","f":"write","value":1}
+"#;
+        let ops = client_ops(history);
+        assert_eq!(ops.len(), 1);
+        assert_eq!((ops[0].at_s, ops[0].done_s), (1.0, 1.5));
+        assert_eq!(ops[0].outcome, "info");
+        assert!((ops[0].latency_ms - 500.0).abs() < 1e-6);
+    }
+}
