@@ -363,10 +363,15 @@ impl Slot {
     }
 }
 
+/// Whether to drop the connection and dial again next time. A timeout counts: a node killed
+/// with -9 leaves a connection that QUIC declares dead only at its idle timeout (10 s), while
+/// redialing a live node costs one handshake.
 fn is_connection_lost(error: &transport::ClientError) -> bool {
     matches!(
         error,
-        transport::ClientError::Connection(_) | transport::ClientError::Refused { .. }
+        transport::ClientError::Connection(_)
+            | transport::ClientError::Refused { .. }
+            | transport::ClientError::Timeout
     )
 }
 
