@@ -621,8 +621,14 @@ pub fn cleanup(state_path: &Path, prefix: &str) -> Result<Vec<String>, ClusterEr
 /// A flag set on SIGINT or SIGTERM (instead of dying), for loops that end a fault early.
 pub fn interrupt_flag() -> std::io::Result<std::sync::Arc<AtomicBool>> {
     let flag = std::sync::Arc::new(AtomicBool::new(false));
-    let (runtime, mut interrupt, mut terminate) = signal_streams()?;
     let setter = flag.clone();
+    on_interrupt(move || setter.store(true, Ordering::SeqCst))?;
+    Ok(flag)
+}
+
+/// Runs `then` on a thread of its own at the first SIGINT or SIGTERM.
+fn on_interrupt(then: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+    let (runtime, mut interrupt, mut terminate) = signal_streams()?;
     std::thread::Builder::new()
         .name("nemesis-interrupt".to_string())
         .spawn(move || {
@@ -632,9 +638,9 @@ pub fn interrupt_flag() -> std::io::Result<std::sync::Arc<AtomicBool>> {
                     _ = terminate.recv() => {}
                 }
             });
-            setter.store(true, Ordering::SeqCst);
+            then();
         })?;
-    Ok(flag)
+    Ok(())
 }
 
 type SignalStreams = (
@@ -661,23 +667,13 @@ fn signal_streams() -> std::io::Result<SignalStreams> {
 
 /// On SIGINT or SIGTERM: stop (re)starting nodes, run `cleanup(state_path, prefix)`, exit 130.
 pub fn cleanup_on_interrupt(state_path: PathBuf, prefix: String) -> std::io::Result<()> {
-    let (runtime, mut interrupt, mut terminate) = signal_streams()?;
-    std::thread::Builder::new()
-        .name("nemesis-interrupt".to_string())
-        .spawn(move || {
-            runtime.block_on(async {
-                tokio::select! {
-                    _ = interrupt.recv() => {}
-                    _ = terminate.recv() => {}
-                }
-            });
-            INTERRUPTED.store(true, Ordering::SeqCst);
-            eprintln!("nemesis: interrupted, cleaning up");
-            match cleanup(&state_path, &prefix) {
-                Ok(removed) => removed.iter().for_each(|line| eprintln!("nemesis: {line}")),
-                Err(error) => eprintln!("nemesis: cleanup failed: {error}"),
-            }
-            std::process::exit(130);
-        })?;
-    Ok(())
+    on_interrupt(move || {
+        INTERRUPTED.store(true, Ordering::SeqCst);
+        eprintln!("nemesis: interrupted, cleaning up");
+        match cleanup(&state_path, &prefix) {
+            Ok(removed) => removed.iter().for_each(|line| eprintln!("nemesis: {line}")),
+            Err(error) => eprintln!("nemesis: cleanup failed: {error}"),
+        }
+        std::process::exit(130);
+    })
 }

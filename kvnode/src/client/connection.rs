@@ -398,12 +398,10 @@ fn id_seed() -> u64 {
     splitmix64(nanos ^ (u64::from(std::process::id()) << 32))
 }
 
-/// SplitMix64's finaliser: a bijection that spreads nearby inputs over all 64 bits.
+/// SplitMix64's output for `seed`: a bijection that spreads nearby inputs over all 64 bits
+/// (the core's seeded generator, one step).
 fn splitmix64(seed: u64) -> u64 {
-    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    crate::raft::rng::Rng::new(seed).next_u64()
 }
 
 #[cfg(test)]

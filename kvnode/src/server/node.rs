@@ -85,7 +85,6 @@ pub(super) struct Node {
     wal_submit_times: VecDeque<(u64, Instant)>,
     persist_waits: VecDeque<PersistWait>,
     snapshots: Arc<Mutex<SnapshotStore>>,
-    snapshot_index: Index,
     snapshot_in_progress: bool,
     snapshot_done_tx: mpsc::UnboundedSender<Result<SnapshotMeta, String>>,
     snapshot_done: mpsc::UnboundedReceiver<Result<SnapshotMeta, String>>,
@@ -133,7 +132,6 @@ pub(super) struct NodeParts {
 impl Node {
     pub(super) fn new(config: ClusterConfig, id: NodeId, parts: NodeParts) -> Node {
         let (snapshot_done_tx, snapshot_done) = mpsc::unbounded_channel();
-        let snapshot_index = parts.raw.status().snapshot_index;
         Node {
             id,
             config,
@@ -148,7 +146,6 @@ impl Node {
             wal_submit_times: VecDeque::new(),
             persist_waits: VecDeque::new(),
             snapshots: Arc::new(Mutex::new(parts.snapshots)),
-            snapshot_index,
             snapshot_in_progress: false,
             snapshot_done_tx,
             snapshot_done,
@@ -715,7 +712,6 @@ impl Node {
         std::io::Read::read_to_end(&mut body, &mut bytes)
             .map_err(|e| snapshot_error(e.to_string()))?;
         self.sm = StateMachine::restore(&bytes).map_err(|e| snapshot_error(e.to_string()))?;
-        self.snapshot_index = meta.last_index;
         while self
             .proposals
             .front()
@@ -738,8 +734,8 @@ impl Node {
     /// in memory), write and fsync the file on a blocking thread, then compact.
     fn maybe_snapshot(&mut self) {
         let applied = self.sm.applied_index();
-        if self.snapshot_in_progress || applied < self.snapshot_index + self.config.snapshot_entries
-        {
+        let snapshot_index = self.raw.status().snapshot_index;
+        if self.snapshot_in_progress || applied < snapshot_index + self.config.snapshot_entries {
             return;
         }
         let Some(last_term) = self.raw.log_term(applied) else {
@@ -769,10 +765,10 @@ impl Node {
     fn on_snapshot_taken(&mut self, done: Result<SnapshotMeta, String>) -> Result<(), ServerError> {
         self.snapshot_in_progress = false;
         let meta = done.map_err(ServerError::Snapshot)?;
-        if meta.last_index <= self.snapshot_index {
+        // A snapshot installed from the leader meanwhile may be newer: the core knows.
+        if meta.last_index <= self.raw.status().snapshot_index {
             return Ok(());
         }
-        self.snapshot_index = meta.last_index;
         let index = meta.last_index;
         self.raw.compact(meta);
         self.submit(WalCommand::Compact(index))?;

@@ -252,26 +252,16 @@ impl Checker {
         Ok(())
     }
 
-    pub fn check_final(&self, nodes: &[NodeView<'_>]) -> Result<(), super::Violation> {
-        let fail = |what: String| super::Violation {
-            seed: 0,
-            time: 0,
-            what,
-        };
+    pub fn check_final(&self, nodes: &[NodeView<'_>]) -> Result<(), String> {
         let first = nodes[0].sm;
         for node in nodes {
             if node.sm != first {
-                return Err(fail(format!(
-                    "replicas diverged: {:?} vs {:?}",
-                    node.sm, first
-                )));
+                return Err(format!("replicas diverged: {:?} vs {:?}", node.sm, first));
             }
         }
         for &(index, _) in &self.acked {
             if !self.applied.contains_key(&index) || index > first.applied_index {
-                return Err(fail(format!(
-                    "acknowledged write at index {index} was lost"
-                )));
+                return Err(format!("acknowledged write at index {index} was lost"));
             }
         }
         Ok(())

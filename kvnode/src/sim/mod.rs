@@ -399,7 +399,9 @@ impl Sim {
         while self.now < deadline {
             self.step_time(false)?;
             if self.now.is_multiple_of(TICK_UNITS) && self.converged() {
-                self.checker.check_final(&self.nodes_view())?;
+                self.checker
+                    .check_final(&self.nodes_view())
+                    .map_err(|what| self.violation(what))?;
                 self.stats.final_commit = self.max_commit();
                 return Ok(self.stats.clone());
             }
