@@ -6,11 +6,11 @@ test:
 
 # The deterministic Raft simulator: `just sim` (10k seeds) or `just sim 100000`.
 sim seeds="10000" first="0":
-    cargo run --release -p kvnode --features sim --bin sim -- --seeds {{seeds}} --first {{first}}
+    cargo run --release -p kvsim --bin sim -- --seeds {{seeds}} --first {{first}}
 
 # Replay one simulator seed with its trace.
 sim-seed seed:
-    SIM_SEED={{seed}} cargo test --release -p kvnode --test sim -- --nocapture
+    SIM_SEED={{seed}} cargo test --release -p kvsim --test sim -- --nocapture
 
 # Formatting, lints and the layout rules.
 lint: tidy
@@ -35,8 +35,8 @@ campaign *args="":
 
 # Storage and checker benchmarks.
 benchmarks:
-    cargo bench -p kvnode --bench wal
-    cargo bench -p kvnode --bench transport
+    cargo bench -p kvstorage --bench wal
+    cargo bench -p kvtransport --bench transport
     cargo bench -p checker
 
 # The nightly campaign matrix (8 campaigns: kill, pause, partition and all mixed, per

@@ -10,7 +10,7 @@ KVCTL=target/release/kvctl
 NODES=(1 2 3)
 
 build() {
-  if [ ! -x "$BIN" ] || [ -n "$(find kvnode/src -newer "$BIN" -name '*.rs' | head -1)" ]; then
+  if [ ! -x "$BIN" ] || [ -n "$(find kvnode/src kvraft/src kvstate/src kvstorage/src kvtransport/src kvclient/src kvcore/src -newer "$BIN" -name '*.rs' | head -1)" ]; then
     echo "building kvnode (release)..."
     cargo build --release -q -p kvnode --bins
   fi

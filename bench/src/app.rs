@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use kvnode::client::{Client, ClientConfig, ClientError};
-use kvnode::config::ClusterConfig;
+use kvclient::config::ClusterConfig;
+use kvclient::{Client, ClientConfig, ClientError};
 use serde::Serialize;
 
 use crate::args::Settings;
@@ -29,7 +29,7 @@ pub enum BenchError {
     #[error(transparent)]
     Cluster(#[from] ClusterError),
     #[error("cluster config: {0}")]
-    Config(#[from] kvnode::config::ConfigError),
+    Config(#[from] kvclient::config::ConfigError),
     #[error("client: {0}")]
     Client(#[from] ClientError),
     #[error(transparent)]

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use kvnode::client::ReadMode;
-use kvnode::kv::limits::{SESSIONS_MAX, VALUE_BYTES_MAX};
+use kvclient::ReadMode;
+use kvstate::limits::{SESSIONS_MAX, VALUE_BYTES_MAX};
 use serde::Serialize;
 
 use crate::workload::WorkloadKind;
@@ -71,7 +71,7 @@ pub struct Args {
     #[arg(long, default_value = "results")]
     pub results: PathBuf,
     /// Per-attempt request timeout, in milliseconds.
-    #[arg(long, default_value_t = kvnode::client::REQUEST_TIMEOUT_MS_DEFAULT)]
+    #[arg(long, default_value_t = kvclient::REQUEST_TIMEOUT_MS_DEFAULT)]
     pub timeout_ms: u64,
     /// Worker threads of bench's own runtime (1: a single-threaded runtime).
     #[arg(long, default_value_t = 1)]

@@ -5,10 +5,10 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kvnode::client::{Client, ClientConfig, ReadMode};
-use kvnode::config::ClusterConfig;
+use kvclient::config::ClusterConfig;
+use kvclient::{Client, ClientConfig, ReadMode};
 use kvnode::server::{self, NodeHandle};
-use kvnode::transport::{generate_certs, NodeCertSpec};
+use kvtransport::{generate_certs, NodeCertSpec};
 
 /// Nodes of the embedded cluster.
 pub const EMBEDDED_NODES: u64 = 3;

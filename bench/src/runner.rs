@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvnode::client::{Client, ReadMode, Session};
+use kvclient::{Client, ReadMode, Session};
 use tokio::time::Instant;
 
 use crate::history::{Completion, Recorder};

@@ -16,8 +16,9 @@ use std::sync::{Mutex, PoisonError};
 use bytes::Bytes;
 use checker::history::F;
 use checker::Value;
-use kvnode::client::{ClientError, ReadMode};
-use kvnode::kv::{self, KeyOp, KeyResult, OpResult};
+use kvclient::{ClientError, ReadMode};
+use kvstate as kv;
+use kvstate::{KeyOp, KeyResult, OpResult};
 use serde::Serialize;
 
 use crate::history::Completion;

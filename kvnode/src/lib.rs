@@ -1,15 +1,7 @@
 //! kvnode: a Raft-replicated key-value store node.
 //!
-//! Layout (see `../shared/STYLE.md`): `raft/` and `kv/` are pure state machines (no I/O, no
-//! clock); `wal/`, `snapshot/` and `datadir` own the disk; `transport/` owns the network.
-pub mod client;
-pub mod config;
-pub mod datadir;
-pub mod kv;
-pub mod raft;
+//! The crates of the workspace and their direction (README "Layout"): `kvraft` (Raft core) and
+//! `kvstate` (state machine) are pure; `kvcore` is the sans-IO node core that owns every
+//! decision; `kvstorage` owns the disk, `kvtransport` the network; this crate's `server` is the
+//! thin tokio loop that performs what the core asks for.
 pub mod server;
-#[cfg(any(test, feature = "sim"))]
-pub mod sim;
-pub mod snapshot;
-pub mod transport;
-pub mod wal;

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use kvnode::config::ClusterConfig;
-use kvnode::transport::tls::{generate_certs, NodeCertSpec};
+use kvclient::config::ClusterConfig;
+use kvtransport::tls::{generate_certs, NodeCertSpec};
 
 #[derive(Parser)]
 #[command(

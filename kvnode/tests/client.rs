@@ -4,8 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use kvnode::client::{Client, ClientConfig, ClientError, ReadMode};
-use kvnode::transport::{generate_certs, NodeCertSpec};
+use kvclient::{Client, ClientConfig, ClientError, ReadMode};
+use kvtransport::{generate_certs, NodeCertSpec};
 
 fn free_port() -> u16 {
     let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
@@ -62,7 +62,7 @@ async fn client_refuses_bad_requests_before_sending() {
         matches!(empty_key, ClientError::BadRequest(_)),
         "{empty_key:?}"
     );
-    let value = vec![0u8; kvnode::kv::limits::VALUE_BYTES_MAX + 1];
+    let value = vec![0u8; kvstate::limits::VALUE_BYTES_MAX + 1];
     let too_large = session.put("k", value).await.unwrap_err();
     assert!(
         matches!(too_large, ClientError::TooLarge { .. }),

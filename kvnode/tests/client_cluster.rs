@@ -9,10 +9,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
-use kvnode::client::{Client, ClientConfig, ClientError, NodeRole, ReadMode};
-use kvnode::config::ClusterConfig;
-use kvnode::kv::{KeyOp, KeyResult, Value};
-use kvnode::transport::{generate_certs, NodeCertSpec};
+use kvclient::config::ClusterConfig;
+use kvclient::{Client, ClientConfig, ClientError, NodeRole, ReadMode};
+use kvstate::{KeyOp, KeyResult, Value};
+use kvtransport::{generate_certs, NodeCertSpec};
 
 const NODES: u64 = 3;
 /// Bound of every polling loop (in rounds of `POLL_INTERVAL`).

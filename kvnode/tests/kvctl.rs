@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::process::{Command, Output};
 
-use kvnode::transport::{generate_certs, NodeCertSpec};
+use kvtransport::{generate_certs, NodeCertSpec};
 
 fn kvctl(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kvctl"))

@@ -10,12 +10,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kvnode::kv::client_proto::{
+use kvstate::client_proto::{
     decode_response, encode_request, ClientError, ClientRequest, ClientResponse, RequestKind,
 };
-use kvnode::kv::ops::{KeyResult, Op, OpResult, Value};
-use kvnode::transport::client::ClientConn;
-use kvnode::transport::tls::{generate_certs, NodeCertSpec, TlsMaterial};
+use kvstate::ops::{KeyResult, Op, OpResult, Value};
+use kvtransport::client::ClientConn;
+use kvtransport::tls::{generate_certs, NodeCertSpec, TlsMaterial};
 
 const NODES: u64 = 3;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
@@ -440,9 +440,9 @@ async fn no_certificate_connect(
     address: SocketAddr,
     id: u64,
 ) -> Result<ClientConn, String> {
-    use kvnode::transport::tls::{crypto_provider, quinn_client_config};
-    use kvnode::transport::wire::Hello;
-    use kvnode::transport::TransportLimits;
+    use kvtransport::tls::{crypto_provider, quinn_client_config};
+    use kvtransport::wire::Hello;
+    use kvtransport::TransportLimits;
     let ours = TlsMaterial::load(certs, "client1").map_err(|e| e.to_string())?;
     let mut roots = rustls::RootCertStore::empty();
     roots

@@ -18,7 +18,7 @@ pub mod rng;
 pub mod schedule;
 pub mod spec;
 
-/// Raft node id, as in `kvnode::raft::message::NodeId`.
+/// Raft node id, as in `kvraft::message::NodeId`.
 pub type NodeId = u64;
 
 pub use cluster::{Cluster, ClusterError, NodeStatus};

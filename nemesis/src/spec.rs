@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use kvnode::transport::tls::{generate_certs, NodeCertSpec, TlsError};
+use kvtransport::tls::{generate_certs, NodeCertSpec, TlsError};
 use serde::{Deserialize, Serialize};
 
 use crate::NodeId;
@@ -128,7 +128,7 @@ pub struct ClusterSpec {
     pub snapshot_entries: u64,
 }
 
-/// The cluster TOML as `kvnode::config::ClusterConfig::load` reads it.
+/// The cluster TOML as `kvclient::config::ClusterConfig::load` reads it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ConfigFile {
     pub data_dir: PathBuf,
@@ -322,7 +322,7 @@ mod tests {
             parsed.nodes[2].metrics(),
             "10.77.0.3:51053".parse().unwrap()
         );
-        let loaded = kvnode::config::ClusterConfig::load(&spec.config_path()).unwrap();
+        let loaded = kvclient::config::ClusterConfig::load(&spec.config_path()).unwrap();
         assert_eq!(loaded.nodes.len(), 3);
         assert_eq!(loaded.election_timeout_ms, spec.election_timeout_ms);
         for name in ["ca.pem", "n1.pem", "n3.key", "client1.pem"] {

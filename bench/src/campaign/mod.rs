@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use kvnode::client::{Client, ClientConfig, ReadMode};
-use kvnode::config::ClusterConfig;
+use kvclient::config::ClusterConfig;
+use kvclient::{Client, ClientConfig, ReadMode};
 use nemesis::{Cluster, ClusterSpec, FaultRecord, Nemesis, ScheduleSpec};
 
 use crate::history::Recorder;
@@ -54,9 +54,9 @@ pub enum CampaignError {
     #[error("schedule: {0}")]
     Schedule(#[from] nemesis::schedule::ScheduleError),
     #[error("cluster config: {0}")]
-    Config(#[from] kvnode::config::ConfigError),
+    Config(#[from] kvclient::config::ConfigError),
     #[error("client: {0}")]
-    Client(#[from] kvnode::client::ClientError),
+    Client(#[from] kvclient::ClientError),
     #[error(transparent)]
     History(#[from] crate::history::HistoryError),
     #[error(transparent)]

@@ -9,11 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use kvnode::client::{
-    self, Client, ClientConfig, ClientError, NodeRole, NodeStatus, ReadMode, Session,
-};
-use kvnode::config::ClusterConfig;
-use kvnode::kv::{KeyOp, KeyResult, NodeId, Value};
+use kvclient::config::ClusterConfig;
+use kvclient::{self, Client, ClientConfig, ClientError, NodeRole, NodeStatus, ReadMode, Session};
+use kvstate::{KeyOp, KeyResult, NodeId, Value};
 
 const EXIT_FAILED: u8 = 1;
 /// Where certificates are looked for with `--nodes` and no `--certs`.
@@ -37,7 +35,7 @@ struct Cli {
     #[arg(long, default_value = "client1")]
     client: String,
     /// How long one attempt waits for an answer, in milliseconds.
-    #[arg(long, default_value_t = client::REQUEST_TIMEOUT_MS_DEFAULT)]
+    #[arg(long, default_value_t = kvclient::REQUEST_TIMEOUT_MS_DEFAULT)]
     timeout_ms: u64,
     #[command(subcommand)]
     command: Command,
@@ -134,7 +132,7 @@ fn client_config(cli: &Cli) -> Result<ClientConfig, CtlError> {
             ClientConfig::from_cluster(&cluster, &cli.client)
         }
         (None, Some(nodes)) => {
-            let nodes = client::parse_nodes(nodes).map_err(|e| CtlError::Usage(e.to_string()))?;
+            let nodes = kvclient::parse_nodes(nodes).map_err(|e| CtlError::Usage(e.to_string()))?;
             ClientConfig::new(nodes, PathBuf::from(CERTS_DIR_DEFAULT), &cli.client)
         }
         (None, None) => {
@@ -267,7 +265,7 @@ fn show_result(result: &KeyResult) -> String {
 }
 
 async fn print_status(client: &Client) -> Result<(), CtlError> {
-    let name = |id: Option<NodeId>| id.map_or("-".to_string(), client::node_name);
+    let name = |id: Option<NodeId>| id.map_or("-".to_string(), kvclient::node_name);
     println!(
         "{:<6} {:<22} {:<10} {:>6} {:>10} {:>10} {:<6}",
         "NODE", "ADDRESS", "ROLE", "TERM", "COMMIT", "APPLIED", "LEADER"

@@ -10,29 +10,29 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::ClusterConfig;
-use crate::datadir::DataDir;
-use crate::kv::state::StateMachine;
-use crate::raft::log::entries_after_snapshot;
-use crate::raft::{Config, Membership, NodeId, RawNode, Restored};
-use crate::snapshot::SnapshotStore;
-use crate::transport::tls::TlsMaterial;
-use crate::transport::{Peer, Transport, TransportConfig, TransportLimits};
-use crate::wal::{Wal, WalConfig};
+use kvclient::config::ClusterConfig;
+use kvraft::log::entries_after_snapshot;
+use kvraft::{Config, Membership, NodeId, RawNode, Restored};
+use kvstate::state::StateMachine;
+use kvstorage::datadir::DataDir;
+use kvstorage::snapshot::SnapshotStore;
+use kvstorage::wal::{Wal, WalConfig};
+use kvtransport::tls::TlsMaterial;
+use kvtransport::{Peer, Transport, TransportConfig, TransportLimits};
 use node::{Node, NodeParts};
 
 // A command at the state machine's size limit must fit a client request and a Raft entry.
 const _: () = assert!(
-    crate::transport::CLIENT_REQUEST_BYTES_MAX_DEFAULT as usize
-        >= crate::kv::limits::COMMAND_BYTES_MAX + 64 * 1024
+    kvtransport::CLIENT_REQUEST_BYTES_MAX_DEFAULT as usize
+        >= kvstate::limits::COMMAND_BYTES_MAX + 64 * 1024
 );
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] kvclient::config::ConfigError),
     #[error(transparent)]
-    DataDir(#[from] crate::datadir::DataDirError),
+    DataDir(#[from] kvstorage::datadir::DataDirError),
     #[error("recovery: {0}")]
     Recovery(String),
     #[error("wal: {0}")]
@@ -257,7 +257,7 @@ async fn start(
 
 fn restore_state_machine(
     snapshots: &mut SnapshotStore,
-) -> Result<(StateMachine, Option<crate::raft::SnapshotMeta>), ServerError> {
+) -> Result<(StateMachine, Option<kvraft::SnapshotMeta>), ServerError> {
     let Some((meta, path)) = snapshots.latest() else {
         return Ok((StateMachine::new(), None));
     };
@@ -279,7 +279,7 @@ fn new_raw_node(
     let mut raft = Config::new(id);
     raft.election_timeout_ticks = config.election_timeout_ticks();
     raft.heartbeat_interval_ticks = config.heartbeat_interval_ticks();
-    raft.entry_bytes_max = crate::kv::limits::COMMAND_BYTES_MAX as u64;
+    raft.entry_bytes_max = kvstate::limits::COMMAND_BYTES_MAX as u64;
     let membership = Membership::new(config.nodes.iter().map(|n| n.id).collect());
     // The core's randomness (election timeouts) is seeded here, at the edge.
     let seed = std::time::SystemTime::now()
@@ -294,7 +294,7 @@ fn start_transport(
     config: &ClusterConfig,
     id: NodeId,
     data_dir: &DataDir,
-) -> Result<(Transport, mpsc::Receiver<crate::transport::Inbound>), ServerError> {
+) -> Result<(Transport, mpsc::Receiver<kvtransport::Inbound>), ServerError> {
     let spec = config.node(&id.to_string())?;
     let tls = TlsMaterial::load(&config.certs_dir, &spec.name()).map_err(|e| {
         ServerError::Tls(format!(

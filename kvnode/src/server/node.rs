@@ -19,21 +19,21 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::metrics as m;
 use super::ServerError;
-use crate::config::ClusterConfig;
-use crate::kv::client_proto::{
-    decode_request, encode_response, ClientError, ClientRequest, ClientResponse, NodeRole,
-    NodeStatus, RequestKind,
-};
-use crate::kv::command::Command;
-use crate::kv::ops::Op;
-use crate::kv::state::StateMachine;
-use crate::raft::{
+use kvclient::config::ClusterConfig;
+use kvraft::{
     Entry, EntryKind, Index, Message, MessageBody, NodeId, ProposeError, RawNode, ReadIndexError,
     Ready, Role, SnapshotMeta, Term,
 };
-use crate::snapshot::SnapshotStore;
-use crate::transport::{Inbound, Transport};
-use crate::wal::{Durable, SubmitError, Wal, WalError, WriteBatch};
+use kvstate::client_proto::{
+    decode_request, encode_response, ClientError, ClientRequest, ClientResponse, NodeRole,
+    NodeStatus, RequestKind,
+};
+use kvstate::command::Command;
+use kvstate::ops::Op;
+use kvstate::state::StateMachine;
+use kvstorage::snapshot::SnapshotStore;
+use kvstorage::wal::{Durable, SubmitError, Wal, WalError, WriteBatch};
+use kvtransport::{Inbound, Transport};
 
 /// Inbound events handled before the driver turns to the core's Ready (batching window).
 const INBOUND_BATCH_MAX: usize = 4096;
@@ -100,7 +100,7 @@ pub(super) struct Node {
     next_read_context: u64,
     role: Role,
     leader: NodeId,
-    _data_dir: crate::datadir::DataDir,
+    _data_dir: kvstorage::datadir::DataDir,
 }
 
 fn respond(reply: oneshot::Sender<Bytes>, response: &ClientResponse, started: Instant) {
@@ -126,7 +126,7 @@ pub(super) struct NodeParts {
     pub durable: mpsc::UnboundedReceiver<Result<Durable, WalError>>,
     pub snapshots: SnapshotStore,
     /// Held (locked) for as long as the node runs.
-    pub data_dir: crate::datadir::DataDir,
+    pub data_dir: kvstorage::datadir::DataDir,
 }
 
 impl Node {
@@ -636,7 +636,7 @@ impl Node {
         self.raw.on_applied(last.index);
     }
 
-    fn answer_proposals(&mut self, entry: &Entry, outcome: Option<crate::kv::state::ApplyOutcome>) {
+    fn answer_proposals(&mut self, entry: &Entry, outcome: Option<kvstate::state::ApplyOutcome>) {
         while self
             .proposals
             .front()

@@ -1,0 +1,426 @@
+//! `Client`: the shared connections, the cached leader, and the attempt loop every request
+//! goes through.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use super::session::Session;
+use super::{node_name, ClientConfig, ClientError, NodeStatus, RECONNECT_INTERVAL_MS};
+use kvstate::client_proto::{self, ClientRequest, ClientResponse, RequestKind};
+use kvstate::route::Route;
+use kvstate::{NodeId, OpResult};
+use kvtransport::{ClientConn, TlsMaterial, TransportLimits};
+
+/// Sessions made in this process so far; mixed into every `client_id` so that two clients
+/// created in the same nanosecond still get distinct ids.
+static SESSIONS_CREATED: AtomicU64 = AtomicU64::new(0);
+
+/// A handle to the cluster. Cheap to clone; clones share connections and the cached leader.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ClientConfig,
+    tls: TlsMaterial,
+    node_ids: Vec<NodeId>,
+    slots: BTreeMap<NodeId, Slot>,
+    /// The leader last seen; 0 when unknown.
+    leader: AtomicU64,
+    /// Mixed with `SESSIONS_CREATED` into session ids: pid and time, read once at connect.
+    id_seed: u64,
+    request_bytes_max: usize,
+}
+
+/// One node's connection, made on first use and remade after it is lost.
+struct Slot {
+    addr: SocketAddr,
+    name: String,
+    state: Mutex<SlotState>,
+    /// Held while connecting, so concurrent sessions share one handshake.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    connection: Option<Arc<ClientConn>>,
+    failed: Option<(Instant, String)>,
+}
+
+/// How one attempt failed.
+enum AttemptError {
+    /// The request certainly did not reach the node's state machine.
+    NotSent(String),
+    /// It may have: timed out or lost after sending.
+    Unknown(String),
+}
+
+/// What a request ended with, before the caller maps it to its own types.
+enum Answer {
+    Ok(OpResult),
+    Status(NodeStatus),
+}
+
+impl Client {
+    /// Loads the client certificate and dials every node (concurrently). A node that cannot
+    /// be reached now is not an error: it is dialed again when a request needs it.
+    pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        config.validate()?;
+        let tls = TlsMaterial::load(&config.certs_dir, &config.client_name)?;
+        let slots = config
+            .nodes
+            .iter()
+            .map(|&(id, addr)| {
+                let slot = Slot {
+                    addr,
+                    name: node_name(id),
+                    state: Mutex::new(SlotState::default()),
+                    connecting: tokio::sync::Mutex::new(()),
+                };
+                (id, slot)
+            })
+            .collect();
+        let inner = Inner {
+            node_ids: config.nodes.iter().map(|(id, _)| *id).collect(),
+            config,
+            tls,
+            slots,
+            leader: AtomicU64::new(0),
+            id_seed: id_seed(),
+            request_bytes_max: TransportLimits::default().client_request_bytes_max as usize,
+        };
+        let client = Client {
+            inner: Arc::new(inner),
+        };
+        let mut dials = tokio::task::JoinSet::new();
+        for &id in &client.inner.node_ids {
+            let client = client.clone();
+            dials.spawn(async move { client.connection(id).await.map(|_| ()) });
+        }
+        while dials.join_next().await.is_some() {}
+        Ok(client)
+    }
+
+    /// A new session with a fresh `client_id`.
+    pub fn session(&self) -> Session {
+        let count = SESSIONS_CREATED.fetch_add(1, Ordering::Relaxed);
+        let client_id = splitmix64(self.inner.id_seed ^ splitmix64(count)).max(1);
+        Session::new(self.clone(), client_id)
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// The node ids, in configuration order.
+    pub fn node_ids(&self) -> &[NodeId] {
+        &self.inner.node_ids
+    }
+
+    /// The leader last seen by any session of this client.
+    pub fn leader(&self) -> Option<NodeId> {
+        Some(self.inner.leader.load(Ordering::Relaxed)).filter(|&id| id != 0)
+    }
+
+    /// Asks `node` for its Raft status (one attempt; any node answers, leader or not).
+    pub async fn status(&self, node: NodeId) -> Result<NodeStatus, ClientError> {
+        if !self.inner.slots.contains_key(&node) {
+            return Err(ClientError::UnknownNode(node));
+        }
+        let request = ClientRequest {
+            client_id: 0,
+            seq: 0,
+            kind: RequestKind::Status,
+        };
+        let frame = self.encode(&request)?;
+        match self.attempt(node, frame).await {
+            Ok(ClientResponse::Status(status)) => Ok(status),
+            Ok(other) => Err(ClientError::Protocol(format!("status answered {other:?}"))),
+            Err(AttemptError::NotSent(last)) => Err(ClientError::Unavailable { attempts: 1, last }),
+            Err(AttemptError::Unknown(last)) => Err(ClientError::Timeout { attempts: 1, last }),
+        }
+    }
+
+    pub(super) fn encode(&self, request: &ClientRequest) -> Result<Bytes, ClientError> {
+        let frame = client_proto::encode_request(request).map_err(|error| match error {
+            client_proto::ProtoError::TooLarge { bytes, max } => ClientError::TooLarge {
+                what: "request frame".into(),
+                bytes,
+                max,
+            },
+            other => ClientError::Protocol(other.to_string()),
+        })?;
+        if frame.len() > self.inner.request_bytes_max {
+            return Err(ClientError::TooLarge {
+                what: "request frame".into(),
+                bytes: frame.len() as u64,
+                max: self.inner.request_bytes_max as u64,
+            });
+        }
+        Ok(Bytes::from(frame))
+    }
+
+    /// Sends `frame` until an answer, following the leader. `start` is the first node to try
+    /// (the cached leader if `None`); `follow_leader` is false for stale reads, which any node
+    /// serves and which must not move the cached leader.
+    pub(super) async fn call(
+        &self,
+        frame: Bytes,
+        start: Option<NodeId>,
+        follow_leader: bool,
+    ) -> Result<OpResult, ClientError> {
+        let attempts_max = self.inner.config.attempts_max;
+        let mut route = Route::new(&self.inner.node_ids, start.or_else(|| self.leader()));
+        let mut maybe_sent = false;
+        let mut last = String::new();
+        for attempt in 1..=attempts_max {
+            let node = route.target();
+            let wait = match self.attempt(node, frame.clone()).await {
+                Ok(response) => match self.answer(node, response, follow_leader)? {
+                    Ok(Answer::Ok(result)) => return Ok(result),
+                    Ok(Answer::Status(status)) => {
+                        let reason = format!("a request was answered with {status:?}");
+                        return Err(ClientError::Protocol(reason));
+                    }
+                    Err(Retry::NotLeader(hint)) => {
+                        last = format!("n{node}: not the leader (hint {hint:?})");
+                        route.not_leader(hint)
+                    }
+                    Err(Retry::Elsewhere {
+                        reason,
+                        maybe_applied,
+                    }) => {
+                        maybe_sent |= maybe_applied;
+                        last = format!("n{node}: {reason}");
+                        route.unreachable()
+                    }
+                },
+                Err(AttemptError::NotSent(reason)) => {
+                    last = format!("n{node}: {reason}");
+                    route.unreachable()
+                }
+                Err(AttemptError::Unknown(reason)) => {
+                    maybe_sent = true;
+                    last = format!("n{node}: {reason}");
+                    route.unreachable()
+                }
+            };
+            if attempt < attempts_max && !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        if maybe_sent {
+            Err(ClientError::Timeout {
+                attempts: attempts_max,
+                last,
+            })
+        } else {
+            Err(ClientError::Unavailable {
+                attempts: attempts_max,
+                last,
+            })
+        }
+    }
+
+    /// Sorts a node's answer into a result, a reason to retry, or a final error.
+    fn answer(
+        &self,
+        node: NodeId,
+        response: ClientResponse,
+        follow_leader: bool,
+    ) -> Result<Result<Answer, Retry>, ClientError> {
+        use client_proto::ClientError as Refusal;
+        let error = match response {
+            ClientResponse::Ok(result) => {
+                if follow_leader {
+                    self.inner.leader.store(node, Ordering::Relaxed);
+                }
+                return Ok(Ok(Answer::Ok(result)));
+            }
+            ClientResponse::Status(status) => return Ok(Ok(Answer::Status(status))),
+            ClientResponse::Err(error) => error,
+        };
+        let retry = match error {
+            Refusal::NotLeader { leader_hint } => {
+                if let Some(hint) = leader_hint.filter(|id| self.inner.slots.contains_key(id)) {
+                    self.inner.leader.store(hint, Ordering::Relaxed);
+                }
+                Retry::NotLeader(leader_hint)
+            }
+            Refusal::Timeout => Retry::Elsewhere {
+                reason: "the node timed out".into(),
+                maybe_applied: true,
+            },
+            // "Nothing was applied if returned before proposing": the client cannot tell when
+            // it was returned, so a write answered this way may have been proposed.
+            Refusal::Unavailable(reason) => Retry::Elsewhere {
+                reason: format!("unavailable: {reason}"),
+                maybe_applied: true,
+            },
+            Refusal::TooLarge { what, bytes, max } => {
+                return Err(ClientError::TooLarge { what, bytes, max })
+            }
+            Refusal::BadRequest(reason) => return Err(ClientError::BadRequest(reason)),
+            Refusal::Stale => return Err(ClientError::Stale),
+        };
+        Ok(Err(retry))
+    }
+
+    /// One request to one node.
+    async fn attempt(&self, node: NodeId, frame: Bytes) -> Result<ClientResponse, AttemptError> {
+        let connection = self.connection(node).await.map_err(AttemptError::NotSent)?;
+        let timeout = self.inner.config.request_timeout;
+        match connection.request(frame, timeout).await {
+            Ok(response) => client_proto::decode_response(&response)
+                .map_err(|error| AttemptError::Unknown(format!("bad response: {error}"))),
+            Err(error) => {
+                if is_connection_lost(&error) {
+                    self.forget(node, &connection);
+                }
+                Err(classify(error))
+            }
+        }
+    }
+
+    /// The node's live connection, dialing it if needed.
+    async fn connection(&self, node: NodeId) -> Result<Arc<ClientConn>, String> {
+        let slot = self
+            .inner
+            .slots
+            .get(&node)
+            .ok_or_else(|| format!("node {node} is not configured"))?;
+        if let Some(connection) = slot.live()? {
+            return Ok(connection);
+        }
+        let _connecting = slot.connecting.lock().await;
+        // Another session may have connected (or failed) while this one waited.
+        if let Some(connection) = slot.live()? {
+            return Ok(connection);
+        }
+        let timeout = self.inner.config.request_timeout;
+        let dial = ClientConn::connect(slot.addr, &slot.name, &self.inner.tls);
+        let result = match tokio::time::timeout(timeout, dial).await {
+            Ok(Ok(connection)) => Ok(Arc::new(connection)),
+            Ok(Err(error)) => Err(format!("connect to {} failed: {error}", slot.addr)),
+            Err(_) => Err(format!("connect to {} timed out", slot.addr)),
+        };
+        let mut state = slot.lock();
+        match &result {
+            Ok(connection) => {
+                state.connection = Some(connection.clone());
+                state.failed = None;
+            }
+            Err(reason) => state.failed = Some((Instant::now(), reason.clone())),
+        }
+        result
+    }
+
+    fn forget(&self, node: NodeId, lost: &Arc<ClientConn>) {
+        if let Some(slot) = self.inner.slots.get(&node) {
+            let mut state = slot.lock();
+            if state
+                .connection
+                .as_ref()
+                .is_some_and(|current| Arc::ptr_eq(current, lost))
+            {
+                state.connection = None;
+            }
+        }
+    }
+}
+
+enum Retry {
+    NotLeader(Option<NodeId>),
+    Elsewhere { reason: String, maybe_applied: bool },
+}
+
+impl Slot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The open connection if there is one; an error if the last dial failed recently.
+    fn live(&self) -> Result<Option<Arc<ClientConn>>, String> {
+        let mut state = self.lock();
+        if let Some(connection) = &state.connection {
+            if connection.connection().close_reason().is_none() {
+                return Ok(Some(connection.clone()));
+            }
+            state.connection = None;
+        }
+        if let Some((at, reason)) = &state.failed {
+            if at.elapsed() < Duration::from_millis(RECONNECT_INTERVAL_MS) {
+                return Err(reason.clone());
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Whether to drop the connection and dial again next time. A timeout counts: a node killed
+/// with -9 leaves a connection that QUIC declares dead only at its idle timeout (10 s), while
+/// redialing a live node costs one handshake.
+fn is_connection_lost(error: &kvtransport::ClientError) -> bool {
+    matches!(
+        error,
+        kvtransport::ClientError::Connection(_)
+            | kvtransport::ClientError::Refused { .. }
+            | kvtransport::ClientError::Timeout
+    )
+}
+
+/// Whether a failed request may have reached the node's state machine.
+fn classify(error: kvtransport::ClientError) -> AttemptError {
+    use kvtransport::ClientError as E;
+    match error {
+        E::Refused { .. } | E::Connect(_) | E::Bind(_) | E::Tls(_) | E::Config(_) => {
+            AttemptError::NotSent(error.to_string())
+        }
+        E::TooLarge => AttemptError::NotSent("the node refused the request as too large".into()),
+        E::Connection(_) | E::Timeout | E::Rejected { .. } | E::Stream(_) | E::Codec(_) => {
+            AttemptError::Unknown(error.to_string())
+        }
+    }
+}
+
+/// Process id and wall-clock time, read once: distinct processes started at distinct times get
+/// distinct session ids with overwhelming probability. Not a secret, only unique.
+fn id_seed() -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+    splitmix64(nanos ^ (u64::from(std::process::id()) << 32))
+}
+
+/// SplitMix64's output for `seed`: a bijection that spreads nearby inputs over all 64 bits
+/// (the core's seeded generator, one step).
+fn splitmix64(seed: u64) -> u64 {
+    kvraft::rng::Rng::new(seed).next_u64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splitmix_is_injective_on_a_counter_range() {
+        let ids: std::collections::HashSet<u64> = (0..10_000).map(splitmix64).collect();
+        assert_eq!(ids.len(), 10_000);
+    }
+
+    #[test]
+    fn transport_errors_before_sending_are_definite() {
+        let refused = kvtransport::ClientError::Refused { reason: "x".into() };
+        assert!(matches!(classify(refused), AttemptError::NotSent(_)));
+        let timeout = kvtransport::ClientError::Timeout;
+        assert!(matches!(classify(timeout), AttemptError::Unknown(_)));
+        let reset = kvtransport::ClientError::Rejected { code: 4 };
+        assert!(matches!(classify(reset), AttemptError::Unknown(_)));
+    }
+}

@@ -1,0 +1,269 @@
+//! The simulator's invariants (Raft paper Figure 3, plus durability and read linearizability).
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+
+use super::model::{decode, StateMachine};
+use super::Disk;
+use kvraft::{Entry, EntryKind, Index, NodeId, RawNode, Term};
+
+/// A broken invariant, with the seed that replays it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub seed: u64,
+    pub time: u64,
+    pub what: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "seed {} at time {}: {}\nreplay: SIM_SEED={} cargo test --release -p kvsim --test sim",
+            self.seed, self.time, self.what, self.seed
+        )
+    }
+}
+
+pub(super) struct NodeView<'a> {
+    pub sm: &'a StateMachine,
+    pub disk: &'a Disk,
+}
+
+fn data_hash(entry: &Entry) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    entry.kind.hash(&mut hasher);
+    entry.data.hash(&mut hasher);
+    hasher.finish()
+}
+
+#[derive(Default)]
+pub(super) struct Checker {
+    /// Election safety: at most one leader per term.
+    leaders: BTreeMap<Term, NodeId>,
+    /// Log matching: (index, term) identifies the entry's content and its predecessor's term.
+    entries: HashMap<(Index, Term), (u64, Option<Term>)>,
+    /// Committed entries (index -> term), from every node's commit index.
+    committed: BTreeMap<Index, Term>,
+    commit_recorded: Vec<Index>,
+    /// State machine safety: what was applied at each index.
+    applied: HashMap<Index, (Term, u64)>,
+    /// Which log index wrote each (unique) value.
+    value_index: HashMap<u64, Index>,
+    /// Acknowledged writes per key: (log index, completion time).
+    acks: HashMap<u8, Vec<(Index, u64)>>,
+    acked: Vec<(Index, u64)>,
+}
+
+impl Checker {
+    pub fn new(nodes: usize) -> Checker {
+        Checker {
+            commit_recorded: vec![0; nodes],
+            ..Checker::default()
+        }
+    }
+
+    pub fn check_leader(&mut self, id: NodeId, term: Term, raw: &RawNode) -> Result<(), String> {
+        if let Some(&other) = self.leaders.get(&term) {
+            if other != id {
+                return Err(format!(
+                    "election safety: nodes {other} and {id} both lead term {term}"
+                ));
+            }
+        }
+        self.leaders.insert(term, id);
+        // Leader completeness: every committed entry is in the new leader's log.
+        let snapshot_index = raw.status().snapshot_index;
+        for (&index, &committed_term) in self.committed.range(snapshot_index + 1..) {
+            if raw.log_term(index) != Some(committed_term) {
+                return Err(format!(
+                    "leader completeness: leader {id} of term {term} lacks committed entry \
+                     {index} (term {committed_term}), has {:?}",
+                    raw.log_term(index)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn check_appended(
+        &mut self,
+        raw: Option<&RawNode>,
+        appended: &[Entry],
+    ) -> Result<(), String> {
+        let Some(raw) = raw else { return Ok(()) };
+        for entry in appended {
+            let previous = if entry.index == 1 {
+                Some(0)
+            } else {
+                raw.log_term(entry.index - 1)
+            };
+            let fingerprint = (data_hash(entry), previous);
+            match self.entries.get(&(entry.index, entry.term)) {
+                Some(&(hash, prev))
+                    if hash != fingerprint.0
+                        || (prev.is_some() && previous.is_some() && prev != previous) =>
+                {
+                    return Err(format!(
+                        "log matching: node {} holds a different entry at index {} term {} \
+                         (previous term {:?} vs {:?})",
+                        raw.id(),
+                        entry.index,
+                        entry.term,
+                        previous,
+                        prev
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    self.entries.insert((entry.index, entry.term), fingerprint);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn record_commit(
+        &mut self,
+        node: usize,
+        commit: Index,
+        raw: Option<&RawNode>,
+    ) -> Result<(), String> {
+        let Some(raw) = raw else { return Ok(()) };
+        let from = self.commit_recorded[node] + 1;
+        for index in from..=commit {
+            let Some(term) = raw.log_term(index) else {
+                continue;
+            };
+            match self.committed.get(&index) {
+                Some(&t) if t != term => {
+                    return Err(format!(
+                        "committed entry changed: node {} commits index {index} with term {term}, \
+                         earlier committed with term {t}",
+                        raw.id()
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    self.committed.insert(index, term);
+                }
+            }
+        }
+        self.commit_recorded[node] = self.commit_recorded[node].max(commit);
+        Ok(())
+    }
+
+    /// Committed entries are durable on a majority (so no crash can lose them).
+    pub fn check_durable(&self, nodes: &[NodeView<'_>], quorum: usize) -> Result<(), String> {
+        let Some((&index, &term)) = self.committed.last_key_value() else {
+            return Ok(());
+        };
+        let holders = nodes
+            .iter()
+            .filter(|n| n.disk.snapshot_index() >= index || n.disk.term(index) == Some(term))
+            .count();
+        if holders < quorum {
+            let disks: Vec<String> = nodes
+                .iter()
+                .map(|n| {
+                    let first = n.disk.entries.first().map(|e| e.index);
+                    let last = n.disk.entries.last().map(|e| e.index);
+                    format!(
+                        "[snapshot {} entries {first:?}..={last:?} term at {index}: {:?}]",
+                        n.disk.snapshot_index(),
+                        n.disk.term(index)
+                    )
+                })
+                .collect();
+            return Err(format!(
+                "committed entry {index} (term {term}) is durable on only {holders} nodes: {}",
+                disks.join(" ")
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn check_apply(&mut self, entry: &Entry) -> Result<(), String> {
+        let fingerprint = (entry.term, data_hash(entry));
+        match self.applied.get(&entry.index) {
+            Some(&existing) if existing != fingerprint => {
+                return Err(format!(
+                    "state machine safety: index {} applied as term {} and as term {}",
+                    entry.index, existing.0, entry.term
+                ));
+            }
+            Some(_) => {}
+            None => {
+                self.applied.insert(entry.index, fingerprint);
+            }
+        }
+        if let Some(&term) = self.committed.get(&entry.index) {
+            if term != entry.term {
+                return Err(format!(
+                    "applied entry {} of term {} but term {term} was committed there",
+                    entry.index, entry.term
+                ));
+            }
+        }
+        if entry.kind == EntryKind::Normal {
+            if let Some((_, value)) = decode(&entry.data) {
+                self.value_index.insert(value, entry.index);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn record_write_ack(
+        &mut self,
+        key: u8,
+        _value: u64,
+        index: Index,
+        _invoked: u64,
+        completed: u64,
+    ) {
+        self.acks.entry(key).or_default().push((index, completed));
+        self.acked.push((index, completed));
+    }
+
+    /// A read must see the newest write on its key that completed before the read began.
+    pub fn check_read(
+        &self,
+        key: u8,
+        value: u64,
+        invoked: u64,
+        completed: u64,
+    ) -> Result<(), String> {
+        let newest = self
+            .acks
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .filter(|(_, done)| *done < invoked)
+            .map(|(index, _)| *index)
+            .max();
+        let Some(newest) = newest else { return Ok(()) };
+        let read_index = self.value_index.get(&value).copied().unwrap_or(0);
+        if value == 0 || read_index < newest {
+            return Err(format!(
+                "stale read: key {key} read at [{invoked}, {completed}] returned the write at \
+                 index {read_index}, but the write at index {newest} completed before it began"
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn check_final(&self, nodes: &[NodeView<'_>]) -> Result<(), String> {
+        let first = nodes[0].sm;
+        for node in nodes {
+            if node.sm != first {
+                return Err(format!("replicas diverged: {:?} vs {:?}", node.sm, first));
+            }
+        }
+        for &(index, _) in &self.acked {
+            if !self.applied.contains_key(&index) || index > first.applied_index {
+                return Err(format!("acknowledged write at index {index} was lost"));
+            }
+        }
+        Ok(())
+    }
+}

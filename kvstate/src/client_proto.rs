@@ -1,0 +1,309 @@
+//! The client wire protocol: one `ClientRequest` and one `ClientResponse` per QUIC stream, each
+//! a frame of bincode 2 (standard config, through serde) of at most `CLIENT_FRAME_BYTES_MAX`
+//! bytes. The framing on the stream (length prefix, stream finish) belongs to `transport/`; this
+//! module encodes and decodes the frame bodies. See `proto-docs/client.md`.
+
+use serde::{Deserialize, Serialize};
+
+use super::limits::CLIENT_FRAME_BYTES_MAX;
+use super::ops::{Op, OpError, OpResult};
+use super::state::ApplyOutcome;
+use super::{Index, NodeId, Term};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientRequest {
+    /// The session; see `Command::client_id`.
+    pub client_id: u64,
+    /// The request number within the session; only writes consume one (see `RequestKind`).
+    pub seq: u64,
+    pub kind: RequestKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestKind {
+    /// A read-only `Op` (a get, or a transaction of gets), served without a log entry: by
+    /// ReadIndex on the leader (linearizable), or from the node's local state if `stale` (may
+    /// return old values, served by any node). `seq` is not checked for reads.
+    Read { op: Op, stale: bool },
+    /// Any `Op`, committed through the log under the session `(client_id, seq)`.
+    Write { op: Op },
+    /// The node's Raft status; needs no leader.
+    Status,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeRole {
+    Follower,
+    Candidate,
+    Leader,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    pub role: NodeRole,
+    pub term: Term,
+    pub commit_index: Index,
+    pub applied_index: Index,
+    /// The leader this node knows of, if any.
+    pub leader: Option<NodeId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientResponse {
+    Ok(OpResult),
+    Status(NodeStatus),
+    Err(ClientError),
+}
+
+/// Errors a client sees. Whether a retry is safe is stated per variant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ClientError {
+    /// This node is not the leader; nothing was proposed. Retry at `leader_hint` if given.
+    #[error("not the leader (leader hint: {leader_hint:?})")]
+    NotLeader { leader_hint: Option<NodeId> },
+    /// No answer in time; the write may or may not have been applied (outcome unknown). Retry
+    /// with the same `(client_id, seq)`: the session makes it apply at most once.
+    #[error("timed out; the outcome is unknown")]
+    Timeout,
+    /// Over a limit; nothing was proposed. Do not retry unchanged.
+    #[error("{what} is {bytes} bytes or items, the limit is {max}")]
+    TooLarge { what: String, bytes: u64, max: u64 },
+    /// Malformed or not allowed (a write inside `Read`, an empty key); do not retry unchanged.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The session has already answered a later `seq`: this request is older than the client's
+    /// last one and its result is gone. A client library bug, or a very late duplicate.
+    #[error("stale request: the session has answered a later sequence number")]
+    Stale,
+    /// The node cannot serve now (shutting down, no quorum, overloaded); nothing was applied
+    /// if this is returned before proposing, see the message. Retry later or elsewhere.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<OpError> for ClientError {
+    fn from(error: OpError) -> ClientError {
+        match error {
+            OpError::TooLarge { what, bytes, max } => ClientError::TooLarge {
+                what: what.to_string(),
+                bytes,
+                max,
+            },
+            OpError::BadRequest(reason) => ClientError::BadRequest(reason),
+        }
+    }
+}
+
+impl From<ApplyOutcome> for ClientResponse {
+    /// The answer to the client whose write produced `outcome`.
+    fn from(outcome: ApplyOutcome) -> ClientResponse {
+        match outcome {
+            ApplyOutcome::Applied { result, .. } | ApplyOutcome::Duplicate { result, .. } => {
+                ClientResponse::Ok(result)
+            }
+            ApplyOutcome::Stale { .. } => ClientResponse::Err(ClientError::Stale),
+            ApplyOutcome::Rejected { error, .. } => {
+                ClientResponse::Err(ClientError::BadRequest(error.to_string()))
+            }
+        }
+    }
+}
+
+impl ClientRequest {
+    /// What a node checks before serving or proposing: the limits, and that a `Read` reads only.
+    pub fn validate(&self) -> Result<(), ClientError> {
+        match &self.kind {
+            RequestKind::Read { op, .. } => {
+                op.validate()?;
+                if !op.is_read_only() {
+                    return Err(ClientError::BadRequest(
+                        "a read may only contain get".into(),
+                    ));
+                }
+                Ok(())
+            }
+            RequestKind::Write { op } => Ok(op.validate()?),
+            RequestKind::Status => Ok(()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProtoError {
+    #[error("frame is {bytes} bytes, the limit is {max}")]
+    TooLarge { bytes: u64, max: u64 },
+    #[error("frame encode failed: {0}")]
+    Encode(String),
+    #[error("frame decode failed: {0}")]
+    Decode(String),
+    #[error("frame has {0} bytes after its end")]
+    TrailingBytes(usize),
+}
+
+pub fn encode_request(request: &ClientRequest) -> Result<Vec<u8>, ProtoError> {
+    encode_frame(request)
+}
+
+/// Decodes an untrusted frame; never panics, never allocates beyond `CLIENT_FRAME_BYTES_MAX`.
+/// Does not validate the operation: call `ClientRequest::validate` to answer with a typed error.
+pub fn decode_request(frame: &[u8]) -> Result<ClientRequest, ProtoError> {
+    decode_frame(frame)
+}
+
+pub fn encode_response(response: &ClientResponse) -> Result<Vec<u8>, ProtoError> {
+    encode_frame(response)
+}
+
+pub fn decode_response(frame: &[u8]) -> Result<ClientResponse, ProtoError> {
+    decode_frame(frame)
+}
+
+fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, ProtoError> {
+    let frame = bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .map_err(|error| ProtoError::Encode(error.to_string()))?;
+    check_frame_size(frame.len())?;
+    Ok(frame)
+}
+
+fn decode_frame<T: serde::de::DeserializeOwned>(frame: &[u8]) -> Result<T, ProtoError> {
+    check_frame_size(frame.len())?;
+    let config = bincode::config::standard().with_limit::<CLIENT_FRAME_BYTES_MAX>();
+    let (value, used) = bincode::serde::decode_from_slice(frame, config)
+        .map_err(|error| ProtoError::Decode(error.to_string()))?;
+    if used != frame.len() {
+        return Err(ProtoError::TrailingBytes(frame.len() - used));
+    }
+    Ok(value)
+}
+
+fn check_frame_size(bytes: usize) -> Result<(), ProtoError> {
+    if bytes > CLIENT_FRAME_BYTES_MAX {
+        let (bytes, max) = (bytes as u64, CLIENT_FRAME_BYTES_MAX as u64);
+        return Err(ProtoError::TooLarge { bytes, max });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::VALUE_BYTES_MAX;
+    use crate::ops::KeyResult;
+
+    fn request(kind: RequestKind) -> ClientRequest {
+        ClientRequest {
+            client_id: 42,
+            seq: 7,
+            kind,
+        }
+    }
+
+    #[test]
+    fn requests_and_responses_round_trip() {
+        let requests = [
+            request(RequestKind::Read {
+                op: Op::get("k"),
+                stale: true,
+            }),
+            request(RequestKind::Write {
+                op: Op::Txn(vec![]),
+            }),
+            request(RequestKind::Status),
+        ];
+        for sent in requests {
+            let frame = encode_request(&sent).unwrap();
+            assert_eq!(decode_request(&frame), Ok(sent));
+        }
+        let status = NodeStatus {
+            id: 2,
+            role: NodeRole::Leader,
+            term: 3,
+            commit_index: 10,
+            applied_index: 9,
+            leader: Some(2),
+        };
+        let responses = [
+            ClientResponse::Ok(OpResult::Key(KeyResult::Put { existed: true })),
+            ClientResponse::Status(status),
+            ClientResponse::Err(ClientError::NotLeader {
+                leader_hint: Some(3),
+            }),
+            ClientResponse::Err(ClientError::TooLarge {
+                what: "value".into(),
+                bytes: 9,
+                max: 8,
+            }),
+        ];
+        for sent in responses {
+            let frame = encode_response(&sent).unwrap();
+            assert_eq!(decode_response(&frame), Ok(sent));
+        }
+    }
+
+    #[test]
+    fn validate_refuses_writes_in_reads_and_oversize_values() {
+        let write_in_read = request(RequestKind::Read {
+            op: Op::put("k", "v"),
+            stale: false,
+        });
+        assert!(matches!(
+            write_in_read.validate(),
+            Err(ClientError::BadRequest(_))
+        ));
+        let value = vec![0u8; VALUE_BYTES_MAX + 1];
+        let oversize = request(RequestKind::Write {
+            op: Op::put("k", value),
+        });
+        let Err(ClientError::TooLarge { what, bytes, max }) = oversize.validate() else {
+            panic!("expected TooLarge")
+        };
+        assert_eq!(
+            (what.as_str(), bytes, max),
+            ("value", VALUE_BYTES_MAX as u64 + 1, VALUE_BYTES_MAX as u64)
+        );
+        assert_eq!(request(RequestKind::Status).validate(), Ok(()));
+    }
+
+    #[test]
+    fn apply_outcomes_map_to_responses() {
+        let result = OpResult::Key(KeyResult::Append { length: 1 });
+        let duplicate = ApplyOutcome::Duplicate {
+            client_id: 1,
+            seq: 2,
+            result: result.clone(),
+        };
+        assert_eq!(duplicate.client(), Some((1, 2)));
+        assert_eq!(ClientResponse::from(duplicate), ClientResponse::Ok(result));
+        let stale = ApplyOutcome::Stale {
+            client_id: 1,
+            seq: 1,
+            last_seq: 2,
+        };
+        assert_eq!(
+            ClientResponse::from(stale),
+            ClientResponse::Err(ClientError::Stale)
+        );
+    }
+
+    #[test]
+    fn oversize_and_garbage_frames_are_errors() {
+        let frame = vec![0u8; CLIENT_FRAME_BYTES_MAX + 1];
+        assert!(matches!(
+            decode_request(&frame),
+            Err(ProtoError::TooLarge { .. })
+        ));
+        // A claimed length far beyond the frame limit must fail without allocating it.
+        let huge_length = [
+            0u8, 42, 7, 1, 0, 0, 0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+        ];
+        assert!(decode_request(&huge_length).is_err());
+        assert!(matches!(
+            decode_response(&[0xff]),
+            Err(ProtoError::Decode(_))
+        ));
+        let mut frame = encode_request(&request(RequestKind::Status)).unwrap();
+        frame.push(0);
+        assert_eq!(decode_request(&frame), Err(ProtoError::TrailingBytes(1)));
+    }
+}

@@ -1,0 +1,151 @@
+//! Snapshot encoding of the state machine.
+//!
+//! Layout: a sequence of bincode 2 records (standard config, through serde), each decoded with
+//! the limit `SNAPSHOT_RECORD_BYTES_MAX`, so a corrupt length can never make the decoder
+//! allocate more than that:
+//!
+//! ```text
+//! header  { magic "KVSM", version 1, applied_index, pairs_count, sessions_count }
+//! pair    (key, Value)                       x pairs_count, keys strictly ascending
+//! session (client_id, { seq, index, result }) x sessions_count, client ids strictly ascending
+//! ```
+//!
+//! The map and the sessions are `BTreeMap`s, so the same state always gives the same bytes:
+//! replicas can compare snapshots byte for byte.
+
+use serde::{Deserialize, Serialize};
+
+use super::{KvError, Session, StateMachine};
+use crate::limits::{KEY_BYTES_MAX, RESULT_BYTES_MAX, SESSIONS_MAX, SNAPSHOT_RECORD_BYTES_MAX};
+use crate::ops::Value;
+use crate::Index;
+use bytes::Bytes;
+
+const SNAPSHOT_MAGIC: [u8; 4] = *b"KVSM";
+const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    magic: [u8; 4],
+    version: u32,
+    applied_index: Index,
+    pairs_count: u64,
+    sessions_count: u64,
+}
+
+impl StateMachine {
+    /// The whole state (map, sessions, applied index) as deterministic bytes.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let header = Header {
+            magic: SNAPSHOT_MAGIC,
+            version: SNAPSHOT_FORMAT_VERSION,
+            applied_index: self.applied_index,
+            pairs_count: self.map.len() as u64,
+            sessions_count: self.sessions.len() as u64,
+        };
+        write_record(&mut out, &header);
+        for pair in &self.map {
+            write_record(&mut out, &pair);
+        }
+        for session in &self.sessions {
+            write_record(&mut out, &session);
+        }
+        out
+    }
+
+    /// Rebuilds a state machine from `snapshot()` bytes. Untrusted input: checks the format,
+    /// the order of keys and sessions and every limit, and never panics.
+    pub fn restore(data: &[u8]) -> Result<StateMachine, KvError> {
+        let mut reader = RecordReader { data, offset: 0 };
+        let header: Header = reader.next()?;
+        if header.magic != SNAPSHOT_MAGIC || header.version != SNAPSHOT_FORMAT_VERSION {
+            return Err(invalid("not a state machine snapshot of format version 1"));
+        }
+        let mut state = StateMachine {
+            applied_index: header.applied_index,
+            ..Default::default()
+        };
+        for _ in 0..header.pairs_count {
+            let (key, value): (Bytes, Value) = reader.next()?;
+            if key.is_empty() || key.len() > KEY_BYTES_MAX || !value.within_limits() {
+                return Err(invalid("a key or value is over the limits"));
+            }
+            if state
+                .map
+                .last_key_value()
+                .is_some_and(|(last, _)| *last >= key)
+            {
+                return Err(invalid("keys are not in ascending order"));
+            }
+            state.map.insert(key, value);
+        }
+        if header.sessions_count > SESSIONS_MAX as u64 {
+            return Err(invalid("more sessions than SESSIONS_MAX"));
+        }
+        for _ in 0..header.sessions_count {
+            let (client_id, session): (u64, Session) = reader.next()?;
+            state.restore_session(client_id, session)?;
+        }
+        if reader.offset != data.len() {
+            return Err(invalid("bytes after the last record"));
+        }
+        Ok(state)
+    }
+
+    fn restore_session(&mut self, client_id: u64, session: Session) -> Result<(), KvError> {
+        if self
+            .sessions
+            .last_key_value()
+            .is_some_and(|(last, _)| *last >= client_id)
+        {
+            return Err(invalid("sessions are not in ascending client order"));
+        }
+        if session.index > self.applied_index || session.result.size_bytes() > RESULT_BYTES_MAX {
+            return Err(invalid(
+                "a session is beyond the applied index or over the limits",
+            ));
+        }
+        if self
+            .sessions_by_index
+            .insert(session.index, client_id)
+            .is_some()
+        {
+            return Err(invalid("two sessions have the same log index"));
+        }
+        self.sessions_result_bytes += session.result.size_bytes();
+        self.sessions.insert(client_id, session);
+        Ok(())
+    }
+}
+
+fn invalid(reason: &str) -> KvError {
+    KvError::SnapshotInvalid(reason.to_string())
+}
+
+fn write_record<T: Serialize>(out: &mut Vec<u8>, record: &T) {
+    // Encoding plain data (byte strings, integers, enums, sequences of known length) into a
+    // Vec cannot fail; an error here is a bug in these types.
+    bincode::serde::encode_into_std_write(record, out, bincode::config::standard())
+        .expect("snapshot records always encode");
+}
+
+struct RecordReader<'a> {
+    data: &'a [u8],
+    offset: usize,
+}
+
+impl RecordReader<'_> {
+    fn next<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, KvError> {
+        let config = bincode::config::standard().with_limit::<SNAPSHOT_RECORD_BYTES_MAX>();
+        let rest = &self.data[self.offset..];
+        let (record, used) = bincode::serde::decode_from_slice(rest, config).map_err(|error| {
+            KvError::SnapshotDecode {
+                offset: self.offset,
+                reason: error.to_string(),
+            }
+        })?;
+        self.offset += used;
+        Ok(record)
+    }
+}

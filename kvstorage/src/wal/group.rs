@@ -1,0 +1,224 @@
+//! `Wal`: the group-commit front. The node's single-threaded runtime must never wait on an
+//! fdatasync, so a dedicated OS thread owns the `WalWriter`. `submit` only enqueues (bounded,
+//! never blocks). The thread takes every queued batch, writes them with one write, does ONE
+//! fdatasync, and reports `Durable` through the callback given at open: batches from concurrent
+//! callers coalesce while a sync is in flight.
+//!
+//! Segment rolls do not stall the group: a second thread keeps one zero-filled, synced spare
+//! segment ready (like etcd's `filePipeline`), and the writer only writes a header over it.
+//!
+//! Any error is fatal: it is reported to the callback once and the thread stops (later submits
+//! get `SubmitError::Closed`). A failed fdatasync is never retried (PostgreSQL "fsyncgate":
+//! after a failed fsync the kernel may have dropped the dirty pages, so a retry can succeed
+//! over lost data).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SendError, SyncSender, TryRecvError, TrySendError};
+use std::thread::{self, JoinHandle};
+
+use thiserror::Error;
+
+use kvraft::message::Index;
+
+use super::segment::{self, Spare};
+use super::{Durable, Recovered, WalConfig, WalError, WalWriter, WriteBatch};
+
+/// Called on the WAL thread after each group: `Ok` after an fdatasync, `Err` once on a fatal
+/// error. Keep it short (e.g. send to a channel and wake the runtime): the next group waits.
+pub type DurableCallback = Box<dyn FnMut(Result<Durable, WalError>) + Send>;
+
+const THREAD_NAME: &str = "wal-writer";
+const PREALLOCATOR_THREAD_NAME: &str = "wal-preallocator";
+
+#[derive(Debug)]
+enum Command {
+    Append(WriteBatch),
+    Compact(Index),
+    InstallSnapshot(Index),
+}
+
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The queue holds `queue_batches_max` batches: the disk is behind. Back off and retry
+    /// (the entries are `Bytes`: keeping a clone of the batch is cheap).
+    #[error("wal: submit queue full ({queue_batches_max} batches): back off and retry")]
+    QueueFull { queue_batches_max: usize },
+    /// The writer thread stopped after a fatal error (already reported to the callback).
+    #[error("wal: the writer thread has stopped after a fatal error")]
+    Closed,
+}
+
+/// The group-commit WAL. Dropping it drains the queue, syncs, and joins the thread.
+#[derive(Debug)]
+pub struct Wal {
+    sender: Option<SyncSender<Command>>,
+    thread: Option<JoinHandle<Result<(), WalError>>>,
+    preallocator: Option<JoinHandle<()>>,
+    queue_batches_max: usize,
+}
+
+impl Wal {
+    /// Recovers the WAL in `dir` and starts the writer thread.
+    pub fn open(
+        dir: &Path,
+        config: WalConfig,
+        on_durable: DurableCallback,
+    ) -> Result<(Wal, Recovered), WalError> {
+        let queue_batches_max = config.queue_batches_max.max(1);
+        let spare_bytes = segment::segment_size_bytes(config.segment_bytes_max, 0);
+        let (mut writer, recovered) = WalWriter::open(dir, config)?;
+        let spawn_error = |source| WalError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        // Capacity 0: at most one spare exists, handed over when the writer asks for it.
+        let (spare_sender, spare_receiver) = mpsc::sync_channel(0);
+        writer.set_spare_source(spare_receiver);
+        let spare_dir = dir.to_path_buf();
+        let preallocator = thread::Builder::new()
+            .name(PREALLOCATOR_THREAD_NAME.to_string())
+            .spawn(move || preallocate(spare_dir, spare_bytes, spare_sender))
+            .map_err(spawn_error)?;
+        let (sender, receiver) = mpsc::sync_channel(queue_batches_max);
+        let thread = thread::Builder::new()
+            .name(THREAD_NAME.to_string())
+            .spawn(move || run(writer, receiver, on_durable, queue_batches_max))
+            .map_err(spawn_error)?;
+        let wal = Wal {
+            sender: Some(sender),
+            thread: Some(thread),
+            preallocator: Some(preallocator),
+            queue_batches_max,
+        };
+        Ok((wal, recovered))
+    }
+
+    /// Queues a batch. Never blocks. Durability is reported through the callback.
+    pub fn submit(&self, batch: WriteBatch) -> Result<(), SubmitError> {
+        self.send(Command::Append(batch))
+    }
+
+    /// Queues a compaction (in order with the batches): see `WalWriter::compact`.
+    pub fn compact(&self, up_to: Index) -> Result<(), SubmitError> {
+        self.send(Command::Compact(up_to))
+    }
+
+    /// Queues the replacement of the log by a received snapshot (in order with the batches):
+    /// see `WalWriter::install_snapshot`.
+    pub fn install_snapshot(&self, up_to: Index) -> Result<(), SubmitError> {
+        self.send(Command::InstallSnapshot(up_to))
+    }
+
+    fn send(&self, command: Command) -> Result<(), SubmitError> {
+        let Some(sender) = &self.sender else {
+            return Err(SubmitError::Closed);
+        };
+        sender.try_send(command).map_err(|error| match error {
+            TrySendError::Full(_) => SubmitError::QueueFull {
+                queue_batches_max: self.queue_batches_max,
+            },
+            TrySendError::Disconnected(_) => SubmitError::Closed,
+        })
+    }
+
+    /// Drains the queue, syncs, stops the thread. Returns the fatal error if there was one.
+    pub fn close(mut self) -> Result<(), WalError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), WalError> {
+        self.sender = None;
+        let result = match self.thread.take().map(JoinHandle::join) {
+            None => Ok(()),
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(WalError::Poisoned),
+        };
+        // The writer (and its spare receiver) is gone: the preallocator's next send fails.
+        if let Some(preallocator) = self.preallocator.take() {
+            let _ = preallocator.join();
+        }
+        result
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        if let Err(error) = self.stop() {
+            tracing::error!("wal: writer thread ended with an error: {error}");
+        }
+    }
+}
+
+fn run(
+    mut writer: WalWriter,
+    receiver: Receiver<Command>,
+    mut on_durable: DurableCallback,
+    group_commands_max: usize,
+) -> Result<(), WalError> {
+    let mut commands = Vec::with_capacity(group_commands_max);
+    let mut commands_total = 0u64;
+    while let Ok(first) = receiver.recv() {
+        commands.push(first);
+        // Everything that queued up while the previous sync ran joins this group.
+        while commands.len() < group_commands_max {
+            match receiver.try_recv() {
+                Ok(command) => commands.push(command),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        commands_total += commands.len() as u64;
+        match execute(&mut writer, commands.drain(..)) {
+            Ok(mut durable) => {
+                durable.commands_durable_total = commands_total;
+                on_durable(Ok(durable))
+            }
+            Err(error) => {
+                tracing::error!("wal: fatal: {error}");
+                on_durable(Err(error));
+                return Err(WalError::Poisoned);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn execute(
+    writer: &mut WalWriter,
+    commands: impl Iterator<Item = Command>,
+) -> Result<Durable, WalError> {
+    for command in commands {
+        match command {
+            Command::Append(batch) => writer.stage(&batch)?,
+            Command::Compact(up_to) => {
+                writer.compact(up_to)?;
+            }
+            Command::InstallSnapshot(up_to) => {
+                writer.install_snapshot(up_to)?;
+            }
+        }
+    }
+    writer.sync()
+}
+
+/// Keeps one spare segment ready until the writer goes away. On an error it stops: the writer
+/// then creates segments itself and reports any error through the normal path.
+fn preallocate(dir: PathBuf, size_bytes: u64, ready: SyncSender<Spare>) {
+    let mut counter = 0u64;
+    loop {
+        let path = segment::spare_path(&dir, counter);
+        counter += 1;
+        let spare = match segment::create_spare(&path, size_bytes) {
+            Ok(spare) => spare,
+            Err(error) => {
+                tracing::warn!("wal: preallocating a spare segment failed: {error}");
+                let _ = fs::remove_file(&path);
+                return;
+            }
+        };
+        if let Err(SendError(spare)) = ready.send(spare) {
+            let _ = fs::remove_file(&spare.path);
+            return;
+        }
+    }
+}

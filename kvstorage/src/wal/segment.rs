@@ -1,0 +1,247 @@
+//! Segment files: naming, the fixed header, and creation of a preallocated segment.
+//!
+//! A segment is named `{seq:016x}-{first_index:016x}.wal`. `seq` orders segments; `first_index`
+//! is the index of the first entry the segment may hold. A header `first_index` lower than the
+//! log's next index is a boundary: it discards the entries from `first_index` on (a truncation
+//! that reached an older segment, see `writer.rs`).
+//!
+//! ```text
+//! header (32 bytes): magic "RKVSWAL1" | version u32 | seq u64 | first_index u64 | crc u32
+//! then records (record.rs), then zeros up to the preallocated size.
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use kvraft::message::Index;
+
+use super::WalError;
+
+pub const SEGMENT_MAGIC: [u8; 8] = *b"RKVSWAL1";
+pub const SEGMENT_VERSION: u32 = 1;
+pub const SEGMENT_HEADER_BYTES: usize = 32;
+/// Segments are preallocated in multiples of this (a file-system block).
+pub const SEGMENT_ALIGN_BYTES: u64 = 4096;
+/// Zeros written per `write` call while preallocating.
+const ZERO_CHUNK_BYTES: usize = 1 << 20;
+const SEGMENT_SUFFIX: &str = ".wal";
+const TMP_SUFFIX: &str = ".tmp";
+
+/// What the header (and the file name) says about a segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentId {
+    pub seq: u64,
+    pub first_index: Index,
+    pub path: PathBuf,
+}
+
+pub fn segment_path(dir: &Path, seq: u64, first_index: Index) -> PathBuf {
+    dir.join(format!("{seq:016x}-{first_index:016x}{SEGMENT_SUFFIX}"))
+}
+
+fn parse_name(name: &str) -> Option<(u64, Index)> {
+    let stem = name.strip_suffix(SEGMENT_SUFFIX)?;
+    let (seq, first) = stem.split_once('-')?;
+    if seq.len() != 16 || first.len() != 16 {
+        return None;
+    }
+    Some((
+        u64::from_str_radix(seq, 16).ok()?,
+        u64::from_str_radix(first, 16).ok()?,
+    ))
+}
+
+/// Lists the segments of `dir` in `seq` order and removes leftover temporary files (a segment
+/// whose creation crashed before its rename never held acknowledged data).
+pub fn list_segments(dir: &Path) -> Result<Vec<SegmentId>, WalError> {
+    let io = |source| WalError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut segments = Vec::new();
+    for item in fs::read_dir(dir).map_err(io)? {
+        let item = item.map_err(io)?;
+        let name = item.file_name().to_string_lossy().into_owned();
+        if name.ends_with(TMP_SUFFIX) {
+            fs::remove_file(item.path()).map_err(io)?;
+            continue;
+        }
+        match parse_name(&name) {
+            Some((seq, first_index)) => segments.push(SegmentId {
+                seq,
+                first_index,
+                path: item.path(),
+            }),
+            None => tracing::warn!(file = %item.path().display(), "wal: ignoring a foreign file"),
+        }
+    }
+    segments.sort_by_key(|segment| segment.seq);
+    Ok(segments)
+}
+
+pub fn encode_header(seq: u64, first_index: Index) -> [u8; SEGMENT_HEADER_BYTES] {
+    let mut header = [0u8; SEGMENT_HEADER_BYTES];
+    header[..8].copy_from_slice(&SEGMENT_MAGIC);
+    header[8..12].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
+    header[12..20].copy_from_slice(&seq.to_le_bytes());
+    header[20..28].copy_from_slice(&first_index.to_le_bytes());
+    let crc = crc32fast::hash(&header[..28]);
+    header[28..32].copy_from_slice(&crc.to_le_bytes());
+    header
+}
+
+/// Checks a header against the segment's name. Returns why it is not valid.
+pub fn check_header(bytes: &[u8], segment: &SegmentId) -> Result<(), String> {
+    if bytes.len() < SEGMENT_HEADER_BYTES {
+        return Err(format!(
+            "file of {} bytes has no complete header",
+            bytes.len()
+        ));
+    }
+    let expected = encode_header(segment.seq, segment.first_index);
+    if bytes[..SEGMENT_HEADER_BYTES] == expected {
+        return Ok(());
+    }
+    if bytes[..8] != SEGMENT_MAGIC {
+        return Err("bad segment magic".to_string());
+    }
+    if bytes[8..12] != expected[8..12] {
+        return Err("unsupported segment version".to_string());
+    }
+    Err("segment header checksum or fields do not match the file name".to_string())
+}
+
+/// A zero-filled, synced file waiting to become a segment (see `spare_path`).
+#[derive(Debug)]
+pub struct Spare {
+    pub path: PathBuf,
+    pub file: File,
+    pub size_bytes: u64,
+}
+
+/// Spare files are temporary until installed: `list_segments` removes leftovers at open.
+pub fn spare_path(dir: &Path, counter: u64) -> PathBuf {
+    dir.join(format!("spare-{counter:016x}{TMP_SUFFIX}"))
+}
+
+/// Creates a file of `size_bytes` written zeros and fsyncs it. Zeros really written (not a
+/// sparse hole or an unwritten extent): overwriting written blocks needs no allocation at
+/// fdatasync time, which is what makes it fast here.
+pub fn create_spare(path: &Path, size_bytes: u64) -> Result<Spare, WalError> {
+    let io = |source| WalError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io)?;
+    let zeros = vec![0u8; ZERO_CHUNK_BYTES];
+    let mut written = 0;
+    while written < size_bytes {
+        let chunk = (size_bytes - written).min(ZERO_CHUNK_BYTES as u64) as usize;
+        file.write_all(&zeros[..chunk]).map_err(io)?;
+        written += chunk as u64;
+    }
+    file.sync_all().map_err(io)?;
+    Ok(Spare {
+        path: path.to_path_buf(),
+        file,
+        size_bytes,
+    })
+}
+
+/// Turns a spare into a segment: header and `head` records written over its zeros, fdatasync,
+/// rename, directory fsync. A crash leaves either no segment or a complete one.
+pub fn install_spare(
+    dir: &Path,
+    spare: Spare,
+    seq: u64,
+    first_index: Index,
+    head: &[u8],
+) -> Result<(SegmentId, File), WalError> {
+    let io = |source| WalError::Io {
+        path: spare.path.clone(),
+        source,
+    };
+    let mut prefix = encode_header(seq, first_index).to_vec();
+    prefix.extend_from_slice(head);
+    spare.file.write_all_at(&prefix, 0).map_err(io)?;
+    spare.file.sync_data().map_err(io)?;
+    let path = segment_path(dir, seq, first_index);
+    fs::rename(&spare.path, &path).map_err(io)?;
+    sync_dir(dir)?;
+    Ok((
+        SegmentId {
+            seq,
+            first_index,
+            path,
+        },
+        spare.file,
+    ))
+}
+
+/// Creates a segment synchronously (no spare at hand).
+pub fn create_segment(
+    dir: &Path,
+    seq: u64,
+    first_index: Index,
+    head: &[u8],
+    size_bytes: u64,
+) -> Result<(SegmentId, File), WalError> {
+    let tmp = dir.join(format!("{seq:016x}{TMP_SUFFIX}"));
+    let spare = create_spare(&tmp, size_bytes)?;
+    install_spare(dir, spare, seq, first_index, head)
+}
+
+/// Fsyncs a directory so that creations, renames and removals in it are durable.
+pub fn sync_dir(dir: &Path) -> Result<(), WalError> {
+    let io = |source| WalError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    File::open(dir).map_err(io)?.sync_all().map_err(io)
+}
+
+/// The size to preallocate for a segment that must hold `needed_bytes`.
+pub fn segment_size_bytes(segment_bytes_max: u64, needed_bytes: u64) -> u64 {
+    let size = segment_bytes_max.max(needed_bytes);
+    size.div_ceil(SEGMENT_ALIGN_BYTES) * SEGMENT_ALIGN_BYTES
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        let path = segment_path(Path::new("/x"), 3, 77);
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert_eq!(parse_name(name), Some((3, 77)));
+        assert_eq!(parse_name("LOCK"), None);
+    }
+
+    #[test]
+    fn header_checks_name_and_checksum() {
+        let segment = SegmentId {
+            seq: 2,
+            first_index: 9,
+            path: PathBuf::new(),
+        };
+        let mut header = encode_header(2, 9);
+        assert_eq!(check_header(&header, &segment), Ok(()));
+        header[25] ^= 1;
+        assert!(check_header(&header, &segment).is_err());
+        let other = SegmentId {
+            seq: 2,
+            first_index: 10,
+            path: PathBuf::new(),
+        };
+        assert!(check_header(&encode_header(2, 9), &other).is_err());
+    }
+}

@@ -1,0 +1,343 @@
+//! The accepting side: handshake, identity, hello, then one task per incoming stream.
+//!
+//! ```text
+//! Incoming --TLS (CA + clientAuth, rustls)--> Identity (tls.rs) --hello--> serve streams
+//!    | refused: connections_refused_tls_total  | refused: connections_refused_identity_total
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, BufReader};
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+
+use super::codec::{self, CodecError};
+use super::stats::TransportStats;
+use super::tls::Identity;
+use super::wire::{self, Hello, HelloReply};
+use super::{snapshot, Inbound, Shared};
+use kvraft::message::{Message, NodeId};
+
+/// Read buffer of a raft stream: large enough that a burst of small frames is one read.
+const RAFT_READ_BUFFER_BYTES: usize = 64 << 10;
+
+/// Accepts until the endpoint closes, then waits for every connection task to end (they end
+/// once their connection is closed), so that `Transport::shutdown` returns with nothing left.
+pub(crate) async fn run(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => {
+                    connections.spawn(handle_incoming(shared.clone(), incoming));
+                }
+                None => break,
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(endpoint);
+    while connections.join_next().await.is_some() {}
+}
+
+/// Who is on the other end of an accepted, greeted connection.
+#[derive(Clone, Debug)]
+struct Caller {
+    identity: Identity,
+    /// `Some` once the hello claimed, and the certificate proved, this node id.
+    node_id: Option<NodeId>,
+}
+
+async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
+    let remote = incoming.remote_address();
+    let timeout = Duration::from_millis(shared.limits.handshake_timeout_ms);
+    let handshake = async { incoming.accept()?.await };
+    let connection = match tokio::time::timeout(timeout, handshake).await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(e)) => return refused_tls(&shared, remote, &e.to_string()),
+        Err(_) => return refused_tls(&shared, remote, "handshake timed out"),
+    };
+    let caller = match greet(&shared, &connection, timeout).await {
+        Ok(caller) => caller,
+        Err(reason) => {
+            TransportStats::inc(&shared.stats.connections_refused_identity_total);
+            tracing::warn!(%remote, "connection refused: {reason}");
+            connection.close(wire::CLOSE_REFUSED.into(), reason.as_bytes());
+            return;
+        }
+    };
+    TransportStats::inc(&shared.stats.connections_accepted_total);
+    tracing::debug!(%remote, identity = ?caller.identity, "connection accepted");
+    serve_connection(shared, connection, caller).await;
+}
+
+fn refused_tls(shared: &Shared, remote: std::net::SocketAddr, reason: &str) {
+    TransportStats::inc(&shared.stats.connections_refused_tls_total);
+    tracing::warn!(%remote, "connection refused during TLS handshake: {reason}");
+}
+
+/// Classifies the certificate, reads the hello and checks the identity it claims. The error is
+/// the refusal reason sent to the peer.
+async fn greet(
+    shared: &Shared,
+    connection: &quinn::Connection,
+    timeout: Duration,
+) -> Result<Caller, String> {
+    let chain = connection
+        .peer_identity()
+        .and_then(|any| {
+            any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .ok_or("no client certificate")?;
+    let identity = shared
+        .identifier
+        .identify(&chain)
+        .map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = tokio::time::timeout(timeout, connection.accept_bi())
+        .await
+        .map_err(|_| "no hello in time".to_string())?
+        .map_err(|e| format!("no hello: {e}"))?;
+    let hello = tokio::time::timeout(timeout, read_hello(&mut recv))
+        .await
+        .map_err(|_| "no hello in time".to_string())??;
+    let node_id = check_claim(shared, &identity, &hello)?;
+    if let (Some(id), Some(claim)) = (node_id, &hello.node) {
+        let restarted = shared
+            .peers
+            .get(&id)
+            .is_some_and(|p| p.saw_incarnation(claim.incarnation));
+        if restarted {
+            tracing::info!(peer = %claim.name, "peer restarted: replacing our connection to it");
+        }
+    }
+    let reply = HelloReply {
+        version: wire::PROTOCOL_VERSION,
+        name: shared.self_name.clone(),
+    };
+    let frame = codec::encode_frame(&reply, wire::HELLO_BYTES_MAX).map_err(|e| e.to_string())?;
+    send.write_all(&frame)
+        .await
+        .map_err(|e| format!("hello reply: {e}"))?;
+    let _ = send.finish();
+    Ok(Caller { identity, node_id })
+}
+
+async fn read_hello(recv: &mut quinn::RecvStream) -> Result<Hello, String> {
+    let tag = recv.read_u8().await.map_err(|e| format!("hello: {e}"))?;
+    if tag != wire::STREAM_TAG_HELLO {
+        return Err(format!("first stream has tag {tag}, expected hello"));
+    }
+    match codec::read_frame::<Hello, _>(recv, wire::HELLO_BYTES_MAX).await {
+        Ok(Some(hello)) if hello.version == wire::PROTOCOL_VERSION => Ok(hello),
+        Ok(Some(hello)) => Err(format!("protocol version {} not supported", hello.version)),
+        Ok(None) => Err("hello stream ended without a hello".to_string()),
+        Err(e) => Err(format!("hello: {e}")),
+    }
+}
+
+/// A node claim must match the certificate's node name and that name's id in the peer table;
+/// a node certificate must belong to a known peer even when it connects as a client.
+fn check_claim(
+    shared: &Shared,
+    identity: &Identity,
+    hello: &Hello,
+) -> Result<Option<NodeId>, String> {
+    let known_id = match identity {
+        Identity::Node(name) => match shared.peer_ids_by_name.get(name) {
+            Some(id) => Some(*id),
+            None => return Err(format!("node certificate {name:?} is not a cluster peer")),
+        },
+        Identity::Client(_) => None,
+    };
+    let Some(claim) = &hello.node else {
+        return Ok(None);
+    };
+    match known_id {
+        Some(id) if id == claim.id && identity.name() == claim.name => Ok(Some(id)),
+        _ => Err(format!(
+            "certificate {identity:?} cannot act as node {} ({})",
+            claim.id, claim.name
+        )),
+    }
+}
+
+async fn serve_connection(shared: Arc<Shared>, connection: quinn::Connection, caller: Caller) {
+    let mut streams = JoinSet::new();
+    let closed = loop {
+        tokio::select! {
+            bi = connection.accept_bi() => match bi {
+                Ok((send, recv)) => {
+                    streams.spawn(serve_bi(shared.clone(), send, recv, caller.clone()));
+                }
+                Err(e) => break e,
+            },
+            uni = connection.accept_uni() => match uni {
+                Ok(recv) => {
+                    streams.spawn(serve_uni(shared.clone(), recv, caller.clone()));
+                }
+                Err(e) => break e,
+            },
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+        }
+    };
+    tracing::debug!(identity = ?caller.identity, "connection closed: {closed}");
+    // Stream tasks fail fast on a closed connection; wait so none outlives the transport.
+    while streams.join_next().await.is_some() {}
+}
+
+/// Counts a frame error and returns the stream code to refuse the stream with (`None`: the
+/// connection itself failed, nothing to count).
+fn frame_error(shared: &Shared, caller: &Caller, error: &CodecError) -> Option<u32> {
+    let (counter, code) = match error {
+        CodecError::Oversize { .. } => {
+            (&shared.stats.frames_oversize_total, wire::STREAM_TOO_LARGE)
+        }
+        CodecError::Malformed(_) | CodecError::Truncated => {
+            (&shared.stats.frames_malformed_total, wire::STREAM_MALFORMED)
+        }
+        CodecError::Io(_) | CodecError::Encode(_) => return None,
+    };
+    TransportStats::inc(counter);
+    tracing::warn!(identity = ?caller.identity, "bad frame: {error}");
+    Some(code)
+}
+
+fn refuse_stream(send: Option<&mut quinn::SendStream>, recv: &mut quinn::RecvStream, code: u32) {
+    if let Some(send) = send {
+        let _ = send.reset(code.into());
+    }
+    let _ = recv.stop(code.into());
+}
+
+async fn serve_bi(
+    shared: Arc<Shared>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    caller: Caller,
+) {
+    let tag = match recv.read_u8().await {
+        Ok(tag) => tag,
+        Err(_) => return refuse_stream(Some(&mut send), &mut recv, wire::STREAM_MALFORMED),
+    };
+    match (tag, caller.node_id) {
+        (wire::STREAM_TAG_CLIENT, _) => serve_client(&shared, send, recv, &caller).await,
+        (wire::STREAM_TAG_SNAPSHOT, Some(from)) => {
+            snapshot::receive(&shared, from, send, recv).await
+        }
+        (wire::STREAM_TAG_SNAPSHOT, None) => {
+            tracing::warn!(identity = ?caller.identity, "snapshot stream from a non-node refused");
+            refuse_stream(Some(&mut send), &mut recv, wire::STREAM_FORBIDDEN);
+        }
+        (other, _) => {
+            TransportStats::inc(&shared.stats.frames_malformed_total);
+            tracing::warn!(identity = ?caller.identity, tag = other, "unknown stream tag");
+            refuse_stream(Some(&mut send), &mut recv, wire::STREAM_MALFORMED);
+        }
+    }
+}
+
+async fn serve_uni(shared: Arc<Shared>, mut recv: quinn::RecvStream, caller: Caller) {
+    let tag = match recv.read_u8().await {
+        Ok(tag) => tag,
+        Err(_) => return refuse_stream(None, &mut recv, wire::STREAM_MALFORMED),
+    };
+    match (tag, caller.node_id) {
+        (wire::STREAM_TAG_RAFT, Some(from)) => read_raft(&shared, recv, &caller, from).await,
+        (wire::STREAM_TAG_RAFT, None) => {
+            tracing::warn!(identity = ?caller.identity, "raft stream from a non-node refused");
+            refuse_stream(None, &mut recv, wire::STREAM_FORBIDDEN);
+        }
+        (other, _) => {
+            TransportStats::inc(&shared.stats.frames_malformed_total);
+            tracing::warn!(identity = ?caller.identity, tag = other, "unknown stream tag");
+            refuse_stream(None, &mut recv, wire::STREAM_MALFORMED);
+        }
+    }
+}
+
+/// Delivers raft messages until the stream ends. A bad frame ends the stream (framing is lost);
+/// the sender reconnects.
+async fn read_raft(shared: &Shared, recv: quinn::RecvStream, caller: &Caller, from: NodeId) {
+    let mut reader = BufReader::with_capacity(RAFT_READ_BUFFER_BYTES, recv);
+    loop {
+        let frame = codec::read_frame::<Message, _>(&mut reader, shared.limits.frame_bytes_max);
+        let msg = match frame.await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => return,
+            Err(e) => {
+                if let Some(code) = frame_error(shared, caller, &e) {
+                    refuse_stream(None, reader.get_mut(), code);
+                }
+                return;
+            }
+        };
+        if msg.from != from || msg.to != shared.self_id {
+            TransportStats::inc(&shared.stats.messages_dropped_wrong_sender_total);
+            tracing::warn!(
+                from,
+                msg.from,
+                msg.to,
+                "raft message with wrong from/to dropped"
+            );
+            continue;
+        }
+        TransportStats::inc(&shared.stats.messages_received_total);
+        if shared.inbound.send(Inbound::Raft(msg)).await.is_err() {
+            return; // The node is gone.
+        }
+    }
+}
+
+/// One client request: read it, hand it to the node, write its answer.
+async fn serve_client(
+    shared: &Shared,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    caller: &Caller,
+) {
+    let request_max = shared.limits.client_request_bytes_max;
+    let request = match codec::read_raw_frame(&mut recv, request_max).await {
+        Ok(Some(request)) => request,
+        Ok(None) => return refuse_stream(Some(&mut send), &mut recv, wire::STREAM_MALFORMED),
+        Err(e) => {
+            let code = frame_error(shared, caller, &e).unwrap_or(wire::STREAM_MALFORMED);
+            return refuse_stream(Some(&mut send), &mut recv, code);
+        }
+    };
+    TransportStats::inc(&shared.stats.client_requests_total);
+    let (reply, response) = oneshot::channel();
+    let client = caller.identity.name().to_string();
+    if shared
+        .inbound
+        .send(Inbound::Client {
+            client,
+            request,
+            reply,
+        })
+        .await
+        .is_err()
+    {
+        return refuse_stream(Some(&mut send), &mut recv, wire::STREAM_UNAVAILABLE);
+    }
+    let stopped = send.stopped();
+    let response = tokio::select! {
+        response = response => response,
+        _ = stopped => return, // The client gave up (or the connection is gone).
+    };
+    let Ok(response) = response else {
+        return refuse_stream(Some(&mut send), &mut recv, wire::STREAM_UNAVAILABLE);
+    };
+    match codec::encode_raw_frame(&response, shared.limits.client_response_bytes_max) {
+        Ok(frame) => {
+            if send.write_chunk(frame).await.is_ok() {
+                let _ = send.finish();
+            }
+        }
+        Err(e) => {
+            tracing::warn!(identity = ?caller.identity, "client response refused: {e}");
+            refuse_stream(Some(&mut send), &mut recv, wire::STREAM_TOO_LARGE);
+        }
+    }
+}

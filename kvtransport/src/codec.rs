@@ -1,0 +1,195 @@
+//! Length-prefixed frames: a u32 little-endian payload length, then the payload.
+//!
+//! Typed frames carry bincode 2 (serde, standard config); raw frames carry opaque bytes (client
+//! requests and responses, whose types belong to the server). The length is checked against
+//! the caller's `frame_bytes_max` before any buffer is allocated, so a peer cannot make us
+//! allocate by announcing a large frame.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Bytes of the length prefix.
+pub const FRAME_HEADER_BYTES: usize = 4;
+
+/// The ceiling for any configured `frame_bytes_max`. It is also bincode's decode limit, which
+/// bounds what a frame's inner length fields may claim (a `Bytes` field announcing 4 GiB inside
+/// a 100-byte frame fails instead of allocating).
+pub const FRAME_BYTES_LIMIT: u32 = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    Oversize { len: u64, max: u32 },
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    #[error("stream ended inside a frame")]
+    Truncated,
+    #[error("encode failed: {0}")]
+    Encode(#[from] bincode::error::EncodeError),
+    #[error("stream read failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<{ FRAME_BYTES_LIMIT as usize }>()
+}
+
+fn check_len(len: u64, frame_bytes_max: u32) -> Result<(), CodecError> {
+    let max = frame_bytes_max.min(FRAME_BYTES_LIMIT);
+    if len > u64::from(max) {
+        return Err(CodecError::Oversize { len, max });
+    }
+    Ok(())
+}
+
+/// Encodes `value` as one frame (prefix included), ready to be written.
+pub fn encode_frame<T: Serialize>(value: &T, frame_bytes_max: u32) -> Result<Bytes, CodecError> {
+    let mut buf = vec![0u8; FRAME_HEADER_BYTES];
+    bincode::serde::encode_into_std_write(value, &mut buf, bincode::config::standard())?;
+    let len = (buf.len() - FRAME_HEADER_BYTES) as u64;
+    check_len(len, frame_bytes_max)?;
+    // check_len bounded len by FRAME_BYTES_LIMIT, so it fits a u32.
+    buf[..FRAME_HEADER_BYTES].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(Bytes::from(buf))
+}
+
+/// Frames opaque bytes.
+pub fn encode_raw_frame(payload: &[u8], frame_bytes_max: u32) -> Result<Bytes, CodecError> {
+    check_len(payload.len() as u64, frame_bytes_max)?;
+    let mut buf = BytesMut::with_capacity(FRAME_HEADER_BYTES + payload.len());
+    buf.put_u32_le(payload.len() as u32);
+    buf.put_slice(payload);
+    Ok(buf.freeze())
+}
+
+/// Decodes one typed payload; the whole slice must be consumed.
+pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, CodecError> {
+    let (value, used) = bincode::serde::decode_from_slice::<T, _>(payload, bincode_config())
+        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if used != payload.len() {
+        let trailing = payload.len() - used;
+        return Err(CodecError::Malformed(format!("{trailing} trailing bytes")));
+    }
+    Ok(value)
+}
+
+/// Reads the next frame's payload. `Ok(None)`: the stream ended cleanly between frames.
+pub async fn read_raw_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    frame_bytes_max: u32,
+) -> Result<Option<Bytes>, CodecError> {
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    let mut filled = 0;
+    while filled < FRAME_HEADER_BYTES {
+        let n = reader.read(&mut header[filled..]).await?;
+        if n == 0 {
+            return if filled == 0 {
+                Ok(None)
+            } else {
+                Err(CodecError::Truncated)
+            };
+        }
+        filled += n;
+    }
+    let len = u32::from_le_bytes(header);
+    check_len(u64::from(len), frame_bytes_max)?;
+    let mut payload = vec![0u8; len as usize];
+    match reader.read_exact(&mut payload).await {
+        Ok(_) => Ok(Some(Bytes::from(payload))),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(CodecError::Truncated),
+        Err(e) => Err(CodecError::Io(e)),
+    }
+}
+
+/// Reads and decodes the next typed frame. `Ok(None)`: clean end of stream.
+pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(
+    reader: &mut R,
+    frame_bytes_max: u32,
+) -> Result<Option<T>, CodecError> {
+    match read_raw_frame(reader, frame_bytes_max).await? {
+        Some(payload) => decode_payload(&payload).map(Some),
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvraft::message::{Message, MessageBody};
+
+    fn message() -> Message {
+        let body = MessageBody::Heartbeat {
+            commit: 7,
+            read_round: 3,
+        };
+        Message {
+            from: 1,
+            to: 2,
+            term: 5,
+            body,
+        }
+    }
+
+    #[tokio::test]
+    async fn codec_round_trips_many_frames_then_clean_end() {
+        let mut wire = Vec::new();
+        for _ in 0..3 {
+            wire.extend_from_slice(&encode_frame(&message(), 1024).unwrap());
+        }
+        let mut reader = &wire[..];
+        for _ in 0..3 {
+            let got: Option<Message> = read_frame(&mut reader, 1024).await.unwrap();
+            assert_eq!(got, Some(message()));
+        }
+        let end: Option<Message> = read_frame(&mut reader, 1024).await.unwrap();
+        assert_eq!(end, None);
+    }
+
+    #[tokio::test]
+    async fn codec_refuses_oversize_length_before_reading_payload() {
+        // Announces 4 GiB - 1 and carries nothing: must fail on the length alone.
+        let wire = u32::MAX.to_le_bytes();
+        let err = read_raw_frame(&mut &wire[..], 1024).await.unwrap_err();
+        assert!(
+            matches!(err, CodecError::Oversize { len, max: 1024 } if len == u64::from(u32::MAX))
+        );
+        let err = encode_raw_frame(&[0u8; 2048], 1024).unwrap_err();
+        assert!(matches!(err, CodecError::Oversize { len: 2048, .. }));
+    }
+
+    #[tokio::test]
+    async fn codec_reports_malformed_truncated_and_trailing() {
+        let garbage = encode_raw_frame(&[0xff; 16], 1024).unwrap();
+        let err = read_frame::<Message, _>(&mut &garbage[..], 1024)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CodecError::Malformed(_)));
+
+        let frame = encode_frame(&message(), 1024).unwrap();
+        let cut = &frame[..frame.len() - 1];
+        let err = read_frame::<Message, _>(&mut &cut[..], 1024)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CodecError::Truncated));
+        let err = read_frame::<Message, _>(&mut &frame[..2], 1024)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CodecError::Truncated));
+
+        let mut payload = frame[FRAME_HEADER_BYTES..].to_vec();
+        payload.push(0);
+        let err = decode_payload::<Message>(&payload).unwrap_err();
+        assert!(matches!(err, CodecError::Malformed(_)));
+    }
+
+    #[test]
+    fn codec_decode_limit_stops_inner_length_claims() {
+        // A Vec<u8> announcing ~2^40 elements inside a 9-byte payload.
+        let mut payload = vec![253u8];
+        payload.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        let err = decode_payload::<Vec<u8>>(&payload).unwrap_err();
+        assert!(matches!(err, CodecError::Malformed(_)));
+    }
+}

@@ -1,0 +1,411 @@
+//! The network edge of a node: QUIC (quinn) with mutual TLS (rustls, ring) between nodes and
+//! from clients.
+//!
+//! - `Transport::send` queues a Raft message for its peer without blocking. One task per peer
+//!   keeps one connection and one long-lived unidirectional stream, and writes everything
+//!   queued in one call (`peer.rs`).
+//! - `Transport::send_snapshot` streams a snapshot file on a stream of its own (`snapshot.rs`).
+//! - Accepted connections are authenticated against the cluster CA and classified by
+//!   certificate (`tls.rs`), greeted (`wire::Hello`), then serve raft, snapshot and client
+//!   streams (`accept.rs`). Everything received reaches the node as an `Inbound`.
+//!
+//! All tasks are plain `tokio::spawn`s that run on the node's single current-thread runtime.
+
+mod accept;
+pub mod client;
+pub mod codec;
+mod peer;
+mod snapshot;
+mod stats;
+pub mod tls;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use kvraft::message::{Message, NodeId, SnapshotMeta};
+
+pub use client::{ClientConn, ClientError};
+pub use stats::TransportStats;
+pub use tls::{generate_certs, Identity, NodeCertSpec, TlsError, TlsMaterial};
+
+/// Default largest frame on a raft, hello or snapshot-header stream. A Raft `Append` must
+/// encode below it (the core bounds its message size well under this).
+pub const FRAME_BYTES_MAX_DEFAULT: u32 = 16 << 20;
+/// Default per-peer queue bounds: whichever is hit first drops new messages.
+pub const PEER_QUEUE_MESSAGES_MAX_DEFAULT: usize = 4096;
+pub const PEER_QUEUE_BYTES_MAX_DEFAULT: u64 = 64 << 20;
+/// Default bound of the channel to the node; a full channel stalls stream readers (QUIC flow
+/// control then pushes back on the senders).
+pub const INBOUND_QUEUE_MESSAGES_MAX_DEFAULT: usize = 4096;
+/// Default concurrent bidirectional streams per connection (client requests in flight).
+pub const CLIENT_STREAMS_MAX_DEFAULT: u32 = 256;
+/// Room for the largest command the state machine accepts (kv::limits::COMMAND_BYTES_MAX,
+/// 4 MiB) plus framing; the server asserts the relation at compile time.
+pub const CLIENT_REQUEST_BYTES_MAX_DEFAULT: u32 = 5 << 20;
+pub const CLIENT_RESPONSE_BYTES_MAX_DEFAULT: u32 = 16 << 20;
+pub const SNAPSHOT_CHUNK_BYTES_DEFAULT: usize = 1 << 20;
+pub const SNAPSHOT_BYTES_MAX_DEFAULT: u64 = 64 << 30;
+pub const SNAPSHOT_TRANSFER_TIMEOUT_MS_DEFAULT: u64 = 10 * 60 * 1000;
+pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+pub const KEEP_ALIVE_INTERVAL_MS_DEFAULT: u64 = 1_000;
+/// Reconnect backoff: doubles from the minimum after each failed attempt, capped at the max,
+/// so a restarted peer is reached again within about `RECONNECT_BACKOFF_MS_MAX`.
+pub const RECONNECT_BACKOFF_MS_MIN: u64 = 20;
+pub const RECONNECT_BACKOFF_MS_MAX: u64 = 1_000;
+/// How long `shutdown` waits for queued messages to be written and connections to close.
+pub const SHUTDOWN_FLUSH_MS_MAX: u64 = 1_000;
+/// Scheduler turns `shutdown` gives quinn's endpoint driver to notice it is unreferenced.
+const ENDPOINT_DRIVER_YIELDS: usize = 4;
+/// Unidirectional streams a peer may open at once (one raft stream is used; slack for a
+/// reconnect racing the old stream's end).
+const UNI_STREAMS_MAX: u32 = 8;
+
+/// Every limit of the transport. Units are in the names.
+#[derive(Clone, Debug)]
+pub struct TransportLimits {
+    pub frame_bytes_max: u32,
+    pub peer_queue_messages_max: usize,
+    pub peer_queue_bytes_max: u64,
+    pub inbound_queue_messages_max: usize,
+    pub client_streams_max: u32,
+    pub client_request_bytes_max: u32,
+    pub client_response_bytes_max: u32,
+    pub snapshot_chunk_bytes: usize,
+    pub snapshot_bytes_max: u64,
+    pub snapshot_transfer_timeout_ms: u64,
+    pub handshake_timeout_ms: u64,
+    /// A connection with no traffic for this long is dead. Keep-alives keep live ones busy.
+    pub idle_timeout_ms: u64,
+    pub keep_alive_interval_ms: u64,
+    pub reconnect_backoff_ms_min: u64,
+    pub reconnect_backoff_ms_max: u64,
+}
+
+impl Default for TransportLimits {
+    fn default() -> Self {
+        TransportLimits {
+            frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
+            peer_queue_messages_max: PEER_QUEUE_MESSAGES_MAX_DEFAULT,
+            peer_queue_bytes_max: PEER_QUEUE_BYTES_MAX_DEFAULT,
+            inbound_queue_messages_max: INBOUND_QUEUE_MESSAGES_MAX_DEFAULT,
+            client_streams_max: CLIENT_STREAMS_MAX_DEFAULT,
+            client_request_bytes_max: CLIENT_REQUEST_BYTES_MAX_DEFAULT,
+            client_response_bytes_max: CLIENT_RESPONSE_BYTES_MAX_DEFAULT,
+            snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES_DEFAULT,
+            snapshot_bytes_max: SNAPSHOT_BYTES_MAX_DEFAULT,
+            snapshot_transfer_timeout_ms: SNAPSHOT_TRANSFER_TIMEOUT_MS_DEFAULT,
+            handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS_DEFAULT,
+            idle_timeout_ms: IDLE_TIMEOUT_MS_DEFAULT,
+            keep_alive_interval_ms: KEEP_ALIVE_INTERVAL_MS_DEFAULT,
+            reconnect_backoff_ms_min: RECONNECT_BACKOFF_MS_MIN,
+            reconnect_backoff_ms_max: RECONNECT_BACKOFF_MS_MAX,
+        }
+    }
+}
+
+impl TransportLimits {
+    fn validate(&self) -> Result<(), TransportError> {
+        let bad = |setting: &str, reason: &str| {
+            Err(TransportError::Config(format!(
+                "limits.{setting}: {reason}"
+            )))
+        };
+        let frame_limit = codec::FRAME_BYTES_LIMIT;
+        if self.frame_bytes_max == 0 || self.frame_bytes_max > frame_limit {
+            return bad("frame_bytes_max", &format!("must be in 1..={frame_limit}"));
+        }
+        if self.client_request_bytes_max > frame_limit {
+            return bad(
+                "client_request_bytes_max",
+                &format!("must be <= {frame_limit}"),
+            );
+        }
+        if self.client_response_bytes_max > frame_limit {
+            return bad(
+                "client_response_bytes_max",
+                &format!("must be <= {frame_limit}"),
+            );
+        }
+        if self.peer_queue_messages_max == 0 || self.inbound_queue_messages_max == 0 {
+            return bad("*_queue_messages_max", "must be > 0");
+        }
+        if self.snapshot_chunk_bytes == 0 || self.client_streams_max == 0 {
+            return bad("snapshot_chunk_bytes / client_streams_max", "must be > 0");
+        }
+        if self.reconnect_backoff_ms_min == 0
+            || self.reconnect_backoff_ms_min > self.reconnect_backoff_ms_max
+        {
+            return bad(
+                "reconnect_backoff_ms_min",
+                "must be in 1..=reconnect_backoff_ms_max",
+            );
+        }
+        Ok(())
+    }
+
+    /// QUIC transport parameters shared by the server and the dialing side.
+    pub fn quinn_transport(&self) -> Result<Arc<quinn::TransportConfig>, TransportError> {
+        let idle = quinn::IdleTimeout::try_from(Duration::from_millis(self.idle_timeout_ms))
+            .map_err(|_| TransportError::Config("limits.idle_timeout_ms: too large".into()))?;
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_concurrent_bidi_streams(self.client_streams_max.into())
+            .max_concurrent_uni_streams(UNI_STREAMS_MAX.into())
+            .max_idle_timeout(Some(idle))
+            .keep_alive_interval(Some(Duration::from_millis(self.keep_alive_interval_ms)));
+        Ok(Arc::new(transport))
+    }
+}
+
+/// Another node of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub id: NodeId,
+    /// Its certificate's DNS name (`n2`).
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+pub struct TransportConfig {
+    pub self_name: String,
+    pub self_id: NodeId,
+    pub listen: SocketAddr,
+    /// The other nodes (not this one).
+    pub peers: Vec<Peer>,
+    pub tls: TlsMaterial,
+    /// Where received snapshot files are written (created if missing).
+    pub snapshot_dir: PathBuf,
+    pub limits: TransportLimits,
+}
+
+/// What the transport hands to the node.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A Raft message whose `from` is the authenticated sending node and `to` is us.
+    Raft(Message),
+    /// A snapshot file, fsynced, length and CRC verified, now owned by the node.
+    Snapshot {
+        from: NodeId,
+        meta: SnapshotMeta,
+        path: PathBuf,
+    },
+    /// The outcome of `send_snapshot`: `ok` once the receiver acknowledged a verified file.
+    SnapshotSent {
+        to: NodeId,
+        meta: SnapshotMeta,
+        ok: bool,
+    },
+    /// One client request; send the response through `reply` (dropping it resets the stream).
+    Client {
+        client: String,
+        request: Bytes,
+        reply: oneshot::Sender<Bytes>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("invalid transport configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// State shared by the transport's tasks.
+pub(crate) struct Shared {
+    pub self_name: String,
+    pub self_id: NodeId,
+    pub limits: TransportLimits,
+    pub stats: Arc<TransportStats>,
+    pub peers: HashMap<NodeId, Arc<peer::PeerHandle>>,
+    pub peer_ids_by_name: HashMap<String, NodeId>,
+    pub identifier: tls::Identifier,
+    pub client_config: quinn::ClientConfig,
+    pub inbound: mpsc::Sender<Inbound>,
+    pub snapshot_dir: PathBuf,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// A running transport. Call `shutdown` to stop it cleanly; dropping it stops it abruptly.
+pub struct Transport {
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    shutdown_tx: watch::Sender<bool>,
+    peer_tasks: Vec<JoinHandle<()>>,
+    accept_task: Option<JoinHandle<()>>,
+}
+
+fn validate_peers(cfg: &TransportConfig) -> Result<(), TransportError> {
+    let mut ids = std::collections::BTreeSet::from([cfg.self_id]);
+    let mut names = std::collections::BTreeSet::from([cfg.self_name.as_str()]);
+    for peer in &cfg.peers {
+        if peer.id == 0 || !ids.insert(peer.id) || !names.insert(peer.name.as_str()) {
+            let reason = format!(
+                "peer {} ({}): id 0, or id or name used twice",
+                peer.id, peer.name
+            );
+            return Err(TransportError::Config(reason));
+        }
+    }
+    if cfg.self_id == 0 {
+        return Err(TransportError::Config(
+            "self_id: 0 is not a valid node id".into(),
+        ));
+    }
+    Ok(())
+}
+
+impl Transport {
+    /// Binds the endpoint and starts the accept task and one task per peer. Must be called
+    /// inside a tokio runtime (the node runs a current-thread one).
+    pub fn start(
+        cfg: TransportConfig,
+    ) -> Result<(Transport, mpsc::Receiver<Inbound>), TransportError> {
+        cfg.limits.validate()?;
+        validate_peers(&cfg)?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(TransportError::Config(
+                "start must run inside a tokio runtime".into(),
+            ));
+        }
+        std::fs::create_dir_all(&cfg.snapshot_dir).map_err(|e| {
+            TransportError::Config(format!("snapshot_dir {}: {e}", cfg.snapshot_dir.display()))
+        })?;
+        let transport = cfg.limits.quinn_transport()?;
+        let server_config = cfg.tls.server_config(transport.clone())?;
+        let client_config = cfg.tls.client_config(transport)?;
+        let endpoint = quinn::Endpoint::server(server_config, cfg.listen).map_err(|source| {
+            TransportError::Bind {
+                addr: cfg.listen,
+                source,
+            }
+        })?;
+        let (inbound_tx, inbound_rx) = mpsc::channel(cfg.limits.inbound_queue_messages_max);
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let peers: HashMap<NodeId, Arc<peer::PeerHandle>> = cfg
+            .peers
+            .iter()
+            .map(|p| (p.id, Arc::new(peer::PeerHandle::new(p.clone()))))
+            .collect();
+        let peer_ids_by_name = cfg.peers.iter().map(|p| (p.name.clone(), p.id)).collect();
+        let shared = Arc::new(Shared {
+            self_name: cfg.self_name,
+            self_id: cfg.self_id,
+            limits: cfg.limits,
+            stats: Arc::new(TransportStats::default()),
+            peers,
+            peer_ids_by_name,
+            identifier: cfg.tls.identifier()?,
+            client_config,
+            inbound: inbound_tx,
+            snapshot_dir: cfg.snapshot_dir,
+            shutdown: shutdown_rx,
+        });
+        let accept_task = Some(tokio::spawn(accept::run(shared.clone(), endpoint.clone())));
+        let peer_tasks = shared
+            .peers
+            .values()
+            .map(|p| tokio::spawn(peer::run(shared.clone(), endpoint.clone(), p.clone())))
+            .collect();
+        let transport = Transport {
+            shared,
+            endpoint,
+            shutdown_tx,
+            peer_tasks,
+            accept_task,
+        };
+        Ok((transport, inbound_rx))
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    pub fn stats(&self) -> Arc<TransportStats> {
+        self.shared.stats.clone()
+    }
+
+    /// Queues `msg` for `msg.to` without waiting. Dropped (and counted) if the peer's queue is
+    /// full, the peer is unknown, or the message encodes larger than `frame_bytes_max`: Raft
+    /// retries whatever matters.
+    pub fn send(&self, msg: Message) {
+        let stats = &self.shared.stats;
+        let Some(peer) = self.shared.peers.get(&msg.to) else {
+            tracing::debug!(to = msg.to, "message to unknown peer dropped");
+            TransportStats::inc(&stats.messages_dropped_invalid_total);
+            return;
+        };
+        match codec::encode_frame(&msg, self.shared.limits.frame_bytes_max) {
+            Ok(frame) => peer.enqueue(frame, &self.shared.limits, stats),
+            Err(e) => {
+                tracing::warn!(to = msg.to, kind = msg.body.name(), "message dropped: {e}");
+                TransportStats::inc(&stats.messages_dropped_invalid_total);
+            }
+        }
+    }
+
+    /// Streams the snapshot file at `path` to `to` on a stream of its own. The outcome arrives
+    /// as `Inbound::SnapshotSent`.
+    pub fn send_snapshot(&self, to: NodeId, meta: SnapshotMeta, path: PathBuf) {
+        tokio::spawn(snapshot::send(self.shared.clone(), to, meta, path));
+    }
+
+    /// Lets each peer task write what is queued, then closes every connection and waits for
+    /// the connection tasks and the endpoint. Each wait is bounded by `SHUTDOWN_FLUSH_MS_MAX`;
+    /// what is still running then is aborted. quinn releases the UDP port only once closed
+    /// connections have drained (3 PTOs: up to a few seconds for a dial that never completed),
+    /// so an in-process restart on the same port may briefly see `AddrInUse`.
+    pub async fn shutdown(mut self) {
+        let flush = Duration::from_millis(SHUTDOWN_FLUSH_MS_MAX);
+        self.shutdown_tx.send_replace(true);
+        let deadline = tokio::time::Instant::now() + flush;
+        for task in self.peer_tasks.drain(..) {
+            let abort = task.abort_handle();
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                tracing::warn!("peer task did not flush before the shutdown deadline");
+                abort.abort();
+            }
+        }
+        self.endpoint
+            .close(wire::CLOSE_SHUTDOWN.into(), b"shutdown");
+        if let Some(task) = self.accept_task.take() {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(flush, task).await.is_err() {
+                abort.abort();
+            }
+        }
+        let _ = tokio::time::timeout(flush, self.endpoint.wait_idle()).await;
+        drop(self);
+        // Dropping the last endpoint handle wakes quinn's endpoint driver, which then ends and
+        // closes the socket; let it run before returning so the port is free.
+        for _ in 0..ENDPOINT_DRIVER_YIELDS {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        self.shutdown_tx.send_replace(true);
+        self.endpoint
+            .close(wire::CLOSE_SHUTDOWN.into(), b"shutdown");
+        for task in self.peer_tasks.iter().chain(&self.accept_task) {
+            task.abort();
+        }
+    }
+}

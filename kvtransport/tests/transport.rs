@@ -1,0 +1,561 @@
+//! Transport over real QUIC on 127.0.0.1 with real certificates and files. Every test runs on
+//! tokio's current-thread runtime, as the node does.
+
+// Test helpers outside `#[test]` functions: a failed setup step should simply panic.
+#![allow(clippy::unwrap_used)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kvraft::message::{Membership, Message, MessageBody, NodeId, SnapshotMeta};
+use kvtransport::tls::quinn_client_config;
+use kvtransport::wire::{self, Hello};
+use kvtransport::{
+    codec, generate_certs, ClientConn, ClientError, Inbound, NodeCertSpec, Peer, TlsMaterial,
+    Transport, TransportConfig, TransportError, TransportLimits, TransportStats,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use tokio::sync::mpsc;
+
+/// Upper bound for anything a test waits for; generous for a loaded 2-core machine.
+const WAIT_MS_MAX: u64 = 20_000;
+const NODE_NAMES: [&str; 3] = ["n1", "n2", "n3"];
+
+fn free_port() -> u16 {
+    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    socket.local_addr().unwrap().port()
+}
+
+struct Cluster {
+    certs: tempfile::TempDir,
+    data: tempfile::TempDir,
+    addrs: Vec<SocketAddr>,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        // RUST_LOG=kvnode=debug shows the transport's decisions when a test fails.
+        let filter = tracing_subscriber::EnvFilter::from_default_env();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+        let certs = tempfile::tempdir().unwrap();
+        let nodes: Vec<NodeCertSpec> = NODE_NAMES
+            .iter()
+            .map(|name| NodeCertSpec {
+                name: name.to_string(),
+                addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            })
+            .collect();
+        generate_certs(certs.path(), &nodes, &["client1".to_string()], false).unwrap();
+        let addrs = NODE_NAMES
+            .iter()
+            .map(|_| (Ipv4Addr::LOCALHOST, free_port()).into())
+            .collect();
+        Cluster {
+            certs,
+            data: tempfile::tempdir().unwrap(),
+            addrs,
+        }
+    }
+
+    fn tls(&self, name: &str) -> TlsMaterial {
+        TlsMaterial::load(self.certs.path(), name).unwrap()
+    }
+
+    /// Node `id` (1-based) with the certificate of `cert_name`.
+    fn config_as(&self, id: NodeId, cert_name: &str) -> TransportConfig {
+        let index = id as usize - 1;
+        let peers = (1..=NODE_NAMES.len() as NodeId)
+            .filter(|peer| *peer != id)
+            .map(|peer| Peer {
+                id: peer,
+                name: NODE_NAMES[peer as usize - 1].to_string(),
+                addr: self.addrs[peer as usize - 1],
+            })
+            .collect();
+        TransportConfig {
+            self_name: NODE_NAMES[index].to_string(),
+            self_id: id,
+            listen: self.addrs[index],
+            peers,
+            tls: self.tls(cert_name),
+            snapshot_dir: self.data.path().join(format!("snap-{id}")),
+            limits: TransportLimits::default(),
+        }
+    }
+
+    fn start(&self, id: NodeId) -> (Transport, mpsc::Receiver<Inbound>) {
+        Transport::start(self.config_as(id, NODE_NAMES[id as usize - 1])).unwrap()
+    }
+
+    /// Starts node `id` again on its old port. quinn keeps the UDP socket until the closed
+    /// connections have drained (3 PTOs, up to seconds for a handshake that never finished),
+    /// so the port may still be busy for a moment after `shutdown`.
+    async fn restart(&self, id: NodeId) -> (Transport, mpsc::Receiver<Inbound>) {
+        for _ in 0..WAIT_MS_MAX / 50 {
+            match Transport::start(self.config_as(id, NODE_NAMES[id as usize - 1])) {
+                Ok(started) => return started,
+                Err(TransportError::Bind { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("restart failed: {e}"),
+            }
+        }
+        panic!("port of node {id} still busy after {WAIT_MS_MAX} ms");
+    }
+}
+
+fn heartbeat(from: NodeId, to: NodeId, term: u64) -> Message {
+    Message {
+        from,
+        to,
+        term,
+        body: MessageBody::Heartbeat {
+            commit: 0,
+            read_round: 0,
+        },
+    }
+}
+
+async fn next_inbound(rx: &mut mpsc::Receiver<Inbound>) -> Inbound {
+    let wait = Duration::from_millis(WAIT_MS_MAX);
+    tokio::time::timeout(wait, rx.recv())
+        .await
+        .expect("inbound timed out")
+        .expect("closed")
+}
+
+async fn next_raft(rx: &mut mpsc::Receiver<Inbound>) -> Message {
+    match next_inbound(rx).await {
+        Inbound::Raft(msg) => msg,
+        other => panic!("expected a raft message, got {other:?}"),
+    }
+}
+
+/// Polls a counter until it reaches `at_least` (bounded by WAIT_MS_MAX).
+async fn wait_counter(counter: &AtomicU64, at_least: u64) {
+    for _ in 0..WAIT_MS_MAX / 10 {
+        if TransportStats::get(counter) >= at_least {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "counter stayed at {} (< {at_least})",
+        TransportStats::get(counter)
+    );
+}
+
+/// Answers every client request with its own bytes, reversed; forwards everything else.
+fn spawn_echo(mut rx: mpsc::Receiver<Inbound>) -> mpsc::UnboundedReceiver<Inbound> {
+    let (tx, others) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(inbound) = rx.recv().await {
+            match inbound {
+                Inbound::Client { request, reply, .. } => {
+                    let mut response = request.to_vec();
+                    response.reverse();
+                    let _ = reply.send(Bytes::from(response));
+                }
+                other => {
+                    let _ = tx.send(other);
+                }
+            }
+        }
+    });
+    others
+}
+
+#[tokio::test]
+async fn transport_three_nodes_exchange_raft_messages() {
+    let cluster = Cluster::new();
+    let mut nodes: Vec<_> = (1..=3).map(|id| cluster.start(id)).collect();
+    for from in 1..=3u64 {
+        for to in (1..=3u64).filter(|to| *to != from) {
+            for term in 1..=100 {
+                nodes[from as usize - 1].0.send(heartbeat(from, to, term));
+            }
+        }
+    }
+    // Each node gets 100 messages from each of the two others, in order per sender.
+    for (index, (_, rx)) in nodes.iter_mut().enumerate() {
+        let mut last_term = [0u64; 4];
+        for _ in 0..200 {
+            let msg = next_raft(rx).await;
+            assert_eq!(msg.to, index as u64 + 1);
+            assert_eq!(
+                msg.term,
+                last_term[msg.from as usize] + 1,
+                "in order per sender"
+            );
+            last_term[msg.from as usize] = msg.term;
+        }
+    }
+    for (transport, _) in nodes {
+        let stats = transport.stats();
+        assert_eq!(TransportStats::get(&stats.messages_sent_total), 200);
+        assert_eq!(TransportStats::get(&stats.messages_received_total), 200);
+        assert_eq!(stats.connections_refused_total(), 0);
+        transport.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn transport_restarted_peer_receives_messages_again() {
+    let cluster = Cluster::new();
+    let (n1, mut rx1) = cluster.start(1);
+    let (n2, mut rx2) = cluster.start(2);
+    n1.send(heartbeat(1, 2, 1));
+    assert_eq!(next_raft(&mut rx2).await.term, 1);
+
+    n2.shutdown().await;
+    drop(rx2);
+    // Sent while n2 is down: lost or delivered late, Raft tolerates both.
+    n1.send(heartbeat(1, 2, 2));
+    let (n2, mut rx2) = cluster.restart(2).await;
+    // n1 notices the old connection is gone and redials with backoff; keep sending until a
+    // fresh message arrives.
+    let mut delivered = None;
+    for term in 3..3 + WAIT_MS_MAX / 50 {
+        n1.send(heartbeat(1, 2, term));
+        let wait = tokio::time::timeout(Duration::from_millis(50), rx2.recv()).await;
+        if let Ok(Some(Inbound::Raft(msg))) = wait {
+            if msg.term >= 3 {
+                delivered = Some(msg.term);
+                break;
+            }
+        }
+    }
+    assert!(delivered.is_some(), "no message reached the restarted peer");
+    n2.send(heartbeat(2, 1, 7));
+    let msg = next_raft(&mut rx1).await;
+    assert_eq!((msg.from, msg.term), (2, 7));
+    n1.shutdown().await;
+    n2.shutdown().await;
+}
+
+/// A directory holding the cluster's CA but the client cert and key of another CA.
+fn foreign_client_dir(cluster: &Cluster) -> tempfile::TempDir {
+    let other = tempfile::tempdir().unwrap();
+    let spec = [NodeCertSpec {
+        name: "n1".into(),
+        addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+    }];
+    generate_certs(other.path(), &spec, &["client1".to_string()], false).unwrap();
+    let mixed = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        cluster.certs.path().join("ca.pem"),
+        mixed.path().join("ca.pem"),
+    )
+    .unwrap();
+    for file in ["client1.pem", "client1.key"] {
+        std::fs::copy(other.path().join(file), mixed.path().join(file)).unwrap();
+    }
+    mixed
+}
+
+#[tokio::test]
+async fn transport_client_with_cert_of_another_ca_is_refused() {
+    let cluster = Cluster::new();
+    let (n1, rx1) = cluster.start(1);
+    let _others = spawn_echo(rx1);
+    let mixed = foreign_client_dir(&cluster);
+    let foreign = TlsMaterial::load(mixed.path(), "client1").unwrap();
+    let result = ClientConn::connect(cluster.addrs[0], "n1", &foreign).await;
+    let Err(ClientError::Refused { reason }) = result else {
+        panic!("expected a refusal, got {:?}", result.err());
+    };
+    assert!(
+        reason.contains("UnknownIssuer") || reason.contains("certificate"),
+        "{reason}"
+    );
+    wait_counter(&n1.stats().connections_refused_tls_total, 1).await;
+
+    // The real client still gets in.
+    let client = ClientConn::connect(cluster.addrs[0], "n1", &cluster.tls("client1")).await;
+    let response = client
+        .unwrap()
+        .request(Bytes::from_static(b"abc"), wait())
+        .await;
+    assert_eq!(response.unwrap(), Bytes::from_static(b"cba"));
+    n1.shutdown().await;
+}
+
+fn wait() -> Duration {
+    Duration::from_millis(WAIT_MS_MAX)
+}
+
+#[tokio::test]
+async fn transport_client_without_cert_is_refused() {
+    let cluster = Cluster::new();
+    let (n1, rx1) = cluster.start(1);
+    let _others = spawn_echo(rx1);
+    let ca_pem = std::fs::read(cluster.certs.path().join("ca.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(&ca_pem).unwrap())
+        .unwrap();
+    let provider = kvtransport::tls::crypto_provider();
+    let crypto = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let limits = TransportLimits::default();
+    let config = quinn_client_config(crypto, limits.quinn_transport().unwrap()).unwrap();
+    let result =
+        ClientConn::connect_with(cluster.addrs[0], "n1", config, Hello::client(), &limits).await;
+    assert!(
+        matches!(result, Err(ClientError::Refused { .. })),
+        "{:?}",
+        result.err()
+    );
+    wait_counter(&n1.stats().connections_refused_tls_total, 1).await;
+    n1.shutdown().await;
+}
+
+#[tokio::test]
+async fn transport_node_cert_with_wrong_identity_is_refused() {
+    let cluster = Cluster::new();
+    let (n1, rx1) = cluster.start(1);
+    let mut others = spawn_echo(rx1);
+    let limits = TransportLimits::default();
+    let transport = limits.quinn_transport().unwrap();
+    let addr = cluster.addrs[0];
+
+    // n3's certificate claiming to be node 2.
+    let n3 = cluster.tls("n3").client_config(transport.clone()).unwrap();
+    let result = ClientConn::connect_with(addr, "n1", n3, Hello::node(2, "n2"), &limits).await;
+    let Err(ClientError::Refused { reason }) = result else {
+        panic!("expected a refusal, got {:?}", result.err());
+    };
+    assert!(reason.contains("cannot act as node 2"), "{reason}");
+    wait_counter(&n1.stats().connections_refused_identity_total, 1).await;
+
+    // A client certificate claiming to be a node.
+    let client = cluster
+        .tls("client1")
+        .client_config(transport.clone())
+        .unwrap();
+    let result = ClientConn::connect_with(addr, "n1", client, Hello::node(2, "n2"), &limits).await;
+    assert!(
+        matches!(result, Err(ClientError::Refused { .. })),
+        "{:?}",
+        result.err()
+    );
+    wait_counter(&n1.stats().connections_refused_identity_total, 2).await;
+
+    // The dialing side: n1 answering when we dial "n2" is refused by our verifier.
+    let n3 = cluster.tls("n3").client_config(transport.clone()).unwrap();
+    let result = ClientConn::connect_with(addr, "n2", n3, Hello::node(3, "n3"), &limits).await;
+    let Err(ClientError::Refused { reason }) = result else {
+        panic!("expected a refusal, got {:?}", result.err());
+    };
+    assert!(reason.contains("not valid for name"), "{reason}");
+
+    // Node 2, properly authenticated, sending a message that claims to come from node 3.
+    let n2 = cluster.tls("n2").client_config(transport).unwrap();
+    let conn = ClientConn::connect_with(addr, "n1", n2, Hello::node(2, "n2"), &limits).await;
+    let conn = conn.unwrap();
+    let mut stream = conn.connection().open_uni().await.unwrap();
+    let forged = codec::encode_frame(&heartbeat(3, 1, 1), 1 << 20).unwrap();
+    let genuine = codec::encode_frame(&heartbeat(2, 1, 2), 1 << 20).unwrap();
+    let mut chunks = [
+        Bytes::from_static(&[wire::STREAM_TAG_RAFT]),
+        forged,
+        genuine,
+    ];
+    stream.write_all_chunks(&mut chunks).await.unwrap();
+    let Some(Inbound::Raft(msg)) = others.recv().await else {
+        panic!("no message")
+    };
+    assert_eq!(
+        (msg.from, msg.term),
+        (2, 2),
+        "the forged message was dropped"
+    );
+    assert_eq!(
+        TransportStats::get(&n1.stats().messages_dropped_wrong_sender_total),
+        1
+    );
+    n1.shutdown().await;
+}
+
+async fn raw_client_stream(conn: &ClientConn, bytes: &[u8]) -> Result<Bytes, ClientError> {
+    let (mut send, mut recv) = conn.connection().open_bi().await?;
+    send.write_all(bytes).await?;
+    let _ = send.finish();
+    match codec::read_raw_frame(&mut recv, 1 << 20).await {
+        Ok(Some(bytes)) => Ok(bytes),
+        Ok(None) => Err(ClientError::Stream("no response".into())),
+        Err(e) => Err(ClientError::Stream(e.to_string())),
+    }
+}
+
+#[tokio::test]
+async fn transport_oversize_and_malformed_frames_fail_and_node_keeps_serving() {
+    let cluster = Cluster::new();
+    let (n1, rx1) = cluster.start(1);
+    let (n2, _rx2) = cluster.start(2);
+    let mut others = spawn_echo(rx1);
+    let stats = n1.stats();
+    let client = ClientConn::connect(cluster.addrs[0], "n1", &cluster.tls("client1")).await;
+    let client = client.unwrap();
+
+    // A request announcing 512 MiB: refused on the length, nothing allocated or read.
+    let mut oversize = vec![wire::STREAM_TAG_CLIENT];
+    oversize.extend_from_slice(&(512u32 << 20).to_le_bytes());
+    let error = raw_client_stream(&client, &oversize)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("reset by peer: error 3"), "{error}");
+    assert_eq!(TransportStats::get(&stats.frames_oversize_total), 1);
+    // The library refuses a too large request before sending it.
+    let limit = kvtransport::CLIENT_REQUEST_BYTES_MAX_DEFAULT as usize;
+    let big = Bytes::from(vec![0u8; limit + 1]);
+    assert!(matches!(
+        client.request(big, wait()).await,
+        Err(ClientError::TooLarge)
+    ));
+
+    // An unknown stream tag, and a request cut inside its frame.
+    let error = raw_client_stream(&client, &[99])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("reset by peer: error 2"), "{error}");
+    let error = raw_client_stream(&client, &[wire::STREAM_TAG_CLIENT, 10, 0, 0, 0, 1])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("reset by peer: error 2"), "{error}");
+    assert_eq!(TransportStats::get(&stats.frames_malformed_total), 2);
+
+    // A raft stream with a frame that does not decode as a Message.
+    let limits = TransportLimits::default();
+    let n2_config = cluster
+        .tls("n2")
+        .client_config(limits.quinn_transport().unwrap())
+        .unwrap();
+    let hello = Hello::node(2, "n2");
+    let raw = ClientConn::connect_with(cluster.addrs[0], "n1", n2_config, hello, &limits).await;
+    let raw = raw.unwrap();
+    let mut stream = raw.connection().open_uni().await.unwrap();
+    let garbage = codec::encode_raw_frame(&[0xff; 32], 1024).unwrap();
+    stream.write_all(&[wire::STREAM_TAG_RAFT]).await.unwrap();
+    stream.write_all(&garbage).await.unwrap();
+    wait_counter(&stats.frames_malformed_total, 3).await;
+
+    // Still serving: the same client connection, and n2's own raft stream.
+    let response = client
+        .request(Bytes::from_static(b"ok?"), wait())
+        .await
+        .unwrap();
+    assert_eq!(response, Bytes::from_static(b"?ko"));
+    n2.send(heartbeat(2, 1, 9));
+    let Some(Inbound::Raft(msg)) = others.recv().await else {
+        panic!("no message")
+    };
+    assert_eq!((msg.from, msg.term), (2, 9));
+    n1.shutdown().await;
+    n2.shutdown().await;
+}
+
+fn write_test_file(path: &Path, bytes_len: usize) -> Vec<u8> {
+    // xorshift: incompressible, deterministic content.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut content = Vec::with_capacity(bytes_len);
+    while content.len() < bytes_len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        content.extend_from_slice(&state.to_le_bytes());
+    }
+    content.truncate(bytes_len);
+    std::fs::write(path, &content).unwrap();
+    content
+}
+
+#[tokio::test]
+async fn transport_snapshot_file_streams_and_arrives_identical() {
+    let cluster = Cluster::new();
+    let (n1, mut rx1) = cluster.start(1);
+    let (n2, mut rx2) = cluster.start(2);
+    let source: PathBuf = cluster.data.path().join("outgoing.snap");
+    let content = write_test_file(&source, 5 * (1 << 20) + 12_345);
+    let meta = SnapshotMeta {
+        last_index: 42,
+        last_term: 3,
+        membership: Membership::new(vec![1, 2]),
+    };
+    n1.send_snapshot(2, meta.clone(), source);
+
+    let Inbound::Snapshot {
+        from,
+        meta: got_meta,
+        path,
+    } = next_inbound(&mut rx2).await
+    else {
+        panic!("expected a snapshot");
+    };
+    assert_eq!((from, &got_meta), (1, &meta));
+    assert!(path.starts_with(cluster.data.path().join("snap-2")));
+    assert_eq!(std::fs::read(&path).unwrap(), content);
+    let Inbound::SnapshotSent {
+        to,
+        meta: sent_meta,
+        ok,
+    } = next_inbound(&mut rx1).await
+    else {
+        panic!("expected the sender's outcome");
+    };
+    assert_eq!((to, sent_meta, ok), (2, meta, true));
+    assert_eq!(TransportStats::get(&n1.stats().snapshots_sent_total), 1);
+    assert_eq!(TransportStats::get(&n2.stats().snapshots_received_total), 1);
+    // No temporary file is left behind.
+    let leftovers = std::fs::read_dir(cluster.data.path().join("snap-2"))
+        .unwrap()
+        .count();
+    assert_eq!(leftovers, 1);
+    n1.shutdown().await;
+    n2.shutdown().await;
+}
+
+#[tokio::test]
+async fn transport_concurrent_client_requests_all_answered() {
+    const TASKS: usize = 64;
+    const REQUESTS_PER_TASK: usize = 200;
+    let cluster = Cluster::new();
+    let (n1, rx1) = cluster.start(1);
+    let _others = spawn_echo(rx1);
+    let client = ClientConn::connect(cluster.addrs[0], "n1", &cluster.tls("client1")).await;
+    let client = std::sync::Arc::new(client.unwrap());
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..TASKS {
+        let client = client.clone();
+        tasks.spawn(async move {
+            for request in 0..REQUESTS_PER_TASK {
+                let body = format!("{task}:{request}");
+                let response = client
+                    .request(Bytes::from(body.clone()), wait())
+                    .await
+                    .unwrap();
+                let expected: String = body.chars().rev().collect();
+                assert_eq!(response, Bytes::from(expected));
+            }
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.unwrap();
+    }
+    let answered = TransportStats::get(&n1.stats().client_requests_total);
+    assert_eq!(answered, (TASKS * REQUESTS_PER_TASK) as u64);
+    n1.shutdown().await;
+}
