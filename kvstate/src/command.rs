@@ -6,15 +6,19 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::limits::COMMAND_BYTES_MAX;
+use super::limits::{COMMAND_BYTES_MAX, OWNER_BYTES_MAX};
 use super::ops::{Op, OpError};
 
 /// The first byte of every encoded command.
-pub const COMMAND_FORMAT_VERSION: u8 = 1;
+pub const COMMAND_FORMAT_VERSION: u8 = 2;
 
 /// One client operation as it is stored in the log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
+    /// Who may use the session: the name in the TLS certificate of the connection that sent the
+    /// request, filled in by the node, never taken from the client's bytes. Sessions are keyed
+    /// by `(owner, client_id)`, so no client can touch another identity's session.
+    pub owner: String,
     /// The client's session; chosen at random by the client (see `proto-docs/client.md`).
     pub client_id: u64,
     /// The client's request number; grows by at least one per new request.
@@ -38,6 +42,8 @@ pub enum CommandError {
     TrailingBytes(usize),
     #[error("command is invalid: {0}")]
     Invalid(#[from] OpError),
+    #[error("session owner is {bytes} bytes, the limit is {OWNER_BYTES_MAX}")]
+    OwnerTooLong { bytes: usize },
 }
 
 fn bincode_config() -> impl bincode::config::Config {
@@ -48,6 +54,7 @@ impl Command {
     /// Validates the operation and encodes. Fails with `TooLarge` above `COMMAND_BYTES_MAX`.
     pub fn encode(&self) -> Result<Vec<u8>, CommandError> {
         self.op.validate()?;
+        check_owner(&self.owner)?;
         let mut out = vec![COMMAND_FORMAT_VERSION];
         bincode::serde::encode_into_std_write(self, &mut out, bincode::config::standard())
             .map_err(|error| CommandError::Encode(error.to_string()))?;
@@ -87,6 +94,14 @@ impl Command {
         if used != body.len() {
             return Err(CommandError::TrailingBytes(body.len() - used));
         }
+        check_owner(&command.owner)?;
         Ok(command)
     }
+}
+
+fn check_owner(owner: &str) -> Result<(), CommandError> {
+    if owner.len() > OWNER_BYTES_MAX {
+        return Err(CommandError::OwnerTooLong { bytes: owner.len() });
+    }
+    Ok(())
 }

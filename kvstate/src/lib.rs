@@ -13,7 +13,7 @@ pub mod state;
 
 pub use command::{Command, CommandError};
 pub use ops::{KeyOp, KeyResult, Op, OpError, OpFailure, OpResult, Value};
-pub use state::{ApplyOutcome, KvError, StateMachine};
+pub use state::{ApplyOutcome, KvError, SessionKey, StateMachine};
 
 /// A log index, as in `raft::message::Index` (repeated here so `kv/` depends on nothing in
 /// the workspace; both are `u64`).

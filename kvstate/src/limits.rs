@@ -25,6 +25,8 @@ pub const RESULT_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Most client sessions kept. Beyond it the session used least recently (by log index) is
 /// evicted; see `proto-docs/client.md` "Sessions".
 pub const SESSIONS_MAX: usize = 4096;
+/// Bytes of a session owner: the name in the client's TLS certificate (`proto-docs/client.md`).
+pub const OWNER_BYTES_MAX: usize = 255;
 /// Most bytes of cached results over all sessions (by `OpResult::size_bytes`). Beyond it the
 /// least recently used sessions are evicted too, but never the session just written.
 pub const SESSIONS_RESULT_BYTES_MAX: usize = 64 * 1024 * 1024;

@@ -68,6 +68,15 @@ pub enum KvError {
     SnapshotInvalid(String),
 }
 
+/// A session's name: the certificate identity that opened it and the client's random id. Two
+/// identities using the same `client_id` have two sessions, so a client can neither read nor
+/// advance another identity's session (`proto-docs/client.md`, "Sessions").
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SessionKey {
+    pub owner: String,
+    pub client_id: u64,
+}
+
 /// One client's session: its last request and that request's result.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Session {
@@ -88,10 +97,10 @@ enum Undo {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StateMachine {
     map: BTreeMap<Bytes, Value>,
-    sessions: BTreeMap<u64, Session>,
-    /// Session client ids by their last log index: the first entry is the least recently used.
-    /// Every command has its own index, so an index names at most one session.
-    sessions_by_index: BTreeMap<Index, u64>,
+    sessions: BTreeMap<SessionKey, Session>,
+    /// Sessions by their last log index: the first entry is the least recently used. Every
+    /// command has its own index, so an index names at most one session.
+    sessions_by_index: BTreeMap<Index, SessionKey>,
     /// Sum of `OpResult::size_bytes` over the sessions' cached results.
     sessions_result_bytes: usize,
     applied_index: Index,
@@ -121,9 +130,13 @@ impl StateMachine {
         self.sessions.len()
     }
 
-    /// The last sequence number answered for `client_id`, if its session is kept.
-    pub fn session_seq(&self, client_id: u64) -> Option<u64> {
-        self.sessions.get(&client_id).map(|session| session.seq)
+    /// The last sequence number answered for `client_id` of `owner`, if its session is kept.
+    pub fn session_seq(&self, owner: &str, client_id: u64) -> Option<u64> {
+        let key = SessionKey {
+            owner: owner.to_string(),
+            client_id,
+        };
+        self.sessions.get(&key).map(|session| session.seq)
     }
 
     /// A value as of `applied_index`, for reads served by ReadIndex or `stale` (no log entry).
@@ -186,7 +199,13 @@ impl StateMachine {
                 }
             }
         };
-        let Command { client_id, seq, op } = command;
+        let Command {
+            owner,
+            client_id,
+            seq,
+            op,
+        } = command;
+        let key = SessionKey { owner, client_id };
         if let Err(error) = op.validate() {
             let error = CommandError::Invalid(error);
             return ApplyOutcome::Rejected {
@@ -194,11 +213,11 @@ impl StateMachine {
                 error,
             };
         }
-        if let Some(session) = self.sessions.get(&client_id) {
+        if let Some(session) = self.sessions.get(&key) {
             let last_seq = session.seq;
             if seq == last_seq {
                 let result = session.result.clone();
-                self.session_touch(client_id, index);
+                self.session_touch(&key, index);
                 return ApplyOutcome::Duplicate {
                     client_id,
                     seq,
@@ -206,7 +225,7 @@ impl StateMachine {
                 };
             }
             if seq < last_seq {
-                self.session_touch(client_id, index);
+                self.session_touch(&key, index);
                 return ApplyOutcome::Stale {
                     client_id,
                     seq,
@@ -215,7 +234,7 @@ impl StateMachine {
             }
         }
         let result = self.execute(&op);
-        self.session_record(client_id, seq, index, result.clone());
+        self.session_record(key, seq, index, result.clone());
         ApplyOutcome::Applied {
             client_id,
             seq,
@@ -392,24 +411,24 @@ impl StateMachine {
 /// `SESSIONS_RESULT_BYTES_MAX` cached bytes. The least recently used session (smallest log
 /// index of its last entry) goes first, so every replica evicts the same sessions.
 impl StateMachine {
-    fn session_touch(&mut self, client_id: u64, index: Index) {
-        let Some(session) = self.sessions.get_mut(&client_id) else {
+    fn session_touch(&mut self, key: &SessionKey, index: Index) {
+        let Some(session) = self.sessions.get_mut(key) else {
             return;
         };
         let removed = self.sessions_by_index.remove(&session.index);
-        assert_eq!(removed, Some(client_id), "session index out of sync");
+        assert_eq!(removed.as_ref(), Some(key), "session index out of sync");
         session.index = index;
-        self.sessions_by_index.insert(index, client_id);
+        self.sessions_by_index.insert(index, key.clone());
     }
 
-    fn session_record(&mut self, client_id: u64, seq: u64, index: Index, result: OpResult) {
+    fn session_record(&mut self, key: SessionKey, seq: u64, index: Index, result: OpResult) {
         let result_bytes = result.size_bytes();
         let session = Session { seq, index, result };
-        if let Some(previous) = self.sessions.insert(client_id, session) {
+        if let Some(previous) = self.sessions.insert(key.clone(), session) {
             self.sessions_by_index.remove(&previous.index);
             self.sessions_result_bytes -= previous.result.size_bytes();
         }
-        self.sessions_by_index.insert(index, client_id);
+        self.sessions_by_index.insert(index, key);
         self.sessions_result_bytes += result_bytes;
         self.sessions_evict();
     }
@@ -420,10 +439,10 @@ impl StateMachine {
         while self.sessions.len() > SESSIONS_MAX
             || (self.sessions_result_bytes > SESSIONS_RESULT_BYTES_MAX && self.sessions.len() > 1)
         {
-            let Some((_, client_id)) = self.sessions_by_index.pop_first() else {
+            let Some((_, key)) = self.sessions_by_index.pop_first() else {
                 return;
             };
-            let session = self.sessions.remove(&client_id);
+            let session = self.sessions.remove(&key);
             let session = session.expect("sessions_by_index names a kept session");
             self.sessions_result_bytes -= session.result.size_bytes();
         }

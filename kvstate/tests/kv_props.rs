@@ -75,7 +75,14 @@ fn log_strategy() -> impl Strategy<Value = Vec<Vec<u8>>> {
                 SeqChoice::Older => last.saturating_sub(1),
             };
             *last = (*last).max(seq);
-            log.push(Command { client_id, seq, op }.encode().unwrap());
+            let owner = "client1".to_string();
+            let command = Command {
+                owner,
+                client_id,
+                seq,
+                op,
+            };
+            log.push(command.encode().unwrap());
         }
         log
     })
@@ -208,7 +215,9 @@ struct Model {
 
 impl Model {
     fn apply(&mut self, command: Command) -> ApplyOutcome {
-        let Command { client_id, seq, op } = command;
+        let Command {
+            client_id, seq, op, ..
+        } = command;
         if let Some((last_seq, result)) = self.sessions.get(&client_id) {
             if seq == *last_seq {
                 return ApplyOutcome::Duplicate {

@@ -7,7 +7,7 @@
 //! ```text
 //! header  { magic "KVSM", version 1, applied_index, pairs_count, sessions_count }
 //! pair    (key, Value)                       x pairs_count, keys strictly ascending
-//! session (client_id, { seq, index, result }) x sessions_count, client ids strictly ascending
+//! session ({ owner, client_id }, { seq, index, result }) x sessions_count, keys strictly ascending
 //! ```
 //!
 //! The map and the sessions are `BTreeMap`s, so the same state always gives the same bytes:
@@ -15,14 +15,16 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{KvError, Session, StateMachine};
-use crate::limits::{KEY_BYTES_MAX, RESULT_BYTES_MAX, SESSIONS_MAX, SNAPSHOT_RECORD_BYTES_MAX};
+use super::{KvError, Session, SessionKey, StateMachine};
+use crate::limits::{
+    KEY_BYTES_MAX, OWNER_BYTES_MAX, RESULT_BYTES_MAX, SESSIONS_MAX, SNAPSHOT_RECORD_BYTES_MAX,
+};
 use crate::ops::Value;
 use crate::Index;
 use bytes::Bytes;
 
 const SNAPSHOT_MAGIC: [u8; 4] = *b"KVSM";
-const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+const SNAPSHOT_FORMAT_VERSION: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct Header {
@@ -60,7 +62,7 @@ impl StateMachine {
         let mut reader = RecordReader { data, offset: 0 };
         let header: Header = reader.next()?;
         if header.magic != SNAPSHOT_MAGIC || header.version != SNAPSHOT_FORMAT_VERSION {
-            return Err(invalid("not a state machine snapshot of format version 1"));
+            return Err(invalid("not a state machine snapshot of format version 2"));
         }
         let mut state = StateMachine {
             applied_index: header.applied_index,
@@ -84,8 +86,8 @@ impl StateMachine {
             return Err(invalid("more sessions than SESSIONS_MAX"));
         }
         for _ in 0..header.sessions_count {
-            let (client_id, session): (u64, Session) = reader.next()?;
-            state.restore_session(client_id, session)?;
+            let (key, session): (SessionKey, Session) = reader.next()?;
+            state.restore_session(key, session)?;
         }
         if reader.offset != data.len() {
             return Err(invalid("bytes after the last record"));
@@ -93,11 +95,14 @@ impl StateMachine {
         Ok(state)
     }
 
-    fn restore_session(&mut self, client_id: u64, session: Session) -> Result<(), KvError> {
+    fn restore_session(&mut self, key: SessionKey, session: Session) -> Result<(), KvError> {
+        if key.owner.len() > OWNER_BYTES_MAX {
+            return Err(invalid("a session owner is over OWNER_BYTES_MAX"));
+        }
         if self
             .sessions
             .last_key_value()
-            .is_some_and(|(last, _)| *last >= client_id)
+            .is_some_and(|(last, _)| *last >= key)
         {
             return Err(invalid("sessions are not in ascending client order"));
         }
@@ -108,13 +113,13 @@ impl StateMachine {
         }
         if self
             .sessions_by_index
-            .insert(session.index, client_id)
+            .insert(session.index, key.clone())
             .is_some()
         {
             return Err(invalid("two sessions have the same log index"));
         }
         self.sessions_result_bytes += session.result.size_bytes();
-        self.sessions.insert(client_id, session);
+        self.sessions.insert(key, session);
         Ok(())
     }
 }

@@ -27,9 +27,19 @@ impl Driver {
     }
 
     fn apply_as(&mut self, client_id: u64, seq: u64, op: Op) -> ApplyOutcome {
+        self.apply_owned("client1", client_id, seq, op)
+    }
+
+    fn apply_owned(&mut self, owner: &str, client_id: u64, seq: u64, op: Op) -> ApplyOutcome {
         self.index += 1;
-        let data = Command { client_id, seq, op }.encode().unwrap();
-        self.state.apply(self.index, &data)
+        let owner = owner.to_string();
+        let command = Command {
+            owner,
+            client_id,
+            seq,
+            op,
+        };
+        self.state.apply(self.index, &command.encode().unwrap())
     }
 
     /// Applies `op` as a new request of client 1 and returns its result.
@@ -365,6 +375,42 @@ fn retried_request_applies_once_and_returns_the_cached_result() {
     assert_eq!(driver.state.get_local(b"l"), list(&["a", "a"]).as_ref());
 }
 
+/// Issue 10, bug 5: a session belongs to the certificate identity that opened it. Another
+/// identity reusing the `client_id` with `seq = u64::MAX` gets a session of its own and leaves
+/// the victim's exactly-once state untouched (before the fix, every later write of the victim
+/// was answered `Stale`).
+#[test]
+fn another_identity_cannot_hijack_a_session() {
+    let mut driver = Driver::new();
+    driver.apply_owned("alice", 9, 1, Op::put("k", "a1"));
+    let attack = driver.apply_owned("mallory", 9, u64::MAX, Op::put("k", "m"));
+    assert!(matches!(attack, ApplyOutcome::Applied { .. }));
+    let next = driver.apply_owned("alice", 9, 2, Op::put("k", "a2"));
+    assert!(matches!(next, ApplyOutcome::Applied { seq: 2, .. }), "{next:?}");
+    let retry = driver.apply_owned("alice", 9, 2, Op::put("k", "a2"));
+    assert!(matches!(retry, ApplyOutcome::Duplicate { seq: 2, .. }));
+    assert_eq!(driver.state.session_seq("alice", 9), Some(2));
+    assert_eq!(driver.state.session_seq("mallory", 9), Some(u64::MAX));
+    // Sessions and their owners survive a snapshot.
+    let restored = StateMachine::restore(&driver.state.snapshot()).unwrap();
+    assert_eq!(restored, driver.state);
+    assert_eq!(restored.session_seq("alice", 9), Some(2));
+}
+
+#[test]
+fn an_owner_over_the_limit_is_refused() {
+    let command = Command {
+        owner: "x".repeat(crate::limits::OWNER_BYTES_MAX + 1),
+        client_id: 1,
+        seq: 1,
+        op: Op::put("k", "v"),
+    };
+    assert!(matches!(
+        command.encode(),
+        Err(CommandError::OwnerTooLong { .. })
+    ));
+}
+
 #[test]
 fn older_seq_is_stale_and_gaps_are_allowed() {
     let mut driver = Driver::new();
@@ -381,7 +427,7 @@ fn older_seq_is_stale_and_gaps_are_allowed() {
     assert_eq!(driver.state.get_local(b"k"), plain("5").as_ref());
     let next = driver.apply_as(3, 9, Op::put("k", "9"));
     assert!(matches!(next, ApplyOutcome::Applied { seq: 9, .. }));
-    assert_eq!(driver.state.session_seq(3), Some(9));
+    assert_eq!(driver.state.session_seq("client1", 3), Some(9));
 }
 
 #[test]
@@ -397,9 +443,9 @@ fn sessions_evict_the_least_recently_used_by_log_index() {
     ));
     driver.apply_as(SESSIONS_MAX as u64, 1, Op::put("k", "v"));
     assert_eq!(driver.state.sessions_len(), SESSIONS_MAX);
-    assert_eq!(driver.state.session_seq(0), Some(1));
-    assert_eq!(driver.state.session_seq(1), None);
-    assert_eq!(driver.state.session_seq(2), Some(1));
+    assert_eq!(driver.state.session_seq("client1", 0), Some(1));
+    assert_eq!(driver.state.session_seq("client1", 1), None);
+    assert_eq!(driver.state.session_seq("client1", 2), Some(1));
 }
 
 #[test]
@@ -413,12 +459,12 @@ fn sessions_evict_by_cached_result_bytes() {
     }
     assert!(driver.state.sessions_len() < sessions_fitting);
     assert_eq!(
-        driver.state.session_seq(100),
+        driver.state.session_seq("client1", 100),
         None,
         "the oldest big result is evicted"
     );
     let newest = 100 + sessions_fitting as u64 + 7;
-    assert_eq!(driver.state.session_seq(newest), Some(1));
+    assert_eq!(driver.state.session_seq("client1", newest), Some(1));
 }
 
 fn encode_unvalidated(command: &Command) -> Vec<u8> {
@@ -455,6 +501,7 @@ fn malformed_commands_are_rejected_deterministically() {
 
     let key = Bytes::from(vec![b'k'; KEY_BYTES_MAX + 1]);
     let command = Command {
+        owner: "client1".into(),
         client_id: 4,
         seq: 1,
         op: Op::Key(KeyOp::Get { key }),
@@ -515,6 +562,7 @@ fn validate_enforces_every_limit() {
 #[test]
 fn command_round_trips_and_refuses_trailing_bytes() {
     let command = Command {
+        owner: "client1".into(),
         client_id: 1,
         seq: 2,
         op: Op::Txn(vec![put("a", "1"), get("a")]),
@@ -524,6 +572,7 @@ fn command_round_trips_and_refuses_trailing_bytes() {
     data.push(0);
     assert_eq!(Command::decode(&data), Err(CommandError::TrailingBytes(1)));
     let invalid = Command {
+        owner: "client1".into(),
         client_id: 1,
         seq: 2,
         op: Op::Txn(vec![]),
@@ -555,7 +604,7 @@ fn read_local_serves_reads_only() {
         .read_local(&Op::Txn(vec![get("a"), put("b", "1")]));
     assert!(matches!(write, Err(OpError::BadRequest(_))));
     assert_eq!(
-        driver.state.session_seq(1),
+        driver.state.session_seq("client1", 1),
         Some(1),
         "reads do not touch sessions"
     );
@@ -573,7 +622,7 @@ fn snapshot_restores_exactly() {
     assert_eq!(restored, driver.state);
     assert_eq!(restored.snapshot(), snapshot);
     assert_eq!(restored.applied_index(), 10);
-    assert_eq!(restored.session_seq(9), Some(4));
+    assert_eq!(restored.session_seq("client1", 9), Some(4));
 }
 
 #[test]

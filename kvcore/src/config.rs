@@ -1,0 +1,34 @@
+//! The node core's limits. Durations are in ticks (the core has no clock); every limit is
+//! named with its unit.
+
+/// What the node core may hold and how long it waits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoreConfig {
+    /// A client request not answered within this many ticks is answered `Timeout`: for a write
+    /// the outcome is unknown (the entry may still commit; a retry with the same `seq` is
+    /// deduplicated). Longer waits ride out more of an election; shorter ones free clients
+    /// sooner. Default: 300 ticks (3 s at the default 10 ms tick).
+    pub request_timeout_ticks: u64,
+    /// Writes and linearizable reads waiting at once on this node. Beyond it a request is
+    /// refused `Unavailable` at once, so memory stays bounded and the client backs off. By
+    /// Little's law, 16384 pending requests at ~3 ms each sustain ~5M requests/s: far above what
+    /// one node serves, so it only bites when commits stall.
+    pub requests_pending_max: usize,
+    /// Take a snapshot (and compact the log) every this many applied entries. Larger values
+    /// snapshot less often but keep more log in memory and replay more at restart.
+    pub snapshot_entries: u64,
+    /// Snapshots received from leaders and held (decoded) until the leader's InstallSnapshot
+    /// message arrives; older ones are discarded. Each costs the whole state in memory.
+    pub received_snapshots_max: usize,
+}
+
+impl Default for CoreConfig {
+    fn default() -> CoreConfig {
+        CoreConfig {
+            request_timeout_ticks: 300,
+            requests_pending_max: 16 * 1024,
+            snapshot_entries: 100_000,
+            received_snapshots_max: 2,
+        }
+    }
+}

@@ -1,0 +1,584 @@
+//! `NodeCore`: the Raft core, the state machine and every decision around them.
+//!
+//! Durability order (proto-docs/durability.md): a Ready's `messages` leave at once; its writes
+//! become WAL commands; its `persisted_messages` and its persist mark wait in the pipeline until
+//! the WAL reports those commands durable. Client writes are answered when their entry is
+//! applied, which happens only after it is committed, which needs a majority's durable
+//! acknowledgements.
+
+use bytes::Bytes;
+use kvraft::{
+    Config as RaftConfig, Entry, EntryKind, Membership, Message, MessageBody, NodeId,
+    ProposeError, RawNode, ReadIndexError, Ready, Role, SnapshotMeta, Status,
+};
+use kvstate::client_proto::{
+    decode_request, ClientError, ClientRequest, ClientResponse, NodeRole, NodeStatus, RequestKind,
+};
+use kvstate::{Command, Op, StateMachine};
+
+use crate::action::{Action, Observation, WalCommand};
+use crate::config::CoreConfig;
+use crate::pipeline::{Pipeline, Release};
+use crate::recovery::{self, DiskState, RecoveryError};
+use crate::requests::{Read, Requests};
+use crate::snapshots::Snapshots;
+use crate::LEADERSHIP_CHANGED;
+
+/// One node's logic. `T` is the driver's token for a client request (a reply channel in the
+/// server, an operation id in the simulator); the core hands it back in `Action::Answer`.
+pub struct NodeCore<T> {
+    id: NodeId,
+    config: CoreConfig,
+    raw: RawNode,
+    sm: StateMachine,
+    requests: Requests<T>,
+    pipeline: Pipeline,
+    snapshots: Snapshots,
+    role: Role,
+    leader: NodeId,
+    ticks: u64,
+    actions: Vec<Action<T>>,
+    observations: Vec<Observation>,
+}
+
+impl<T> NodeCore<T> {
+    /// Builds the node from its disk. The WAL commands recovery needs (realigning the WAL with
+    /// the snapshot) are the first actions, counted like every later one.
+    pub fn recover(
+        config: CoreConfig,
+        raft: RaftConfig,
+        bootstrap: Membership,
+        disk: DiskState,
+        seed: u64,
+    ) -> Result<NodeCore<T>, RecoveryError> {
+        let id = raft.id;
+        let plan = recovery::plan(disk)?;
+        let raw = RawNode::new(raft, bootstrap, plan.restored, seed)?;
+        let mut core = NodeCore {
+            id,
+            config,
+            raw,
+            sm: plan.sm,
+            requests: Requests::default(),
+            pipeline: Pipeline::default(),
+            snapshots: Snapshots::default(),
+            role: Role::Follower,
+            leader: 0,
+            ticks: 0,
+            actions: Vec::new(),
+            observations: Vec::new(),
+        };
+        if plan.discarded > 0 {
+            core.observations.push(Observation::RecoveryDiscarded {
+                entries: plan.discarded,
+                snapshot_index: core.sm.applied_index(),
+            });
+        }
+        for command in plan.commands {
+            core.wal(command);
+        }
+        Ok(core)
+    }
+
+    // ------------------------------------------------------------------ inputs
+
+    /// A client request (`request`: an encoded `ClientRequest`) from the TLS identity `owner`.
+    /// Sessions are bound to `owner` (issue 10, bug 5).
+    pub fn handle_client(&mut self, token: T, owner: &str, request: &[u8]) {
+        let request = match decode_request(request) {
+            Ok(request) => request,
+            Err(error) => return self.answer_error(token, ClientError::BadRequest(error.to_string())),
+        };
+        if let Err(error) = request.validate() {
+            return self.answer_error(token, error);
+        }
+        let ClientRequest {
+            client_id,
+            seq,
+            kind,
+        } = request;
+        match kind {
+            RequestKind::Status => {
+                let response = ClientResponse::Status(self.node_status());
+                self.answer(token, response);
+            }
+            RequestKind::Read { op, stale: true } => {
+                let response = read_response(&self.sm, &op);
+                self.answer(token, response);
+            }
+            RequestKind::Read { op, stale: false } => {
+                if let Some(error) = self.refusal() {
+                    return self.answer_error(token, error);
+                }
+                let deadline_tick = self.deadline();
+                self.requests.add_read(Read {
+                    op,
+                    token,
+                    deadline_tick,
+                });
+            }
+            RequestKind::Write { op } => {
+                let owner = owner.to_string();
+                self.write(token, Command {
+                    owner,
+                    client_id,
+                    seq,
+                    op,
+                })
+            }
+        }
+    }
+
+    fn write(&mut self, token: T, command: Command) {
+        if let Some(error) = self.refusal() {
+            return self.answer_error(token, error);
+        }
+        match command.encode() {
+            Ok(data) => {
+                let deadline = self.deadline();
+                self.requests.add_write(Bytes::from(data), token, deadline);
+            }
+            Err(error) => self.answer_error(token, ClientError::BadRequest(error.to_string())),
+        }
+    }
+
+    /// A Raft message from a peer.
+    pub fn handle_message(&mut self, message: Message) {
+        match &message.body {
+            MessageBody::InstallSnapshot { meta } if !self.snapshots.has_received(meta) => {
+                // Step it only once the file is here: the core replaces its log on this message.
+                let reason = format!("InstallSnapshot {} without its file", meta.last_index);
+                let from = message.from;
+                self.observations.push(Observation::MessageDropped { from, reason });
+                return;
+            }
+            MessageBody::AppendResponse {
+                reject: Some(_), ..
+            } => {
+                let from = message.from;
+                self.observations.push(Observation::AppendRejected { from });
+            }
+            _ => {}
+        }
+        let from = message.from;
+        if let Err(error) = self.raw.step(message) {
+            let reason = error.to_string();
+            self.observations.push(Observation::MessageDropped { from, reason });
+        }
+    }
+
+    /// The WAL reports that its first `commands_durable_total` commands are durable.
+    pub fn handle_durable(&mut self, commands_durable_total: u64) {
+        for release in self.pipeline.on_durable(commands_durable_total) {
+            self.release(release);
+        }
+    }
+
+    /// A snapshot file from a leader arrived and decoded to `sm`.
+    pub fn handle_snapshot_received(&mut self, meta: SnapshotMeta, sm: StateMachine) {
+        let max = self.config.received_snapshots_max;
+        for old in self.snapshots.receive(meta, sm, max) {
+            self.discard_received(old);
+        }
+    }
+
+    /// The snapshot stream to `to` finished (`ok`) or failed.
+    pub fn handle_snapshot_sent(&mut self, to: NodeId, ok: bool) {
+        let message = self.snapshots.release(to);
+        if ok {
+            if let Some(message) = message {
+                self.actions.push(Action::Send(message));
+            }
+        }
+        self.observations.push(Observation::SnapshotSent { to, ok });
+        self.raw.report_snapshot(to, ok);
+    }
+
+    /// Our snapshot at `meta` is durable: compact the log up to it.
+    pub fn handle_snapshot_taken(&mut self, meta: SnapshotMeta) {
+        self.snapshots.taking = false;
+        // A snapshot installed from the leader meanwhile may be newer: the Raft core knows.
+        if meta.last_index <= self.raw.status().snapshot_index {
+            return;
+        }
+        let index = meta.last_index;
+        self.raw.compact(meta);
+        self.wal(WalCommand::Compact(index));
+        self.observations.push(Observation::SnapshotTaken { index });
+    }
+
+    /// One tick of the logical clock: Raft timers and request deadlines.
+    pub fn tick(&mut self) {
+        self.ticks += 1;
+        self.raw.tick();
+        for token in self.requests.expire(self.ticks) {
+            self.answer_error(token, ClientError::Timeout);
+        }
+    }
+
+    // ------------------------------------------------------------------ driving
+
+    /// Proposes and reads what arrived, then handles every Ready the Raft core has.
+    pub fn drive(&mut self) {
+        self.drive_inspect(|_, _| {});
+    }
+
+    /// `drive`, showing each Ready and the Raft core to `inspect` before it is handled (the
+    /// simulator checks its invariants there; the server passes nothing).
+    pub fn drive_inspect(&mut self, mut inspect: impl FnMut(&Ready, &RawNode)) {
+        self.flush_writes();
+        self.flush_reads();
+        while self.raw.has_ready() {
+            let ready = self.raw.ready();
+            inspect(&ready, &self.raw);
+            self.handle_ready(ready);
+        }
+    }
+
+    /// The effects to perform, in order.
+    pub fn take_actions(&mut self) -> Vec<Action<T>> {
+        std::mem::take(&mut self.actions)
+    }
+
+    pub fn take_observations(&mut self) -> Vec<Observation> {
+        std::mem::take(&mut self.observations)
+    }
+
+    fn flush_writes(&mut self) {
+        let batch = self.requests.take_new_writes();
+        if batch.is_empty() {
+            return;
+        }
+        let data: Vec<Bytes> = batch.iter().map(|(d, ..)| d.clone()).collect();
+        match self.raw.propose_batch(data) {
+            Ok((last, term)) => self.requests.proposed(batch, last, term),
+            Err(error) => {
+                let error = match error {
+                    ProposeError::NotLeader { leader_hint } => ClientError::NotLeader { leader_hint },
+                    ProposeError::TooLarge { bytes, max } => ClientError::TooLarge {
+                        what: "command".into(),
+                        bytes,
+                        max,
+                    },
+                    other => ClientError::Unavailable(other.to_string()),
+                };
+                for (_, token, _) in batch {
+                    self.answer_error(token, error.clone());
+                }
+            }
+        }
+    }
+
+    /// All linearizable reads that arrived since the last drive share one ReadIndex round.
+    fn flush_reads(&mut self) {
+        let Some(context) = self.requests.next_read_round() else {
+            return;
+        };
+        let error = match self.raw.read_index(context) {
+            Ok(()) => return self.requests.read_round_started(context),
+            // A new leader's no-op commits within a round trip: keep the reads, retry then.
+            Err(ReadIndexError::NoCommitInTerm) => return,
+            Err(ReadIndexError::NotLeader { leader_hint }) => ClientError::NotLeader { leader_hint },
+            Err(other) => ClientError::Unavailable(other.to_string()),
+        };
+        for (token, error) in self.requests.refuse_new_reads(&error) {
+            self.answer_error(token, error);
+        }
+    }
+
+    fn handle_ready(&mut self, mut ready: Ready) {
+        if let Some(soft) = ready.soft_state {
+            self.on_soft_state(soft.role, soft.leader);
+        }
+        // Before anything is taken out of the Ready (issue 10, bug 1).
+        let wrote = ready.must_persist();
+        for message in std::mem::take(&mut ready.messages) {
+            self.send(message);
+        }
+        if let Some(meta) = ready.snapshot.take() {
+            self.install_snapshot(meta);
+        }
+        let entries = std::mem::take(&mut ready.entries);
+        if !entries.is_empty() || ready.hard_state.is_some() {
+            let hard_state = ready.hard_state;
+            self.wal(WalCommand::Append {
+                entries,
+                hard_state,
+            });
+        }
+        let messages = std::mem::take(&mut ready.persisted_messages);
+        if let Some(release) = self.pipeline.after_ready(wrote, messages, ready.persist_mark) {
+            self.release(release);
+        }
+        self.apply(&ready.committed_entries);
+        for state in &ready.read_states {
+            self.requests.read_confirmed(state.context, state.index);
+        }
+        for &context in &ready.dropped_reads {
+            let error = self
+                .refusal()
+                .unwrap_or(ClientError::NotLeader { leader_hint: None });
+            for read in self.requests.read_dropped(context) {
+                self.answer_error(read.token, error.clone());
+            }
+        }
+        self.serve_reads();
+        self.maybe_snapshot();
+    }
+
+    fn on_soft_state(&mut self, role: Role, leader: NodeId) {
+        if role == Role::Candidate && self.role != Role::Candidate {
+            self.observations.push(Observation::ElectionStarted);
+        }
+        let term = self.raw.status().term;
+        self.observations.push(Observation::RoleChanged { role, leader, term });
+        self.role = role;
+        self.leader = leader;
+        if role != Role::Leader {
+            let error = ClientError::NotLeader {
+                leader_hint: (leader != 0).then_some(leader),
+            };
+            let mut refused = self.requests.refuse_new_writes(&error);
+            refused.extend(self.requests.refuse_new_reads(&error));
+            for (token, error) in refused {
+                self.answer_error(token, error);
+            }
+        }
+    }
+
+    fn send(&mut self, message: Message) {
+        if let MessageBody::InstallSnapshot { meta } = &message.body {
+            let (to, meta) = (message.to, meta.clone());
+            self.snapshots.hold(message);
+            self.actions.push(Action::SendSnapshot { to, meta });
+            return;
+        }
+        self.actions.push(Action::Send(message));
+    }
+
+    fn wal(&mut self, command: WalCommand) {
+        self.pipeline.submit();
+        self.actions.push(Action::Wal(command));
+    }
+
+    fn release(&mut self, release: Release) {
+        for message in release.messages {
+            self.send(message);
+        }
+        self.raw.on_persisted(release.mark);
+    }
+
+    // ------------------------------------------------------------------ applying
+
+    fn apply(&mut self, entries: &[Entry]) {
+        let Some(last) = entries.last() else { return };
+        for entry in entries {
+            let outcome = match entry.kind {
+                EntryKind::Normal => Some(self.sm.apply(entry.index, &entry.data)),
+                EntryKind::Noop => {
+                    self.sm.apply_empty(entry.index);
+                    None
+                }
+            };
+            let (ours, replaced) = self.requests.applied(entry.index, entry.term);
+            if let Some(token) = ours {
+                let response = match outcome {
+                    Some(outcome) => ClientResponse::from(outcome),
+                    None => ClientResponse::Err(ClientError::Unavailable(LEADERSHIP_CHANGED.into())),
+                };
+                self.answer(token, response);
+            }
+            for token in replaced {
+                self.answer_error(token, ClientError::Unavailable(LEADERSHIP_CHANGED.into()));
+            }
+        }
+        self.raw.on_applied(last.index);
+        let entries = entries.len();
+        self.observations.push(Observation::Applied { entries });
+    }
+
+    fn serve_reads(&mut self) {
+        for read in self.requests.reads_ready(self.sm.applied_index()) {
+            let response = read_response(&self.sm, &read.op);
+            self.answer(read.token, response);
+        }
+    }
+
+    // ------------------------------------------------------------------ snapshots
+
+    /// Installs the snapshot the leader sent (the Raft core already replaced its log): the
+    /// file first, then the WAL reset behind every earlier command. Writes waiting at or below
+    /// it get `Timeout`: whether they are in it is unknown here.
+    fn install_snapshot(&mut self, meta: SnapshotMeta) {
+        let index = meta.last_index;
+        let Some(sm) = self.snapshots.take_received(&meta) else {
+            // handle_message steps InstallSnapshot only when the snapshot is held.
+            panic!("the Raft core installs snapshot {index}, which was never received");
+        };
+        assert_eq!(sm.applied_index(), index, "received snapshot's state is not at its index");
+        self.sm = sm;
+        self.actions.push(Action::InstallSnapshotFile { meta });
+        self.wal(WalCommand::InstallSnapshot(index));
+        for old in self.snapshots.drop_received_up_to(index) {
+            self.discard_received(old);
+        }
+        for token in self.requests.covered_by_snapshot(index) {
+            self.answer_error(token, ClientError::Timeout);
+        }
+        self.observations.push(Observation::SnapshotInstalled { index });
+    }
+
+    fn discard_received(&mut self, meta: SnapshotMeta) {
+        let index = meta.last_index;
+        self.observations.push(Observation::SnapshotDiscarded { index });
+        self.actions.push(Action::DiscardSnapshotFile { meta });
+    }
+
+    /// Every `snapshot_entries` applied entries: serialize the state machine and ask for the
+    /// file; the log is compacted once the file is durable (`handle_snapshot_taken`).
+    fn maybe_snapshot(&mut self) {
+        let applied = self.sm.applied_index();
+        let snapshot_index = self.raw.status().snapshot_index;
+        if self.snapshots.taking || applied < snapshot_index + self.config.snapshot_entries {
+            return;
+        }
+        let Some(last_term) = self.raw.log_term(applied) else {
+            return;
+        };
+        let meta = SnapshotMeta {
+            last_index: applied,
+            last_term,
+            membership: self.raw.membership().clone(),
+        };
+        let body = self.sm.snapshot();
+        self.snapshots.taking = true;
+        self.actions.push(Action::TakeSnapshot { meta, body });
+    }
+
+    // ------------------------------------------------------------------ answers
+
+    fn answer(&mut self, token: T, response: ClientResponse) {
+        self.actions.push(Action::Answer { token, response });
+    }
+
+    fn answer_error(&mut self, token: T, error: ClientError) {
+        self.answer(token, ClientResponse::Err(error));
+    }
+
+    fn deadline(&self) -> u64 {
+        self.ticks + self.config.request_timeout_ticks
+    }
+
+    /// Why this node cannot take a write or a linearizable read now, if it cannot.
+    fn refusal(&self) -> Option<ClientError> {
+        if self.role != Role::Leader {
+            let leader_hint = (self.leader != 0).then_some(self.leader);
+            return Some(ClientError::NotLeader { leader_hint });
+        }
+        if self.requests.pending() >= self.config.requests_pending_max {
+            let reason = "too many requests pending on this node; back off";
+            return Some(ClientError::Unavailable(reason.into()));
+        }
+        None
+    }
+
+    fn node_status(&self) -> NodeStatus {
+        let status = self.raw.status();
+        let role = match status.role {
+            Role::Leader => NodeRole::Leader,
+            Role::Candidate | Role::PreCandidate => NodeRole::Candidate,
+            Role::Follower => NodeRole::Follower,
+        };
+        NodeStatus {
+            id: self.id,
+            role,
+            term: status.term,
+            commit_index: status.commit_index,
+            applied_index: self.sm.applied_index(),
+            leader: (status.leader != 0).then_some(status.leader),
+        }
+    }
+
+    // ------------------------------------------------------------------ shutdown
+
+    /// Starts handing leadership to the most caught-up follower (graceful shutdown of a
+    /// leader). Returns the target, or `None` if there is no one to hand over to.
+    pub fn transfer_leadership(&mut self) -> Option<NodeId> {
+        if self.role != Role::Leader {
+            return None;
+        }
+        let id = self.id;
+        let target = self
+            .raw
+            .progress()
+            .into_iter()
+            .filter(|(peer, ..)| *peer != id)
+            .max_by_key(|(_, matched, ..)| *matched)
+            .map(|(peer, ..)| peer)?;
+        self.raw.transfer_leader(target).ok()?;
+        Some(target)
+    }
+
+    /// Shutdown: every waiting request is answered. Writes get `Timeout` (they may still commit
+    /// under the next leader); reads are refused.
+    pub fn abandon_requests(&mut self) {
+        for token in self.requests.take_all() {
+            self.answer_error(token, ClientError::Timeout);
+        }
+    }
+
+    // ------------------------------------------------------------------ views
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn status(&self) -> Status {
+        self.raw.status()
+    }
+
+    /// The Raft core, for checks and status displays.
+    pub fn raw(&self) -> &RawNode {
+        &self.raw
+    }
+
+    pub fn state_machine(&self) -> &StateMachine {
+        &self.sm
+    }
+
+    /// Whether acknowledgements or persist marks still wait for the WAL.
+    pub fn is_waiting_for_wal(&self) -> bool {
+        self.pipeline.is_waiting()
+    }
+
+    /// WAL commands handed out since the WAL was opened.
+    pub fn wal_commands_total(&self) -> u64 {
+        self.pipeline.submitted_total()
+    }
+
+    /// Requests waiting on this node.
+    pub fn requests_pending(&self) -> usize {
+        self.requests.pending()
+    }
+
+    /// Whether our own snapshot is being written.
+    pub fn is_taking_snapshot(&self) -> bool {
+        self.snapshots.taking
+    }
+
+    /// A read-only `Op` against local state, as a stale read would see it.
+    pub fn read_local(&self, op: &Op) -> ClientResponse {
+        read_response(&self.sm, op)
+    }
+}
+
+fn read_response(sm: &StateMachine, op: &Op) -> ClientResponse {
+    match sm.read_local(op) {
+        Ok(result) => ClientResponse::Ok(result),
+        Err(error) => ClientResponse::Err(error.into()),
+    }
+}

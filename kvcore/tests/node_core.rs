@@ -1,0 +1,257 @@
+//! The node core driven by hand: messages delivered and WALs synced only when a test says so,
+//! so each durability rule can be checked at the moment it matters.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use bytes::Bytes;
+use kvcore::{Action, CoreConfig, DiskState, NodeCore, WalCommand};
+use kvraft::{
+    Config, Entry, EntryKind, HardState, Membership, Message, MessageBody, NodeId, Role,
+    SnapshotMeta,
+};
+use kvstate::client_proto::{encode_request, ClientError, ClientRequest, ClientResponse};
+use kvstate::client_proto::RequestKind;
+use kvstate::{KeyResult, Op, OpResult, StateMachine, Value};
+
+type Token = u32;
+
+struct Harness {
+    cores: Vec<NodeCore<Token>>,
+    /// Per node: WAL commands handed out and not yet synced.
+    unsynced: Vec<Vec<WalCommand>>,
+    /// Per node: WAL commands synced so far.
+    synced_total: Vec<u64>,
+    network: Vec<Message>,
+    answers: Vec<(Token, ClientResponse)>,
+}
+
+fn raft_config(id: NodeId) -> Config {
+    let mut config = Config::new(id);
+    config.election_timeout_ticks = 10;
+    config.heartbeat_interval_ticks = 2;
+    config
+}
+
+fn core(id: NodeId, disk: DiskState) -> NodeCore<Token> {
+    let membership = Membership::new(vec![1, 2, 3]);
+    NodeCore::recover(CoreConfig::default(), raft_config(id), membership, disk, id).unwrap()
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let cores: Vec<_> = (1..=3).map(|id| core(id, DiskState::default())).collect();
+        Harness {
+            cores,
+            unsynced: vec![Vec::new(); 3],
+            synced_total: vec![0; 3],
+            network: Vec::new(),
+            answers: Vec::new(),
+        }
+    }
+
+    /// Drives node `id` and collects what it asks for.
+    fn drive(&mut self, id: NodeId) {
+        let i = (id - 1) as usize;
+        self.cores[i].drive();
+        for action in self.cores[i].take_actions() {
+            match action {
+                Action::Send(message) => self.network.push(message),
+                Action::Wal(command) => self.unsynced[i].push(command),
+                Action::Answer { token, response } => self.answers.push((token, response)),
+                other => panic!("unexpected action {other:?}"),
+            }
+        }
+    }
+
+    fn sync(&mut self, id: NodeId) {
+        let i = (id - 1) as usize;
+        self.synced_total[i] += self.unsynced[i].len() as u64;
+        self.unsynced[i].clear();
+        let total = self.synced_total[i];
+        self.cores[i].handle_durable(total);
+        self.drive(id);
+    }
+
+    /// Delivers every message in flight (and those they cause) without syncing anything.
+    fn deliver(&mut self) {
+        while !self.network.is_empty() {
+            for message in std::mem::take(&mut self.network) {
+                let to = message.to;
+                self.cores[(to - 1) as usize].handle_message(message);
+                self.drive(to);
+            }
+        }
+    }
+
+    /// Delivers and syncs until nothing moves.
+    fn settle(&mut self) {
+        for _ in 0..100 {
+            self.deliver();
+            for id in 1..=3 {
+                self.sync(id);
+            }
+            if self.network.is_empty() && self.unsynced.iter().all(Vec::is_empty) {
+                return;
+            }
+        }
+        panic!("the cluster did not settle");
+    }
+
+    /// Ticks node 1 until it leads, syncing and delivering everything.
+    fn elect_node_1(&mut self) {
+        for _ in 0..100 {
+            self.cores[0].tick();
+            self.drive(1);
+            self.settle();
+            if self.cores[0].role() == Role::Leader {
+                self.settle();
+                return;
+            }
+        }
+        panic!("node 1 was not elected");
+    }
+
+    fn client(&mut self, id: NodeId, token: Token, owner: &str, request: &ClientRequest) {
+        let bytes = encode_request(request).unwrap();
+        self.cores[(id - 1) as usize].handle_client(token, owner, &bytes);
+        self.drive(id);
+    }
+
+    fn answer(&self, token: Token) -> Option<&ClientResponse> {
+        self.answers.iter().find(|(t, _)| *t == token).map(|(_, r)| r)
+    }
+}
+
+fn put(client_id: u64, seq: u64, key: &'static str, value: &'static str) -> ClientRequest {
+    ClientRequest {
+        client_id,
+        seq,
+        kind: RequestKind::Write {
+            op: Op::put(key, value),
+        },
+    }
+}
+
+fn acks(messages: &[Message]) -> usize {
+    let is_ack = |m: &&Message| matches!(m.body, MessageBody::AppendResponse { .. });
+    messages.iter().filter(is_ack).count()
+}
+
+/// Issue 10, bug 1: entries without a hard-state change. A follower must not acknowledge them
+/// before its WAL synced them, and the leader must not count its own copy before its sync: with
+/// only one follower's copy durable, nothing commits and the client hears nothing.
+#[test]
+fn node_core_nothing_is_acknowledged_before_its_fsync() {
+    let mut h = Harness::new();
+    h.elect_node_1();
+    h.client(1, 7, "client1", &put(1, 1, "k", "v"));
+    assert_eq!(acks(&h.network), 0);
+    let appends = h.network.len();
+    assert!(appends >= 2, "the leader replicates at once (it writes in parallel)");
+    h.deliver();
+    assert_eq!(acks(&h.network), 0, "followers acknowledged before their fsync");
+    assert!(h.unsynced[1].iter().any(|c| matches!(c, WalCommand::Append { .. })));
+    h.sync(2);
+    assert_eq!(acks(&h.network), 1);
+    h.deliver();
+    assert!(h.answer(7).is_none(), "answered with one durable copy out of three");
+    h.sync(1);
+    h.deliver();
+    let answer = h.answer(7).expect("answered once two copies are durable");
+    let expected = OpResult::Key(KeyResult::Put { existed: false });
+    assert_eq!(answer, &ClientResponse::Ok(expected));
+}
+
+/// Issue 10, bug 2: the WAL command that realigns the WAL at recovery is command 1. A report
+/// of one durable command must not release the acknowledgement of the append that follows.
+#[test]
+fn node_core_recovery_commands_are_counted() {
+    let mut sm = StateMachine::new();
+    for index in 1..=5 {
+        sm.apply_empty(index);
+    }
+    let meta = SnapshotMeta {
+        last_index: 5,
+        last_term: 1,
+        membership: Membership::new(vec![1, 2, 3]),
+    };
+    let disk = DiskState {
+        hard_state: HardState {
+            term: 1,
+            vote: 1,
+            commit: 5,
+        },
+        snapshot: Some((meta, sm)),
+        wal_entries: Vec::new(),
+        wal_compacted_index: 0,
+    };
+    let mut follower = core(2, disk);
+    let first = follower.take_actions();
+    assert!(matches!(first.as_slice(), [Action::Wal(WalCommand::Compact(5))]));
+    let entry = Entry {
+        term: 1,
+        index: 6,
+        kind: EntryKind::Noop,
+        data: Bytes::new(),
+    };
+    follower.handle_message(Message {
+        from: 1,
+        to: 2,
+        term: 1,
+        body: MessageBody::Append {
+            prev_log_index: 5,
+            prev_log_term: 1,
+            entries: vec![entry],
+            commit: 5,
+        },
+    });
+    follower.drive();
+    let sent = |actions: &[Action<Token>]| {
+        let messages: Vec<Message> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send(m) => Some(m.clone()),
+                _ => None,
+            })
+            .collect();
+        acks(&messages)
+    };
+    assert_eq!(sent(&follower.take_actions()), 0);
+    follower.handle_durable(1);
+    assert_eq!(sent(&follower.take_actions()), 0, "acknowledged on recovery's command");
+    follower.handle_durable(2);
+    assert_eq!(sent(&follower.take_actions()), 1);
+}
+
+/// Issue 10, bug 5: a session belongs to the certificate that opened it. Another identity
+/// writing `seq = u64::MAX` under the same `client_id` does not make the owner's writes Stale.
+#[test]
+fn node_core_sessions_are_bound_to_the_tls_identity() {
+    let mut h = Harness::new();
+    h.elect_node_1();
+    h.client(1, 1, "alice", &put(9, 1, "k", "a1"));
+    h.settle();
+    h.client(1, 2, "mallory", &put(9, u64::MAX, "k", "evil"));
+    h.settle();
+    h.client(1, 3, "alice", &put(9, 2, "k", "a2"));
+    h.settle();
+    let answer = h.answer(3).expect("answered");
+    assert!(matches!(answer, ClientResponse::Ok(_)), "alice's write: {answer:?}");
+    let value = h.cores[0].state_machine().get_local(b"k").cloned();
+    assert_eq!(value, Some(Value::Bytes(Bytes::from("a2"))));
+}
+
+#[test]
+fn node_core_followers_redirect_and_garbage_is_a_bad_request() {
+    let mut h = Harness::new();
+    h.elect_node_1();
+    h.client(2, 1, "client1", &put(1, 1, "k", "v"));
+    let hint = Some(1);
+    let expected = ClientResponse::Err(ClientError::NotLeader { leader_hint: hint });
+    assert_eq!(h.answer(1), Some(&expected));
+    h.cores[0].handle_client(2, "client1", b"\xff\xff garbage");
+    h.drive(1);
+    assert!(matches!(
+        h.answer(2),
+        Some(ClientResponse::Err(ClientError::BadRequest(_)))
+    ));
+}
