@@ -58,17 +58,36 @@ pub enum Observation {
     /// This node started an election (became a candidate).
     ElectionStarted,
     /// Entries applied to the state machine by one Ready.
-    Applied { entries: usize },
+    Applied {
+        entries: usize,
+    },
     /// A follower rejected our append (log repair in progress).
-    AppendRejected { from: NodeId },
+    AppendRejected {
+        from: NodeId,
+    },
     /// A message the core did not accept.
-    MessageDropped { from: NodeId, reason: String },
-    SnapshotInstalled { index: Index },
-    SnapshotTaken { index: Index },
-    SnapshotSent { to: NodeId, ok: bool },
+    MessageDropped {
+        from: NodeId,
+        reason: String,
+    },
+    SnapshotInstalled {
+        index: Index,
+    },
+    SnapshotTaken {
+        index: Index,
+    },
+    SnapshotSent {
+        to: NodeId,
+        ok: bool,
+    },
     /// A received snapshot was discarded before installation (a newer one arrived, or it does
     /// not match what the leader asked for).
-    SnapshotDiscarded { index: Index },
+    SnapshotDiscarded {
+        index: Index,
+    },
     /// Recovery dropped WAL entries above the snapshot that do not follow it.
-    RecoveryDiscarded { entries: usize, snapshot_index: Index },
+    RecoveryDiscarded {
+        entries: usize,
+        snapshot_index: Index,
+    },
 }

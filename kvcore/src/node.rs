@@ -8,8 +8,8 @@
 
 use bytes::Bytes;
 use kvraft::{
-    Config as RaftConfig, Entry, EntryKind, Membership, Message, MessageBody, NodeId,
-    ProposeError, RawNode, ReadIndexError, Ready, Role, SnapshotMeta, Status,
+    Config as RaftConfig, Entry, EntryKind, Membership, Message, MessageBody, NodeId, ProposeError,
+    RawNode, ReadIndexError, Ready, Role, SnapshotMeta, Status,
 };
 use kvstate::client_proto::{
     decode_request, ClientError, ClientRequest, ClientResponse, NodeRole, NodeStatus, RequestKind,
@@ -87,7 +87,9 @@ impl<T> NodeCore<T> {
     pub fn handle_client(&mut self, token: T, owner: &str, request: &[u8]) {
         let request = match decode_request(request) {
             Ok(request) => request,
-            Err(error) => return self.answer_error(token, ClientError::BadRequest(error.to_string())),
+            Err(error) => {
+                return self.answer_error(token, ClientError::BadRequest(error.to_string()))
+            }
         };
         if let Err(error) = request.validate() {
             return self.answer_error(token, error);
@@ -119,12 +121,15 @@ impl<T> NodeCore<T> {
             }
             RequestKind::Write { op } => {
                 let owner = owner.to_string();
-                self.write(token, Command {
-                    owner,
-                    client_id,
-                    seq,
-                    op,
-                })
+                self.write(
+                    token,
+                    Command {
+                        owner,
+                        client_id,
+                        seq,
+                        op,
+                    },
+                )
             }
         }
     }
@@ -149,7 +154,8 @@ impl<T> NodeCore<T> {
                 // Step it only once the file is here: the core replaces its log on this message.
                 let reason = format!("InstallSnapshot {} without its file", meta.last_index);
                 let from = message.from;
-                self.observations.push(Observation::MessageDropped { from, reason });
+                self.observations
+                    .push(Observation::MessageDropped { from, reason });
                 return;
             }
             MessageBody::AppendResponse {
@@ -163,7 +169,8 @@ impl<T> NodeCore<T> {
         let from = message.from;
         if let Err(error) = self.raw.step(message) {
             let reason = error.to_string();
-            self.observations.push(Observation::MessageDropped { from, reason });
+            self.observations
+                .push(Observation::MessageDropped { from, reason });
         }
     }
 
@@ -254,7 +261,9 @@ impl<T> NodeCore<T> {
             Ok((last, term)) => self.requests.proposed(batch, last, term),
             Err(error) => {
                 let error = match error {
-                    ProposeError::NotLeader { leader_hint } => ClientError::NotLeader { leader_hint },
+                    ProposeError::NotLeader { leader_hint } => {
+                        ClientError::NotLeader { leader_hint }
+                    }
                     ProposeError::TooLarge { bytes, max } => ClientError::TooLarge {
                         what: "command".into(),
                         bytes,
@@ -278,7 +287,9 @@ impl<T> NodeCore<T> {
             Ok(()) => return self.requests.read_round_started(context),
             // A new leader's no-op commits within a round trip: keep the reads, retry then.
             Err(ReadIndexError::NoCommitInTerm) => return,
-            Err(ReadIndexError::NotLeader { leader_hint }) => ClientError::NotLeader { leader_hint },
+            Err(ReadIndexError::NotLeader { leader_hint }) => {
+                ClientError::NotLeader { leader_hint }
+            }
             Err(other) => ClientError::Unavailable(other.to_string()),
         };
         for (token, error) in self.requests.refuse_new_reads(&error) {
@@ -307,7 +318,10 @@ impl<T> NodeCore<T> {
             });
         }
         let messages = std::mem::take(&mut ready.persisted_messages);
-        if let Some(release) = self.pipeline.after_ready(wrote, messages, ready.persist_mark) {
+        if let Some(release) = self
+            .pipeline
+            .after_ready(wrote, messages, ready.persist_mark)
+        {
             self.release(release);
         }
         self.apply(&ready.committed_entries);
@@ -331,7 +345,8 @@ impl<T> NodeCore<T> {
             self.observations.push(Observation::ElectionStarted);
         }
         let term = self.raw.status().term;
-        self.observations.push(Observation::RoleChanged { role, leader, term });
+        self.observations
+            .push(Observation::RoleChanged { role, leader, term });
         self.role = role;
         self.leader = leader;
         if role != Role::Leader {
@@ -384,7 +399,9 @@ impl<T> NodeCore<T> {
             if let Some(token) = ours {
                 let response = match outcome {
                     Some(outcome) => ClientResponse::from(outcome),
-                    None => ClientResponse::Err(ClientError::Unavailable(LEADERSHIP_CHANGED.into())),
+                    None => {
+                        ClientResponse::Err(ClientError::Unavailable(LEADERSHIP_CHANGED.into()))
+                    }
                 };
                 self.answer(token, response);
             }
@@ -415,7 +432,11 @@ impl<T> NodeCore<T> {
             // handle_message steps InstallSnapshot only when the snapshot is held.
             panic!("the Raft core installs snapshot {index}, which was never received");
         };
-        assert_eq!(sm.applied_index(), index, "received snapshot's state is not at its index");
+        assert_eq!(
+            sm.applied_index(),
+            index,
+            "received snapshot's state is not at its index"
+        );
         self.sm = sm;
         self.actions.push(Action::InstallSnapshotFile { meta });
         self.wal(WalCommand::InstallSnapshot(index));
@@ -425,12 +446,14 @@ impl<T> NodeCore<T> {
         for token in self.requests.covered_by_snapshot(index) {
             self.answer_error(token, ClientError::Timeout);
         }
-        self.observations.push(Observation::SnapshotInstalled { index });
+        self.observations
+            .push(Observation::SnapshotInstalled { index });
     }
 
     fn discard_received(&mut self, meta: SnapshotMeta) {
         let index = meta.last_index;
-        self.observations.push(Observation::SnapshotDiscarded { index });
+        self.observations
+            .push(Observation::SnapshotDiscarded { index });
         self.actions.push(Action::DiscardSnapshotFile { meta });
     }
 

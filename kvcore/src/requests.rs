@@ -72,7 +72,11 @@ impl<T> Requests<T> {
     /// Requests that hold memory on this node: counted against `requests_pending_max`.
     pub fn pending(&self) -> usize {
         let reads: usize = self.read_batches.values().map(Vec::len).sum::<usize>()
-            + self.reads_waiting_apply.iter().map(|(_, r)| r.len()).sum::<usize>();
+            + self
+                .reads_waiting_apply
+                .iter()
+                .map(|(_, r)| r.len())
+                .sum::<usize>();
         self.proposals.len() + self.new_proposals.len() + self.new_reads.len() + reads
     }
 
@@ -95,7 +99,10 @@ impl<T> Requests<T> {
         for (offset, (_, token, deadline)) in batch.into_iter().enumerate() {
             let index = first + offset as u64;
             let previous = self.proposals.insert((index, term), Proposal { token });
-            assert!(previous.is_none(), "two proposals at index {index} term {term}");
+            assert!(
+                previous.is_none(),
+                "two proposals at index {index} term {term}"
+            );
             self.proposal_deadlines.push_back((deadline, index, term));
         }
     }
@@ -116,13 +123,19 @@ impl<T> Requests<T> {
     /// The new reads (not yet in a round) are refused.
     pub fn refuse_new_reads(&mut self, error: &ClientError) -> Vec<Refusal<T>> {
         let reads = std::mem::take(&mut self.new_reads);
-        reads.into_iter().map(|r| (r.token, error.clone())).collect()
+        reads
+            .into_iter()
+            .map(|r| (r.token, error.clone()))
+            .collect()
     }
 
     /// The new writes (not yet proposed) are refused.
     pub fn refuse_new_writes(&mut self, error: &ClientError) -> Vec<Refusal<T>> {
         let writes = std::mem::take(&mut self.new_proposals);
-        writes.into_iter().map(|(_, t, _)| (t, error.clone())).collect()
+        writes
+            .into_iter()
+            .map(|(_, t, _)| (t, error.clone()))
+            .collect()
     }
 
     /// The round `context` confirmed read index `index`.
@@ -140,7 +153,11 @@ impl<T> Requests<T> {
     /// Reads whose read index is at or below `applied`, in order.
     pub fn reads_ready(&mut self, applied: Index) -> Vec<Read<T>> {
         let mut ready = Vec::new();
-        while self.reads_waiting_apply.front().is_some_and(|(i, _)| *i <= applied) {
+        while self
+            .reads_waiting_apply
+            .front()
+            .is_some_and(|(i, _)| *i <= applied)
+        {
             if let Some((_, reads)) = self.reads_waiting_apply.pop_front() {
                 ready.extend(reads);
             }
@@ -183,7 +200,11 @@ impl<T> Requests<T> {
     /// Requests whose deadline passed by `now_tick`.
     pub fn expire(&mut self, now_tick: u64) -> Vec<T> {
         let mut expired = Vec::new();
-        while self.proposal_deadlines.front().is_some_and(|(d, ..)| *d <= now_tick) {
+        while self
+            .proposal_deadlines
+            .front()
+            .is_some_and(|(d, ..)| *d <= now_tick)
+        {
             let Some((_, index, term)) = self.proposal_deadlines.pop_front() else {
                 break;
             };
@@ -199,7 +220,8 @@ impl<T> Requests<T> {
         for (_, reads) in self.reads_waiting_apply.iter_mut() {
             expired.extend(take_expired(reads, now_tick));
         }
-        self.reads_waiting_apply.retain(|(_, reads)| !reads.is_empty());
+        self.reads_waiting_apply
+            .retain(|(_, reads)| !reads.is_empty());
         expired.extend(take_expired(&mut self.new_reads, now_tick));
         expired
     }

@@ -35,10 +35,9 @@ impl Snapshots {
     ) -> Vec<SnapshotMeta> {
         let mut discarded = Vec::new();
         if let Some(position) = self.received.iter().position(|(m, _)| *m == meta) {
-            // The same snapshot again (a retried stream): keep the newer copy.
-            if let Some((old, _)) = self.received.remove(position) {
-                discarded.push(old);
-            }
+            // The same snapshot again (a retried stream): the driver replaced the file, so
+            // nothing is discarded (discarding `meta` would delete the new file).
+            self.received.remove(position);
         }
         self.received.push_back((meta, sm));
         while self.received.len() > max.max(1) {

@@ -8,8 +8,8 @@ use kvraft::{
     Config, Entry, EntryKind, HardState, Membership, Message, MessageBody, NodeId, Role,
     SnapshotMeta,
 };
-use kvstate::client_proto::{encode_request, ClientError, ClientRequest, ClientResponse};
 use kvstate::client_proto::RequestKind;
+use kvstate::client_proto::{encode_request, ClientError, ClientRequest, ClientResponse};
 use kvstate::{KeyResult, Op, OpResult, StateMachine, Value};
 
 type Token = u32;
@@ -117,7 +117,10 @@ impl Harness {
     }
 
     fn answer(&self, token: Token) -> Option<&ClientResponse> {
-        self.answers.iter().find(|(t, _)| *t == token).map(|(_, r)| r)
+        self.answers
+            .iter()
+            .find(|(t, _)| *t == token)
+            .map(|(_, r)| r)
     }
 }
 
@@ -146,14 +149,26 @@ fn node_core_nothing_is_acknowledged_before_its_fsync() {
     h.client(1, 7, "client1", &put(1, 1, "k", "v"));
     assert_eq!(acks(&h.network), 0);
     let appends = h.network.len();
-    assert!(appends >= 2, "the leader replicates at once (it writes in parallel)");
+    assert!(
+        appends >= 2,
+        "the leader replicates at once (it writes in parallel)"
+    );
     h.deliver();
-    assert_eq!(acks(&h.network), 0, "followers acknowledged before their fsync");
-    assert!(h.unsynced[1].iter().any(|c| matches!(c, WalCommand::Append { .. })));
+    assert_eq!(
+        acks(&h.network),
+        0,
+        "followers acknowledged before their fsync"
+    );
+    assert!(h.unsynced[1]
+        .iter()
+        .any(|c| matches!(c, WalCommand::Append { .. })));
     h.sync(2);
     assert_eq!(acks(&h.network), 1);
     h.deliver();
-    assert!(h.answer(7).is_none(), "answered with one durable copy out of three");
+    assert!(
+        h.answer(7).is_none(),
+        "answered with one durable copy out of three"
+    );
     h.sync(1);
     h.deliver();
     let answer = h.answer(7).expect("answered once two copies are durable");
@@ -186,7 +201,10 @@ fn node_core_recovery_commands_are_counted() {
     };
     let mut follower = core(2, disk);
     let first = follower.take_actions();
-    assert!(matches!(first.as_slice(), [Action::Wal(WalCommand::Compact(5))]));
+    assert!(matches!(
+        first.as_slice(),
+        [Action::Wal(WalCommand::Compact(5))]
+    ));
     let entry = Entry {
         term: 1,
         index: 6,
@@ -217,7 +235,11 @@ fn node_core_recovery_commands_are_counted() {
     };
     assert_eq!(sent(&follower.take_actions()), 0);
     follower.handle_durable(1);
-    assert_eq!(sent(&follower.take_actions()), 0, "acknowledged on recovery's command");
+    assert_eq!(
+        sent(&follower.take_actions()),
+        0,
+        "acknowledged on recovery's command"
+    );
     follower.handle_durable(2);
     assert_eq!(sent(&follower.take_actions()), 1);
 }
@@ -235,7 +257,10 @@ fn node_core_sessions_are_bound_to_the_tls_identity() {
     h.client(1, 3, "alice", &put(9, 2, "k", "a2"));
     h.settle();
     let answer = h.answer(3).expect("answered");
-    assert!(matches!(answer, ClientResponse::Ok(_)), "alice's write: {answer:?}");
+    assert!(
+        matches!(answer, ClientResponse::Ok(_)),
+        "alice's write: {answer:?}"
+    );
     let value = h.cores[0].state_machine().get_local(b"k").cloned();
     assert_eq!(value, Some(Value::Bytes(Bytes::from("a2"))));
 }

@@ -1,64 +1,72 @@
-//! The deterministic simulation, many seeds with faults.
+//! The deterministic simulation of whole nodes, many seeds with faults.
 //!
-//! - `cargo test --release -p kvsim --test sim` runs `SIM_SEEDS` seeds (default 2000) from `SIM_FIRST`
-//!   (default 0).
-//! - `SIM_SEED=<n> cargo test --release -p kvsim --test sim` replays one seed and prints its trace tail.
+//! - `cargo test --release -p kvsim --test sim` runs `SIM_SEEDS` seeds (default 2000) from
+//!   `SIM_FIRST` (default 0), on every core.
+//! - `SIM_SEED=<n> cargo test --release -p kvsim --test sim` replays one seed and prints its
+//!   trace tail.
 
-use kvsim::{run_seed, Sim, SimConfig};
+use kvsim::{run_seeds, Sim, SimConfig};
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
+fn replay(seed: u64) {
+    let mut sim = Sim::new(SimConfig::from_seed(seed));
+    sim.trace = Some(Vec::new());
+    let result = sim.run();
+    if let Some(trace) = &sim.trace {
+        let tail = trace.len().saturating_sub(80);
+        for line in &trace[tail..] {
+            eprintln!("{line}");
+        }
+    }
+    if let Err(violation) = result {
+        panic!("{violation}");
+    }
+}
+
 #[test]
 fn sim_seeds_with_faults_keep_every_invariant() {
     if let Some(seed) = env_u64("SIM_SEED") {
-        let mut sim = Sim::new(SimConfig::from_seed(seed));
-        sim.trace = Some(Vec::new());
-        let result = sim.run();
-        if let Some(trace) = &sim.trace {
-            let tail = trace.len().saturating_sub(60);
-            for line in &trace[tail..] {
-                eprintln!("{line}");
-            }
-        }
-        if let Err(violation) = result {
-            panic!("{violation}");
-        }
-        return;
+        return replay(seed);
     }
     let first = env_u64("SIM_FIRST").unwrap_or(0);
     let count = env_u64("SIM_SEEDS").unwrap_or(2000);
-    let mut failures = Vec::new();
-    let mut events = 0;
-    let mut crashes = 0;
-    let mut writes = 0;
-    let mut reads = 0;
-    let mut elections = 0;
-    for seed in first..first + count {
-        match run_seed(seed) {
-            Ok(stats) => {
-                events += stats.events;
-                crashes += stats.crashes;
-                writes += stats.writes_acked;
-                reads += stats.reads_ok;
-                elections += stats.elections;
-            }
-            Err(violation) => {
-                eprintln!("FAILED {violation}");
-                failures.push(violation.seed);
-            }
-        }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let summary = run_seeds(first, count, threads, &|_| {});
+    for violation in &summary.failures {
+        eprintln!("FAILED {violation}");
     }
-    eprintln!(
-        "{count} seeds: {events} events, {crashes} crashes, {elections} elections, \
-         {writes} writes acked, {reads} reads"
-    );
+    let totals = &summary.totals;
+    eprintln!("{count} seeds: {totals}");
     // Faults must actually happen, or the run proves little.
-    assert!(crashes > count / 4, "too few crashes: {crashes}");
-    assert!(writes > count * 10, "too few acknowledged writes: {writes}");
-    assert!(reads > count * 5, "too few reads: {reads}");
-    assert!(failures.is_empty(), "failing seeds: {failures:?}");
+    let passed = count - summary.failures.len() as u64;
+    assert!(
+        totals.crashes > passed / 4,
+        "too few crashes: {}",
+        totals.crashes
+    );
+    assert!(
+        totals.pauses > passed / 8,
+        "too few pauses: {}",
+        totals.pauses
+    );
+    assert!(
+        totals.snapshots_installed > passed / 8,
+        "too few snapshot installs"
+    );
+    assert!(
+        totals.writes_acked > passed * 10,
+        "too few acknowledged writes"
+    );
+    assert!(
+        totals.reads_ok > passed * 5,
+        "too few reads: {}",
+        totals.reads_ok
+    );
+    let failed: Vec<u64> = summary.failures.iter().map(|v| v.seed).collect();
+    assert!(failed.is_empty(), "failing seeds: {failed:?}");
 }
 
 #[test]

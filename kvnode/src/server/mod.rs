@@ -11,8 +11,8 @@ use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot};
 
 use kvclient::config::ClusterConfig;
-use kvraft::log::entries_after_snapshot;
-use kvraft::{Config, Membership, NodeId, RawNode, Restored};
+use kvcore::{CoreConfig, DiskState, NodeCore};
+use kvraft::{Config, Membership, NodeId};
 use kvstate::state::StateMachine;
 use kvstorage::datadir::DataDir;
 use kvstorage::snapshot::SnapshotStore;
@@ -189,62 +189,31 @@ async fn start(
     for corrupt in snapshots.corrupt() {
         tracing::warn!("ignoring a corrupt snapshot file: {corrupt:?}");
     }
-    let (sm, snapshot) = restore_state_machine(&mut snapshots)?;
+    let snapshot = restore_state_machine(&mut snapshots)?;
     let (durable_tx, durable) = mpsc::unbounded_channel();
     let callback = Box::new(move |report| {
         let _ = durable_tx.send(report);
     });
     let (wal, recovered) = Wal::open(&data_dir.wal_dir(), WalConfig::default(), callback)
         .map_err(|e| ServerError::Wal(e.to_string()))?;
-    let snapshot_index = snapshot.as_ref().map_or(0, |s| s.last_index);
-    let snapshot_term = snapshot.as_ref().map_or(0, |s| s.last_term);
-    let recovered_entries = recovered.entries;
-    let compacted_index = recovered.compacted_index;
-    let entries = match entries_after_snapshot(snapshot_index, snapshot_term, recovered_entries) {
-        Ok((entries, 0)) => {
-            // The WAL must continue right after the snapshot before anything is appended.
-            if snapshot_index > compacted_index {
-                wal.compact(snapshot_index)
-                    .map_err(|e| ServerError::Wal(e.to_string()))?;
-            }
-            entries
-        }
-        Ok((entries, discarded)) => {
-            wal.install_snapshot(snapshot_index)
-                .map_err(|e| ServerError::Wal(e.to_string()))?;
-            tracing::warn!(
-                "recovery: discarded {discarded} WAL entries above snapshot {snapshot_index}: \
-                 they do not follow it (a crash came between installing a snapshot from the \
-                 leader and resetting the WAL)"
-            );
-            entries
-        }
-        // A gap between the snapshot and the WAL means lost records: refuse to start.
-        Err(first) => {
-            return Err(ServerError::Recovery(format!(
-                "the WAL continues at index {first} but the newest snapshot ends at \
-                 {snapshot_index}: records are missing"
-            )))
-        }
-    };
     tracing::info!(
         node = id,
-        snapshot_index,
-        entries = entries.len(),
+        snapshot_index = snapshot.as_ref().map_or(0, |(m, _)| m.last_index),
+        entries = recovered.entries.len(),
         term = recovered.hard_state.term,
         commit = recovered.hard_state.commit,
         "recovered"
     );
-    let restored = Restored {
+    let disk = DiskState {
         hard_state: recovered.hard_state,
         snapshot,
-        entries,
+        wal_entries: recovered.entries,
+        wal_compacted_index: recovered.compacted_index,
     };
-    let raw = new_raw_node(&config, id, restored)?;
+    let core = new_core(&config, id, disk)?;
     let (transport, inbound) = start_transport(&config, id, &data_dir)?;
     let parts = NodeParts {
-        raw,
-        sm,
+        core,
         transport,
         inbound,
         wal,
@@ -257,9 +226,9 @@ async fn start(
 
 fn restore_state_machine(
     snapshots: &mut SnapshotStore,
-) -> Result<(StateMachine, Option<kvraft::SnapshotMeta>), ServerError> {
+) -> Result<Option<(kvraft::SnapshotMeta, StateMachine)>, ServerError> {
     let Some((meta, path)) = snapshots.latest() else {
-        return Ok((StateMachine::new(), None));
+        return Ok(None);
     };
     let (_, mut body) = snapshots
         .open_body(&path)
@@ -268,26 +237,33 @@ fn restore_state_machine(
     body.read_to_end(&mut bytes)
         .map_err(|e| ServerError::Snapshot(e.to_string()))?;
     let sm = StateMachine::restore(&bytes).map_err(|e| ServerError::Snapshot(e.to_string()))?;
-    Ok((sm, Some(meta)))
+    Ok(Some((meta, sm)))
 }
 
-fn new_raw_node(
+fn new_core(
     config: &ClusterConfig,
     id: NodeId,
-    restored: Restored,
-) -> Result<RawNode, ServerError> {
+    disk: DiskState,
+) -> Result<NodeCore<node::Reply>, ServerError> {
     let mut raft = Config::new(id);
     raft.election_timeout_ticks = config.election_timeout_ticks();
     raft.heartbeat_interval_ticks = config.heartbeat_interval_ticks();
     raft.entry_bytes_max = kvstate::limits::COMMAND_BYTES_MAX as u64;
     let membership = Membership::new(config.nodes.iter().map(|n| n.id).collect());
+    let core_config = CoreConfig {
+        request_timeout_ticks: config.request_timeout_ms.div_ceil(config.tick_ms.max(1)),
+        requests_pending_max: config.proposals_pending_max,
+        snapshot_entries: config.snapshot_entries,
+        ..CoreConfig::default()
+    };
     // The core's randomness (election timeouts) is seeded here, at the edge.
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
         ^ (u64::from(std::process::id()) << 32)
         ^ id;
-    RawNode::new(raft, membership, restored, seed).map_err(|e| ServerError::Recovery(e.to_string()))
+    NodeCore::recover(core_config, raft, membership, disk, seed)
+        .map_err(|e| ServerError::Recovery(e.to_string()))
 }
 
 fn start_transport(

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use kvsim::run_seed;
+use kvsim::run_seeds;
 
 #[derive(Parser)]
 #[command(
@@ -21,55 +21,34 @@ struct Args {
     /// The first seed.
     #[arg(long, default_value_t = 0)]
     first: u64,
-    /// Stop at the first failing seed.
-    #[arg(long)]
-    fail_fast: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let started = Instant::now();
-    let (mut events, mut crashes, mut elections, mut writes, mut reads) = (0u64, 0, 0, 0, 0);
-    let mut failed = Vec::new();
     let report_every = (args.seeds / 20).max(1);
-    for (done, seed) in (args.first..args.first + args.seeds).enumerate() {
-        match run_seed(seed) {
-            Ok(stats) => {
-                events += stats.events;
-                crashes += stats.crashes;
-                elections += stats.elections;
-                writes += stats.writes_acked;
-                reads += stats.reads_ok;
-            }
-            Err(violation) => {
-                eprintln!("FAILED {violation}");
-                failed.push(seed);
-                if args.fail_fast {
-                    break;
-                }
-            }
-        }
-        let done = done as u64 + 1;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let progress = |done: u64| {
         if done.is_multiple_of(report_every) {
             let seconds = started.elapsed().as_secs_f64();
-            eprintln!(
-                "{done}/{} seeds, {events} events, {:.0} events/s, {} failed",
-                args.seeds,
-                events as f64 / seconds,
-                failed.len()
-            );
+            eprintln!("{done}/{} seeds, {seconds:.0} s", args.seeds);
         }
-    }
+    };
+    let summary = run_seeds(args.first, args.seeds, threads, &progress);
     let seconds = started.elapsed().as_secs_f64();
+    for violation in &summary.failures {
+        eprintln!("FAILED {violation}");
+    }
+    let totals = &summary.totals;
+    let failed: Vec<u64> = summary.failures.iter().map(|v| v.seed).collect();
     println!(
-        "{} seeds x {:.0} events = {events} events in {seconds:.1} s ({:.0} events/s); \
-         {crashes} crashes, {elections} elections, {writes} writes acked, {reads} reads; \
-         {} failed {:?}",
+        "{} seeds x {:.0} events = {} events in {seconds:.1} s on {threads} threads \
+         ({:.0} events/s); {totals}; {} failed {failed:?}",
         args.seeds,
-        events as f64 / args.seeds.max(1) as f64,
-        events as f64 / seconds,
+        totals.events as f64 / args.seeds.max(1) as f64,
+        totals.events,
+        totals.events as f64 / seconds,
         failed.len(),
-        failed
     );
     if failed.is_empty() {
         ExitCode::SUCCESS

@@ -386,7 +386,10 @@ fn another_identity_cannot_hijack_a_session() {
     let attack = driver.apply_owned("mallory", 9, u64::MAX, Op::put("k", "m"));
     assert!(matches!(attack, ApplyOutcome::Applied { .. }));
     let next = driver.apply_owned("alice", 9, 2, Op::put("k", "a2"));
-    assert!(matches!(next, ApplyOutcome::Applied { seq: 2, .. }), "{next:?}");
+    assert!(
+        matches!(next, ApplyOutcome::Applied { seq: 2, .. }),
+        "{next:?}"
+    );
     let retry = driver.apply_owned("alice", 9, 2, Op::put("k", "a2"));
     assert!(matches!(retry, ApplyOutcome::Duplicate { seq: 2, .. }));
     assert_eq!(driver.state.session_seq("alice", 9), Some(2));

@@ -1,0 +1,112 @@
+//! The knobs of one simulated run, all derived from its seed.
+
+use kvraft::rng::Rng;
+
+use crate::client::ClientConfig;
+
+/// Time units per Raft tick. A client's backoff in milliseconds counts one unit per
+/// millisecond, so a tick stands for 10 ms, the server's default.
+pub const TICK_UNITS: u64 = 10;
+
+/// The knobs of one simulated run, all derived from the seed by `SimConfig::from_seed`.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub nodes: usize,
+    /// Ticks during which faults strike.
+    pub fault_ticks: u64,
+    /// Ticks allowed after the faults stop for the cluster to converge.
+    pub liveness_ticks_max: u64,
+    pub loss_per_million: u64,
+    pub duplicate_per_million: u64,
+    /// Messages that may overtake earlier ones on their link; the rest keep FIFO order (as on
+    /// the real transport's one QUIC stream per peer).
+    pub reorder_per_million: u64,
+    pub delay_units_max: u64,
+    /// Messages held far longer than an election timeout (a stalled stream): with FIFO links
+    /// the messages behind them wait too.
+    pub long_delay_per_million: u64,
+    /// Time a group commit (write + fdatasync) or a snapshot file write takes, at most.
+    pub persist_units_max: u64,
+    /// Per time unit: chance of a crash, a restart of a crashed node, a partition change, a
+    /// pause (SIGSTOP) of a node.
+    pub crash_per_million: u64,
+    pub restart_per_million: u64,
+    pub partition_per_million: u64,
+    pub pause_per_million: u64,
+    /// Longest pause, in ticks. Pauses longer than an election timeout depose a paused leader
+    /// that then resumes with stale messages queued.
+    pub pause_ticks_max: u64,
+    /// Chance that a crash tears the first unsynced WAL write (a prefix of its entries stays).
+    pub torn_per_million: u64,
+    /// A node snapshots and compacts once it applied this many entries past its snapshot.
+    pub snapshot_entries: u64,
+    /// The node core's request deadline, in ticks.
+    pub request_timeout_ticks: u64,
+    pub pre_vote: bool,
+    pub check_quorum: bool,
+    /// Entry bytes per append message: small values split appends, so followers acknowledge a
+    /// prefix of a new leader's log before its no-op (the Figure 8 window).
+    pub append_batch_bytes_max: u64,
+    /// Share of crashes, isolations and pauses aimed at the current leader.
+    pub target_leader_per_million: u64,
+    /// Chance that a node that just won an election crashes a few units later (while its
+    /// first appends are in flight).
+    pub crash_new_leader_per_million: u64,
+    /// Chance that a node is killed while a write of its term or vote is in flight, and
+    /// restarted shortly after: the window in which an unsynced vote is lost.
+    pub crash_during_vote_per_million: u64,
+    pub clients: ClientConfig,
+}
+
+impl SimConfig {
+    pub fn from_seed(seed: u64) -> SimConfig {
+        let mut rng = Rng::new(seed ^ 0x5EED_0FC0_FFEE);
+        let mut config = SimConfig {
+            seed,
+            nodes: if rng.chance(300_000) { 5 } else { 3 },
+            fault_ticks: rng.between(300, 1000),
+            liveness_ticks_max: 300,
+            loss_per_million: rng.between(0, 150_000),
+            duplicate_per_million: rng.between(0, 50_000),
+            reorder_per_million: rng.between(0, 600_000),
+            delay_units_max: rng.between(2, 2 * TICK_UNITS),
+            long_delay_per_million: rng.between(0, 20_000),
+            persist_units_max: rng.between(1, TICK_UNITS),
+            crash_per_million: rng.between(0, 8_000),
+            restart_per_million: rng.between(2_000, 30_000),
+            partition_per_million: rng.between(0, 8_000),
+            pause_per_million: rng.between(0, 3_000),
+            pause_ticks_max: rng.between(5, 40),
+            torn_per_million: rng.between(0, 500_000),
+            snapshot_entries: rng.between(8, 64),
+            request_timeout_ticks: rng.between(10, 60),
+            pre_vote: rng.chance(800_000),
+            check_quorum: rng.chance(800_000),
+            append_batch_bytes_max: rng.between(60, 600),
+            target_leader_per_million: rng.between(0, 800_000),
+            crash_new_leader_per_million: rng.between(0, 300_000),
+            crash_during_vote_per_million: rng.between(0, 100_000),
+            clients: ClientConfig {
+                clients: rng.between(2, 6) as usize,
+                attempt_timeout_units: rng.between(5, 40) * TICK_UNITS,
+                attempts_max: rng.between(3, 12) as u32,
+                think_units_max: rng.between(2, 3 * TICK_UNITS),
+                write_per_million: rng.between(300_000, 800_000),
+            },
+        };
+        // One seed in three is an election storm: leaders die soon after winning, messages
+        // carry one entry each and many are lost. This is the weather in which old-term entries
+        // get replicated to a majority by a short-lived leader (Raft paper, Figure 8).
+        if rng.chance(333_333) {
+            config.nodes = 5;
+            config.append_batch_bytes_max = rng.between(60, 120);
+            config.crash_new_leader_per_million = rng.between(500_000, 1_000_000);
+            config.loss_per_million = rng.between(50_000, 250_000);
+            config.reorder_per_million = 1_000_000;
+            config.restart_per_million = rng.between(20_000, 60_000);
+            config.crash_during_vote_per_million = rng.between(100_000, 500_000);
+        }
+        config
+    }
+}
