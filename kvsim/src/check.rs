@@ -49,6 +49,11 @@ pub(super) struct Checker {
     entries: HashMap<(Index, Term), (u64, Option<Term>)>,
     /// Committed entries (index -> term), from every node's commit index.
     committed: BTreeMap<Index, Term>,
+    /// The lowest term in which each committed entry was seen committed (the term of the node
+    /// whose commit index covered it). Leader completeness binds leaders of later terms only:
+    /// with messages delayed past an election timeout, a leader of an older term can still be
+    /// elected while a newer term commits.
+    commit_terms: BTreeMap<Index, Term>,
     commit_recorded: Vec<Index>,
     /// State machine safety: what was applied at each index.
     applied: HashMap<Index, (Term, u64)>,
@@ -74,6 +79,10 @@ impl Checker {
         // Leader completeness: every committed entry is in the new leader's log.
         let snapshot_index = raw.status().snapshot_index;
         for (&index, &committed_term) in self.committed.range(snapshot_index + 1..) {
+            let commit_term = self.commit_terms.get(&index).copied().unwrap_or(0);
+            if commit_term >= term {
+                continue;
+            }
             if raw.log_term(index) != Some(committed_term) {
                 return Err(format!(
                     "leader completeness: leader {id} of term {term} lacks committed entry \
@@ -147,6 +156,9 @@ impl Checker {
                     self.committed.insert(index, term);
                 }
             }
+            let node_term = raw.status().term;
+            let commit_term = self.commit_terms.entry(index).or_insert(node_term);
+            *commit_term = (*commit_term).min(node_term);
         }
         self.commit_recorded[node] = self.commit_recorded[node].max(commit);
         Ok(())

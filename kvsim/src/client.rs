@@ -11,8 +11,8 @@
 //! converged state).
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 
+use crate::lists::{self, ListKind, ListOp};
 use kvraft::rng::Rng;
 use kvraft::{Entry, EntryKind, Index, NodeId};
 use kvstate::client_proto::{
@@ -110,9 +110,16 @@ pub(crate) struct Clients {
     next_op: u64,
     next_value: u64,
     next_process: u64,
-    /// History lines, in real-time order.
+    /// History lines, in real-time order: every operation, and the register operations alone
+    /// (checked by the `checker` crate; lists are checked by `lists.rs`).
     history: String,
     lines: u64,
+    register_history: String,
+    register_lines: u64,
+    /// List operations by position of their invocation.
+    list_ops: Vec<ListOp>,
+    /// Index in `list_ops` of each client's current list operation.
+    list_current: Vec<Option<usize>>,
     /// Register values to the log index that wrote them (values are unique).
     write_index: HashMap<u64, Index>,
     pub acked_writes: u64,
@@ -136,6 +143,7 @@ impl Clients {
             })
             .collect();
         Clients {
+            list_current: vec![None; config.clients],
             next_process: config.clients as u64,
             config,
             clients,
@@ -143,6 +151,9 @@ impl Clients {
             next_value: 1,
             history: String::new(),
             lines: 0,
+            register_history: String::new(),
+            register_lines: 0,
+            list_ops: Vec::new(),
             write_index: HashMap::new(),
             acked_writes: 0,
             ok_reads: 0,
@@ -246,12 +257,43 @@ impl Clients {
         let id = self.next_op;
         self.next_op += 1;
         let process = self.clients[client].process;
+        self.track_list_op(client, &kind);
         self.record(now, process, "invoke", &kind, &invoke_value(&kind));
         PendingOp {
             id,
             kind,
             bytes,
             attempt: 0,
+        }
+    }
+
+    fn track_list_op(&mut self, client: usize, kind: &OpKind) {
+        let (key, kind) = match kind {
+            OpKind::Append { key, element } => (*key, ListKind::Append { element: *element }),
+            OpKind::ReadList { key } => (*key, ListKind::Read { list: Vec::new() }),
+            OpKind::Write { .. } | OpKind::Read { .. } => {
+                self.list_current[client] = None;
+                return;
+            }
+        };
+        self.list_current[client] = Some(self.list_ops.len());
+        self.list_ops.push(ListOp {
+            key,
+            kind,
+            invoke: self.lines,
+            ok: None,
+        });
+    }
+
+    /// The client's current list operation completed `ok` at the next history line.
+    fn list_ok(&mut self, client: usize, list: Option<Vec<u64>>) {
+        let Some(at) = self.list_current[client].take() else {
+            return;
+        };
+        let op = &mut self.list_ops[at];
+        op.ok = Some(self.lines);
+        if let (ListKind::Read { list: read }, Some(list)) = (&mut op.kind, list) {
+            *read = list;
         }
     }
 
@@ -380,6 +422,7 @@ impl Clients {
         match &op.kind {
             OpKind::Write { .. } | OpKind::Append { .. } => {
                 self.acked_writes += 1;
+                self.list_ok(client, None);
                 self.record(now, process, "ok", &op.kind, &invoke_value(&op.kind));
             }
             OpKind::Read { key } => {
@@ -392,6 +435,7 @@ impl Clients {
             OpKind::ReadList { key } => {
                 let list = list_value(result)?;
                 self.check_list(client, *key, list.as_deref().unwrap_or_default())?;
+                self.list_ok(client, Some(list.clone().unwrap_or_default()));
                 self.ok_reads += 1;
                 self.record(now, process, "ok", &op.kind, &list_json(list.as_deref()));
             }
@@ -459,8 +503,9 @@ impl Clients {
     }
 
     /// The history ends with reads of the converged state by a fresh process, invoked after
-    /// every other operation: an acknowledged write they do not reflect was lost.
-    pub fn final_reads(&mut self, sm: &StateMachine, now: u64) {
+    /// every other operation: an acknowledged write they do not reflect was lost. The lists are
+    /// checked against their final values here.
+    pub fn final_reads(&mut self, sm: &StateMachine, now: u64) -> Result<(), String> {
         let process = self.next_process;
         self.next_process += 1;
         for key in 0..REGISTERS {
@@ -483,7 +528,10 @@ impl Clients {
             };
             self.record(now, process, "invoke", &kind, "null");
             self.record(now, process, "ok", &kind, &list_json(list.as_deref()));
+            let ops: Vec<&ListOp> = self.list_ops.iter().filter(|op| op.key == key).collect();
+            lists::check(key, &ops, list.as_deref().unwrap_or_default())?;
         }
+        Ok(())
     }
 
     /// Clients with an operation under way.
@@ -496,6 +544,11 @@ impl Clients {
         &self.history
     }
 
+    /// The register operations alone, for the linearizability checker.
+    pub fn register_history(&self) -> &str {
+        &self.register_history
+    }
+
     fn record(&mut self, now: u64, process: u64, kind: &str, op: &OpKind, value: &str) {
         let (f, key) = match op {
             OpKind::Write { key, .. } => ("write", register(*key)),
@@ -505,12 +558,18 @@ impl Clients {
         };
         let index = self.lines;
         self.lines += 1;
-        // Writing into a String cannot fail.
-        let _ = writeln!(
-            self.history,
-            "{{\"index\":{index},\"time\":{now},\"process\":{process},\"type\":\"{kind}\",\
-             \"f\":\"{f}\",\"key\":\"{key}\",\"value\":{value}}}"
-        );
+        let line = |index: u64| {
+            format!(
+                "{{\"index\":{index},\"time\":{now},\"process\":{process},\
+                 \"type\":\"{kind}\",\"f\":\"{f}\",\"key\":\"{key}\",\"value\":{value}}}\n"
+            )
+        };
+        self.history.push_str(&line(index));
+        if matches!(op, OpKind::Write { .. } | OpKind::Read { .. }) {
+            let register_index = self.register_lines;
+            self.register_lines += 1;
+            self.register_history.push_str(&line(register_index));
+        }
     }
 }
 

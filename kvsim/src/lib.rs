@@ -18,6 +18,7 @@ mod config;
 mod disk;
 mod event;
 mod faults;
+mod lists;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -217,7 +218,9 @@ impl Sim {
         let leader = self.nodes.iter().filter_map(|n| n.core.as_ref());
         let leader = leader.into_iter().find(|c| c.role() == Role::Leader);
         if let Some(leader) = leader {
-            self.clients.final_reads(leader.state_machine(), self.now);
+            let now = self.now;
+            let result = self.clients.final_reads(leader.state_machine(), now);
+            result.map_err(|what| self.violation(what))?;
         }
         self.check_history()?;
         self.stats.final_commit = self.max_commit();
@@ -228,8 +231,11 @@ impl Sim {
     }
 
     fn check_history(&mut self) -> Result<(), Violation> {
-        let text = self.clients.history();
-        self.stats.history_lines = text.lines().count() as u64;
+        self.stats.history_lines = self.clients.history().lines().count() as u64;
+        let text = self.clients.register_history();
+        if text.is_empty() {
+            return Ok(());
+        }
         let history = checker::History::parse_jsonl(text)
             .map_err(|e| self.violation(format!("the simulator wrote a bad history: {e}")))?;
         let options = checker::Options {
