@@ -263,6 +263,12 @@ impl Client {
                 reason: format!("unavailable: {reason}"),
                 maybe_applied: true,
             },
+            // This attempt's entry was replaced: it was not applied, but an earlier attempt of
+            // the same seq may have been; retrying with the same seq finds out.
+            Refusal::NotApplied(reason) => Retry::Elsewhere {
+                reason: format!("not applied: {reason}"),
+                maybe_applied: false,
+            },
             Refusal::TooLarge { what, bytes, max } => {
                 return Err(ClientError::TooLarge { what, bytes, max })
             }

@@ -37,6 +37,6 @@ pub use config::CoreConfig;
 pub use node::NodeCore;
 pub use recovery::{DiskState, RecoveryError};
 
-/// The answer to a write whose entry was replaced by another leader's before it committed: it
-/// was never applied and never will be (a retry with the same `seq` is safe either way).
-pub const LEADERSHIP_CHANGED: &str = "leadership changed before commit; retry";
+/// The reason given with `ClientError::NotApplied` to a write whose entry was replaced by
+/// another leader's before it committed: that entry was never applied and never will be.
+pub const LEADERSHIP_CHANGED: &str = "leadership changed before the entry committed";

@@ -406,7 +406,7 @@ impl<T> NodeCore<T> {
                 self.answer(token, response);
             }
             for token in replaced {
-                self.answer_error(token, ClientError::Unavailable(LEADERSHIP_CHANGED.into()));
+                self.answer_error(token, ClientError::NotApplied(LEADERSHIP_CHANGED.into()));
             }
         }
         self.raw.on_applied(last.index);

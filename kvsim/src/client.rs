@@ -79,6 +79,9 @@ struct PendingOp {
     kind: OpKind,
     bytes: Vec<u8>,
     attempt: u32,
+    /// Whether some attempt may have been applied (no answer, `Timeout`, `Unavailable`). Until
+    /// then every refusal was definite, so a `NotApplied` answer means the write did not happen.
+    maybe_applied: bool,
 }
 
 #[derive(Debug)]
@@ -125,6 +128,7 @@ pub(crate) struct Clients {
     pub acked_writes: u64,
     pub ok_reads: u64,
     pub unknown: u64,
+    pub failed_writes: u64,
 }
 
 impl Clients {
@@ -158,6 +162,7 @@ impl Clients {
             acked_writes: 0,
             ok_reads: 0,
             unknown: 0,
+            failed_writes: 0,
         }
     }
 
@@ -197,8 +202,10 @@ impl Clients {
             }
             State::Idle => Vec::new(),
             State::Sending(op) => self.send_attempt(client, op),
-            State::Waiting(op) => {
-                // No answer in time: the node is down, partitioned or slow.
+            State::Waiting(mut op) => {
+                // No answer in time: the node is down, partitioned or slow, and the request
+                // may have been proposed.
+                op.maybe_applied = true;
                 let wait = self.clients[client].route.unreachable();
                 self.retry(client, op, wait, now)
             }
@@ -264,6 +271,7 @@ impl Clients {
             kind,
             bytes,
             attempt: 0,
+            maybe_applied: false,
         }
     }
 
@@ -282,6 +290,7 @@ impl Clients {
             kind,
             invoke: self.lines,
             ok: None,
+            failed: false,
         });
     }
 
@@ -348,6 +357,16 @@ impl Clients {
         }
     }
 
+    /// A write definitely not applied (Jepsen `:fail`).
+    fn fail(&mut self, client: usize, op: &PendingOp, now: u64) {
+        if let Some(at) = self.list_current[client].take() {
+            self.list_ops[at].failed = true;
+        }
+        let process = self.clients[client].process;
+        self.failed_writes += 1;
+        self.record(now, process, "fail", &op.kind, &invoke_value(&op.kind));
+    }
+
     /// An answer from a node. Errors are returned as violations of client-visible guarantees.
     pub fn answer(
         &mut self,
@@ -390,14 +409,23 @@ impl Clients {
     fn on_error(
         &mut self,
         client: usize,
-        op: PendingOp,
+        mut op: PendingOp,
         error: ClientError,
         now: u64,
     ) -> Result<Vec<Effect>, String> {
+        if matches!(error, ClientError::NotApplied(_)) && !op.maybe_applied {
+            // Trusting the documented error table: the write did not happen.
+            self.fail(client, &op, now);
+            return Ok(vec![self.wake_later(client, 1)]);
+        }
         let route = &mut self.clients[client].route;
         let wait = match &error {
             ClientError::NotLeader { leader_hint } => route.not_leader(*leader_hint),
-            ClientError::Unavailable(_) | ClientError::Timeout => route.unreachable(),
+            ClientError::NotApplied(_) => route.retry_same(),
+            ClientError::Unavailable(_) | ClientError::Timeout => {
+                op.maybe_applied = true;
+                route.unreachable()
+            }
             ClientError::Stale | ClientError::BadRequest(_) | ClientError::TooLarge { .. } => {
                 return Err(format!(
                     "client {} op {} (seq {}) answered {error}: the session or the request \

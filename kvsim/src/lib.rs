@@ -47,6 +47,8 @@ pub struct SimStats {
     pub reads_ok: u64,
     /// Writes whose outcome the clients never learned.
     pub writes_unknown: u64,
+    /// Writes answered as definitely not applied.
+    pub writes_failed: u64,
     pub elections: u64,
     pub snapshots_sent: u64,
     pub snapshots_installed: u64,
@@ -227,6 +229,7 @@ impl Sim {
         self.stats.writes_acked = self.clients.acked_writes;
         self.stats.reads_ok = self.clients.ok_reads;
         self.stats.writes_unknown = self.clients.unknown;
+        self.stats.writes_failed = self.clients.failed_writes;
         Ok(self.stats.clone())
     }
 
@@ -697,6 +700,7 @@ fn add_stats(total: &mut SimStats, stats: &SimStats) {
     total.writes_acked += stats.writes_acked;
     total.reads_ok += stats.reads_ok;
     total.writes_unknown += stats.writes_unknown;
+    total.writes_failed += stats.writes_failed;
     total.elections += stats.elections;
     total.snapshots_sent += stats.snapshots_sent;
     total.snapshots_installed += stats.snapshots_installed;
@@ -709,7 +713,8 @@ impl std::fmt::Display for SimStats {
         write!(
             f,
             "{} events, {} crashes, {} pauses, {} partitions, {} elections, {} snapshots \
-             installed, {} writes acked, {} writes unknown, {} reads, {} history lines",
+             installed, {} writes acked, {} writes unknown, {} writes failed, {} reads, {} history \
+             lines",
             self.events,
             self.crashes,
             self.pauses,
@@ -718,6 +723,7 @@ impl std::fmt::Display for SimStats {
             self.snapshots_installed,
             self.writes_acked,
             self.writes_unknown,
+            self.writes_failed,
             self.reads_ok,
             self.history_lines
         )

@@ -6,7 +6,8 @@
 //!
 //! 1. the final list holds no element twice (exactly-once) and only elements some append
 //!    invoked;
-//! 2. every acknowledged append is in the final list (no lost write);
+//! 2. every acknowledged append is in the final list (no lost write), and no append answered
+//!    as not applied is;
 //! 3. every successful read is a prefix of the final list;
 //! 4. real time agrees with list order: an append (or a read) that completed before another
 //!    append was invoked comes before it. That is, at each invocation, every effect that
@@ -26,6 +27,8 @@ pub(crate) struct ListOp {
     pub invoke: u64,
     /// Line of the `ok` completion; `None` if the outcome is unknown or the op failed.
     pub ok: Option<u64>,
+    /// Answered as definitely not applied (`fail`).
+    pub failed: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -67,6 +70,14 @@ fn check_membership(
         return Err(format!("l{key} holds {element}, which no append wrote"));
     }
     for op in ops {
+        if let (ListKind::Append { element }, true) = (&op.kind, op.failed) {
+            if position.contains_key(element) {
+                return Err(format!(
+                    "the append of {element} to l{key} was answered as not applied, but the \
+                     final list holds it"
+                ));
+            }
+        }
         if let (ListKind::Append { element }, Some(_)) = (&op.kind, op.ok) {
             if !position.contains_key(element) {
                 return Err(format!(
@@ -179,6 +190,7 @@ mod tests {
             kind: ListKind::Append { element },
             invoke,
             ok,
+            failed: false,
         }
     }
 
@@ -190,6 +202,7 @@ mod tests {
             },
             invoke,
             ok: Some(ok),
+            failed: false,
         }
     }
 
@@ -223,6 +236,9 @@ mod tests {
         assert!(run(&future, &[1]).unwrap_err().contains("real time"));
         let shrink = [append(1, 0, Some(1)), read(&[1], 2, 3), read(&[], 4, 5)];
         assert!(run(&shrink, &[1]).is_err());
+        let mut failed = append(1, 0, None);
+        failed.failed = true;
+        assert!(run(&[failed], &[1]).unwrap_err().contains("not applied"));
         let phantom = [read(&[7], 0, 1)];
         assert!(run(&phantom, &[7]).unwrap_err().contains("no append wrote"));
     }

@@ -80,6 +80,12 @@ pub enum ClientError {
     /// if this is returned before proposing, see the message. Retry later or elsewhere.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// This attempt's log entry was replaced by another leader's before it committed: this
+    /// attempt was not applied and never will be. If no earlier attempt of the same
+    /// `(client_id, seq)` may have been applied, the write definitely did not happen (Jepsen
+    /// `:fail`); otherwise retry with the same `seq` to learn its outcome.
+    #[error("not applied: {0}")]
+    NotApplied(String),
 }
 
 impl From<OpError> for ClientError {
