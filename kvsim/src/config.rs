@@ -34,6 +34,10 @@ pub struct SimConfig {
     pub restart_per_million: u64,
     pub partition_per_million: u64,
     pub pause_per_million: u64,
+    /// Per time unit: chance of a leader flap. The leader is isolated long enough for another
+    /// node to win; then the new leader is isolated instead, so the old one, its log truncated
+    /// and its old proposals still waiting, can lead again (Jepsen's moving isolation).
+    pub flap_per_million: u64,
     /// Longest pause, in ticks. Pauses longer than an election timeout depose a paused leader
     /// that then resumes with stale messages queued.
     pub pause_ticks_max: u64,
@@ -78,6 +82,7 @@ impl SimConfig {
             partition_per_million: rng.between(0, 8_000),
             pause_per_million: rng.between(0, 3_000),
             pause_ticks_max: rng.between(5, 40),
+            flap_per_million: rng.between(0, 2_000),
             torn_per_million: rng.between(0, 500_000),
             snapshot_entries: rng.between(8, 64),
             request_timeout_ticks: rng.between(10, 60),

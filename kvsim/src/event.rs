@@ -66,6 +66,10 @@ pub(crate) enum Event {
         node: usize,
         epoch: u64,
     },
+    /// The second half of a leader flap: `isolated` rejoins, the current leader is isolated.
+    FlapMove {
+        isolated: usize,
+    },
 }
 
 impl Event {
@@ -82,7 +86,8 @@ impl Event {
             | Event::ClientWake { .. }
             | Event::Crash { .. }
             | Event::Restart { .. }
-            | Event::Resume { .. } => None,
+            | Event::Resume { .. }
+            | Event::FlapMove { .. } => None,
         }
     }
 }
@@ -185,6 +190,12 @@ impl Sim {
             Event::Resume { node, epoch } => {
                 if self.nodes[node].epoch == epoch && self.nodes[node].paused {
                     self.resume(node)?;
+                }
+                Ok(())
+            }
+            Event::FlapMove { isolated } => {
+                if self.now < self.fault_end() {
+                    self.flap_move(isolated);
                 }
                 Ok(())
             }

@@ -44,7 +44,52 @@ impl Sim {
             let index = self.pick_target();
             self.pause(index);
         }
+        if self.rng.chance(self.config.flap_per_million) {
+            self.flap();
+        }
         Ok(())
+    }
+
+    fn leader(&self) -> Option<usize> {
+        self.nodes
+            .iter()
+            .position(|n| n.core.as_ref().is_some_and(|c| c.role() == Role::Leader))
+    }
+
+    fn isolate(&mut self, lonely: usize) {
+        for row in self.blocked.iter_mut() {
+            row.fill(false);
+        }
+        for other in 0..self.nodes.len() {
+            self.blocked[lonely][other] = other != lonely;
+            self.blocked[other][lonely] = other != lonely;
+        }
+    }
+
+    /// A leader flap, first half: isolate the leader for one to three election timeouts.
+    fn flap(&mut self) {
+        let Some(leader) = self.leader() else { return };
+        self.stats.partitions += 1;
+        self.log(|| format!("flap: isolate leader {}", leader + 1));
+        self.isolate(leader);
+        let ticks = self.rng.between(10, 30);
+        let event = Event::FlapMove { isolated: leader };
+        self.schedule(ticks * TICK_UNITS, event);
+    }
+
+    /// A leader flap, second half: the old leader rejoins and the new one is isolated.
+    pub(crate) fn flap_move(&mut self, isolated: usize) {
+        match self.leader().filter(|&l| l != isolated) {
+            Some(leader) => {
+                self.log(|| format!("flap: isolate new leader {}", leader + 1));
+                self.isolate(leader);
+            }
+            None => {
+                for row in self.blocked.iter_mut() {
+                    row.fill(false);
+                }
+            }
+        }
     }
 
     /// A node to strike: the leader with probability `target_leader_per_million`, else any.
