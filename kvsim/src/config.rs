@@ -85,7 +85,7 @@ impl SimConfig {
             flap_per_million: rng.between(0, 2_000),
             torn_per_million: rng.between(0, 500_000),
             snapshot_entries: rng.between(8, 64),
-            request_timeout_ticks: rng.between(10, 60),
+            request_timeout_ticks: rng.between(20, 120),
             pre_vote: rng.chance(800_000),
             check_quorum: rng.chance(800_000),
             append_batch_bytes_max: rng.between(60, 600),

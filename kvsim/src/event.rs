@@ -66,9 +66,11 @@ pub(crate) enum Event {
         node: usize,
         epoch: u64,
     },
-    /// The second half of a leader flap: `isolated` rejoins, the current leader is isolated.
+    /// A leader flap after its first isolation: `isolated` rejoins (and hears the new leader);
+    /// with `then_isolate_new`, the new leader is isolated a little later.
     FlapMove {
         isolated: usize,
+        then_isolate_new: bool,
     },
 }
 
@@ -193,9 +195,12 @@ impl Sim {
                 }
                 Ok(())
             }
-            Event::FlapMove { isolated } => {
+            Event::FlapMove {
+                isolated,
+                then_isolate_new,
+            } => {
                 if self.now < self.fault_end() {
-                    self.flap_move(isolated);
+                    self.flap_move(isolated, then_isolate_new);
                 }
                 Ok(())
             }

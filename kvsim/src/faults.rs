@@ -72,24 +72,33 @@ impl Sim {
         self.stats.partitions += 1;
         self.log(|| format!("flap: isolate leader {}", leader + 1));
         self.isolate(leader);
-        let ticks = self.rng.between(10, 30);
-        let event = Event::FlapMove { isolated: leader };
+        let ticks = self.rng.between(12, 25);
+        let event = Event::FlapMove {
+            isolated: leader,
+            then_isolate_new: true,
+        };
         self.schedule(ticks * TICK_UNITS, event);
     }
 
-    /// A leader flap, second half: the old leader rejoins and the new one is isolated.
-    pub(crate) fn flap_move(&mut self, isolated: usize) {
-        match self.leader().filter(|&l| l != isolated) {
-            Some(leader) => {
+    /// A leader flap, second and third steps: the old leader rejoins for a few ticks (long
+    /// enough for the new leader to truncate its log), then the new leader is isolated.
+    pub(crate) fn flap_move(&mut self, isolated: usize, then_isolate_new: bool) {
+        if !then_isolate_new {
+            if let Some(leader) = self.leader().filter(|&l| l != isolated) {
                 self.log(|| format!("flap: isolate new leader {}", leader + 1));
                 self.isolate(leader);
             }
-            None => {
-                for row in self.blocked.iter_mut() {
-                    row.fill(false);
-                }
-            }
+            return;
         }
+        for row in self.blocked.iter_mut() {
+            row.fill(false);
+        }
+        let ticks = self.rng.between(1, 4);
+        let event = Event::FlapMove {
+            isolated,
+            then_isolate_new: false,
+        };
+        self.schedule(ticks * TICK_UNITS, event);
     }
 
     /// A node to strike: the leader with probability `target_leader_per_million`, else any.
