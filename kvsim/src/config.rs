@@ -93,10 +93,10 @@ impl SimConfig {
             crash_new_leader_per_million: rng.between(0, 300_000),
             crash_during_vote_per_million: rng.between(0, 100_000),
             clients: ClientConfig {
-                clients: rng.between(3, 8) as usize,
+                clients: rng.between(4, 16) as usize,
                 attempt_timeout_units: rng.between(5, 40) * TICK_UNITS,
                 attempts_max: rng.between(3, 12) as u32,
-                think_units_max: rng.between(1, TICK_UNITS),
+                think_units_max: rng.between(1, 5),
                 write_per_million: rng.between(300_000, 800_000),
             },
         };
