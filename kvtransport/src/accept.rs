@@ -230,8 +230,8 @@ async fn serve_connection(
         tokio::select! {
             bi = connection.accept_bi() => match bi {
                 Ok((send, recv)) => {
-                    let stream = serve_bi(shared.clone(), send, recv, caller.clone(), budget.clone());
-                    streams.spawn(stream);
+                    let caller = caller.clone();
+                    streams.spawn(serve_bi(shared.clone(), send, recv, caller, budget.clone()));
                 }
                 Err(e) => break e,
             },
@@ -413,23 +413,33 @@ async fn serve_client(
     {
         return refuse_stream(Some(&mut send), &mut recv, wire::STREAM_UNAVAILABLE);
     }
+    // quinn reports a stop to a write blocked by flow control only once it unblocks: watch for
+    // it beside every wait, so that a client that gives up frees its response at once.
     let stopped = send.stopped();
+    tokio::pin!(stopped);
     let response = tokio::select! {
         response = response => response,
-        _ = stopped => return, // The client gave up (or the connection is gone).
+        _ = &mut stopped => return, // The client gave up (or the connection is gone).
     };
     let Ok(response) = response else {
         return refuse_stream(Some(&mut send), &mut recv, wire::STREAM_UNAVAILABLE);
     };
-    match codec::encode_raw_frame(&response, shared.limits.client_response_bytes_max) {
-        Ok(frame) => {
-            if send.write_chunk(frame).await.is_ok() {
+    let header =
+        match codec::raw_frame_header(response.len(), shared.limits.client_response_bytes_max) {
+            Ok(header) => header,
+            Err(e) => {
+                tracing::warn!(identity = %caller.identity, "client response refused: {e}");
+                return refuse_stream(Some(&mut send), &mut recv, wire::STREAM_TOO_LARGE);
+            }
+        };
+    // Header and response as they are: no copy of a response of megabytes.
+    let mut chunks = [Bytes::copy_from_slice(&header), response];
+    tokio::select! {
+        written = send.write_all_chunks(&mut chunks) => {
+            if written.is_ok() {
                 let _ = send.finish();
             }
         }
-        Err(e) => {
-            tracing::warn!(identity = %caller.identity, "client response refused: {e}");
-            refuse_stream(Some(&mut send), &mut recv, wire::STREAM_TOO_LARGE);
-        }
+        _ = &mut stopped => {}
     }
 }

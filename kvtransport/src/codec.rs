@@ -63,6 +63,17 @@ pub fn encode_frame<T: Serialize>(value: &T, frame_bytes_max: u32) -> Result<Byt
     Ok(Bytes::from(buf))
 }
 
+/// The length prefix of a raw frame of `payload_len` bytes, to write before the payload
+/// without copying it.
+pub fn raw_frame_header(
+    payload_len: usize,
+    frame_bytes_max: u32,
+) -> Result<[u8; FRAME_HEADER_BYTES], CodecError> {
+    check_len(payload_len as u64, frame_bytes_max)?;
+    // check_len bounded the length by FRAME_BYTES_LIMIT, so it fits a u32.
+    Ok((payload_len as u32).to_le_bytes())
+}
+
 /// Frames opaque bytes.
 pub fn encode_raw_frame(payload: &[u8], frame_bytes_max: u32) -> Result<Bytes, CodecError> {
     check_len(payload.len() as u64, frame_bytes_max)?;
