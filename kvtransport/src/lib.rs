@@ -100,11 +100,13 @@ const INCOMING_BUFFER_BYTES_TOTAL_MAX: u64 = 4 << 20;
 ///   read, queued for or held by the node              per_connection_max
 /// quinn send buffers (written, not acknowledged)    connection_send_window_bytes       [4 MiB]
 /// hello (once, before any other stream)             wire::HELLO_BYTES_MAX             [64 KiB]
-/// stream state: (client_streams_max + uni_streams_max) x ~2 KiB (quinn stream, our task,
-///   a header being read; a refused stream's data is discarded at once)   [264 x 2 KiB ~ 0.5 MiB]
+/// stream state: (client_streams_max + uni_streams_max) x ~2.4 KiB (quinn stream, our task,
+///   a header being read; measured for both ends; a refused stream's data is discarded at
+///   once)                                                                [264 x 2.4 KiB ~ 0.6 MiB]
+/// connection state: TLS, quinn, tasks (~100 KiB measured for both ends)           [0.1 MiB]
 /// ------------------------------------------------------------------------------------------
-/// per connection                                                                  [~16.6 MiB]
-/// per node: connections_max x per connection = 256 x 16.6 MiB                     [~4.2 GiB]
+/// per connection                                                                  [~16.8 MiB]
+/// per node: connections_max x per connection = 256 x 16.8 MiB                     [~4.2 GiB]
 ///   + pending connection attempts: INCOMING_BUFFER_BYTES_TOTAL_MAX                   [4 MiB]
 /// ```
 ///
@@ -120,9 +122,12 @@ const INCOMING_BUFFER_BYTES_TOTAL_MAX: u64 = 4 << 20;
 /// `frame_bytes_max` on each of `uni_streams_max` streams and snapshot headers; those buffers
 /// too grow only with bytes received. A peer node is trusted with that much (16 MiB x 8).
 ///
-/// Not bounded here: responses. The node makes them (up to `client_response_bytes_max`); one
-/// waits in its stream task until quinn's send window takes it, so a client that asks much and
-/// reads nothing holds up to `client_streams_max` responses per connection.
+/// Not bounded here: responses. The node makes them (up to `client_response_bytes_max`) and
+/// each waits in its stream task until quinn's send window takes it, so a client that asks for
+/// large values and reads nothing (without stopping its streams) can pin up to
+/// `client_streams_max` responses per connection: 256 x the largest value read (4 MiB), in
+/// theory 256 x 16 MiB. Bounding them needs the node's help (a response budget it checks
+/// before it builds a large answer); a stopped stream frees its response at once.
 ///
 /// # Sizing the in-flight budget (Little's law)
 ///
@@ -131,13 +136,14 @@ const INCOMING_BUFFER_BYTES_TOTAL_MAX: u64 = 4 << 20;
 /// rate) plus the wait in the inbound queue, about a millisecond. 8 MiB therefore sustains
 /// about 8 GB/s of requests per connection on the node, far above what a node applies. The
 /// client library holds its side of the budget until the answer arrives, commit included
-/// (~2 ms with fsync on this machine): 8 MiB / 2 ms = 4 GB/s per connection, or 1,600 requests
-/// of 5 MiB per second. Halving the budget halves both; it must stay >=
-/// `client_request_bytes_max` or the largest request could never be admitted.
+/// (~2 ms with fsync on this machine): 8 MiB / 2 ms = 4 GB/s of small requests per connection;
+/// requests of 5 MiB go one at a time, 500 per second (2.5 GB/s). Halving the budget halves
+/// both; it must stay >= `client_request_bytes_max` or the largest request could never be
+/// admitted.
 ///
 /// The windows follow the same law: a stream moves at most `stream_receive_window_bytes` per
-/// round trip (1 MiB / 1 ms = 1 GB/s on a LAN; 1 MiB / 50 us on loopback), a connection at most
-/// `connection_receive_window_bytes` per round trip.
+/// round trip (1 MiB / 1 ms = 1 GB/s on a LAN, 1 MiB / 50 us = 20 GB/s on loopback), a
+/// connection at most `connection_receive_window_bytes` per round trip (4 GB/s on a LAN).
 #[derive(Clone, Debug)]
 pub struct TransportLimits {
     pub frame_bytes_max: u32,
