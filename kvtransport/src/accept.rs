@@ -1,17 +1,26 @@
 //! The accepting side: handshake, identity, hello, then one task per incoming stream.
 //!
 //! ```text
-//! Incoming --TLS (CA + clientAuth, rustls)--> Identity (tls.rs) --hello--> serve streams
-//!    | refused: connections_refused_tls_total  | refused: connections_refused_identity_total
+//! Incoming --connections_max--> TLS (CA + clientAuth, rustls) --> Identity (tls.rs)
+//!    | refused: connections_refused_limit_total   | refused: connections_refused_tls_total
+//!
+//!   --hello--> connections_per_identity_max --hello reply--> serve streams
+//!    | refused: connections_refused_identity_total
+//!    |          connections_refused_identity_limit_total (per-identity cap)
 //! ```
+//!
+//! Client request streams are admitted against the connection's in-flight byte budget
+//! (`admission.rs`) before their payload is read.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncReadExt, BufReader};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
+use super::admission::{self, IdentitySlot, InflightBudget};
 use super::codec::{self, CodecError};
 use super::stats::TransportStats;
 use super::tls::Identity;
@@ -30,7 +39,14 @@ pub(crate) async fn run(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
         tokio::select! {
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => {
-                    connections.spawn(handle_incoming(shared.clone(), incoming));
+                    // Reap the tasks of closed connections so that `len` counts open ones.
+                    while connections.try_join_next().is_some() {}
+                    let open = connections.len();
+                    if open >= shared.limits.connections_max {
+                        refuse_full(&shared, incoming, open);
+                    } else {
+                        connections.spawn(handle_incoming(shared.clone(), incoming));
+                    }
                 }
                 None => break,
             },
@@ -39,6 +55,20 @@ pub(crate) async fn run(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
     }
     drop(endpoint);
     while connections.join_next().await.is_some() {}
+}
+
+/// `connections_max` connections are open (handshaking or established): refuse before the
+/// handshake, which costs us nothing but one packet (QUIC CONNECTION_REFUSED).
+fn refuse_full(shared: &Shared, incoming: quinn::Incoming, open: usize) {
+    TransportStats::inc(&shared.stats.connections_refused_limit_total);
+    let remote = incoming.remote_address();
+    let max = shared.limits.connections_max;
+    tracing::warn!(
+        %remote,
+        open,
+        "connection refused: {open} connections open, limits.connections_max is {max}"
+    );
+    incoming.refuse();
 }
 
 /// Who is on the other end of an accepted, greeted connection.
@@ -58,18 +88,37 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
         Ok(Err(e)) => return refused_tls(&shared, remote, &e.to_string()),
         Err(_) => return refused_tls(&shared, remote, "handshake timed out"),
     };
-    let caller = match greet(&shared, &connection, timeout).await {
-        Ok(caller) => caller,
-        Err(reason) => {
-            TransportStats::inc(&shared.stats.connections_refused_identity_total);
-            tracing::warn!(%remote, "connection refused: {reason}");
-            connection.close(wire::CLOSE_REFUSED.into(), reason.as_bytes());
-            return;
+    let refuse = |counter, reason: &str| {
+        TransportStats::inc(counter);
+        tracing::warn!(%remote, "connection refused: {reason}");
+        connection.close(wire::CLOSE_REFUSED.into(), reason.as_bytes());
+    };
+    let (caller, hello_send) = match greet(&shared, &connection, timeout).await {
+        Ok(greeted) => greeted,
+        Err(reason) => return refuse(&shared.stats.connections_refused_identity_total, &reason),
+    };
+    // Before the hello reply, so that the dialer's connect fails with the reason.
+    let max = shared.limits.connections_per_identity_max;
+    let slot = match shared.identities.try_acquire(&caller.identity, max) {
+        Ok(slot) => slot,
+        Err(open) => {
+            let name = caller.identity.name();
+            let reason = format!(
+                "identity {name} has {open} connections open, \
+                 limits.connections_per_identity_max is {max}"
+            );
+            return refuse(
+                &shared.stats.connections_refused_identity_limit_total,
+                &reason,
+            );
         }
     };
+    if let Err(reason) = reply_hello(&shared, hello_send).await {
+        return refuse(&shared.stats.connections_refused_identity_total, &reason);
+    }
     TransportStats::inc(&shared.stats.connections_accepted_total);
-    tracing::debug!(%remote, identity = ?caller.identity, "connection accepted");
-    serve_connection(shared, connection, caller).await;
+    tracing::debug!(%remote, identity = %caller.identity, "connection accepted");
+    serve_connection(shared, connection, caller, slot).await;
 }
 
 fn refused_tls(shared: &Shared, remote: std::net::SocketAddr, reason: &str) {
@@ -78,12 +127,12 @@ fn refused_tls(shared: &Shared, remote: std::net::SocketAddr, reason: &str) {
 }
 
 /// Classifies the certificate, reads the hello and checks the identity it claims. The error is
-/// the refusal reason sent to the peer.
+/// the refusal reason sent to the peer. Returns the hello stream's sending half for the reply.
 async fn greet(
     shared: &Shared,
     connection: &quinn::Connection,
     timeout: Duration,
-) -> Result<Caller, String> {
+) -> Result<(Caller, quinn::SendStream), String> {
     let chain = connection
         .peer_identity()
         .and_then(|any| {
@@ -95,7 +144,7 @@ async fn greet(
         .identifier
         .identify(&chain)
         .map_err(|e| e.to_string())?;
-    let (mut send, mut recv) = tokio::time::timeout(timeout, connection.accept_bi())
+    let (send, mut recv) = tokio::time::timeout(timeout, connection.accept_bi())
         .await
         .map_err(|_| "no hello in time".to_string())?
         .map_err(|e| format!("no hello: {e}"))?;
@@ -112,6 +161,10 @@ async fn greet(
             tracing::info!(peer = %claim.name, "peer restarted: replacing our connection to it");
         }
     }
+    Ok((Caller { identity, node_id }, send))
+}
+
+async fn reply_hello(shared: &Shared, mut send: quinn::SendStream) -> Result<(), String> {
     let reply = HelloReply {
         version: wire::PROTOCOL_VERSION,
         name: shared.self_name.clone(),
@@ -121,7 +174,7 @@ async fn greet(
         .await
         .map_err(|e| format!("hello reply: {e}"))?;
     let _ = send.finish();
-    Ok(Caller { identity, node_id })
+    Ok(())
 }
 
 async fn read_hello(recv: &mut quinn::RecvStream) -> Result<Hello, String> {
@@ -157,19 +210,28 @@ fn check_claim(
     match known_id {
         Some(id) if id == claim.id && identity.name() == claim.name => Ok(Some(id)),
         _ => Err(format!(
-            "certificate {identity:?} cannot act as node {} ({})",
+            "certificate of {identity} cannot act as node {} ({})",
             claim.id, claim.name
         )),
     }
 }
 
-async fn serve_connection(shared: Arc<Shared>, connection: quinn::Connection, caller: Caller) {
+/// Serves the connection's streams until it closes. `_slot` is its identity's connection slot,
+/// given back when this returns.
+async fn serve_connection(
+    shared: Arc<Shared>,
+    connection: quinn::Connection,
+    caller: Caller,
+    _slot: IdentitySlot,
+) {
+    let budget = InflightBudget::new(shared.limits.client_inflight_bytes_per_connection_max);
     let mut streams = JoinSet::new();
     let closed = loop {
         tokio::select! {
             bi = connection.accept_bi() => match bi {
                 Ok((send, recv)) => {
-                    streams.spawn(serve_bi(shared.clone(), send, recv, caller.clone()));
+                    let caller = caller.clone();
+                    streams.spawn(serve_bi(shared.clone(), send, recv, caller, budget.clone()));
                 }
                 Err(e) => break e,
             },
@@ -182,7 +244,7 @@ async fn serve_connection(shared: Arc<Shared>, connection: quinn::Connection, ca
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
         }
     };
-    tracing::debug!(identity = ?caller.identity, "connection closed: {closed}");
+    tracing::debug!(identity = %caller.identity, "connection closed: {closed}");
     // Stream tasks fail fast on a closed connection; wait so none outlives the transport.
     while streams.join_next().await.is_some() {}
 }
@@ -200,7 +262,7 @@ fn frame_error(shared: &Shared, caller: &Caller, error: &CodecError) -> Option<u
         CodecError::Io(_) | CodecError::Encode(_) => return None,
     };
     TransportStats::inc(counter);
-    tracing::warn!(identity = ?caller.identity, "bad frame: {error}");
+    tracing::warn!(identity = %caller.identity, "bad frame: {error}");
     Some(code)
 }
 
@@ -216,23 +278,24 @@ async fn serve_bi(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     caller: Caller,
+    budget: InflightBudget,
 ) {
     let tag = match recv.read_u8().await {
         Ok(tag) => tag,
         Err(_) => return refuse_stream(Some(&mut send), &mut recv, wire::STREAM_MALFORMED),
     };
     match (tag, caller.node_id) {
-        (wire::STREAM_TAG_CLIENT, _) => serve_client(&shared, send, recv, &caller).await,
+        (wire::STREAM_TAG_CLIENT, _) => serve_client(&shared, send, recv, &caller, &budget).await,
         (wire::STREAM_TAG_SNAPSHOT, Some(from)) => {
             snapshot::receive(&shared, from, send, recv).await
         }
         (wire::STREAM_TAG_SNAPSHOT, None) => {
-            tracing::warn!(identity = ?caller.identity, "snapshot stream from a non-node refused");
+            tracing::warn!(identity = %caller.identity, "snapshot stream from a non-node refused");
             refuse_stream(Some(&mut send), &mut recv, wire::STREAM_FORBIDDEN);
         }
         (other, _) => {
             TransportStats::inc(&shared.stats.frames_malformed_total);
-            tracing::warn!(identity = ?caller.identity, tag = other, "unknown stream tag");
+            tracing::warn!(identity = %caller.identity, tag = other, "unknown stream tag");
             refuse_stream(Some(&mut send), &mut recv, wire::STREAM_MALFORMED);
         }
     }
@@ -246,12 +309,12 @@ async fn serve_uni(shared: Arc<Shared>, mut recv: quinn::RecvStream, caller: Cal
     match (tag, caller.node_id) {
         (wire::STREAM_TAG_RAFT, Some(from)) => read_raft(&shared, recv, &caller, from).await,
         (wire::STREAM_TAG_RAFT, None) => {
-            tracing::warn!(identity = ?caller.identity, "raft stream from a non-node refused");
+            tracing::warn!(identity = %caller.identity, "raft stream from a non-node refused");
             refuse_stream(None, &mut recv, wire::STREAM_FORBIDDEN);
         }
         (other, _) => {
             TransportStats::inc(&shared.stats.frames_malformed_total);
-            tracing::warn!(identity = ?caller.identity, tag = other, "unknown stream tag");
+            tracing::warn!(identity = %caller.identity, tag = other, "unknown stream tag");
             refuse_stream(None, &mut recv, wire::STREAM_MALFORMED);
         }
     }
@@ -290,21 +353,50 @@ async fn read_raft(shared: &Shared, recv: quinn::RecvStream, caller: &Caller, fr
     }
 }
 
+/// Reads one client request: its length, then (if the connection's budget has room for it)
+/// its payload, charged to the budget until the node drops it. `Err`: the stream code to
+/// refuse the stream with.
+async fn read_client_request(
+    shared: &Shared,
+    recv: &mut quinn::RecvStream,
+    caller: &Caller,
+    budget: &InflightBudget,
+) -> Result<Bytes, u32> {
+    let request_max = shared.limits.client_request_bytes_max;
+    let bad_frame =
+        |e: CodecError| frame_error(shared, caller, &e).unwrap_or(wire::STREAM_MALFORMED);
+    let len = match codec::read_frame_header(recv, request_max).await {
+        Ok(Some(len)) => len,
+        Ok(None) => return Err(wire::STREAM_MALFORMED),
+        Err(e) => return Err(bad_frame(e)),
+    };
+    let Some(charge) = budget.try_charge(len) else {
+        TransportStats::inc(&shared.stats.client_requests_refused_inflight_total);
+        tracing::debug!(
+            identity = %caller.identity,
+            len,
+            "client request refused: connection at client_inflight_bytes_per_connection_max"
+        );
+        return Err(wire::STREAM_BUSY);
+    };
+    let mut payload = Vec::new();
+    match codec::read_payload_into(recv, len as usize, &mut payload).await {
+        Ok(()) => Ok(admission::charged_bytes(payload, charge)),
+        Err(e) => Err(bad_frame(e)),
+    }
+}
+
 /// One client request: read it, hand it to the node, write its answer.
 async fn serve_client(
     shared: &Shared,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     caller: &Caller,
+    budget: &InflightBudget,
 ) {
-    let request_max = shared.limits.client_request_bytes_max;
-    let request = match codec::read_raw_frame(&mut recv, request_max).await {
-        Ok(Some(request)) => request,
-        Ok(None) => return refuse_stream(Some(&mut send), &mut recv, wire::STREAM_MALFORMED),
-        Err(e) => {
-            let code = frame_error(shared, caller, &e).unwrap_or(wire::STREAM_MALFORMED);
-            return refuse_stream(Some(&mut send), &mut recv, code);
-        }
+    let request = match read_client_request(shared, &mut recv, caller, budget).await {
+        Ok(request) => request,
+        Err(code) => return refuse_stream(Some(&mut send), &mut recv, code),
     };
     TransportStats::inc(&shared.stats.client_requests_total);
     let (reply, response) = oneshot::channel();
@@ -321,23 +413,33 @@ async fn serve_client(
     {
         return refuse_stream(Some(&mut send), &mut recv, wire::STREAM_UNAVAILABLE);
     }
+    // quinn reports a stop to a write blocked by flow control only once it unblocks: watch for
+    // it beside every wait, so that a client that gives up frees its response at once.
     let stopped = send.stopped();
+    tokio::pin!(stopped);
     let response = tokio::select! {
         response = response => response,
-        _ = stopped => return, // The client gave up (or the connection is gone).
+        _ = &mut stopped => return, // The client gave up (or the connection is gone).
     };
     let Ok(response) = response else {
         return refuse_stream(Some(&mut send), &mut recv, wire::STREAM_UNAVAILABLE);
     };
-    match codec::encode_raw_frame(&response, shared.limits.client_response_bytes_max) {
-        Ok(frame) => {
-            if send.write_chunk(frame).await.is_ok() {
+    let header =
+        match codec::raw_frame_header(response.len(), shared.limits.client_response_bytes_max) {
+            Ok(header) => header,
+            Err(e) => {
+                tracing::warn!(identity = %caller.identity, "client response refused: {e}");
+                return refuse_stream(Some(&mut send), &mut recv, wire::STREAM_TOO_LARGE);
+            }
+        };
+    // Header and response as they are: no copy of a response of megabytes.
+    let mut chunks = [Bytes::copy_from_slice(&header), response];
+    tokio::select! {
+        written = send.write_all_chunks(&mut chunks) => {
+            if written.is_ok() {
                 let _ = send.finish();
             }
         }
-        Err(e) => {
-            tracing::warn!(identity = ?caller.identity, "client response refused: {e}");
-            refuse_stream(Some(&mut send), &mut recv, wire::STREAM_TOO_LARGE);
-        }
+        _ = &mut stopped => {}
     }
 }

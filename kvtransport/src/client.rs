@@ -2,9 +2,11 @@
 //! client's connection to one node carrying one bidirectional stream per request.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::sync::Semaphore;
 
 use super::codec::{self, CodecError};
 use super::tls::{TlsError, TlsMaterial};
@@ -99,6 +101,15 @@ fn connection_error(e: quinn::ConnectionError) -> ClientError {
         quinn::ConnectionError::TransportError(t) if is_crypto(t.code) => ClientError::Refused {
             reason: t.to_string(),
         },
+        // Sent before the handshake when the node is at `connections_max` (or by quinn itself
+        // when it cannot take more connection attempts).
+        quinn::ConnectionError::ConnectionClosed(close)
+            if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+        {
+            ClientError::Refused {
+                reason: "the node is at its connection limit".to_string(),
+            }
+        }
         _ => ClientError::Connection(e),
     }
 }
@@ -157,11 +168,18 @@ pub async fn dial(
 
 /// A client's connection to one node. `request` may be called from many tasks at once; each
 /// request is a bidirectional stream of its own.
+///
+/// Requests wait (within their timeout) for room in `client_inflight_bytes_per_connection_max`
+/// before they are sent, a budget released when their answer arrives. The node keeps the same
+/// budget per connection for bytes it has not yet decoded and refuses, unread, a request over
+/// it (`wire::STREAM_BUSY`); since the node releases its charge before it answers, a client
+/// that keeps its own budget never reaches the node's.
 pub struct ClientConn {
     endpoint: quinn::Endpoint,
     connection: quinn::Connection,
     response_bytes_max: u32,
     request_bytes_max: u32,
+    inflight: Arc<Semaphore>,
 }
 
 impl ClientConn {
@@ -185,6 +203,7 @@ impl ClientConn {
         hello: Hello,
         limits: &TransportLimits,
     ) -> Result<ClientConn, ClientError> {
+        limits.validate()?;
         let local: SocketAddr = match addr {
             SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
             SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -193,11 +212,16 @@ impl ClientConn {
         let timeout = Duration::from_millis(CLIENT_CONNECT_TIMEOUT_MS);
         let (connection, _reply) =
             dial(&endpoint, config, addr, server_name, &hello, timeout).await?;
+        // Validated: at least the largest request, at most `Semaphore::MAX_PERMITS`.
+        let inflight = usize::try_from(limits.client_inflight_bytes_per_connection_max)
+            .unwrap_or(Semaphore::MAX_PERMITS)
+            .min(Semaphore::MAX_PERMITS);
         Ok(ClientConn {
             endpoint,
             connection,
             response_bytes_max: limits.client_response_bytes_max,
             request_bytes_max: limits.client_request_bytes_max,
+            inflight: Arc::new(Semaphore::new(inflight)),
         })
     }
 
@@ -219,6 +243,10 @@ impl ClientConn {
     }
 
     async fn exchange(&self, request: Bytes) -> Result<Bytes, ClientError> {
+        // `request` checked its length against `request_bytes_max` (a u32).
+        let charge = self.inflight.acquire_many(request.len() as u32).await;
+        // The semaphore is never closed.
+        let _charge = charge.map_err(|e| ClientError::Stream(e.to_string()))?;
         let (mut send, mut recv) = self.connection.open_bi().await.map_err(connection_error)?;
         let header = (request.len() as u32).to_le_bytes();
         let tag = [wire::STREAM_TAG_CLIENT];

@@ -1,9 +1,12 @@
 //! Length-prefixed frames: a u32 little-endian payload length, then the payload.
 //!
 //! Typed frames carry bincode 2 (serde, standard config); raw frames carry opaque bytes (client
-//! requests and responses, whose types belong to the server). The length is checked against
-//! the caller's `frame_bytes_max` before any buffer is allocated, so a peer cannot make us
-//! allocate by announcing a large frame.
+//! requests and responses, whose types belong to the server).
+//!
+//! What a peer can make us allocate: the length is checked against the caller's
+//! `frame_bytes_max` before anything is allocated, and the payload buffer then grows only as
+//! bytes arrive (`read_payload_into`), so a peer announcing 5 MiB and sending 10 bytes makes us
+//! hold 10 bytes plus at most one `FRAME_READ_CHUNK_BYTES` chunk, not 5 MiB.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::de::DeserializeOwned;
@@ -17,6 +20,11 @@ pub const FRAME_HEADER_BYTES: usize = 4;
 /// bounds what a frame's inner length fields may claim (a `Bytes` field announcing 4 GiB inside
 /// a 100-byte frame fails instead of allocating).
 pub const FRAME_BYTES_LIMIT: u32 = 64 << 20;
+
+/// How far a payload buffer may grow ahead of the bytes that have arrived: the first step, and
+/// the smallest. Later steps double what has arrived (never past the frame's end), so a large
+/// frame costs a logarithmic number of reallocations and at most twice its received bytes.
+pub const FRAME_READ_CHUNK_BYTES: usize = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -55,6 +63,17 @@ pub fn encode_frame<T: Serialize>(value: &T, frame_bytes_max: u32) -> Result<Byt
     Ok(Bytes::from(buf))
 }
 
+/// The length prefix of a raw frame of `payload_len` bytes, to write before the payload
+/// without copying it.
+pub fn raw_frame_header(
+    payload_len: usize,
+    frame_bytes_max: u32,
+) -> Result<[u8; FRAME_HEADER_BYTES], CodecError> {
+    check_len(payload_len as u64, frame_bytes_max)?;
+    // check_len bounded the length by FRAME_BYTES_LIMIT, so it fits a u32.
+    Ok((payload_len as u32).to_le_bytes())
+}
+
 /// Frames opaque bytes.
 pub fn encode_raw_frame(payload: &[u8], frame_bytes_max: u32) -> Result<Bytes, CodecError> {
     check_len(payload.len() as u64, frame_bytes_max)?;
@@ -75,11 +94,12 @@ pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, CodecErr
     Ok(value)
 }
 
-/// Reads the next frame's payload. `Ok(None)`: the stream ended cleanly between frames.
-pub async fn read_raw_frame<R: AsyncRead + Unpin>(
+/// Reads the next frame's length prefix and checks it against `frame_bytes_max`.
+/// `Ok(None)`: the stream ended cleanly between frames.
+pub async fn read_frame_header<R: AsyncRead + Unpin>(
     reader: &mut R,
     frame_bytes_max: u32,
-) -> Result<Option<Bytes>, CodecError> {
+) -> Result<Option<u32>, CodecError> {
     let mut header = [0u8; FRAME_HEADER_BYTES];
     let mut filled = 0;
     while filled < FRAME_HEADER_BYTES {
@@ -95,11 +115,69 @@ pub async fn read_raw_frame<R: AsyncRead + Unpin>(
     }
     let len = u32::from_le_bytes(header);
     check_len(u64::from(len), frame_bytes_max)?;
-    let mut payload = vec![0u8; len as usize];
-    match reader.read_exact(&mut payload).await {
-        Ok(_) => Ok(Some(Bytes::from(payload))),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(CodecError::Truncated),
-        Err(e) => Err(CodecError::Io(e)),
+    Ok(Some(len))
+}
+
+/// Appends exactly `len` bytes from `reader` to `buffer`, growing it only as bytes arrive.
+///
+/// Bound (what a peer can make us hold): while `received` of the `len` bytes have arrived,
+/// the capacity added to `buffer` is at most `min(len, received + max(FRAME_READ_CHUNK_BYTES,
+/// received))`: the bytes that arrived, plus one chunk or as much again, never more than the
+/// announced length. `Vec::reserve_exact` keeps that exact (`BytesMut::reserve` and
+/// `Vec::reserve` may double the whole allocation, overshooting the frame's end).
+///
+/// ```text
+/// announced 5 MiB, sent 10 B:  capacity 64 KiB         (one chunk, then waits for bytes)
+/// announced 5 MiB, sent 5 MiB: 64K 128K 256K .. 4M 5M  (7 reallocations, ends at exactly 5 MiB)
+/// ```
+///
+/// On error `buffer` keeps what arrived (the caller drops it).
+pub async fn read_payload_into<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    len: usize,
+    buffer: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    let start = buffer.len();
+    let end = start.checked_add(len).ok_or(CodecError::Oversize {
+        len: len as u64,
+        max: FRAME_BYTES_LIMIT,
+    })?;
+    while buffer.len() < end {
+        if buffer.len() == buffer.capacity() {
+            let received = buffer.len() - start;
+            let step = FRAME_READ_CHUNK_BYTES.max(received).min(end - buffer.len());
+            buffer.reserve_exact(step);
+        }
+        // The spare capacity ends at or before the frame's end (the capacity grew to at most
+        // `end` above, or was larger already): cap the read so it never takes bytes of the next
+        // frame.
+        let room = (end - buffer.len()).min(buffer.capacity() - buffer.len());
+        let n = reader.read_buf(&mut (&mut *buffer).limit(room)).await?;
+        if n == 0 {
+            return Err(CodecError::Truncated);
+        }
+    }
+    Ok(())
+}
+
+/// Reads `len` payload bytes into a buffer that grows as they arrive (`read_payload_into`).
+pub async fn read_payload<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    len: u32,
+) -> Result<Bytes, CodecError> {
+    let mut payload = Vec::new();
+    read_payload_into(reader, len as usize, &mut payload).await?;
+    Ok(Bytes::from(payload))
+}
+
+/// Reads the next frame's payload. `Ok(None)`: the stream ended cleanly between frames.
+pub async fn read_raw_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    frame_bytes_max: u32,
+) -> Result<Option<Bytes>, CodecError> {
+    match read_frame_header(reader, frame_bytes_max).await? {
+        Some(len) => read_payload(reader, len).await.map(Some),
+        None => Ok(None),
     }
 }
 
@@ -182,6 +260,90 @@ mod tests {
         payload.push(0);
         let err = decode_payload::<Message>(&payload).unwrap_err();
         assert!(matches!(err, CodecError::Malformed(_)));
+    }
+
+    /// A reader that hands out at most `piece` bytes per read, like a network stream.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        piece: usize,
+    }
+
+    impl tokio::io::AsyncRead for Trickle<'_> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let n = self.piece.min(self.data.len()).min(buf.remaining());
+            buf.put_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Regression (issue 10, bug 4): the old codec allocated the announced length up front.
+    #[tokio::test]
+    async fn codec_buffer_grows_only_with_bytes_received() {
+        const ANNOUNCED: usize = 5 << 20;
+        let bytes = vec![7u8; 3 << 20];
+        for sent in [
+            0,
+            10,
+            1000,
+            64 << 10,
+            (64 << 10) + 1,
+            200_000,
+            (1 << 20) + 3,
+            3 << 20,
+        ] {
+            let mut reader = Trickle {
+                data: &bytes[..sent],
+                piece: 1500,
+            };
+            let mut buffer = Vec::new();
+            let err = read_payload_into(&mut reader, ANNOUNCED, &mut buffer)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, CodecError::Truncated), "{err}");
+            assert_eq!(buffer.len(), sent);
+            let bound = sent + FRAME_READ_CHUNK_BYTES.max(sent);
+            assert!(
+                buffer.capacity() <= bound,
+                "sent {sent}: capacity {} > {bound}",
+                buffer.capacity()
+            );
+            if sent <= FRAME_READ_CHUNK_BYTES {
+                assert!(buffer.capacity() <= sent + FRAME_READ_CHUNK_BYTES);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn codec_large_frame_in_pieces_ends_at_exact_capacity_and_keeps_next_frame() {
+        let payload: Vec<u8> = (0..(5u32 << 20) + 17).map(|i| i as u8).collect();
+        let mut wire = encode_raw_frame(&payload, 8 << 20).unwrap().to_vec();
+        wire.extend_from_slice(&encode_raw_frame(b"next", 8 << 20).unwrap());
+        let mut reader = Trickle {
+            data: &wire,
+            piece: 70_000,
+        };
+        let len = read_frame_header(&mut reader, 8 << 20)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut buffer = Vec::new();
+        read_payload_into(&mut reader, len as usize, &mut buffer)
+            .await
+            .unwrap();
+        assert_eq!(buffer, payload);
+        assert_eq!(
+            buffer.capacity(),
+            payload.len(),
+            "never past the frame's end"
+        );
+        let next = read_raw_frame(&mut reader, 1024).await.unwrap();
+        assert_eq!(next.as_deref(), Some(&b"next"[..]));
+        assert_eq!(read_raw_frame(&mut reader, 1024).await.unwrap(), None);
     }
 
     #[test]

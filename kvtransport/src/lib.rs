@@ -12,6 +12,7 @@
 //! All tasks are plain `tokio::spawn`s that run on the node's single current-thread runtime.
 
 mod accept;
+mod admission;
 pub mod client;
 pub mod codec;
 mod peer;
@@ -51,6 +52,22 @@ pub const CLIENT_STREAMS_MAX_DEFAULT: u32 = 256;
 /// 4 MiB) plus framing; the server asserts the relation at compile time.
 pub const CLIENT_REQUEST_BYTES_MAX_DEFAULT: u32 = 5 << 20;
 pub const CLIENT_RESPONSE_BYTES_MAX_DEFAULT: u32 = 16 << 20;
+/// Default in-flight client request bytes per connection: one largest request and 3 MiB of
+/// others. See `TransportLimits` for the Little's-law sizing.
+pub const CLIENT_INFLIGHT_BYTES_PER_CONNECTION_MAX_DEFAULT: u64 = 8 << 20;
+/// Default accepted connections (handshaking or established) per node.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 256;
+/// Default accepted connections per certificate identity: a client process holds one
+/// connection per node, a peer node one (two while a reconnect races the old one's end).
+pub const CONNECTIONS_PER_IDENTITY_MAX_DEFAULT: usize = 32;
+/// Default unidirectional streams a peer may open at once (one raft stream is used; slack for
+/// a reconnect racing the old stream's end).
+pub const UNI_STREAMS_MAX_DEFAULT: u32 = 8;
+/// Default QUIC flow-control windows (what a peer may send before we read it).
+pub const STREAM_RECEIVE_WINDOW_BYTES_DEFAULT: u32 = 1 << 20;
+pub const CONNECTION_RECEIVE_WINDOW_BYTES_DEFAULT: u32 = 4 << 20;
+/// Default bytes quinn keeps per connection for data written but not yet acknowledged.
+pub const CONNECTION_SEND_WINDOW_BYTES_DEFAULT: u64 = 4 << 20;
 pub const SNAPSHOT_CHUNK_BYTES_DEFAULT: usize = 1 << 20;
 pub const SNAPSHOT_BYTES_MAX_DEFAULT: u64 = 64 << 30;
 pub const SNAPSHOT_TRANSFER_TIMEOUT_MS_DEFAULT: u64 = 10 * 60 * 1000;
@@ -65,20 +82,105 @@ pub const RECONNECT_BACKOFF_MS_MAX: u64 = 1_000;
 pub const SHUTDOWN_FLUSH_MS_MAX: u64 = 1_000;
 /// Scheduler turns `shutdown` gives quinn's endpoint driver to notice it is unreferenced.
 const ENDPOINT_DRIVER_YIELDS: usize = 4;
-/// Unidirectional streams a peer may open at once (one raft stream is used; slack for a
-/// reconnect racing the old stream's end).
-const UNI_STREAMS_MAX: u32 = 8;
+/// Packets quinn buffers for one connection attempt before we accept or refuse it (the first
+/// packet excluded). We take no 0-RTT data, so this is only handshake packets: a few KiB.
+const INCOMING_BUFFER_BYTES_MAX: u64 = 64 << 10;
+/// The same, summed over all pending connection attempts.
+const INCOMING_BUFFER_BYTES_TOTAL_MAX: u64 = 4 << 20;
 
 /// Every limit of the transport. Units are in the names.
+///
+/// # What a peer can make a node hold (worst case, defaults in brackets)
+///
+/// Per accepted connection, whatever its certificate:
+///
+/// ```text
+/// quinn receive buffers (stream data not read yet)  connection_receive_window_bytes    [4 MiB]
+/// client request bytes: announced and being read,   client_inflight_bytes_            [8 MiB]
+///   read, queued for or held by the node              per_connection_max
+/// quinn send buffers (written, not acknowledged)    connection_send_window_bytes       [4 MiB]
+/// hello (once, before any other stream)             wire::HELLO_BYTES_MAX             [64 KiB]
+/// stream state: (client_streams_max + uni_streams_max) x ~2.4 KiB (quinn stream, our task,
+///   a header being read; measured for both ends; a refused stream's data is discarded at
+///   once)                                                                [264 x 2.4 KiB ~ 0.6 MiB]
+/// connection state: TLS, quinn, tasks (~100 KiB measured for both ends)           [0.1 MiB]
+/// ------------------------------------------------------------------------------------------
+/// per connection                                                                  [~16.8 MiB]
+/// per node: connections_max x per connection = 256 x 16.8 MiB                     [~4.2 GiB]
+///   + pending connection attempts: INCOMING_BUFFER_BYTES_TOTAL_MAX                   [4 MiB]
+/// ```
+///
+/// Request bytes are charged to the connection's in-flight budget when their length is read,
+/// before any byte of the payload is, and stay charged until the node drops the request's
+/// `Bytes` (the permit travels inside them). A request that does not fit the remaining budget
+/// is refused at once (stream code `wire::STREAM_BUSY`, counted in
+/// `client_requests_refused_inflight_total`) instead of waiting: a waiting stream would leave
+/// its data in quinn's connection window and could starve the streams that hold the budget.
+/// `ClientConn` keeps the same budget on its side, so a client using it is not refused.
+///
+/// Node connections (certificates of cluster peers) may also carry raft frames up to
+/// `frame_bytes_max` on each of `uni_streams_max` streams and snapshot headers; those buffers
+/// too grow only with bytes received. A peer node is trusted with that much (16 MiB x 8).
+///
+/// Not bounded here: responses. The node makes them (up to `client_response_bytes_max`) and
+/// each waits in its stream task until quinn's send window takes it, so a client that asks for
+/// large values and reads nothing (without stopping its streams) can pin up to
+/// `client_streams_max` responses per connection: 256 x the largest value read (4 MiB), in
+/// theory 256 x 16 MiB. Bounding them needs the node's help (a response budget it checks
+/// before it builds a large answer); a stopped stream frees its response at once.
+///
+/// # Sizing the in-flight budget (Little's law)
+///
+/// Bytes in flight = arrival rate x time in flight. On the node a request's bytes are in
+/// flight from its length prefix until the node has decoded it: the transfer (size / link
+/// rate) plus the wait in the inbound queue, about a millisecond. 8 MiB therefore sustains
+/// about 8 GB/s of requests per connection on the node, far above what a node applies. The
+/// client library holds its side of the budget until the answer arrives, commit included
+/// (~2 ms with fsync on this machine): 8 MiB / 2 ms = 4 GB/s of small requests per connection;
+/// requests of 5 MiB go one at a time, 500 per second (2.5 GB/s). Halving the budget halves
+/// both; it must stay >= `client_request_bytes_max` or the largest request could never be
+/// admitted.
+///
+/// The windows follow the same law: a stream moves at most `stream_receive_window_bytes` per
+/// round trip (1 MiB / 1 ms = 1 GB/s on a LAN, 1 MiB / 50 us = 20 GB/s on loopback), a
+/// connection at most `connection_receive_window_bytes` per round trip (4 GB/s on a LAN).
 #[derive(Clone, Debug)]
 pub struct TransportLimits {
     pub frame_bytes_max: u32,
     pub peer_queue_messages_max: usize,
     pub peer_queue_bytes_max: u64,
     pub inbound_queue_messages_max: usize,
+    /// Concurrent bidirectional streams a peer may open on one connection (QUIC
+    /// `max_concurrent_bidi_streams`): client requests in flight, hello and snapshots.
     pub client_streams_max: u32,
     pub client_request_bytes_max: u32,
     pub client_response_bytes_max: u32,
+    /// Client request bytes one connection may have announced, being read, or waiting for the
+    /// node, summed over its streams. Trade-off: per-connection request throughput (Little's
+    /// law above) against the memory each connection can pin. Must be >=
+    /// `client_request_bytes_max`.
+    pub client_inflight_bytes_per_connection_max: u64,
+    /// Accepted connections, handshaking or established, from anyone. Connection attempts
+    /// beyond it are refused before the handshake (QUIC CONNECTION_REFUSED) and counted in
+    /// `connections_refused_limit_total`. Trade-off: memory (x per-connection worst case
+    /// above) against how many client processes a node serves. Peer nodes count too: a node
+    /// full of clients refuses a restarted peer until a connection ends.
+    pub connections_max: usize,
+    /// Established connections per certificate identity (its DNS name), so that one
+    /// certificate cannot take all `connections_max`. Beyond it the connection is closed
+    /// with `wire::CLOSE_REFUSED` after the handshake and counted in
+    /// `connections_refused_identity_limit_total`.
+    pub connections_per_identity_max: usize,
+    /// Concurrent unidirectional streams a peer may open (QUIC `max_concurrent_uni_streams`).
+    pub uni_streams_max: u32,
+    /// Bytes a peer may send on one stream ahead of our reads (QUIC `stream_receive_window`).
+    pub stream_receive_window_bytes: u32,
+    /// Bytes a peer may send on one connection, all streams together, ahead of our reads
+    /// (QUIC `receive_window`; quinn's default is unlimited).
+    pub connection_receive_window_bytes: u32,
+    /// Bytes quinn keeps per connection for data written and not yet acknowledged (QUIC
+    /// `send_window`): what a peer that stops acknowledging pins on our side.
+    pub connection_send_window_bytes: u64,
     pub snapshot_chunk_bytes: usize,
     pub snapshot_bytes_max: u64,
     pub snapshot_transfer_timeout_ms: u64,
@@ -100,6 +202,14 @@ impl Default for TransportLimits {
             client_streams_max: CLIENT_STREAMS_MAX_DEFAULT,
             client_request_bytes_max: CLIENT_REQUEST_BYTES_MAX_DEFAULT,
             client_response_bytes_max: CLIENT_RESPONSE_BYTES_MAX_DEFAULT,
+            client_inflight_bytes_per_connection_max:
+                CLIENT_INFLIGHT_BYTES_PER_CONNECTION_MAX_DEFAULT,
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+            connections_per_identity_max: CONNECTIONS_PER_IDENTITY_MAX_DEFAULT,
+            uni_streams_max: UNI_STREAMS_MAX_DEFAULT,
+            stream_receive_window_bytes: STREAM_RECEIVE_WINDOW_BYTES_DEFAULT,
+            connection_receive_window_bytes: CONNECTION_RECEIVE_WINDOW_BYTES_DEFAULT,
+            connection_send_window_bytes: CONNECTION_SEND_WINDOW_BYTES_DEFAULT,
             snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES_DEFAULT,
             snapshot_bytes_max: SNAPSHOT_BYTES_MAX_DEFAULT,
             snapshot_transfer_timeout_ms: SNAPSHOT_TRANSFER_TIMEOUT_MS_DEFAULT,
@@ -113,38 +223,19 @@ impl Default for TransportLimits {
 }
 
 impl TransportLimits {
-    fn validate(&self) -> Result<(), TransportError> {
-        let bad = |setting: &str, reason: &str| {
-            Err(TransportError::Config(format!(
-                "limits.{setting}: {reason}"
-            )))
-        };
-        let frame_limit = codec::FRAME_BYTES_LIMIT;
-        if self.frame_bytes_max == 0 || self.frame_bytes_max > frame_limit {
-            return bad("frame_bytes_max", &format!("must be in 1..={frame_limit}"));
-        }
-        if self.client_request_bytes_max > frame_limit {
-            return bad(
-                "client_request_bytes_max",
-                &format!("must be <= {frame_limit}"),
-            );
-        }
-        if self.client_response_bytes_max > frame_limit {
-            return bad(
-                "client_response_bytes_max",
-                &format!("must be <= {frame_limit}"),
-            );
-        }
+    pub(crate) fn validate(&self) -> Result<(), TransportError> {
+        self.validate_frames()?;
+        self.validate_connections()?;
         if self.peer_queue_messages_max == 0 || self.inbound_queue_messages_max == 0 {
-            return bad("*_queue_messages_max", "must be > 0");
+            return config_error("*_queue_messages_max", "must be > 0");
         }
-        if self.snapshot_chunk_bytes == 0 || self.client_streams_max == 0 {
-            return bad("snapshot_chunk_bytes / client_streams_max", "must be > 0");
+        if self.snapshot_chunk_bytes == 0 {
+            return config_error("snapshot_chunk_bytes", "must be > 0");
         }
         if self.reconnect_backoff_ms_min == 0
             || self.reconnect_backoff_ms_min > self.reconnect_backoff_ms_max
         {
-            return bad(
+            return config_error(
                 "reconnect_backoff_ms_min",
                 "must be in 1..=reconnect_backoff_ms_max",
             );
@@ -152,18 +243,99 @@ impl TransportLimits {
         Ok(())
     }
 
-    /// QUIC transport parameters shared by the server and the dialing side.
+    fn validate_frames(&self) -> Result<(), TransportError> {
+        let frame_limit = codec::FRAME_BYTES_LIMIT;
+        if self.frame_bytes_max == 0 || self.frame_bytes_max > frame_limit {
+            return config_error("frame_bytes_max", &format!("must be in 1..={frame_limit}"));
+        }
+        if self.client_request_bytes_max > frame_limit {
+            return config_error(
+                "client_request_bytes_max",
+                &format!("must be <= {frame_limit}"),
+            );
+        }
+        if self.client_response_bytes_max > frame_limit {
+            return config_error(
+                "client_response_bytes_max",
+                &format!("must be <= {frame_limit}"),
+            );
+        }
+        // Below the request maximum the largest request could never be admitted; above
+        // tokio's semaphore limit the budget cannot be represented.
+        let inflight = self.client_inflight_bytes_per_connection_max;
+        if inflight < u64::from(self.client_request_bytes_max)
+            || inflight > tokio::sync::Semaphore::MAX_PERMITS as u64
+        {
+            return config_error(
+                "client_inflight_bytes_per_connection_max",
+                "must be >= client_request_bytes_max (and below 2^61)",
+            );
+        }
+        Ok(())
+    }
+
+    fn validate_connections(&self) -> Result<(), TransportError> {
+        if self.connections_max == 0 {
+            return config_error("connections_max", "must be > 0");
+        }
+        if self.connections_per_identity_max == 0
+            || self.connections_per_identity_max > self.connections_max
+        {
+            return config_error(
+                "connections_per_identity_max",
+                "must be in 1..=connections_max",
+            );
+        }
+        if self.client_streams_max == 0 || self.uni_streams_max == 0 {
+            return config_error("client_streams_max / uni_streams_max", "must be > 0");
+        }
+        if self.stream_receive_window_bytes == 0
+            || self.stream_receive_window_bytes > self.connection_receive_window_bytes
+        {
+            return config_error(
+                "stream_receive_window_bytes",
+                "must be in 1..=connection_receive_window_bytes",
+            );
+        }
+        if self.connection_send_window_bytes == 0 {
+            return config_error("connection_send_window_bytes", "must be > 0");
+        }
+        Ok(())
+    }
+
+    /// QUIC transport parameters shared by the server and the dialing side. Every parameter
+    /// that bounds what a peer can make us buffer is set here, from these limits (see the
+    /// worst-case table on `TransportLimits`).
     pub fn quinn_transport(&self) -> Result<Arc<quinn::TransportConfig>, TransportError> {
         let idle = quinn::IdleTimeout::try_from(Duration::from_millis(self.idle_timeout_ms))
             .map_err(|_| TransportError::Config("limits.idle_timeout_ms: too large".into()))?;
         let mut transport = quinn::TransportConfig::default();
         transport
             .max_concurrent_bidi_streams(self.client_streams_max.into())
-            .max_concurrent_uni_streams(UNI_STREAMS_MAX.into())
+            .max_concurrent_uni_streams(self.uni_streams_max.into())
+            .stream_receive_window(self.stream_receive_window_bytes.into())
+            .receive_window(self.connection_receive_window_bytes.into())
+            .send_window(self.connection_send_window_bytes)
+            // We use no datagrams; quinn would otherwise buffer 1.25 MB of them per connection.
+            .datagram_receive_buffer_size(None)
             .max_idle_timeout(Some(idle))
             .keep_alive_interval(Some(Duration::from_millis(self.keep_alive_interval_ms)));
         Ok(Arc::new(transport))
     }
+
+    /// Applies the limits on connection attempts not yet accepted to a server configuration.
+    fn limit_incoming(&self, server: &mut quinn::ServerConfig) {
+        server
+            .max_incoming(self.connections_max)
+            .incoming_buffer_size(INCOMING_BUFFER_BYTES_MAX)
+            .incoming_buffer_size_total(INCOMING_BUFFER_BYTES_TOTAL_MAX);
+    }
+}
+
+fn config_error(setting: &str, reason: &str) -> Result<(), TransportError> {
+    Err(TransportError::Config(format!(
+        "limits.{setting}: {reason}"
+    )))
 }
 
 /// Another node of the cluster.
@@ -205,6 +377,9 @@ pub enum Inbound {
         ok: bool,
     },
     /// One client request; send the response through `reply` (dropping it resets the stream).
+    /// `request` holds part of its connection's in-flight budget
+    /// (`client_inflight_bytes_per_connection_max`) until its last handle is dropped: decode
+    /// it and drop it, do not keep slices of it.
     Client {
         client: String,
         request: Bytes,
@@ -234,6 +409,8 @@ pub(crate) struct Shared {
     pub peers: HashMap<NodeId, Arc<peer::PeerHandle>>,
     pub peer_ids_by_name: HashMap<String, NodeId>,
     pub identifier: tls::Identifier,
+    /// Established connections per certificate identity.
+    pub identities: Arc<admission::IdentityCounts>,
     pub client_config: quinn::ClientConfig,
     pub inbound: mpsc::Sender<Inbound>,
     pub snapshot_dir: PathBuf,
@@ -286,7 +463,8 @@ impl Transport {
             TransportError::Config(format!("snapshot_dir {}: {e}", cfg.snapshot_dir.display()))
         })?;
         let transport = cfg.limits.quinn_transport()?;
-        let server_config = cfg.tls.server_config(transport.clone())?;
+        let mut server_config = cfg.tls.server_config(transport.clone())?;
+        cfg.limits.limit_incoming(&mut server_config);
         let client_config = cfg.tls.client_config(transport)?;
         let endpoint = quinn::Endpoint::server(server_config, cfg.listen).map_err(|source| {
             TransportError::Bind {
@@ -310,6 +488,7 @@ impl Transport {
             peers,
             peer_ids_by_name,
             identifier: cfg.tls.identifier()?,
+            identities: Arc::default(),
             client_config,
             inbound: inbound_tx,
             snapshot_dir: cfg.snapshot_dir,

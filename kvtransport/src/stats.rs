@@ -10,6 +10,12 @@ pub struct TransportStats {
     /// Connections whose certificate verified but whose identity was refused: unknown node,
     /// a hello claiming another identity, a certificate without exactly one DNS name.
     pub connections_refused_identity_total: AtomicU64,
+    /// Connection attempts refused before the handshake because `connections_max` connections
+    /// were open.
+    pub connections_refused_limit_total: AtomicU64,
+    /// Connections refused after the handshake because their certificate identity already held
+    /// `connections_per_identity_max` connections.
+    pub connections_refused_identity_limit_total: AtomicU64,
     /// Connections accepted and greeted.
     pub connections_accepted_total: AtomicU64,
     /// Outbound connection attempts to peers that failed (the peer task backs off and retries).
@@ -31,6 +37,9 @@ pub struct TransportStats {
     pub frames_oversize_total: AtomicU64,
     /// Frames that did not decode, streams cut inside a frame, unknown stream tags.
     pub frames_malformed_total: AtomicU64,
+    /// Client requests refused unread because their connection's request bytes in flight would
+    /// have exceeded `client_inflight_bytes_per_connection_max` (stream code `STREAM_BUSY`).
+    pub client_requests_refused_inflight_total: AtomicU64,
     /// Client requests handed to the node.
     pub client_requests_total: AtomicU64,
     pub snapshots_sent_total: AtomicU64,
@@ -56,5 +65,7 @@ impl TransportStats {
     pub fn connections_refused_total(&self) -> u64 {
         Self::get(&self.connections_refused_tls_total)
             + Self::get(&self.connections_refused_identity_total)
+            + Self::get(&self.connections_refused_limit_total)
+            + Self::get(&self.connections_refused_identity_limit_total)
     }
 }

@@ -87,6 +87,16 @@ impl Identity {
     }
 }
 
+/// `node n2`, `client client1`: for logs and refusal reasons.
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::Node(name) => write!(f, "node {name}"),
+            Identity::Client(name) => write!(f, "client {name}"),
+        }
+    }
+}
+
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
     move |source| TlsError::Io {
         path: path.to_path_buf(),

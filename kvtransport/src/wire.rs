@@ -39,6 +39,9 @@ pub const STREAM_TOO_LARGE: u32 = 3;
 pub const STREAM_UNAVAILABLE: u32 = 4;
 /// The stream's kind is not allowed for this identity (e.g. a client opening a raft stream).
 pub const STREAM_FORBIDDEN: u32 = 5;
+/// Refused unread: the connection's client request bytes in flight are at their limit
+/// (`client_inflight_bytes_per_connection_max`). Nothing was executed; retrying later is safe.
+pub const STREAM_BUSY: u32 = 6;
 
 /// The first frame of every connection. The identity itself comes from the certificate; the
 /// hello states which identity the dialer means to act as, so that a node presenting another

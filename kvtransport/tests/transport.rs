@@ -52,7 +52,8 @@ impl Cluster {
                 addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
             })
             .collect();
-        generate_certs(certs.path(), &nodes, &["client1".to_string()], false).unwrap();
+        let clients = ["client1".to_string(), "client2".to_string()];
+        generate_certs(certs.path(), &nodes, &clients, false).unwrap();
         let addrs = NODE_NAMES
             .iter()
             .map(|_| (Ipv4Addr::LOCALHOST, free_port()).into())
@@ -557,5 +558,149 @@ async fn transport_concurrent_client_requests_all_answered() {
     }
     let answered = TransportStats::get(&n1.stats().client_requests_total);
     assert_eq!(answered, (TASKS * REQUESTS_PER_TASK) as u64);
+    n1.shutdown().await;
+}
+
+/// Connects `tls` to `addr` until the node accepts (it notices closed connections a moment
+/// after their client does), bounded by WAIT_MS_MAX.
+async fn connect_eventually(addr: SocketAddr, tls: &TlsMaterial) -> ClientConn {
+    for _ in 0..WAIT_MS_MAX / 50 {
+        if let Ok(conn) = ClientConn::connect(addr, "n1", tls).await {
+            return conn;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no connection accepted within {WAIT_MS_MAX} ms");
+}
+
+/// Regression (issue 10, bug 4): connections were unbounded, in total and per certificate.
+#[tokio::test]
+async fn transport_connection_caps_refuse_and_count_the_connection_over_each_limit() {
+    let cluster = Cluster::new();
+    let mut config = cluster.config_as(1, "n1");
+    config.limits.connections_max = 3;
+    config.limits.connections_per_identity_max = 2;
+    let (n1, rx1) = Transport::start(config).unwrap();
+    let _others = spawn_echo(rx1);
+    let stats = n1.stats();
+    let addr = cluster.addrs[0];
+    let (client1, client2) = (cluster.tls("client1"), cluster.tls("client2"));
+
+    // Per identity: client1's third connection is refused after the handshake, with a reason.
+    let first = ClientConn::connect(addr, "n1", &client1).await.unwrap();
+    let second = ClientConn::connect(addr, "n1", &client1).await.unwrap();
+    let result = ClientConn::connect(addr, "n1", &client1).await;
+    let Err(ClientError::Refused { reason }) = result else {
+        panic!("expected a refusal, got {:?}", result.err());
+    };
+    assert!(
+        reason.contains("connections_per_identity_max is 2"),
+        "{reason}"
+    );
+    wait_counter(&stats.connections_refused_identity_limit_total, 1).await;
+
+    // In total: with three open (client1 twice, client2 once), a fourth is refused before its
+    // handshake.
+    let third = ClientConn::connect(addr, "n1", &client2).await.unwrap();
+    let result = ClientConn::connect(addr, "n1", &client2).await;
+    let Err(ClientError::Refused { reason }) = result else {
+        panic!("expected a refusal, got {:?}", result.err());
+    };
+    assert!(reason.contains("connection limit"), "{reason}");
+    wait_counter(&stats.connections_refused_limit_total, 1).await;
+    assert_eq!(stats.connections_refused_total(), 2);
+    assert_eq!(TransportStats::get(&stats.connections_accepted_total), 3);
+
+    // The connections within the limits are served.
+    let response = first.request(Bytes::from_static(b"ab"), wait()).await;
+    assert_eq!(response.unwrap(), Bytes::from_static(b"ba"));
+
+    // A closed connection gives back both its slots: client1 may connect again, and so may
+    // anyone once the total is below the limit.
+    second.close().await;
+    let again = connect_eventually(addr, &client1).await;
+    let response = again.request(Bytes::from_static(b"cd"), wait()).await;
+    assert_eq!(response.unwrap(), Bytes::from_static(b"dc"));
+    assert_eq!(
+        stats.connections_refused_total(),
+        2,
+        "no refusal once below the limits"
+    );
+    for conn in [first, third, again] {
+        conn.close().await;
+    }
+    n1.shutdown().await;
+}
+
+/// Regression (issue 10, bug 4): a connection's concurrent client streams could each make the
+/// node hold a whole request (256 x 5 MiB).
+#[tokio::test]
+async fn transport_inflight_budget_refuses_unread_and_client_conn_stays_within_it() {
+    const KIB: usize = 1 << 10;
+    let cluster = Cluster::new();
+    let limits = TransportLimits {
+        client_request_bytes_max: 256 * KIB as u32,
+        client_inflight_bytes_per_connection_max: 256 * KIB as u64,
+        ..TransportLimits::default()
+    };
+    let mut config = cluster.config_as(1, "n1");
+    config.limits = limits.clone();
+    let (n1, rx1) = Transport::start(config).unwrap();
+    let _others = spawn_echo(rx1);
+    let stats = n1.stats();
+    let quic = cluster
+        .tls("client1")
+        .client_config(limits.quinn_transport().unwrap())
+        .unwrap();
+    let hello = Hello::client();
+    let client = ClientConn::connect_with(cluster.addrs[0], "n1", quic, hello, &limits).await;
+    let client = client.unwrap();
+
+    // Two raw requests announcing 200 KiB and 100 KiB, each sending 10 bytes: together over
+    // the 256 KiB budget, so whichever arrives second is refused unread with STREAM_BUSY.
+    let mut streams = Vec::new();
+    for announced in [200 * KIB, 100 * KIB] {
+        let (mut send, recv) = client.connection().open_bi().await.unwrap();
+        let mut head = vec![wire::STREAM_TAG_CLIENT];
+        head.extend_from_slice(&(announced as u32).to_le_bytes());
+        head.extend_from_slice(&[0u8; 10]);
+        send.write_all(&head).await.unwrap();
+        streams.push((send, recv));
+    }
+    wait_counter(&stats.client_requests_refused_inflight_total, 1).await;
+    let mut busy = 0;
+    for (_, recv) in &mut streams {
+        let read = tokio::time::timeout(Duration::from_millis(200), recv.read_to_end(16)).await;
+        if let Ok(Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code)))) = read {
+            assert_eq!(code, wire::STREAM_BUSY.into());
+            busy += 1;
+        }
+    }
+    assert_eq!(busy, 1, "exactly one of the two is refused");
+    // Ending the admitted one early gives its charge back.
+    drop(streams);
+    wait_counter(&stats.frames_malformed_total, 1).await;
+
+    // ClientConn keeps the same budget: 32 concurrent requests of 100 KiB (3.2 MiB) all pass.
+    let client = std::sync::Arc::new(client);
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..32u8 {
+        let client = client.clone();
+        tasks.spawn(async move {
+            let mut body = vec![task; 100 * KIB];
+            body[0] = 255;
+            let response = client.request(Bytes::from(body.clone()), wait()).await;
+            body.reverse();
+            assert_eq!(response.unwrap(), Bytes::from(body));
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.unwrap();
+    }
+    assert_eq!(
+        TransportStats::get(&stats.client_requests_refused_inflight_total),
+        1,
+        "a client within its budget is never refused"
+    );
     n1.shutdown().await;
 }
