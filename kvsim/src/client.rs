@@ -125,6 +125,11 @@ pub(crate) struct Clients {
     list_current: Vec<Option<usize>>,
     /// Register values to the log index that wrote them (values are unique).
     write_index: HashMap<u64, Index>,
+    /// Every committed entry applied once, in order (see `note_committed`).
+    reference: StateMachine,
+    reference_gap: Option<(Index, Index)>,
+    /// Per register: the values of its applied writes in log order.
+    versions: HashMap<u64, Vec<u64>>,
     pub acked_writes: u64,
     pub ok_reads: u64,
     pub unknown: u64,
@@ -159,6 +164,9 @@ impl Clients {
             register_lines: 0,
             list_ops: Vec::new(),
             write_index: HashMap::new(),
+            reference: StateMachine::new(),
+            reference_gap: None,
+            versions: HashMap::new(),
             acked_writes: 0,
             ok_reads: 0,
             unknown: 0,
@@ -276,16 +284,17 @@ impl Clients {
     }
 
     fn track_list_op(&mut self, client: usize, kind: &OpKind) {
-        let (key, kind) = match kind {
-            OpKind::Append { key, element } => (*key, ListKind::Append { element: *element }),
-            OpKind::ReadList { key } => (*key, ListKind::Read { list: Vec::new() }),
-            OpKind::Write { .. } | OpKind::Read { .. } => {
-                self.list_current[client] = None;
-                return;
+        let (register, key, kind) = match kind {
+            OpKind::Append { key, element } => {
+                (false, *key, ListKind::Append { element: *element })
             }
+            OpKind::ReadList { key } => (false, *key, ListKind::Read { list: Vec::new() }),
+            OpKind::Write { key, value } => (true, *key, ListKind::Append { element: *value }),
+            OpKind::Read { key } => (true, *key, ListKind::Value { value: None }),
         };
         self.list_current[client] = Some(self.list_ops.len());
         self.list_ops.push(ListOp {
+            register,
             key,
             kind,
             invoke: self.lines,
@@ -294,15 +303,16 @@ impl Clients {
         });
     }
 
-    /// The client's current list operation completed `ok` at the next history line.
-    fn list_ok(&mut self, client: usize, list: Option<Vec<u64>>) {
+    /// The client's current operation completed `ok` at the next history line; `read` is
+    /// what a read saw.
+    fn list_ok(&mut self, client: usize, read: Option<ListKind>) {
         let Some(at) = self.list_current[client].take() else {
             return;
         };
         let op = &mut self.list_ops[at];
         op.ok = Some(self.lines);
-        if let (ListKind::Read { list: read }, Some(list)) = (&mut op.kind, list) {
-            *read = list;
+        if let Some(kind) = read {
+            op.kind = kind;
         }
     }
 
@@ -456,6 +466,7 @@ impl Clients {
             OpKind::Read { key } => {
                 let value = register_value(result)?;
                 self.check_monotonic_register(client, *key, value)?;
+                self.list_ok(client, Some(ListKind::Value { value }));
                 let text = value.map_or("null".to_string(), |v| v.to_string());
                 self.ok_reads += 1;
                 self.record(now, process, "ok", &op.kind, &text);
@@ -463,7 +474,9 @@ impl Clients {
             OpKind::ReadList { key } => {
                 let list = list_value(result)?;
                 self.check_list(client, *key, list.as_deref().unwrap_or_default())?;
-                self.list_ok(client, Some(list.clone().unwrap_or_default()));
+                let list = list.unwrap_or_default();
+                self.list_ok(client, Some(ListKind::Read { list: list.clone() }));
+                let list = (!list.is_empty()).then_some(list);
                 self.ok_reads += 1;
                 self.record(now, process, "ok", &op.kind, &list_json(list.as_deref()));
             }
@@ -515,18 +528,46 @@ impl Clients {
         Ok(())
     }
 
-    /// An entry was committed: remember which index wrote each register value.
+    /// An entry was committed (applied by some node). Each index is applied once, in order, to
+    /// a reference replica (the real state machine); its outcomes give every register's version
+    /// order: the values its applied writes stored, in log order.
     pub fn note_committed(&mut self, entry: &Entry) {
-        if entry.kind != EntryKind::Normal {
+        let applied = self.reference.applied_index();
+        if entry.index <= applied {
             return;
         }
+        if entry.index != applied + 1 {
+            self.reference_gap.get_or_insert((applied, entry.index));
+            return;
+        }
+        if entry.kind != EntryKind::Normal {
+            self.reference.apply_empty(entry.index);
+            return;
+        }
+        let outcome = self.reference.apply(entry.index, &entry.data);
         let Ok(command) = Command::decode(&entry.data) else {
             return;
         };
-        if let Op::Key(KeyOp::Put { value, .. }) = command.op {
-            if let Some(value) = parse(&value) {
+        let applied = matches!(outcome, kvstate::ApplyOutcome::Applied { .. });
+        if let (true, Op::Key(KeyOp::Put { key, value })) = (applied, command.op) {
+            let key = std::str::from_utf8(&key)
+                .ok()
+                .and_then(|k| k.strip_prefix('r'));
+            if let (Some(key), Some(value)) = (key.and_then(|k| k.parse().ok()), parse(&value)) {
                 self.write_index.entry(value).or_insert(entry.index);
+                self.versions.entry(key).or_default().push(value);
             }
+        }
+    }
+
+    /// The reference replica, to compare with the converged nodes.
+    pub fn reference(&self) -> Result<&StateMachine, String> {
+        match self.reference_gap {
+            Some((applied, next)) => Err(format!(
+                "the reference replica applied up to {applied} and then saw {next}: some \
+                 committed entry was never applied by any node"
+            )),
+            None => Ok(&self.reference),
         }
     }
 
@@ -545,6 +586,7 @@ impl Clients {
             };
             self.record(now, process, "invoke", &kind, "null");
             self.record(now, process, "ok", &kind, &text);
+            self.check_register(key)?;
         }
         for key in 0..LISTS {
             let kind = OpKind::ReadList { key };
@@ -556,10 +598,50 @@ impl Clients {
             };
             self.record(now, process, "invoke", &kind, "null");
             self.record(now, process, "ok", &kind, &list_json(list.as_deref()));
-            let ops: Vec<&ListOp> = self.list_ops.iter().filter(|op| op.key == key).collect();
-            lists::check(key, &ops, list.as_deref().unwrap_or_default())?;
+            let ops: Vec<&ListOp> = self
+                .list_ops
+                .iter()
+                .filter(|op| !op.register && op.key == key)
+                .collect();
+            lists::check(&list_key(key), &ops, list.as_deref().unwrap_or_default())?;
         }
         Ok(())
+    }
+
+    /// A register is a list of versions: its writes in log order. A read of value `v` saw the
+    /// prefix up to `v`'s version, so the list check applies (white-box: the version order is
+    /// the log's, which every correct replica follows).
+    fn check_register(&self, key: u64) -> Result<(), String> {
+        let empty = Vec::new();
+        let versions = self.versions.get(&key).unwrap_or(&empty);
+        let position: HashMap<u64, usize> = versions
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, v)| (*v, i))
+            .collect();
+        let mut ops = Vec::new();
+        for op in self
+            .list_ops
+            .iter()
+            .filter(|op| op.register && op.key == key)
+        {
+            let mut op = op.clone();
+            if let (ListKind::Value { value }, Some(_)) = (&op.kind, op.ok) {
+                let len = match value {
+                    None => 0,
+                    Some(value) => {
+                        1 + *position.get(value).ok_or_else(|| {
+                            format!("r{key} was read as {value}, which no applied write stored")
+                        })?
+                    }
+                };
+                op.kind = ListKind::Prefix { len };
+            }
+            ops.push(op);
+        }
+        let refs: Vec<&ListOp> = ops.iter().collect();
+        lists::check(&register(key), &refs, versions)
     }
 
     /// Clients with an operation under way.

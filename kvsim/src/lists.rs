@@ -22,6 +22,8 @@ use std::collections::HashMap;
 /// One list operation of the history.
 #[derive(Clone, Debug)]
 pub(crate) struct ListOp {
+    /// A register (`r<key>`) rather than a list (`l<key>`).
+    pub register: bool,
     pub key: u64,
     pub kind: ListKind,
     pub invoke: u64,
@@ -40,14 +42,23 @@ pub(crate) enum ListKind {
     Read {
         list: Vec<u64>,
     },
+    /// A read known to have seen the first `len` elements of the final value (a register read,
+    /// mapped onto its version order).
+    Prefix {
+        len: usize,
+    },
+    /// A register read before it is mapped: the value seen (`None`: absent).
+    Value {
+        value: Option<u64>,
+    },
 }
 
 /// Checks the operations on one key against its final value.
-pub(crate) fn check(key: u64, ops: &[&ListOp], last: &[u64]) -> Result<(), String> {
+pub(crate) fn check(key: &str, ops: &[&ListOp], last: &[u64]) -> Result<(), String> {
     let position: HashMap<u64, usize> = last.iter().enumerate().map(|(i, e)| (*e, i)).collect();
     if position.len() != last.len() {
         return Err(format!(
-            "exactly-once: l{key} holds an element twice: {last:?}"
+            "exactly-once: {key} holds an element twice: {last:?}"
         ));
     }
     check_membership(key, ops, &position)?;
@@ -55,7 +66,7 @@ pub(crate) fn check(key: u64, ops: &[&ListOp], last: &[u64]) -> Result<(), Strin
 }
 
 fn check_membership(
-    key: u64,
+    key: &str,
     ops: &[&ListOp],
     position: &HashMap<u64, usize>,
 ) -> Result<(), String> {
@@ -63,17 +74,17 @@ fn check_membership(
         .iter()
         .filter_map(|op| match op.kind {
             ListKind::Append { element } => Some(element),
-            ListKind::Read { .. } => None,
+            _ => None,
         })
         .collect();
     if let Some(element) = position.keys().find(|e| !invoked.contains(e)) {
-        return Err(format!("l{key} holds {element}, which no append wrote"));
+        return Err(format!("{key} holds {element}, which no append wrote"));
     }
     for op in ops {
         if let (ListKind::Append { element }, true) = (&op.kind, op.failed) {
             if position.contains_key(element) {
                 return Err(format!(
-                    "the append of {element} to l{key} was answered as not applied, but the \
+                    "the append of {element} to {key} was answered as not applied, but the \
                      final list holds it"
                 ));
             }
@@ -81,7 +92,7 @@ fn check_membership(
         if let (ListKind::Append { element }, Some(_)) = (&op.kind, op.ok) {
             if !position.contains_key(element) {
                 return Err(format!(
-                    "lost write: the acknowledged append of {element} to l{key} is not in \
+                    "lost write: the acknowledged append of {element} to {key} is not in \
                      the final list"
                 ));
             }
@@ -97,11 +108,13 @@ fn effect(op: &ListOp, position: &HashMap<u64, usize>) -> Option<(usize, usize)>
         // An append at position p: the list had p elements before it and p + 1 after.
         ListKind::Append { element } => position.get(element).map(|p| (*p, *p + 1)),
         ListKind::Read { list } => Some((list.len(), list.len())),
+        ListKind::Prefix { len } => Some((*len, *len)),
+        ListKind::Value { .. } => None,
     }
 }
 
 fn check_real_time(
-    key: u64,
+    key: &str,
     ops: &[&ListOp],
     position: &HashMap<u64, usize>,
     last: &[u64],
@@ -110,7 +123,7 @@ fn check_real_time(
         if let (ListKind::Read { list }, Some(_)) = (&op.kind, op.ok) {
             if !last.starts_with(list) {
                 return Err(format!(
-                    "l{key} was read as {list:?}, not a prefix of its final value {last:?}"
+                    "{key} was read as {list:?}, not a prefix of its final value {last:?}"
                 ));
             }
         }
@@ -136,7 +149,7 @@ fn check_real_time(
             done = done.max(after);
         } else if before < done {
             return Err(format!(
-                "real time: {:?} on l{key} (history line {}) sees a prefix of {before} \
+                "real time: {:?} on {key} (history line {}) sees a prefix of {before} \
                  elements, but {done} were already in place when it started",
                 ops[i].kind, ops[i].invoke
             ));
@@ -148,7 +161,7 @@ fn check_real_time(
 /// A read does not contain an append invoked after the read completed (any append in the
 /// final list, acknowledged or not).
 fn check_reads_exclude_later_appends(
-    key: u64,
+    key: &str,
     ops: &[&ListOp],
     position: &HashMap<u64, usize>,
 ) -> Result<(), String> {
@@ -156,7 +169,7 @@ fn check_reads_exclude_later_appends(
         .iter()
         .filter_map(|op| match op.kind {
             ListKind::Append { element } => position.get(&element).map(|p| (op.invoke, *p)),
-            ListKind::Read { .. } => None,
+            _ => None,
         })
         .collect();
     appends.sort_unstable();
@@ -166,14 +179,18 @@ fn check_reads_exclude_later_appends(
         suffix_min[i] = suffix_min[i + 1].min(appends[i].1);
     }
     for op in ops {
-        let (ListKind::Read { list }, Some(complete)) = (&op.kind, op.ok) else {
-            continue;
+        let len = match &op.kind {
+            ListKind::Read { list } => list.len(),
+            ListKind::Prefix { len } => *len,
+            _ => continue,
         };
+        let Some(complete) = op.ok else { continue };
         let first_later = appends.partition_point(|(invoke, _)| *invoke <= complete);
-        if suffix_min[first_later] < list.len() {
+        if suffix_min[first_later] < len {
             return Err(format!(
-                "real time: the read of l{key} completed at history line {complete} holds an \
-                 element appended by an operation invoked later: {list:?}"
+                "real time: the read of {key} completed at history line {complete} saw an \
+                 element written by an operation invoked later ({:?})",
+                op.kind
             ));
         }
     }
@@ -186,6 +203,7 @@ mod tests {
 
     fn append(element: u64, invoke: u64, ok: Option<u64>) -> ListOp {
         ListOp {
+            register: false,
             key: 0,
             kind: ListKind::Append { element },
             invoke,
@@ -196,6 +214,7 @@ mod tests {
 
     fn read(list: &[u64], invoke: u64, ok: u64) -> ListOp {
         ListOp {
+            register: false,
             key: 0,
             kind: ListKind::Read {
                 list: list.to_vec(),
@@ -208,7 +227,7 @@ mod tests {
 
     fn run(ops: &[ListOp], last: &[u64]) -> Result<(), String> {
         let refs: Vec<&ListOp> = ops.iter().collect();
-        check(0, &refs, last)
+        check("l0", &refs, last)
     }
 
     #[test]
