@@ -12,6 +12,10 @@ sim seeds="10000" first="0":
 sim-seed seed:
     SIM_SEED={{seed}} cargo test --release -p kvsim --test sim -- --nocapture
 
+# Break one safety property at a time on a scratch worktree and show which seeds catch it.
+sim-mutations *names="":
+    scripts/sim-mutations.sh {{names}}
+
 # Formatting, lints and the layout rules.
 lint: tidy
     cargo fmt --all -- --check

@@ -84,8 +84,8 @@ fn check_membership(
         if let (ListKind::Append { element }, true) = (&op.kind, op.failed) {
             if position.contains_key(element) {
                 return Err(format!(
-                    "the append of {element} to {key} was answered as not applied, but the \
-                     final list holds it"
+                    "the write of {element} to {key} was answered as not applied, but it \
+                     took effect (the final value holds it)"
                 ));
             }
         }
