@@ -5,8 +5,8 @@
 //! write with the same `seq` until it gets an answer or runs out of attempts.
 //!
 //! ```no_run
-//! # async fn example() -> Result<(), kvnode::client::ClientError> {
-//! use kvnode::client::{Client, ClientConfig, ReadMode};
+//! # async fn example() -> Result<(), kvclient::ClientError> {
+//! use kvclient::{Client, ClientConfig, ReadMode};
 //! let nodes = vec![(1, "127.0.0.1:50051".parse().unwrap())];
 //! let client = Client::connect(ClientConfig::new(nodes, "certs".into(), "client1")).await?;
 //! let mut session = client.session();

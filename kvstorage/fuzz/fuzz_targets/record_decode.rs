@@ -2,7 +2,7 @@
 //! re-encode to the same bytes.
 #![no_main]
 
-use kvnode::wal::record::{self, Decoded};
+use kvstorage::wal::record::{self, Decoded};
 use libfuzzer_sys::fuzz_target;
 
 const RECORD_BYTES_MAX: usize = 1 << 20;
