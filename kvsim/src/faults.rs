@@ -134,7 +134,25 @@ impl Sim {
         node.epoch += 1;
         node.received.clear();
         node.paused = false;
-        node.deferred.clear();
+        // Snapshot streams to the dead process fail: their senders hear of it (the real
+        // transport reports a broken stream), or their followers stay in Snapshot state forever.
+        for event in std::mem::take(&mut node.deferred) {
+            if let Event::SnapshotArrive {
+                from,
+                from_epoch,
+                to,
+                ..
+            } = event
+            {
+                let report = Event::SnapshotReport {
+                    leader: from,
+                    epoch: from_epoch,
+                    to: (to + 1) as u64,
+                    ok: false,
+                };
+                self.schedule(1, report);
+            }
+        }
         Ok(())
     }
 

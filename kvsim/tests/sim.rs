@@ -3,7 +3,7 @@
 //! - `cargo test --release -p kvsim --test sim` runs `SIM_SEEDS` seeds (default 2000) from
 //!   `SIM_FIRST` (default 0), on every core.
 //! - `SIM_SEED=<n> cargo test --release -p kvsim --test sim` replays one seed and prints its
-//!   trace tail.
+//!   trace tail (`SIM_TRACE_LINES`, default 80).
 
 use kvsim::{run_seeds, Sim, SimConfig};
 
@@ -16,7 +16,8 @@ fn replay(seed: u64) {
     sim.trace = Some(Vec::new());
     let result = sim.run();
     if let Some(trace) = &sim.trace {
-        let tail = trace.len().saturating_sub(80);
+        let lines = env_u64("SIM_TRACE_LINES").unwrap_or(80) as usize;
+        let tail = trace.len().saturating_sub(lines);
         for line in &trace[tail..] {
             eprintln!("{line}");
         }
