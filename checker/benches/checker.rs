@@ -9,10 +9,8 @@ use std::time::Instant;
 use checker::history::{self, Format, History, Op, OpType, F};
 use checker::{check, Options, Validity, Value, Workload};
 
-const CORPUS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/conformance/porcupine"
-);
+/// Names the `conformance` directory; the Porcupine corpus is its `porcupine` subdirectory.
+const CONFORMANCE_DIR_VARIABLE: &str = "KV_CONFORMANCE_DIR";
 const KV_CALLS: usize = 1_000_000;
 const KV_PROCESSES: u64 = 64;
 const KV_KEYS: u64 = 1000;
@@ -198,13 +196,17 @@ fn to_jsonl(history: &History) -> String {
 }
 
 fn corpus() {
-    let root = PathBuf::from(CORPUS);
+    let Some(directory) = std::env::var_os(CONFORMANCE_DIR_VARIABLE) else {
+        println!("corpus: skipped ({CONFORMANCE_DIR_VARIABLE} is unset)");
+        return;
+    };
+    let root = PathBuf::from(directory).join("porcupine");
     let Ok(table) = std::fs::read_to_string(root.join("verdicts.tsv")) else {
         println!(
-            "corpus: MISSING at {} (shared/ must sit beside the repository)",
-            root.display()
+            "corpus: MISSING: {CONFORMANCE_DIR_VARIABLE} is set but {} is not readable",
+            root.join("verdicts.tsv").display()
         );
-        return;
+        std::process::exit(1);
     };
     let started = Instant::now();
     let mut files = 0;
