@@ -15,8 +15,11 @@
 //! A cycle means no serial order exists. Cycles come from Tarjan's strongly connected
 //! components and a breadth-first search for a short cycle inside each, tried from the most
 //! to the least severe class (G0, G1c, G-single, G2-item; then the same with realtime/process
-//! edges). Non-cycle anomalies are found directly: G1a, G1b, internal inconsistency, duplicate
-//! elements, garbage elements, incompatible orders and lost appends.
+//! edges). An acknowledged append that no read shows came after every element any read shows:
+//! every read of the key gets an rw edge to it, and the order's last appender a ww edge (Adya's
+//! anti-dependencies from empty and prefix reads to every later appender). Non-cycle anomalies
+//! are found directly: G1a, G1b, internal inconsistency (including future reads), torn reads,
+//! duplicate elements, garbage elements, incompatible orders and lost appends.
 
 use crate::fxhash::{FxHashMap, FxHashSet};
 use crate::history::{History, Outcome, F};
@@ -74,6 +77,8 @@ pub struct Analysis<'a> {
     pub reads: Vec<Vec<(u32, u32)>>,
     /// Reads that are not a prefix of their key's version order.
     pub incompatible: FxHashSet<(u32, u32)>,
+    /// Per key: each appending transaction's elements, in its own order.
+    pub appends: Vec<FxHashMap<u32, Vec<&'a Value>>>,
 }
 
 impl<'a> Analysis<'a> {
@@ -104,6 +109,7 @@ pub fn check(history: &History, options: &Options) -> Result<Report, CheckError>
     reads::internal(&analysis, &mut sink);
     reads::version_orders(&mut analysis, &mut sink);
     reads::bad_elements(&analysis, &mut sink);
+    reads::torn_reads(&analysis, &mut sink);
     reads::lost_appends(&analysis, &mut sink);
     let graph = Graph::build(&analysis);
     graph::cycles(&analysis, &graph, &mut sink);
@@ -176,6 +182,7 @@ fn parse_txns(history: &History) -> Result<Analysis<'_>, CheckError> {
         orders: vec![&[]; key_count],
         reads: vec![Vec::new(); key_count],
         incompatible: FxHashSet::default(),
+        appends: vec![FxHashMap::default(); key_count],
     })
 }
 
@@ -224,6 +231,10 @@ fn index_writers(analysis: &mut Analysis<'_>) -> Result<(), CheckError> {
             let Mop::Append { key, element } = *mop else {
                 continue;
             };
+            analysis.appends[key as usize]
+                .entry(txn_index as u32)
+                .or_default()
+                .push(element);
             let writers = &mut analysis.writers[key as usize];
             let writer = Writer {
                 txn: txn_index as u32,

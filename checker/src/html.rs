@@ -151,8 +151,9 @@ fn draw_calls(svg: &mut String, history: &History, layout: &Layout, anomaly: &An
             .time
             .map_or(String::new(), |ns| format!(" t={ns}ns"));
         let title = format!(
-            "call {index} process {} {:?}{time}: {label}",
-            call.process, call.outcome
+            "call {index} process {} {}{time}: {label}",
+            call.process,
+            call.outcome.name()
         );
         let width = (x_end - x_start).max(4.0);
         let _ = write!(
@@ -260,12 +261,12 @@ fn anomaly_section(page: &mut String, anomaly: &Anomaly) {
     for op in &anomaly.ops {
         let _ = write!(
             page,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:?}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             op.call,
             op.process,
             op.f.name(),
             escape(&op.value.to_string()),
-            op.outcome,
+            op.outcome.name(),
             op.line
         );
     }

@@ -2,9 +2,10 @@
 
 use std::collections::VecDeque;
 
-use crate::fxhash::FxHashMap;
+use crate::fxhash::{FxHashMap, FxHashSet};
 use crate::history::Outcome;
 use crate::report::{AnomalySink, CycleStep};
+use crate::value::Value;
 
 use super::{anomaly, Analysis};
 
@@ -126,9 +127,33 @@ fn data_edges(analysis: &Analysis<'_>, edges: &mut Vec<RawEdge>) {
                 }
             }
         }
+        let unread = unread_appenders(analysis, key as usize);
+        let last = order.len().checked_sub(1).and_then(writer_of);
+        for &to in &unread {
+            if let Some(from) = last.filter(|&from| from != to) {
+                let position = order.len() as u32;
+                edges.push(RawEdge {
+                    from,
+                    to,
+                    kind: WW,
+                    key,
+                    position,
+                });
+            }
+        }
         for &(reader, mop) in &analysis.reads[key as usize] {
             if analysis.incompatible.contains(&(reader, mop)) {
                 continue;
+            }
+            for &to in unread.iter().filter(|&&to| to != reader) {
+                let position = order.len() as u32;
+                edges.push(RawEdge {
+                    from: reader,
+                    to,
+                    kind: RW,
+                    key,
+                    position,
+                });
             }
             let length = analysis.read_elements(reader, mop).len();
             // wr from the last element the reader did not append itself.
@@ -161,6 +186,29 @@ fn data_edges(analysis: &Analysis<'_>, edges: &mut Vec<RawEdge>) {
             }
         }
     }
+}
+
+/// Acknowledged transactions none of whose appends to `key` any read shows. (One with some
+/// appends shown and others not is a G1b or torn read, reported as such.)
+fn unread_appenders(analysis: &Analysis<'_>, key: usize) -> Vec<u32> {
+    let order: FxHashSet<&Value> = analysis.orders[key].iter().collect();
+    let seen: FxHashSet<u32> = analysis.orders[key]
+        .iter()
+        .filter_map(|element| analysis.writers[key].get(element))
+        .map(|writer| writer.txn)
+        .collect();
+    let mut unread: Vec<u32> = analysis.writers[key]
+        .iter()
+        .filter(|(element, writer)| {
+            !order.contains(*element)
+                && !seen.contains(&writer.txn)
+                && analysis.txns[writer.txn as usize].outcome == Outcome::Ok
+        })
+        .map(|(_, writer)| writer.txn)
+        .collect();
+    unread.sort_unstable();
+    unread.dedup();
+    unread
 }
 
 /// Realtime edges, transitively reduced as Elle does: a frontier holds the completed
@@ -518,7 +566,23 @@ fn explain(analysis: &Analysis<'_>, graph: &Graph, edge: usize) -> CycleStep {
     let key = graph.keys[edge];
     let position = graph.positions[edge] as usize;
     let element = |at: usize| analysis.orders[key as usize][at].to_string();
+    let beyond = key != NO_KEY && position >= analysis.orders[key as usize].len();
     let (name, explanation) = match graph.kinds[edge] {
+        WW if beyond => (
+            "ww",
+            format!(
+                "call {to} appended an element no read shows, so after the last element read \
+                 ({}), which call {from} appended",
+                element(position - 1)
+            ),
+        ),
+        RW if beyond => (
+            "rw",
+            format!(
+                "call {from} read the list without the element call {to} appended (no read \
+                 shows it, so it came after every element read)"
+            ),
+        ),
         WW => (
             "ww",
             format!(

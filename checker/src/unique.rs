@@ -1,0 +1,552 @@
+//! Linearizability of one register whose written values are unique: near-linear, where the
+//! general search (linear.rs) is exponential.
+//!
+//! When every write and every cas writes a value nobody else writes (and not the initial
+//! value), each read names the one operation it saw, and a value, once overwritten, never comes
+//! back. The check sweeps the history in real-time order keeping the set of *configurations*
+//! a linearization can be in at that point (Lowe's just-in-time linearization, as in Knossos'
+//! `linear` algorithm): the current value, how many of its readers are linearized, and which
+//! open operations are linearized. At each return, every configuration is extended by
+//! linearizing open operations until the returning one is linearized. Unique values keep that
+//! set tiny:
+//!
+//! - reads of the current value and failed cas' that do not match it change nothing, so they
+//!   are linearized as soon as they can be (never worse than later);
+//! - a value may be overwritten only once all its readers (reads of it, cas' from it) are
+//!   linearized: a reader not yet invoked could never see it again. This prunes every order of
+//!   concurrent writes but the ones reads allow;
+//! - an `info` write or cas whose value nobody observed may never have happened, and can only
+//!   matter to a failed cas (Porcupine's "ran, found another value"), by moving the register
+//!   off the value the cas expected: without failed cas' it is left out; with them it is
+//!   *optional*, linearized only when a failed cas returns while the register still holds the
+//!   value it expected. One whose value was observed happened, some time after its invocation.
+//!
+//! ```text
+//!   W(1) |-----|           config before R(2) returns: {cur 1}
+//!   W(2)    |--------|     R(2) returns: linearize W(2) (all readers of 1 done) -> {cur 2}
+//!   R(2)      |---|        R(1) has not been invoked yet -> W(2) may not overwrite 1: no
+//!   R(1)            |--|   configuration survives: nonlinearizable, R(2) stuck
+//! ```
+//!
+//! Exact (the differential test in tests/oracle.rs compares it with an exhaustive search);
+//! the cost is O(events x configurations x open operations).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use crate::fxhash::FxHashSet;
+use crate::history::{History, Outcome};
+use crate::linear::{Failure, Limits, Partition, Verdict};
+use crate::model::{compile, Interner, StateId, Step};
+
+/// Configurations kept at once; past it the key's verdict is `unknown` (thousands of
+/// concurrent unread writes would be needed to get there).
+pub const CONFIGURATIONS_MAX: usize = 100_000;
+/// Events between two looks at the clock and the cancel flag.
+const CLOCK_CHECK_INTERVAL_EVENTS: usize = 4096;
+const NEVER: usize = usize::MAX;
+
+/// What an operation does, on interned values.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Read(StateId),
+    Write(StateId),
+    Cas {
+        from: StateId,
+        to: StateId,
+    },
+    /// A cas that ran and found another value (Porcupine's `fail` without error).
+    CasFail {
+        from: StateId,
+    },
+}
+
+impl Kind {
+    fn changes_state(self) -> bool {
+        matches!(self, Kind::Write(_) | Kind::Cas { .. })
+    }
+}
+
+struct UniqueOp {
+    call: usize,
+    kind: Kind,
+    invoke: usize,
+    /// Event of the return; `NEVER` for an `info` operation.
+    ret: usize,
+    /// Unobserved `info` op: may be linearized or not.
+    optional: bool,
+}
+
+/// Whether a step is kept, and how.
+#[derive(Clone, Copy, PartialEq)]
+enum Keep {
+    Required,
+    Optional,
+    Dropped,
+}
+
+/// One state a linearization can be in: the current value, how many of its readers are
+/// linearized, and which open operations are (sorted op numbers).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Config {
+    current: StateId,
+    current_readers_done: u32,
+    applied: Vec<u32>,
+}
+
+impl Config {
+    fn has(&self, op: u32) -> bool {
+        self.applied.binary_search(&op).is_ok()
+    }
+
+    fn add(&mut self, op: u32) {
+        if let Err(at) = self.applied.binary_search(&op) {
+            self.applied.insert(at, op);
+        }
+    }
+
+    fn remove(&mut self, op: u32) {
+        if let Ok(at) = self.applied.binary_search(&op) {
+            self.applied.remove(at);
+        }
+    }
+}
+
+/// A compiled key: its operations, values and the readers each value needs.
+struct Compiled {
+    ops: Vec<UniqueOp>,
+    interner: Interner,
+    initial: StateId,
+    /// Per value: reads of it plus cas' from it.
+    readers: Vec<u32>,
+    /// Per value: the op that wrote it, if any.
+    writer: Vec<Option<u32>>,
+}
+
+/// The compiled steps of a partition, or `None` if a value is written twice (or the initial
+/// value is written, or an append makes values): then only the general search applies.
+fn compile_unique(
+    history: &History,
+    partition: &Partition,
+) -> Result<Option<Compiled>, (usize, String)> {
+    let mut interner = Interner::default();
+    let initial = interner.intern(&history.initial_value);
+    let mut steps = Vec::new();
+    for &call_index in &partition.calls {
+        let call = &history.calls()[call_index];
+        let step =
+            compile(history, call, &mut interner).map_err(|reason| (call.invoke_event, reason))?;
+        if let Some(step) = step {
+            steps.push((call_index, step));
+        }
+    }
+    let value_count = interner.len();
+    let mut written = vec![false; value_count];
+    written[initial as usize] = true;
+    for (_, step) in &steps {
+        let target = match step {
+            Step::Write(value) => *value,
+            Step::CasOk { to, .. } | Step::CasMaybe { to, .. } => *to,
+            Step::Append(_) => return Ok(None),
+            Step::Read(_) | Step::CasFail { .. } => continue,
+        };
+        if std::mem::replace(&mut written[target as usize], true) {
+            return Ok(None);
+        }
+    }
+    let kept = observed_steps(history, &steps, value_count);
+    Ok(Some(build(history, steps, kept, interner, initial)))
+}
+
+/// Which steps are required: all but unobserved `info` writes and cas' (those may never have
+/// happened), which are optional if a failed cas could use them, else dropped. A required
+/// `info` cas needs its `from` value, which may require another `info` op: a fixpoint.
+fn observed_steps(history: &History, steps: &[(usize, Step)], value_count: usize) -> Vec<Keep> {
+    let mut needed = vec![false; value_count];
+    let mut writer_step = vec![usize::MAX; value_count];
+    for (position, (call, step)) in steps.iter().enumerate() {
+        let info = history.calls()[*call].outcome == Outcome::Info;
+        match *step {
+            Step::Read(value) => needed[value as usize] = true,
+            Step::CasOk { from, .. } if !info => needed[from as usize] = true,
+            _ => {}
+        }
+        if let Step::Write(to) | Step::CasOk { to, .. } | Step::CasMaybe { to, .. } = *step {
+            writer_step[to as usize] = position;
+        }
+    }
+    let mut kept: Vec<bool> = steps
+        .iter()
+        .map(|(call, _)| history.calls()[*call].outcome != Outcome::Info)
+        .collect();
+    let any_failed_cas = steps
+        .iter()
+        .any(|(_, step)| matches!(step, Step::CasFail { .. }));
+    let mut work: Vec<usize> = (0..value_count).filter(|&v| needed[v]).collect();
+    while let Some(value) = work.pop() {
+        let position = writer_step[value];
+        if position == usize::MAX || kept[position] {
+            continue;
+        }
+        kept[position] = true;
+        if let Step::CasOk { from, .. } | Step::CasMaybe { from, .. } = steps[position].1 {
+            if !std::mem::replace(&mut needed[from as usize], true) {
+                work.push(from as usize);
+            }
+        }
+    }
+    kept.into_iter()
+        .zip(steps)
+        .map(|(kept, (_, step))| match (kept, step) {
+            (true, _) => Keep::Required,
+            (false, Step::Read(_)) => Keep::Dropped,
+            (false, _) if any_failed_cas => Keep::Optional,
+            (false, _) => Keep::Dropped,
+        })
+        .collect()
+}
+
+fn build(
+    history: &History,
+    steps: Vec<(usize, Step)>,
+    kept: Vec<Keep>,
+    interner: Interner,
+    initial: StateId,
+) -> Compiled {
+    let value_count = interner.len();
+    let mut readers = vec![0u32; value_count];
+    let mut writer = vec![None; value_count];
+    let mut ops = Vec::with_capacity(steps.len());
+    for ((call_index, step), keep) in steps.into_iter().zip(kept) {
+        let optional = keep == Keep::Optional;
+        let kind = match step {
+            _ if keep == Keep::Dropped => continue,
+            Step::Read(value) => Kind::Read(value),
+            Step::Write(value) => Kind::Write(value),
+            Step::CasOk { from, to } | Step::CasMaybe { from, to } => Kind::Cas { from, to },
+            Step::CasFail { from } => Kind::CasFail { from },
+            // compile_unique refuses partitions with appends before they get here.
+            Step::Append(_) => continue,
+        };
+        let op = ops.len() as u32;
+        match kind {
+            Kind::Read(value) => readers[value as usize] += 1,
+            Kind::Cas { from, .. } if !optional => readers[from as usize] += 1,
+            _ => {}
+        }
+        if let Kind::Write(to) | Kind::Cas { to, .. } = kind {
+            writer[to as usize] = Some(op);
+        }
+        let call = &history.calls()[call_index];
+        let ret = match call.outcome {
+            Outcome::Info => NEVER,
+            Outcome::Ok | Outcome::Fail => call.complete_event.unwrap_or(NEVER),
+        };
+        ops.push(UniqueOp {
+            call: call_index,
+            kind,
+            invoke: call.invoke_event,
+            ret,
+            optional,
+        });
+    }
+    Compiled {
+        ops,
+        interner,
+        initial,
+        readers,
+        writer,
+    }
+}
+
+/// The sweep's state.
+struct Sweep<'a> {
+    compiled: &'a Compiled,
+    /// Invoked, not returned (observed `info` ops stay until every config linearized them).
+    open: Vec<u32>,
+    /// Invoked optional ops (unobserved `info`), until linearized everywhere or useless.
+    optional: Vec<u32>,
+    configs: Vec<Config>,
+    returned: usize,
+    /// Ops linearized in every configuration and no longer tracked.
+    done: Vec<bool>,
+}
+
+impl Sweep<'_> {
+    /// Linearizes every open operation that changes nothing and may happen now.
+    fn settle(&self, config: &mut Config) {
+        for &op in &self.open {
+            if config.has(op) {
+                continue;
+            }
+            match self.compiled.ops[op as usize].kind {
+                Kind::Read(value) if value == config.current => {
+                    config.current_readers_done += 1;
+                    config.add(op);
+                }
+                Kind::CasFail { from } if from != config.current => config.add(op),
+                _ => {}
+            }
+        }
+    }
+
+    /// The value a state-changing `op` writes, if it may happen in `config` now: a write once
+    /// every reader of the current value is linearized; a cas from the current value once
+    /// every other reader is (the cas itself reads it, unless it is optional).
+    fn target(&self, config: &Config, op: u32) -> Option<StateId> {
+        let current = config.current;
+        let readers = self.compiled.readers[current as usize];
+        let unique_op = &self.compiled.ops[op as usize];
+        let own = u32::from(!unique_op.optional);
+        match unique_op.kind {
+            Kind::Write(to) if config.current_readers_done == readers => Some(to),
+            Kind::Cas { from, to } if from == current => {
+                (config.current_readers_done + own == readers).then_some(to)
+            }
+            _ => None,
+        }
+    }
+
+    /// `config` after linearizing the state-changing `op`, if it may happen now.
+    fn step(&self, config: &Config, op: u32) -> Option<Config> {
+        let to = self.target(config, op)?;
+        let mut next = config.clone();
+        next.current = to;
+        next.current_readers_done = 0;
+        next.add(op);
+        self.settle(&mut next);
+        Some(next)
+    }
+
+    /// Every configuration reachable from `start` in which `target` is linearized (stopping
+    /// there: later operations can wait for later returns).
+    fn extend(&self, start: &Config, target: u32, found: &mut FxHashSet<Config>) -> bool {
+        let mut start = start.clone();
+        self.settle(&mut start);
+        let mut seen: FxHashSet<Config> = FxHashSet::default();
+        let mut stack = vec![start];
+        // Optional ops only ever help a failed cas off the value it expected.
+        let failed_cas = matches!(
+            self.compiled.ops[target as usize].kind,
+            Kind::CasFail { .. }
+        );
+        let optional: &[u32] = if failed_cas { &self.optional } else { &[] };
+        while let Some(config) = stack.pop() {
+            if config.has(target) {
+                found.insert(config);
+                if found.len() > CONFIGURATIONS_MAX {
+                    return false;
+                }
+                continue;
+            }
+            for &op in self.open.iter().chain(optional) {
+                let unique_op = &self.compiled.ops[op as usize];
+                if config.has(op) || !unique_op.kind.changes_state() {
+                    continue;
+                }
+                if let Some(next) = self.step(&config, op) {
+                    if seen.insert(next.clone()) {
+                        stack.push(next);
+                    }
+                }
+            }
+            if seen.len() > CONFIGURATIONS_MAX {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Handles the return of `op`; `Err` with a reason when the key must be given up.
+    fn handle_return(&mut self, op: u32) -> Result<bool, String> {
+        let mut found = FxHashSet::default();
+        for config in &self.configs {
+            if !self.extend(config, op, &mut found) {
+                return Err(format!(
+                    "more than {CONFIGURATIONS_MAX} configurations (too many concurrent unread \
+                     writes)"
+                ));
+            }
+        }
+        if found.is_empty() {
+            return Ok(false);
+        }
+        self.open.retain(|&open| open != op);
+        self.returned += 1;
+        self.done[op as usize] = true;
+        self.configs = found
+            .into_iter()
+            .map(|mut config| {
+                config.remove(op);
+                config
+            })
+            .collect();
+        self.retire_never_returning();
+        Ok(true)
+    }
+
+    /// An `info` op that every configuration has linearized is done for good; so is an
+    /// optional cas whose `from` is gone for good in every configuration.
+    fn retire_never_returning(&mut self) {
+        let mut open = std::mem::take(&mut self.open);
+        self.retire(&mut open);
+        self.open = open;
+        let mut optional = std::mem::take(&mut self.optional);
+        self.retire(&mut optional);
+        self.optional = optional;
+        self.configs.sort_unstable_by(|a, b| {
+            (a.current, a.current_readers_done, &a.applied).cmp(&(
+                b.current,
+                b.current_readers_done,
+                &b.applied,
+            ))
+        });
+        self.configs.dedup();
+    }
+
+    fn retire(&mut self, list: &mut Vec<u32>) {
+        let compiled = self.compiled;
+        let configs = &mut self.configs;
+        let done = &mut self.done;
+        list.retain(|&op| {
+            let unique_op = &compiled.ops[op as usize];
+            if unique_op.ret != NEVER {
+                return true;
+            }
+            let unreachable = |config: &Config| match unique_op.kind {
+                Kind::Cas { from, .. } if unique_op.optional => {
+                    from != config.current
+                        && (from == compiled.initial
+                            || compiled.writer[from as usize]
+                                .is_some_and(|writer| config.has(writer) || done[writer as usize]))
+                }
+                _ => false,
+            };
+            let applied = configs.iter().all(|config| config.has(op));
+            if !applied && !configs.iter().all(unreachable) {
+                return true;
+            }
+            for config in configs.iter_mut() {
+                config.remove(op);
+            }
+            done[op as usize] = applied;
+            false
+        });
+    }
+}
+
+/// Checks one partition if its values are unique; `Ok(None)` if they are not.
+pub fn check(
+    history: &History,
+    partition: &Partition,
+    limits: &Limits,
+    cancel: &AtomicBool,
+) -> Result<Option<Verdict>, (usize, String)> {
+    let Some(compiled) = compile_unique(history, partition)? else {
+        return Ok(None);
+    };
+    let mut events: Vec<(usize, bool, u32)> = Vec::with_capacity(compiled.ops.len() * 2);
+    for (position, op) in compiled.ops.iter().enumerate() {
+        events.push((op.invoke, false, position as u32));
+        if op.ret != NEVER {
+            events.push((op.ret, true, position as u32));
+        }
+    }
+    events.sort_unstable();
+    let start = Config {
+        current: compiled.initial,
+        current_readers_done: 0,
+        applied: Vec::new(),
+    };
+    let mut sweep = Sweep {
+        compiled: &compiled,
+        open: Vec::new(),
+        optional: Vec::new(),
+        configs: vec![start],
+        returned: 0,
+        done: vec![false; compiled.ops.len()],
+    };
+    for (count, &(_, is_return, op)) in events.iter().enumerate() {
+        if count % CLOCK_CHECK_INTERVAL_EVENTS == 0 {
+            if let Some(reason) = stop_reason(limits, cancel) {
+                return Ok(Some(Verdict::Unknown(reason)));
+            }
+        }
+        if !is_return {
+            match compiled.ops[op as usize].optional {
+                true => sweep.optional.push(op),
+                false => sweep.open.push(op),
+            }
+            continue;
+        }
+        match sweep.handle_return(op) {
+            Ok(true) => {}
+            Ok(false) => return Ok(Some(Verdict::Violation(failure(&sweep, op)))),
+            Err(reason) => return Ok(Some(Verdict::Unknown(reason))),
+        }
+    }
+    Ok(Some(Verdict::Linearizable))
+}
+
+fn stop_reason(limits: &Limits, cancel: &AtomicBool) -> Option<String> {
+    if cancel.load(Ordering::Relaxed) {
+        return Some("cancelled: another key already failed".to_string());
+    }
+    limits
+        .deadline
+        .is_some_and(|deadline| Instant::now() >= deadline)
+        .then(|| "time limit reached".to_string())
+}
+
+/// Why `stuck` could not be linearized before its return, in words a person can check.
+fn failure(sweep: &Sweep<'_>, stuck: u32) -> Failure {
+    let compiled = sweep.compiled;
+    let op = &compiled.ops[stuck as usize];
+    let value = |id: StateId| compiled.interner.value(id).clone();
+    let mut states: Vec<StateId> = sweep.configs.iter().map(|config| config.current).collect();
+    states.sort_unstable();
+    states.dedup();
+    let held: Vec<String> = states.iter().map(|&id| value(id).to_string()).collect();
+    let needed = match op.kind {
+        Kind::Read(v) | Kind::Cas { from: v, .. } => Some(v),
+        _ => None,
+    };
+    let reason = match needed.map(|v| (v, compiled.writer[v as usize])) {
+        Some((v, None)) if v != compiled.initial => {
+            format!("no operation wrote {}", value(v))
+        }
+        Some((v, Some(writer))) if compiled.ops[writer as usize].invoke > op.ret => format!(
+            "{} was written by call {}, invoked only after this call returned (a read from \
+             the future)",
+            value(v),
+            compiled.ops[writer as usize].call
+        ),
+        Some((v, _)) => format!(
+            "the register cannot hold {} then: it could only hold {} (a value, once \
+             overwritten, never comes back, and it may be overwritten only after all its \
+             readers ran)",
+            value(v),
+            held.join(" or ")
+        ),
+        None => format!(
+            "its write could not be placed: the register held {} and some of its readers had \
+             not run yet",
+            held.join(" or ")
+        ),
+    };
+    Failure {
+        longest: Vec::new(),
+        longest_length: sweep.returned,
+        state_after: value(states.first().copied().unwrap_or(compiled.initial)),
+        stuck: op.call,
+        pending: sweep
+            .open
+            .iter()
+            .chain(&sweep.optional)
+            .filter(|&&open| open != stuck)
+            .map(|&open| compiled.ops[open as usize].call)
+            .take(24)
+            .collect(),
+        reason: Some(reason),
+    }
+}
