@@ -202,7 +202,7 @@ fn parse_mop<'a>(
         keys.push(key);
         next_id
     });
-    match function.as_str() {
+    match function.as_name() {
         Some("append") => Ok(Mop::Append {
             key,
             element: argument,

@@ -154,8 +154,8 @@ pub enum Model {
     /// constrains nothing; registers start at nil. The default for EDN.
     Knossos,
     /// Porcupine's models, and ours (JSON lines, Jepsen log lines): a `fail` cas without an error
-    /// ran and found another value; a read of nil means "never written". EDN keys start at ""
-    /// (Porcupine's kv model), other formats' at nil.
+    /// ran and found another value; a read of nil means "never written". EDN checked as `kv`
+    /// starts every key at "" (Porcupine's kv model), everything else at nil.
     Porcupine,
 }
 
@@ -258,8 +258,8 @@ pub struct History {
     calls: Vec<Call>,
     /// 1-based source line of each event, for error messages.
     lines: Vec<usize>,
-    /// The value every key starts with: `Null` (absent), or `""` for EDN under Porcupine's kv
-    /// model. Set by [`History::set_model`].
+    /// The value every key starts with: `Null` (absent), or `""` for EDN checked as `kv` under
+    /// Porcupine's model (see [`History::porcupine_string_kv`]).
     pub initial_value: Value,
     /// The register semantics (see [`Model`]).
     pub model: Model,
@@ -298,13 +298,14 @@ impl History {
         })
     }
 
-    /// Applies `model`'s semantics, including the value every key starts with.
+    /// Applies `model`'s semantics.
     pub fn set_model(&mut self, model: Model) {
         self.model = model;
-        self.initial_value = match (model, self.format) {
-            (Model::Porcupine, Format::Edn) => Value::Str(String::new()),
-            _ => Value::Null,
-        };
+    }
+
+    /// Porcupine's kv model (its EDN corpus) starts every key at `""`, not nil.
+    pub fn porcupine_string_kv(&self, workload: Workload) -> bool {
+        self.model == Model::Porcupine && self.format == Format::Edn && workload == Workload::Kv
     }
 
     pub fn ops(&self) -> &[Op] {

@@ -117,6 +117,13 @@ pub fn check(
     options: &Options,
 ) -> Result<Report, CheckError> {
     match workload {
+        Workload::Kv
+            if history.porcupine_string_kv(workload) && history.initial_value.is_null() =>
+        {
+            let mut strings = history.clone();
+            strings.initial_value = Value::Str(String::new());
+            check_kv(&strings, workload, options)
+        }
         Workload::Register | Workload::Kv => check_kv(history, workload, options),
         Workload::ListAppend => elle::check(history, options),
     }

@@ -7,7 +7,7 @@
 //! and where no append or delete rebuilds an old value. Linearizability catches the rest; this
 //! check names the lost write directly, and costs O(n log n).
 
-use std::collections::HashMap;
+use crate::fxhash::FxHashMap as HashMap;
 
 use crate::history::{History, Model, Outcome, F};
 use crate::linear::Partition;
@@ -18,7 +18,7 @@ use crate::value::Value;
 type Writers<'a> = HashMap<&'a Value, (usize, Option<usize>)>;
 
 fn unique_writers<'a>(history: &'a History, partition: &Partition) -> Option<Writers<'a>> {
-    let mut writers: Writers<'a> = HashMap::new();
+    let mut writers: Writers<'a> = HashMap::default();
     for &index in &partition.calls {
         let call = &history.calls()[index];
         let written = match call.f {

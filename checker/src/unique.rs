@@ -270,6 +270,8 @@ struct Sweep<'a> {
     returned: usize,
     /// Ops linearized in every configuration and no longer tracked.
     done: Vec<bool>,
+    /// Required `info` ops in `open` (they have no return to remove them).
+    never_returning_open: usize,
 }
 
 impl Sweep<'_> {
@@ -359,6 +361,18 @@ impl Sweep<'_> {
 
     /// Handles the return of `op`; `Err` with a reason when the key must be given up.
     fn handle_return(&mut self, op: u32) -> Result<bool, String> {
+        if self.configs.len() == 1 {
+            // The common case: one configuration, and the returning op is already linearized
+            // or only needs the ops that change nothing.
+            let mut only = self.configs[0].clone();
+            self.settle(&mut only);
+            if only.has(op) {
+                only.remove(op);
+                self.configs[0] = only;
+                self.finish_return(op);
+                return Ok(true);
+            }
+        }
         let mut found = FxHashSet::default();
         for config in &self.configs {
             if !self.extend(config, op, &mut found) {
@@ -371,9 +385,6 @@ impl Sweep<'_> {
         if found.is_empty() {
             return Ok(false);
         }
-        self.open.retain(|&open| open != op);
-        self.returned += 1;
-        self.done[op as usize] = true;
         self.configs = found
             .into_iter()
             .map(|mut config| {
@@ -381,15 +392,28 @@ impl Sweep<'_> {
                 config
             })
             .collect();
-        self.retire_never_returning();
+        self.finish_return(op);
         Ok(true)
+    }
+
+    fn finish_return(&mut self, op: u32) {
+        if let Some(at) = self.open.iter().position(|&open| open == op) {
+            self.open.swap_remove(at);
+        }
+        self.returned += 1;
+        self.done[op as usize] = true;
+        if self.never_returning_open > 0 || !self.optional.is_empty() || self.configs.len() > 1 {
+            self.retire_never_returning();
+        }
     }
 
     /// An `info` op that every configuration has linearized is done for good; so is an
     /// optional cas whose `from` is gone for good in every configuration.
     fn retire_never_returning(&mut self) {
         let mut open = std::mem::take(&mut self.open);
+        let before = open.len();
         self.retire(&mut open);
+        self.never_returning_open -= before - open.len();
         self.open = open;
         let mut optional = std::mem::take(&mut self.optional);
         self.retire(&mut optional);
@@ -465,6 +489,7 @@ pub fn check(
         configs: vec![start],
         returned: 0,
         done: vec![false; compiled.ops.len()],
+        never_returning_open: 0,
     };
     for (count, &(_, is_return, op)) in events.iter().enumerate() {
         if count % CLOCK_CHECK_INTERVAL_EVENTS == 0 {
@@ -473,9 +498,13 @@ pub fn check(
             }
         }
         if !is_return {
-            match compiled.ops[op as usize].optional {
+            let unique_op = &compiled.ops[op as usize];
+            match unique_op.optional {
                 true => sweep.optional.push(op),
                 false => sweep.open.push(op),
+            }
+            if !unique_op.optional && unique_op.ret == NEVER {
+                sweep.never_returning_open += 1;
             }
             continue;
         }
