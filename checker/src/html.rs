@@ -248,8 +248,10 @@ fn timeline(history: &History, anomaly: &Anomaly) -> String {
             y + 14
         );
     }
-    draw_calls(&mut svg, history, &layout, anomaly);
+    // Arrows first: the opaque operation boxes drawn over them hide every crossing, so no
+    // line runs over an operation's text.
     draw_cycle(&mut svg, history, &layout, anomaly);
+    draw_calls(&mut svg, history, &layout, anomaly);
     let axis_y = layout.height(arrows) - 8;
     let _ = write!(
         svg,

@@ -586,26 +586,32 @@ fn explain(analysis: &Analysis<'_>, graph: &Graph, edge: usize) -> CycleStep {
     let position = graph.positions[edge] as usize;
     let element = |at: usize| analysis.orders[key as usize][at].to_string();
     let beyond = key != NO_KEY && position >= analysis.orders[key as usize].len();
+    let name_of = |key: u32| {
+        (key != NO_KEY)
+            .then(|| analysis.keys[key as usize].to_string())
+            .unwrap_or_default()
+    };
+    let k = name_of(key);
     let (name, explanation) = match graph.kinds[edge] {
         WW if beyond => (
             "ww",
             format!(
-                "call {to} appended an element no read shows, so after the last element read \
-                 ({}), which call {from} appended",
+                "call {to} appended to key {k} an element no read shows, so after the last \
+                 element read ({}), which call {from} appended",
                 element(position - 1)
             ),
         ),
         RW if beyond => (
             "rw",
             format!(
-                "call {from} read the list without the element call {to} appended (no read \
+                "call {from} read key {k} without the element call {to} appended (no read \
                  shows it, so it came after every element read)"
             ),
         ),
         WW => (
             "ww",
             format!(
-                "call {to} appended {} right after call {from} appended {}",
+                "call {to} appended {} to key {k} right after call {from} appended {}",
                 element(position),
                 element(position - 1)
             ),
@@ -613,14 +619,14 @@ fn explain(analysis: &Analysis<'_>, graph: &Graph, edge: usize) -> CycleStep {
         WR => (
             "wr",
             format!(
-                "call {to} read the list up to {}, appended by call {from}",
+                "call {to} read key {k} up to {}, appended by call {from}",
                 element(position)
             ),
         ),
         RW => (
             "rw",
             format!(
-                "call {from} read the list without {}, which call {to} appended next",
+                "call {from} read key {k} without {}, which call {to} appended next",
                 element(position)
             ),
         ),
