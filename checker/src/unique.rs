@@ -510,7 +510,10 @@ pub fn check(
         }
         match sweep.handle_return(op) {
             Ok(true) => {}
-            Ok(false) => return Ok(Some(Verdict::Violation(failure(&sweep, op)))),
+            Ok(false) => {
+                let failure = failure(history, &sweep, op);
+                return Ok(Some(Verdict::Violation(failure)));
+            }
             Err(reason) => return Ok(Some(Verdict::Unknown(reason))),
         }
     }
@@ -527,8 +530,29 @@ fn stop_reason(limits: &Limits, cancel: &AtomicBool) -> Option<String> {
         .then(|| "time limit reached".to_string())
 }
 
+/// A value some configuration holds that an operation invoked after `stuck` returned still
+/// needs: why the register could not move on in time.
+fn later_reader<'a>(
+    compiled: &'a Compiled,
+    states: &[StateId],
+    stuck: &UniqueOp,
+) -> Option<(StateId, &'a UniqueOp)> {
+    states.iter().find_map(|&held| {
+        compiled
+            .ops
+            .iter()
+            .filter(|op| op.invoke > stuck.ret && !op.optional)
+            .find(|op| match op.kind {
+                Kind::Read(value) => value == held,
+                Kind::Cas { from, .. } => from == held,
+                _ => false,
+            })
+            .map(|op| (held, op))
+    })
+}
+
 /// Why `stuck` could not be linearized before its return, in words a person can check.
-fn failure(sweep: &Sweep<'_>, stuck: u32) -> Failure {
+fn failure(history: &History, sweep: &Sweep<'_>, stuck: u32) -> Failure {
     let compiled = sweep.compiled;
     let op = &compiled.ops[stuck as usize];
     let value = |id: StateId| compiled.interner.value(id).clone();
@@ -550,13 +574,23 @@ fn failure(sweep: &Sweep<'_>, stuck: u32) -> Failure {
             value(v),
             compiled.ops[writer as usize].call
         ),
-        Some((v, _)) => format!(
-            "the register cannot hold {} then: it could only hold {} (a value, once \
-             overwritten, never comes back, and it may be overwritten only after all its \
-             readers ran)",
-            value(v),
-            held.join(" or ")
-        ),
+        Some((v, _)) => match later_reader(compiled, &states, op) {
+            Some((held_value, reader)) => format!(
+                "{} would have to replace {} by then, but call {} (line {}) reads {} later, \
+                 and a value, once overwritten, never comes back",
+                value(v),
+                value(held_value),
+                reader.call,
+                history.line_of(reader.invoke),
+                value(held_value)
+            ),
+            None => format!(
+                "the register cannot hold {} then: it could only hold {} (a value, once \
+                 overwritten, never comes back)",
+                value(v),
+                held.join(" or ")
+            ),
+        },
         None => format!(
             "its write could not be placed: the register held {} and some of its readers had \
              not run yet",
