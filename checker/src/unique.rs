@@ -121,6 +121,61 @@ struct Compiled {
     readers: Vec<u32>,
     /// Per value: the op that wrote it, if any.
     writer: Vec<Option<u32>>,
+    /// Per op, for required writes of values nobody reads or expects (`eager_blockers` from
+    /// `eager_offsets[op]` to `eager_offsets[op + 1]`): the writes that keep it from being
+    /// linearized early until they are (see `expected_writers`). `None` for other ops.
+    eager_offsets: Vec<u32>,
+    eager_blockers: Vec<u32>,
+    /// Per op: whether it writes a value nobody reads or expects (a candidate for early).
+    eager_candidate: Vec<bool>,
+}
+
+/// For each required op writing a value nobody reads (and no failed cas expects): the writes
+/// of values some failed cas expects that could be linearized before it (invoked before it
+/// returns, returning after it is invoked). Placed after such a write, the unread write would
+/// end that value early, which a failed cas may need; otherwise it only ever helps to place it
+/// as early as allowed. Found by a sweep over those writes sorted by invocation.
+fn expected_writers(ops: &[UniqueOp], readers: &[u32], expected: &[bool]) -> (Vec<u32>, Vec<u32>) {
+    let written = |op: &UniqueOp| match op.kind {
+        Kind::Write(to) | Kind::Cas { to, .. } => Some(to),
+        _ => None,
+    };
+    let (mut candidates, unbounded): (Vec<u32>, Vec<u32>) = (0..ops.len() as u32)
+        .filter(|&op| written(&ops[op as usize]).is_some_and(|to| expected[to as usize]))
+        .partition(|&op| ops[op as usize].ret != NEVER);
+    candidates.sort_unstable_by_key(|&op| ops[op as usize].invoke);
+    let longest = candidates
+        .iter()
+        .map(|&op| ops[op as usize].ret.saturating_sub(ops[op as usize].invoke))
+        .max()
+        .unwrap_or(0);
+    let mut offsets = Vec::with_capacity(ops.len() + 1);
+    let mut lists = Vec::new();
+    offsets.push(0);
+    for op in ops {
+        let unread =
+            written(op).is_some_and(|to| readers[to as usize] == 0 && !expected[to as usize]);
+        if unread && !op.optional {
+            let earliest = op.invoke.saturating_sub(longest);
+            let start = candidates.partition_point(|&c| ops[c as usize].invoke < earliest);
+            for &candidate in &candidates[start..] {
+                let other = &ops[candidate as usize];
+                if other.invoke >= op.ret {
+                    break;
+                }
+                if other.ret > op.invoke {
+                    lists.push(candidate);
+                }
+            }
+            // `info` writes never return: any invoked before this one returns may precede it.
+            let early = unbounded
+                .iter()
+                .filter(|&&other| ops[other as usize].invoke < op.ret);
+            lists.extend(early);
+        }
+        offsets.push(lists.len() as u32);
+    }
+    (offsets, lists)
 }
 
 /// The compiled steps of a partition, or `None` if a value is written twice (or the initial
@@ -250,12 +305,32 @@ fn build(
             optional,
         });
     }
+    let mut expected = vec![false; value_count];
+    for op in &ops {
+        if let Kind::CasFail { from } = op.kind {
+            expected[from as usize] = true;
+        }
+    }
+    let (eager_offsets, eager_blockers) = expected_writers(&ops, &readers, &expected);
+    let eager_candidate = ops
+        .iter()
+        .map(|op| {
+            let to = match op.kind {
+                Kind::Write(to) | Kind::Cas { to, .. } => to,
+                _ => return false,
+            };
+            !op.optional && readers[to as usize] == 0 && !expected[to as usize]
+        })
+        .collect();
     Compiled {
         ops,
         interner,
         initial,
         readers,
         writer,
+        eager_offsets,
+        eager_blockers,
+        eager_candidate,
     }
 }
 
@@ -276,20 +351,52 @@ struct Sweep<'a> {
 
 impl Sweep<'_> {
     /// Linearizes every open operation that changes nothing and may happen now.
+    ///
+    /// So is a required write of a value nobody reads or expects, once it may happen and no
+    /// unplaced write of an expected value could come before it: linearizing it as early as
+    /// allowed destroys no value anyone still needs, and only later could it end an expected
+    /// value early (which a failed cas may need). This keeps concurrent unread writes from
+    /// multiplying the configurations.
     fn settle(&self, config: &mut Config) {
-        for &op in &self.open {
-            if config.has(op) {
-                continue;
-            }
-            match self.compiled.ops[op as usize].kind {
-                Kind::Read(value) if value == config.current => {
-                    config.current_readers_done += 1;
-                    config.add(op);
+        let mut changed = true;
+        while changed {
+            changed = false;
+            for &op in &self.open {
+                if config.has(op) {
+                    continue;
                 }
-                Kind::CasFail { from } if from != config.current => config.add(op),
-                _ => {}
+                match self.compiled.ops[op as usize].kind {
+                    Kind::Read(value) if value == config.current => {
+                        config.current_readers_done += 1;
+                        config.add(op);
+                    }
+                    Kind::CasFail { from } if from != config.current => config.add(op),
+                    Kind::Write(_) | Kind::Cas { .. } if self.unread_write_free(config, op) => {
+                        if let Some(to) = self.target(config, op) {
+                            config.current = to;
+                            config.current_readers_done = 0;
+                            config.add(op);
+                            changed = true;
+                        }
+                    }
+                    _ => {}
+                }
             }
         }
+    }
+
+    /// Whether `op` writes a value nobody reads or expects, and every write of an expected
+    /// value that could precede it is placed.
+    fn unread_write_free(&self, config: &Config, op: u32) -> bool {
+        let compiled = self.compiled;
+        if !compiled.eager_candidate[op as usize] {
+            return false;
+        }
+        let range = compiled.eager_offsets[op as usize] as usize
+            ..compiled.eager_offsets[op as usize + 1] as usize;
+        compiled.eager_blockers[range]
+            .iter()
+            .all(|&writer| config.has(writer) || self.done[writer as usize])
     }
 
     /// The value a state-changing `op` writes, if it may happen in `config` now: a write once
