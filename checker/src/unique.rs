@@ -34,7 +34,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use crate::fxhash::FxHashSet;
+use crate::fxhash::{FxHashMap, FxHashSet};
 use crate::history::{History, Outcome};
 use crate::linear::{Failure, Limits, Partition, Verdict};
 use crate::model::{compile, Interner, StateId, Step};
@@ -128,6 +128,48 @@ struct Compiled {
     eager_blockers: Vec<u32>,
     /// Per op: whether it writes a value nobody reads or expects (a candidate for early).
     eager_candidate: Vec<bool>,
+    /// No failed cas and no optional op: then a configuration that linearized a superset of
+    /// another's operations, with the same current value, dominates it (see `Maximal`).
+    dominance: bool,
+}
+
+/// Configurations kept only if no kept one dominates them. Without failed cas' and optional
+/// ops, a configuration X dominates Y when both hold the same value and X linearized every
+/// operation Y did: X can follow any continuation of Y, skipping what it already did (every
+/// value it skips past had all its readers linearized, or it could not have been overwritten).
+#[derive(Default)]
+struct Maximal {
+    by_value: FxHashMap<StateId, Vec<Config>>,
+    count: usize,
+}
+
+fn is_subset(small: &[u32], big: &[u32]) -> bool {
+    let mut rest = big.iter();
+    small
+        .iter()
+        .all(|item| rest.by_ref().any(|other| other == item))
+}
+
+impl Maximal {
+    /// Keeps `config` unless dominated; drops the kept ones it dominates. `true` if kept.
+    fn admit(&mut self, config: &Config) -> bool {
+        let kept = self.by_value.entry(config.current).or_default();
+        if kept
+            .iter()
+            .any(|other| is_subset(&config.applied, &other.applied))
+        {
+            return false;
+        }
+        let before = kept.len();
+        kept.retain(|other| !is_subset(&other.applied, &config.applied));
+        kept.push(config.clone());
+        self.count = self.count + kept.len() - before;
+        true
+    }
+
+    fn into_configs(self) -> Vec<Config> {
+        self.by_value.into_values().flatten().collect()
+    }
 }
 
 /// For each required op writing a value nobody reads (and no failed cas expects): the writes
@@ -322,6 +364,9 @@ fn build(
             !op.optional && readers[to as usize] == 0 && !expected[to as usize]
         })
         .collect();
+    let dominance = !ops
+        .iter()
+        .any(|op| op.optional || matches!(op.kind, Kind::CasFail { .. }));
     Compiled {
         ops,
         interner,
@@ -331,6 +376,7 @@ fn build(
         eager_offsets,
         eager_blockers,
         eager_candidate,
+        dominance,
     }
 }
 
@@ -433,6 +479,8 @@ impl Sweep<'_> {
         let mut start = start.clone();
         self.settle(&mut start);
         let mut seen: FxHashSet<Config> = FxHashSet::default();
+        let mut maximal = Maximal::default();
+        let dominance = self.compiled.dominance;
         let mut stack = vec![start];
         // Optional ops only ever help a failed cas off the value it expected.
         let failed_cas = matches!(
@@ -454,12 +502,16 @@ impl Sweep<'_> {
                     continue;
                 }
                 if let Some(next) = self.step(&config, op) {
-                    if seen.insert(next.clone()) {
+                    let new = match dominance {
+                        true => maximal.admit(&next),
+                        false => seen.insert(next.clone()),
+                    };
+                    if new {
                         stack.push(next);
                     }
                 }
             }
-            if seen.len() > CONFIGURATIONS_MAX {
+            if seen.len().max(maximal.count) > CONFIGURATIONS_MAX {
                 return false;
             }
         }
@@ -492,6 +544,16 @@ impl Sweep<'_> {
         if found.is_empty() {
             return Ok(false);
         }
+        let found: Vec<Config> = match self.compiled.dominance {
+            true => {
+                let mut maximal = Maximal::default();
+                for config in &found {
+                    maximal.admit(config);
+                }
+                maximal.into_configs()
+            }
+            false => found.into_iter().collect(),
+        };
         self.configs = found
             .into_iter()
             .map(|mut config| {

@@ -15,7 +15,7 @@ use checker::history::{History, Op, OpType, F};
 use checker::{check, Model, Options, Validity, Value, Workload};
 
 /// Histories per differential test (each: register under two models; list-append).
-const HISTORIES: usize = 3000;
+const HISTORIES: usize = 10_000;
 
 /// splitmix64: deterministic and dependency-free.
 struct Rng(u64);
