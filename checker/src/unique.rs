@@ -15,6 +15,11 @@
 //! - a value may be overwritten only once all its readers (reads of it, cas' from it) are
 //!   linearized: a reader not yet invoked could never see it again. This prunes every order of
 //!   concurrent writes but the ones reads allow;
+//! - a write of a value nobody reads is linearized as early as allowed, unless a write of a
+//!   value some failed cas expects could precede it (placed after that write, it could end
+//!   the expected value early, which the failed cas may need);
+//! - without failed cas' and optional ops, a configuration that linearized a superset of
+//!   another's operations while holding the same value dominates it (`Maximal`);
 //! - an `info` write or cas whose value nobody observed may never have happened, and can only
 //!   matter to a failed cas (Porcupine's "ran, found another value"), by moving the register
 //!   off the value the cas expected: without failed cas' it is left out; with them it is
