@@ -177,6 +177,29 @@ impl Maximal {
     }
 }
 
+/// The tables of `Compiled` for linearizing unread writes early: offsets and blockers (see
+/// `expected_writers`) and which ops are candidates.
+fn eager_tables(ops: &[UniqueOp], readers: &[u32]) -> (Vec<u32>, Vec<u32>, Vec<bool>) {
+    let mut expected = vec![false; readers.len()];
+    for op in ops {
+        if let Kind::CasFail { from } = op.kind {
+            expected[from as usize] = true;
+        }
+    }
+    let (offsets, blockers) = expected_writers(ops, readers, &expected);
+    let candidate = ops
+        .iter()
+        .map(|op| {
+            let to = match op.kind {
+                Kind::Write(to) | Kind::Cas { to, .. } => to,
+                _ => return false,
+            };
+            !op.optional && readers[to as usize] == 0 && !expected[to as usize]
+        })
+        .collect();
+    (offsets, blockers, candidate)
+}
+
 /// For each required op writing a value nobody reads (and no failed cas expects): the writes
 /// of values some failed cas expects that could be linearized before it (invoked before it
 /// returns, returning after it is invoked). Placed after such a write, the unread write would
@@ -352,23 +375,7 @@ fn build(
             optional,
         });
     }
-    let mut expected = vec![false; value_count];
-    for op in &ops {
-        if let Kind::CasFail { from } = op.kind {
-            expected[from as usize] = true;
-        }
-    }
-    let (eager_offsets, eager_blockers) = expected_writers(&ops, &readers, &expected);
-    let eager_candidate = ops
-        .iter()
-        .map(|op| {
-            let to = match op.kind {
-                Kind::Write(to) | Kind::Cas { to, .. } => to,
-                _ => return false,
-            };
-            !op.optional && readers[to as usize] == 0 && !expected[to as usize]
-        })
-        .collect();
+    let (eager_offsets, eager_blockers, eager_candidate) = eager_tables(&ops, &readers);
     let dominance = !ops
         .iter()
         .any(|op| op.optional || matches!(op.kind, Kind::CasFail { .. }));
