@@ -77,11 +77,24 @@ pub struct Analysis<'a> {
     pub reads: Vec<Vec<(u32, u32)>>,
     /// Reads that are not a prefix of their key's version order.
     pub incompatible: FxHashSet<(u32, u32)>,
-    /// Per key: each appending transaction's elements, in its own order.
-    pub appends: Vec<FxHashMap<u32, Vec<&'a Value>>>,
 }
 
 impl<'a> Analysis<'a> {
+    /// The elements transaction `txn` appended to `key`, in its own order.
+    pub fn appended(&self, txn: u32, key: u32) -> Vec<&'a Value> {
+        self.txns[txn as usize]
+            .mops
+            .iter()
+            .filter_map(|mop| match *mop {
+                Mop::Append {
+                    key: appended,
+                    element,
+                } if appended == key => Some(element),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn op(&self, txn: u32) -> OpRef {
         OpRef::new(self.history, self.txns[txn as usize].call)
     }
@@ -182,7 +195,6 @@ fn parse_txns(history: &History) -> Result<Analysis<'_>, CheckError> {
         orders: vec![&[]; key_count],
         reads: vec![Vec::new(); key_count],
         incompatible: FxHashSet::default(),
-        appends: vec![FxHashMap::default(); key_count],
     })
 }
 
@@ -231,10 +243,6 @@ fn index_writers(analysis: &mut Analysis<'_>) -> Result<(), CheckError> {
             let Mop::Append { key, element } = *mop else {
                 continue;
             };
-            analysis.appends[key as usize]
-                .entry(txn_index as u32)
-                .or_default()
-                .push(element);
             let writers = &mut analysis.writers[key as usize];
             let writer = Writer {
                 txn: txn_index as u32,

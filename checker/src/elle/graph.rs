@@ -171,10 +171,14 @@ fn read_edges(
         position: position as u32,
     };
     let order_length = analysis.orders[key].len();
-    for &to in unread.iter().filter(|&&to| to != reader) {
-        edges.push(edge(reader, to, RW, order_length));
-    }
     let length = analysis.read_elements(reader, mop).len();
+    // A shorter read reaches the unread appenders through its rw edge to the next element's
+    // appender and the ww edges along the order: only full-length reads need direct edges.
+    if length == order_length {
+        for &to in unread.iter().filter(|&&to| to != reader) {
+            edges.push(edge(reader, to, RW, order_length));
+        }
+    }
     // wr from the last element the reader did not append itself.
     let observed = (0..length)
         .rev()

@@ -178,7 +178,18 @@ fn torn(
             position += 1;
             continue;
         };
-        let block = &analysis.appends[key][&writer.txn];
+        let single = analysis.txns[writer.txn as usize]
+            .mops
+            .iter()
+            .filter(|mop| matches!(mop, Mop::Append { key: k, .. } if *k == key as u32))
+            .nth(1)
+            .is_none();
+        if single {
+            // One append to the key: nothing to tear (and no allocation on the common path).
+            position += 1;
+            continue;
+        }
+        let block = analysis.appended(writer.txn, key as u32);
         let run = elements[position..]
             .iter()
             .zip(block.iter())
