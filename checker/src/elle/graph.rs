@@ -590,12 +590,11 @@ fn explain(analysis: &Analysis<'_>, graph: &Graph, edge: usize) -> CycleStep {
     let position = graph.positions[edge] as usize;
     let element = |at: usize| analysis.orders[key as usize][at].to_string();
     let beyond = key != NO_KEY && position >= analysis.orders[key as usize].len();
-    let name_of = |key: u32| {
-        (key != NO_KEY)
-            .then(|| analysis.keys[key as usize].to_string())
-            .unwrap_or_default()
+    let k = if key == NO_KEY {
+        String::new()
+    } else {
+        analysis.keys[key as usize].to_string()
     };
-    let k = name_of(key);
     let (name, explanation) = match graph.kinds[edge] {
         WW if beyond => (
             "ww",
