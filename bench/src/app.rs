@@ -151,7 +151,7 @@ async fn drive(
         value_size: settings.value_size,
         read_mode: settings.read_mode(),
     }));
-    let recorder = Recorder::create(&run_dir.join("history.jsonl"))?;
+    let recorder = Recorder::create(&run_dir.join("history.jsonl"), settings.workload.name())?;
     let load = LoadConfig {
         clients: settings.clients,
         duration: settings.duration(),

@@ -88,16 +88,27 @@ pub struct Recorded {
 }
 
 impl Recorder {
-    /// Writes `history.jsonl` lines to `path` (created or truncated).
-    pub fn create(path: &Path) -> Result<Arc<Recorder>, HistoryError> {
+    /// Writes `history.jsonl` lines to `path` (created or truncated), starting with the header
+    /// that names the workload (`{"workload":"register","version":1}`), so the checker needs
+    /// no flag and refuses a contradicting one.
+    pub fn create(path: &Path, workload: &str) -> Result<Arc<Recorder>, HistoryError> {
         let shown = path.display().to_string();
-        let file = File::create(path).map_err(|source| HistoryError::Io {
+        let io_error = |source| HistoryError::Io {
             path: shown.clone(),
             source,
-        })?;
+        };
+        let file = File::create(path).map_err(io_error)?;
+        let mut writer = BufWriter::new(file);
+        let header = checker::history::Header {
+            workload: workload.to_string(),
+            version: Some(1),
+        };
+        let line =
+            serde_json::to_string(&header).map_err(|e| HistoryError::Encode(e.to_string()))?;
+        writeln!(writer, "{line}").map_err(io_error)?;
         let sink = Sink::File {
             path: shown,
-            writer: BufWriter::new(file),
+            writer,
         };
         Ok(Recorder::with_sink(sink))
     }
@@ -383,12 +394,13 @@ mod tests {
     fn file_history_parses_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("history.jsonl");
-        let recorder = Recorder::create(&path).unwrap();
+        let recorder = Recorder::create(&path, "register").unwrap();
         recorder
             .invoke(0, F::Read, Some(Value::Int(1)), Value::Null)
             .complete(Completion::Ok(Value::Int(5)));
         assert_eq!(recorder.finish().unwrap().events, 2);
         let history = checker::history::read_jsonl(&path).unwrap();
         assert_eq!(history.calls().len(), 1);
+        assert_eq!(history.workload, Some(checker::Workload::Register));
     }
 }

@@ -4,8 +4,9 @@
 //! Keys are integers in the history and `k<id>` on the wire. Values:
 //! - put/get/mixed: every write a unique integer `n`, sent as its decimal digits padded with
 //!   `.` to `--value-size` bytes, so reads map back to the write they saw (lost-write check).
-//! - register: read/write/cas of integers in `0..REGISTER_VALUES` on a few keys: values
-//!   repeat, so the linearizability search has real work.
+//! - register: read/write/cas on a few keys; every write and every cas' new value is a fresh
+//!   unique integer, and a cas expects the key's last planned value. Unique values let the
+//!   checker name the write each read saw and check a million operations in seconds.
 //! - list-append: transactions of 1..=`TXN_OPS_MAX` appends and reads over a few active keys;
 //!   each appended element is unique; a key is retired after `APPENDS_PER_KEY_MAX` appends so
 //!   lists stay short (as Elle does).
@@ -24,8 +25,6 @@ use serde::Serialize;
 use crate::history::Completion;
 use crate::rng::Rng;
 
-/// Register values are drawn from `0..REGISTER_VALUES`.
-pub const REGISTER_VALUES: u64 = 5;
 /// Most micro-operations in one list-append transaction.
 pub const TXN_OPS_MAX: u64 = 5;
 /// Appends after which a list-append key is retired for a fresh one.
@@ -59,11 +58,13 @@ impl WorkloadKind {
         }
     }
 
-    /// How the checker reads this workload's history.
+    /// How the checker reads this workload's history: the checker knows every bench name
+    /// (`put`, `get` and `mixed` are its `kv`), and the history's header records it.
     pub fn checker_workload(self) -> checker::Workload {
         match self {
             WorkloadKind::ListAppend => checker::Workload::ListAppend,
-            _ => checker::Workload::Kv,
+            WorkloadKind::Register => checker::Workload::Register,
+            WorkloadKind::Put | WorkloadKind::Get | WorkloadKind::Mixed => checker::Workload::Kv,
         }
     }
 
@@ -111,9 +112,12 @@ pub struct Planned {
 /// A workload's state shared by all workers.
 pub struct Workload {
     pub config: WorkloadConfig,
-    /// Next unique value (put values, appended elements).
+    /// Next unique value (put and register values, appended elements).
     next_value: AtomicI64,
     keys: Mutex<KeyPool>,
+    /// Per register key: the last value planned for it (0: none yet, the key is absent), which
+    /// the next cas expects.
+    register_last: Vec<AtomicI64>,
 }
 
 /// The active list-append keys and how many appends each has had.
@@ -129,10 +133,12 @@ impl Workload {
             active: (0..config.keys).map(|key| (key, 0)).collect(),
             next_key: config.keys,
         };
+        let register_last = (0..config.keys).map(|_| AtomicI64::new(0)).collect();
         Workload {
             config,
             next_value: AtomicI64::new(1),
             keys: Mutex::new(pool),
+            register_last,
         }
     }
 
@@ -168,7 +174,7 @@ impl Workload {
             WorkloadKind::Get => read(key),
             WorkloadKind::Mixed if rng.ratio(1, 2) => read(key),
             WorkloadKind::Mixed => self.write(key),
-            WorkloadKind::Register => register_op(key, rng),
+            WorkloadKind::Register => self.register_op(key, rng),
             WorkloadKind::ListAppend => self.txn(rng),
         }
     }
@@ -238,28 +244,36 @@ fn read(key: u64) -> Planned {
     }
 }
 
-fn register_op(key: u64, rng: &mut Rng) -> Planned {
-    let history_key = Some(Value::Int(key as i64));
-    let number = |rng: &mut Rng| rng.below(REGISTER_VALUES) as i64;
-    match rng.below(3) {
-        0 => read(key),
-        1 => {
-            let value = number(rng);
-            Planned {
-                op: kv::Op::put(key_bytes(key), value.to_string()),
-                f: F::Write,
-                key: history_key,
-                value: Value::Int(value),
+impl Workload {
+    /// A read, write or cas of register `key`; writes and cas' write a fresh unique value.
+    fn register_op(&self, key: u64, rng: &mut Rng) -> Planned {
+        let history_key = Some(Value::Int(key as i64));
+        let last = &self.register_last[key as usize];
+        match rng.below(3) {
+            0 => read(key),
+            1 => {
+                let value = self.unique_value();
+                last.store(value, Ordering::Relaxed);
+                Planned {
+                    op: kv::Op::put(key_bytes(key), value.to_string()),
+                    f: F::Write,
+                    key: history_key,
+                    value: Value::Int(value),
+                }
             }
-        }
-        _ => {
-            let (expected, new) = (number(rng), number(rng));
-            let expected_bytes = Some(Bytes::from(expected.to_string()));
-            Planned {
-                op: kv::Op::cas(key_bytes(key), expected_bytes, new.to_string()),
-                f: F::Cas,
-                key: history_key,
-                value: Value::List(vec![Value::Int(expected), Value::Int(new)]),
+            _ => {
+                let new = self.unique_value();
+                let expected = last.swap(new, Ordering::Relaxed);
+                let (expected_bytes, expected_value) = match expected {
+                    0 => (None, Value::Null),
+                    value => (Some(Bytes::from(value.to_string())), Value::Int(value)),
+                };
+                Planned {
+                    op: kv::Op::cas(key_bytes(key), expected_bytes, new.to_string()),
+                    f: F::Cas,
+                    key: history_key,
+                    value: Value::List(vec![expected_value, Value::Int(new)]),
+                }
             }
         }
     }
@@ -496,18 +510,47 @@ mod tests {
     }
 
     #[test]
-    fn register_values_stay_in_the_small_domain() {
+    fn register_writes_unique_values_and_cas_expects_the_last_one() {
         let workload = workload(WorkloadKind::Register, 3);
         let mut rng = Rng::new(9);
-        for _ in 0..100 {
+        let mut written = std::collections::HashSet::new();
+        let mut last: std::collections::HashMap<i64, Value> = std::collections::HashMap::new();
+        for _ in 0..300 {
             let planned = workload.next(&mut rng);
             let Some(Value::Int(key)) = planned.key else {
                 panic!("register ops carry a key")
             };
             assert!((0..3).contains(&key));
-            if let Value::Int(value) = planned.value {
-                assert!((0..REGISTER_VALUES as i64).contains(&value));
-            }
+            let new = match (planned.f, &planned.value) {
+                (F::Write, value) => value.clone(),
+                (F::Cas, Value::List(pair)) => {
+                    let expected = last.get(&key).cloned().unwrap_or(Value::Null);
+                    assert_eq!(pair[0], expected, "cas expects the key's last value");
+                    pair[1].clone()
+                }
+                _ => continue,
+            };
+            assert!(written.insert(new.clone()), "{new} written twice");
+            last.insert(key, new);
+        }
+        assert!(written.len() > 100);
+    }
+
+    #[test]
+    fn bench_and_checker_share_workload_names() {
+        for kind in [
+            WorkloadKind::Put,
+            WorkloadKind::Get,
+            WorkloadKind::Mixed,
+            WorkloadKind::Register,
+            WorkloadKind::ListAppend,
+        ] {
+            assert_eq!(
+                checker::Workload::from_name(kind.name()),
+                Some(kind.checker_workload()),
+                "{}",
+                kind.name()
+            );
         }
     }
 }

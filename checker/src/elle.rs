@@ -15,8 +15,11 @@
 //! A cycle means no serial order exists. Cycles come from Tarjan's strongly connected
 //! components and a breadth-first search for a short cycle inside each, tried from the most
 //! to the least severe class (G0, G1c, G-single, G2-item; then the same with realtime/process
-//! edges). Non-cycle anomalies are found directly: G1a, G1b, internal inconsistency, duplicate
-//! elements, garbage elements, incompatible orders and lost appends.
+//! edges). An acknowledged append that no read shows came after every element any read shows:
+//! every read of the key gets an rw edge to it, and the order's last appender a ww edge (Adya's
+//! anti-dependencies from empty and prefix reads to every later appender). Non-cycle anomalies
+//! are found directly: G1a, G1b, internal inconsistency (including future reads), torn reads,
+//! duplicate elements, garbage elements, incompatible orders and lost appends.
 
 use crate::fxhash::{FxHashMap, FxHashSet};
 use crate::history::{History, Outcome, F};
@@ -77,6 +80,21 @@ pub struct Analysis<'a> {
 }
 
 impl<'a> Analysis<'a> {
+    /// The elements transaction `txn` appended to `key`, in its own order.
+    pub fn appended(&self, txn: u32, key: u32) -> Vec<&'a Value> {
+        self.txns[txn as usize]
+            .mops
+            .iter()
+            .filter_map(|mop| match *mop {
+                Mop::Append {
+                    key: appended,
+                    element,
+                } if appended == key => Some(element),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn op(&self, txn: u32) -> OpRef {
         OpRef::new(self.history, self.txns[txn as usize].call)
     }
@@ -104,6 +122,7 @@ pub fn check(history: &History, options: &Options) -> Result<Report, CheckError>
     reads::internal(&analysis, &mut sink);
     reads::version_orders(&mut analysis, &mut sink);
     reads::bad_elements(&analysis, &mut sink);
+    reads::torn_reads(&analysis, &mut sink);
     reads::lost_appends(&analysis, &mut sink);
     let graph = Graph::build(&analysis);
     graph::cycles(&analysis, &graph, &mut sink);
@@ -195,7 +214,7 @@ fn parse_mop<'a>(
         keys.push(key);
         next_id
     });
-    match function.as_str() {
+    match function.as_name() {
         Some("append") => Ok(Mop::Append {
             key,
             element: argument,

@@ -1,217 +1,101 @@
-//! Readers for histories other tools recorded: Jepsen `jepsen.util` log lines and EDN op maps
-//! (the two formats of the Porcupine corpus; its README states the semantics followed here).
+//! Readers for histories other tools recorded: Jepsen `jepsen.util` log lines, and EDN op maps
+//! as Jepsen (`history.edn`, one map or `#jepsen.history.Op{...}` record per line), Knossos (a
+//! vector of maps) and Porcupine's kv corpus write them. proto-docs/history.md states the rules.
+//!
+//! Every line must be an operation: a reader never skips a line it does not understand. Ops of
+//! `:process :nemesis` are fault events, not client operations: they are skipped and counted.
 
-use crate::history::{History, HistoryError, Op, OpType, F};
+use crate::edn::{Form, Reader};
+use crate::history::{Format, History, HistoryError, Op, OpType, Parsed, F};
 use crate::value::Value;
 
-/// A parsed EDN value. Keywords stay distinct from strings because `:timed-out` in a value
-/// position means "no value, this is an error", while `"timed-out"` would be data.
-#[derive(Debug, Clone, PartialEq)]
-enum Edn {
-    Data(Value),
-    Keyword(String),
-    Map(Vec<(Edn, Edn)>),
-}
+/// The only record tag Jepsen writes for operations.
+const OP_RECORD_TAG: &str = "jepsen.history.Op";
+const NEMESIS: &str = "nemesis";
 
-struct EdnReader<'a> {
-    bytes: &'a [u8],
-    position: usize,
-}
-
-impl<'a> EdnReader<'a> {
-    fn new(text: &'a str) -> Self {
-        EdnReader {
-            bytes: text.as_bytes(),
-            position: 0,
-        }
-    }
-
-    fn skip_space(&mut self) {
-        while let Some(&byte) = self.bytes.get(self.position) {
-            if byte.is_ascii_whitespace() || byte == b',' {
-                self.position += 1;
-            } else {
-                break;
-            }
-        }
-    }
-
-    fn at_end(&mut self) -> bool {
-        self.skip_space();
-        self.position >= self.bytes.len()
-    }
-
-    fn read(&mut self) -> Result<Edn, String> {
-        self.skip_space();
-        let Some(&byte) = self.bytes.get(self.position) else {
-            return Err("unexpected end of line".to_string());
-        };
-        match byte {
-            b'"' => self.read_string().map(|text| Edn::Data(Value::Str(text))),
-            b'[' | b'(' => self.read_list(if byte == b'[' { b']' } else { b')' }),
-            b'{' => self.read_map(),
-            b':' => {
-                self.position += 1;
-                Ok(Edn::Keyword(self.read_token()))
-            }
-            _ => Self::atom(&self.read_token()),
-        }
-    }
-
-    fn read_token(&mut self) -> String {
-        let start = self.position;
-        while let Some(&byte) = self.bytes.get(self.position) {
-            if byte.is_ascii_whitespace() || b",[](){}\"".contains(&byte) {
-                break;
-            }
-            self.position += 1;
-        }
-        String::from_utf8_lossy(&self.bytes[start..self.position]).into_owned()
-    }
-
-    fn atom(token: &str) -> Result<Edn, String> {
-        match token {
-            "nil" => Ok(Edn::Data(Value::Null)),
-            "true" => Ok(Edn::Data(Value::Bool(true))),
-            "false" => Ok(Edn::Data(Value::Bool(false))),
-            "" => Err("expected a value".to_string()),
-            _ => token
-                .parse::<i64>()
-                .map(|number| Edn::Data(Value::Int(number)))
-                .map_err(|_| format!("unsupported EDN token {token:?}")),
-        }
-    }
-
-    fn read_string(&mut self) -> Result<String, String> {
-        self.position += 1;
-        let mut text = Vec::new();
-        while let Some(&byte) = self.bytes.get(self.position) {
-            self.position += 1;
-            match byte {
-                b'"' => return Ok(String::from_utf8_lossy(&text).into_owned()),
-                b'\\' => {
-                    let escaped = *self.bytes.get(self.position).ok_or("unterminated string")?;
-                    self.position += 1;
-                    text.push(match escaped {
-                        b'n' => b'\n',
-                        b't' => b'\t',
-                        other => other,
-                    });
-                }
-                other => text.push(other),
-            }
-        }
-        Err("unterminated string".to_string())
-    }
-
-    fn read_list(&mut self, close: u8) -> Result<Edn, String> {
-        self.position += 1;
-        let mut items = Vec::new();
-        loop {
-            self.skip_space();
-            match self.bytes.get(self.position) {
-                None => return Err("unterminated list".to_string()),
-                Some(&byte) if byte == close => {
-                    self.position += 1;
-                    return Ok(Edn::Data(Value::List(items)));
-                }
-                Some(_) => items.push(to_value(self.read()?)?),
-            }
-        }
-    }
-
-    fn read_map(&mut self) -> Result<Edn, String> {
-        self.position += 1;
-        let mut entries = Vec::new();
-        loop {
-            self.skip_space();
-            match self.bytes.get(self.position) {
-                None => return Err("unterminated map".to_string()),
-                Some(b'}') => {
-                    self.position += 1;
-                    return Ok(Edn::Map(entries));
-                }
-                Some(_) => {
-                    let key = self.read()?;
-                    let value = self.read()?;
-                    entries.push((key, value));
-                }
-            }
-        }
+fn op_type_of(value: &Value) -> Result<OpType, String> {
+    match value.as_name() {
+        Some("invoke") => Ok(OpType::Invoke),
+        Some("ok") => Ok(OpType::Ok),
+        Some("fail") => Ok(OpType::Fail),
+        Some("info") => Ok(OpType::Info),
+        _ => Err(format!(
+            "unknown :type {value}: expected :invoke, :ok, :fail or :info"
+        )),
     }
 }
 
-/// Keywords inside data become strings (`:append` in a micro-op is the string "append").
-fn to_value(edn: Edn) -> Result<Value, String> {
-    match edn {
-        Edn::Data(value) => Ok(value),
-        Edn::Keyword(name) => Ok(Value::Str(name)),
-        Edn::Map(_) => Err("maps are not supported as values".to_string()),
+fn f_of(value: &Value) -> Result<F, String> {
+    match value.as_name() {
+        Some("read" | "get" | "r") => Ok(F::Read),
+        Some("write" | "put" | "w") => Ok(F::Write),
+        Some("cas") => Ok(F::Cas),
+        Some("delete") => Ok(F::Delete),
+        Some("append") => Ok(F::Append),
+        Some("txn") => Ok(F::Txn),
+        _ => Err(format!(
+            "unknown :f {value} for a client operation: expected :read, :write, :cas, :txn, \
+             :get, :put, :append or :delete"
+        )),
     }
 }
 
-fn op_type_of(name: &str) -> Result<OpType, String> {
-    match name {
-        "invoke" => Ok(OpType::Invoke),
-        "ok" => Ok(OpType::Ok),
-        "fail" => Ok(OpType::Fail),
-        "info" => Ok(OpType::Info),
-        other => Err(format!("unknown type :{other}")),
+/// A client process number, or `None` for the nemesis.
+fn process_of(value: &Value) -> Result<Option<u64>, String> {
+    match value {
+        Value::Int(number) if *number >= 0 => Ok(Some(*number as u64)),
+        Value::Keyword(name) if name == NEMESIS => Ok(None),
+        other => Err(format!(
+            ":process {other} is neither a non-negative integer nor :nemesis"
+        )),
     }
 }
 
-fn f_of(name: &str) -> Result<F, String> {
-    match name {
-        "read" | "get" | "r" => Ok(F::Read),
-        "write" | "put" | "w" => Ok(F::Write),
-        "cas" => Ok(F::Cas),
-        "delete" => Ok(F::Delete),
-        "append" => Ok(F::Append),
-        "txn" => Ok(F::Txn),
-        other => Err(format!("unknown f :{other}")),
+fn count_of(value: &Value, field: &str) -> Result<u64, String> {
+    match value {
+        Value::Int(number) if *number >= 0 => Ok(*number as u64),
+        other => Err(format!("{field} {other} is not a non-negative integer")),
     }
 }
 
-/// A value position: a keyword there (`:timed-out`) is an error description, not data.
-fn value_and_error(edn: Edn) -> Result<(Value, Option<String>), String> {
-    match edn {
-        Edn::Keyword(name) => Ok((Value::Null, Some(name))),
-        other => Ok((to_value(other)?, None)),
+/// An error value as text: a keyword's name (`:timed-out` is "timed-out"), else EDN.
+fn error_text(value: &Value) -> String {
+    match value {
+        Value::Keyword(name) => name.clone(),
+        Value::Str(text) => text.clone(),
+        other => other.to_string(),
     }
 }
 
-fn keyword(edn: &Edn, field: &str) -> Result<String, String> {
-    match edn {
-        Edn::Keyword(name) => Ok(name.clone()),
-        _ => Err(format!("{field} must be a keyword")),
-    }
-}
-
-fn process_of(edn: Edn) -> Result<u64, String> {
-    match edn {
-        Edn::Data(Value::Int(number)) if number >= 0 => Ok(number as u64),
-        _ => Err("process must be a non-negative integer".to_string()),
-    }
-}
-
-/// Parses one `jepsen.util` line: `INFO  jepsen.util - <process> <type> <f> <value>`.
-fn parse_log_line(line: &str, index: u64) -> Result<Op, String> {
-    let (_, fields) = line
-        .split_once("jepsen.util - ")
-        .ok_or("missing `jepsen.util - `")?;
-    let mut reader = EdnReader::new(fields);
-    let process = process_of(reader.read()?)?;
-    let op_type = op_type_of(&keyword(&reader.read()?, "type")?)?;
-    let f = f_of(&keyword(&reader.read()?, "f")?)?;
+/// Parses one `jepsen.util` line: `INFO  jepsen.util - <process> <type> <f> [value]`. A keyword
+/// in the value position (`:timed-out`) is the error of an `info`/`fail`, not data.
+fn parse_log_line(line: &str, index: u64) -> Result<Option<Op>, String> {
+    let Some((_, fields)) = line.split_once("jepsen.util - ") else {
+        return Err("expected a `jepsen.util - <process> <type> <f> <value>` line".to_string());
+    };
+    let mut reader = Reader::new(fields);
+    let field = |reader: &mut Reader, name: &str| {
+        reader
+            .value()
+            .map_err(|error| format!("{name}: {}", error.reason))
+    };
+    let Some(process) = process_of(&field(&mut reader, "process")?)? else {
+        return Ok(None);
+    };
+    let op_type = op_type_of(&field(&mut reader, "type")?)?;
+    let f = f_of(&field(&mut reader, "f")?)?;
     let (value, error) = if reader.at_end() {
         (Value::Null, None)
     } else {
-        value_and_error(reader.read()?)?
+        match field(&mut reader, "value")? {
+            Value::Keyword(name) => (Value::Null, Some(name)),
+            other => (other, None),
+        }
     };
     if !reader.at_end() {
         return Err("unexpected text after the value".to_string());
     }
-    Ok(Op {
+    let op = Op {
         index,
         time: None,
         process,
@@ -220,83 +104,155 @@ fn parse_log_line(line: &str, index: u64) -> Result<Op, String> {
         key: None,
         value,
         error,
-    })
+    };
+    Ok(Some(op))
 }
 
-/// Parses a Jepsen log: one register, every key absent at the start. Lines that are not
-/// `jepsen.util` events (other loggers) are skipped.
+/// Parses a Jepsen log: every non-blank line must be a `jepsen.util` operation line.
 pub fn parse_jepsen_log(text: &str) -> Result<History, HistoryError> {
-    let mut ops = Vec::new();
-    let mut lines = Vec::new();
-    for (line_index, line) in text.lines().enumerate() {
-        if line.trim().is_empty() || !line.contains("jepsen.util") {
-            continue;
-        }
-        let op = parse_log_line(line, ops.len() as u64)
-            .map_err(|reason| HistoryError::line(line_index + 1, reason))?;
-        ops.push(op);
-        lines.push(line_index + 1);
-    }
-    History::from_lines(ops, lines, Value::Null)
-}
-
-fn parse_edn_line(line: &str, index: u64) -> Result<Op, String> {
-    let mut reader = EdnReader::new(line);
-    let Edn::Map(entries) = reader.read()? else {
-        return Err("expected an EDN map".to_string());
-    };
-    if !reader.at_end() {
-        return Err("unexpected text after the map".to_string());
-    }
-    let (mut process, mut op_type, mut f) = (None, None, None);
-    let mut op = Op {
-        index,
-        time: None,
-        process: 0,
-        op_type: OpType::Invoke,
-        f: F::Read,
-        key: None,
-        value: Value::Null,
-        error: None,
-    };
-    for (key, value) in entries {
-        match keyword(&key, "map key")?.as_str() {
-            "process" => process = Some(process_of(value)?),
-            "type" => op_type = Some(op_type_of(&keyword(&value, "type")?)?),
-            "f" => f = Some(f_of(&keyword(&value, "f")?)?),
-            "key" => op.key = Some(to_value(value)?).filter(|key| !key.is_null()),
-            "value" => (op.value, op.error) = value_and_error(value)?,
-            "index" => op.index = process_of(value)?,
-            "time" => op.time = Some(process_of(value)?),
-            "error" => {
-                op.error = Some(match value {
-                    Edn::Keyword(name) => name,
-                    other => to_value(other)?.to_string(),
-                })
-            }
-            _ => {}
-        }
-    }
-    op.process = process.ok_or("missing :process")?;
-    op.op_type = op_type.ok_or("missing :type")?;
-    op.f = f.ok_or("missing :f")?;
-    Ok(op)
-}
-
-/// Parses EDN op maps, one per line. Keys start as `""`, as in the Porcupine kv corpus.
-pub fn parse_edn(text: &str) -> Result<History, HistoryError> {
-    let mut ops = Vec::new();
-    let mut lines = Vec::new();
+    let mut parsed = Parsed::new(Format::JepsenLog);
     for (line_index, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let op = parse_edn_line(line, ops.len() as u64)
-            .map_err(|reason| HistoryError::line(line_index + 1, reason))?;
-        ops.push(op);
-        lines.push(line_index + 1);
+        let index = parsed.ops.len() as u64;
+        match parse_log_line(line, index)
+            .map_err(|reason| HistoryError::line(line_index + 1, reason))?
+        {
+            Some(op) => parsed.push(op, line_index + 1),
+            None => parsed.nemesis_events += 1,
+        }
     }
-    History::from_lines(ops, lines, Value::Str(String::new()))
+    parsed.last_line = text.lines().count();
+    parsed.finish()
+}
+
+/// One op map (or `#jepsen.history.Op` record); `None` for a nemesis op.
+fn edn_op(value: &Value, index: u64) -> Result<Option<Op>, String> {
+    let Value::Map(entries) = value else {
+        return Err(format!(
+            "expected an op map {{:process .. :type .. :f ..}}, found {}",
+            shorten(value)
+        ));
+    };
+    let field = |name: &str| {
+        entries
+            .iter()
+            .find(|(key, _)| matches!(key, Value::Keyword(k) if k == name))
+            .map(|(_, value)| value)
+    };
+    let Some(process) = field("process") else {
+        return Err("op map without :process".to_string());
+    };
+    let Some(process) = process_of(process)? else {
+        return Ok(None);
+    };
+    let op_type = op_type_of(field("type").ok_or("op map without :type")?)?;
+    let f = f_of(field("f").ok_or("op map without :f")?)?;
+    let index = field("index").map_or(Ok(index), |value| count_of(value, ":index"))?;
+    let time = field("time")
+        .map(|value| count_of(value, ":time"))
+        .transpose()?;
+    let key = field("key").filter(|key| !key.is_null()).cloned();
+    let value = field("value").cloned().unwrap_or(Value::Null);
+    let error = field("error").filter(|e| !e.is_null()).map(error_text);
+    let op = Op {
+        index,
+        time,
+        process,
+        op_type,
+        f,
+        key,
+        value,
+        error,
+    };
+    Ok(Some(op))
+}
+
+fn shorten(value: &Value) -> String {
+    let text = value.to_string();
+    match text.char_indices().nth(60) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text,
+    }
+}
+
+fn push_edn_op(parsed: &mut Parsed, value: &Value, line: usize) -> Result<(), HistoryError> {
+    let index = parsed.ops.len() as u64;
+    match edn_op(value, index).map_err(|reason| HistoryError::line(line, reason))? {
+        Some(op) => parsed.push(op, line),
+        None => parsed.nemesis_events += 1,
+    }
+    Ok(())
+}
+
+fn push_form(parsed: &mut Parsed, form: Form) -> Result<(), HistoryError> {
+    match (&form.tag, form.value) {
+        (Some(tag), _) if tag != OP_RECORD_TAG => Err(HistoryError::line(
+            form.line,
+            format!("unknown record #{tag}: expected #{OP_RECORD_TAG}{{...}} or an op map"),
+        )),
+        (Some(_), value) => push_edn_op(parsed, &value, form.line),
+        (None, Value::List(items)) if !form.element_lines.is_empty() => {
+            for (item, line) in items.iter().zip(form.element_lines) {
+                push_edn_op(parsed, item, line)?;
+            }
+            Ok(())
+        }
+        (None, value) => push_edn_op(parsed, &value, form.line),
+    }
+}
+
+/// Parses EDN ops: one map or `#jepsen.history.Op{...}` record per line (Jepsen's history.edn,
+/// Porcupine's kv corpus), or vectors of maps (Knossos' data files). `jepsen.independent`
+/// tuples (`:value [k v]` on every register op) become keys.
+pub fn parse_edn(text: &str) -> Result<History, HistoryError> {
+    let mut parsed = Parsed::new(Format::Edn);
+    let mut reader = Reader::new(text);
+    loop {
+        let form = reader
+            .next_form()
+            .map_err(|error| HistoryError::line(error.line, error.reason))?;
+        let Some(form) = form else { break };
+        push_form(&mut parsed, form)?;
+    }
+    parsed.last_line = reader.line();
+    split_independent_tuples(&mut parsed.ops);
+    parsed.finish()
+}
+
+/// `jepsen.independent` histories carry `[key value]` as every op's value. They are told apart
+/// from plain register histories by shape: every read, write and cas op has a two-element
+/// vector value and no `:key`, and every cas' second element is itself a pair `[old new]` (a
+/// plain cas is `[old new]` with a scalar `new`). Then the first element becomes the key.
+fn split_independent_tuples(ops: &mut [Op]) {
+    let pair = |value: &Value| matches!(value, Value::List(items) if items.len() == 2);
+    let tuple = |op: &Op| {
+        let Value::List(items) = &op.value else {
+            return false;
+        };
+        items.len() == 2 && (op.f != F::Cas || pair(&items[1]))
+    };
+    let register_ops = ops
+        .iter()
+        .filter(|op| matches!(op.f, F::Read | F::Write | F::Cas));
+    let mut any = false;
+    for op in register_ops {
+        if op.key.is_some() || !tuple(op) {
+            return;
+        }
+        any = true;
+    }
+    if !any || ops.iter().any(|op| op.f == F::Txn) {
+        return;
+    }
+    for op in ops.iter_mut() {
+        if let Value::List(items) = std::mem::take(&mut op.value) {
+            let mut items = items.into_iter();
+            op.key = items.next();
+            op.value = items.next().unwrap_or(Value::Null);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -309,10 +265,12 @@ mod tests {
         let text = "INFO  jepsen.util - 4\t:invoke\t:cas\t[1 2]\n\
                     INFO  jepsen.util - 4   :fail   :cas    [1 2]\n\
                     INFO  jepsen.util - 0\t:invoke\t:write\t3\n\
+                    INFO  jepsen.util - :nemesis\t:info\t:start\tnil\n\
                     INFO  jepsen.util - 0\t:info\t:write\t:timed-out\n";
         let history = parse_jepsen_log(text).unwrap();
         let calls = history.calls();
         assert_eq!(calls.len(), 2);
+        assert_eq!(history.nemesis_events, 1);
         assert_eq!(calls[0].f, F::Cas);
         assert_eq!(calls[0].outcome, Outcome::Fail);
         assert_eq!(
@@ -325,13 +283,33 @@ mod tests {
     }
 
     #[test]
-    fn reads_edn_maps() {
+    fn reads_edn_maps_records_and_vectors() {
         let text = "{:process 0, :type :invoke, :f :append, :key \"0\", :value \"x 0 0 y\"}\n\
-                    {:process 0, :type :ok, :f :append, :key \"0\", :value \"x 0 0 y\"}\n";
+                    #jepsen.history.Op{:index 1, :process 0, :type :ok, :f :append, \
+                    :key \"0\", :value \"x 0 0 y\"}\n\
+                    [{:process 1 :type :invoke :f :read :value nil}\n\
+                     {:process 1 :type :ok :f :read :value 1.5}]\n";
         let history = parse_edn(text).unwrap();
+        assert_eq!(history.calls().len(), 2);
         assert_eq!(history.calls()[0].f, F::Append);
         assert_eq!(history.key(&history.calls()[0]), Some(&Value::from("0")));
-        assert_eq!(history.initial_value, Value::from(""));
+        assert_eq!(history.line_of(3), 4);
+    }
+
+    #[test]
+    fn independent_tuples_become_keys() {
+        let text = "{:process 0, :type :invoke, :f :cas, :value [7 [1 2]]}\n\
+                    {:process 0, :type :ok, :f :cas, :value [7 [1 2]]}\n\
+                    {:process 1, :type :invoke, :f :read, :value [8 nil]}\n\
+                    {:process 1, :type :ok, :f :read, :value [8 3]}\n";
+        let history = parse_edn(text).unwrap();
+        let calls = history.calls();
+        assert_eq!(history.key(&calls[0]), Some(&Value::Int(7)));
+        assert_eq!(history.value(&calls[1]), &Value::Int(3));
+        let plain = "{:process 0, :type :invoke, :f :cas, :value [1 2]}\n\
+                     {:process 0, :type :ok, :f :cas, :value [1 2]}\n";
+        let history = parse_edn(plain).unwrap();
+        assert_eq!(history.key(&history.calls()[0]), None);
     }
 
     #[test]
@@ -343,5 +321,11 @@ mod tests {
             matches!(error, HistoryError::Line { line: 2, .. }),
             "{error}"
         );
+        let record = "#jepsen.history.Fop{:process 0, :type :invoke, :f :read}";
+        let error = parse_edn(record).unwrap_err();
+        assert!(error.to_string().contains("unknown record"), "{error}");
+        let unknown_f = "{:process 0, :type :invoke, :f :frobnicate}";
+        let error = parse_edn(unknown_f).unwrap_err();
+        assert!(error.to_string().contains("unknown :f"), "{error}");
     }
 }

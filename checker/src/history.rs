@@ -10,6 +10,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::formats;
+use crate::report::Workload;
 use crate::value::Value;
 
 /// The kind of an event.
@@ -95,6 +96,16 @@ pub struct Call {
 
 static NULL_VALUE: Value = Value::Null;
 
+impl Outcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Fail => "fail",
+            Outcome::Info => "info",
+        }
+    }
+}
+
 impl Call {
     /// `true` if the call ended `ok` or `fail`, i.e. has a known return point.
     pub fn returned(&self) -> bool {
@@ -105,16 +116,57 @@ impl Call {
 /// The input formats the checker reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
-    /// Pick by the first non-empty line.
+    /// Pick by the first non-blank line; a line that fits no format is an error.
     Auto,
     /// JSON lines, proto-docs/history.md.
     Jsonl,
     /// Jepsen `jepsen.util` log lines (`INFO jepsen.util - 3 :invoke :write 4`).
     JepsenLog,
-    /// One EDN op map per line (`{:process 0, :type :invoke, :f :get, :key "5", ...}`).
+    /// EDN op maps or `#jepsen.history.Op{...}` records, one per line (Jepsen's history.edn),
+    /// or vectors of them (Knossos' data files).
     Edn,
 }
 
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Auto => "auto",
+            Format::Jsonl => "jsonl",
+            Format::JepsenLog => "jepsen-log",
+            Format::Edn => "edn",
+        }
+    }
+
+    /// The register semantics a format's writers meant (`--model` overrides it).
+    pub fn model_default(self) -> Model {
+        match self {
+            Format::Edn => Model::Knossos,
+            Format::Auto | Format::Jsonl | Format::JepsenLog => Model::Porcupine,
+        }
+    }
+}
+
+/// Which register semantics apply to `fail` and to reads of `nil` (proto-docs/history.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Model {
+    /// Jepsen/Knossos `cas-register`: every `fail` certainly did not happen; an `ok` read of nil
+    /// constrains nothing; registers start at nil. The default for EDN.
+    Knossos,
+    /// Porcupine's models, and ours (JSON lines, Jepsen log lines): a `fail` cas without an error
+    /// ran and found another value; a read of nil means "never written". EDN checked as `kv`
+    /// starts every key at "" (Porcupine's kv model), everything else at nil.
+    Porcupine,
+}
+
+impl Model {
+    pub fn name(self) -> &'static str {
+        match self {
+            Model::Knossos => "knossos",
+            Model::Porcupine => "porcupine",
+        }
+    }
+}
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
     #[error("cannot read {path}: {source}")]
@@ -127,6 +179,69 @@ pub enum HistoryError {
     Line { line: usize, reason: String },
 }
 
+/// The first line of a JSON-lines history written by bench: `{"workload":"register"}`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Header {
+    /// One of the workload names bench and checker share (`register`, `list-append`, `kv`,
+    /// and bench's `put`, `get`, `mixed`, which are checked as `kv`).
+    pub workload: String,
+    /// Format version; 1.
+    #[serde(default)]
+    pub version: Option<u64>,
+}
+
+/// Events read by a reader, before they are paired into calls.
+pub(crate) struct Parsed {
+    pub ops: Vec<Op>,
+    pub lines: Vec<usize>,
+    pub format: Format,
+    pub nemesis_events: usize,
+    pub workload: Option<Workload>,
+    /// The number of the last line of the input, for "no client operation" errors.
+    pub last_line: usize,
+}
+
+impl Parsed {
+    pub fn new(format: Format) -> Self {
+        Parsed {
+            ops: Vec::new(),
+            lines: Vec::new(),
+            format,
+            nemesis_events: 0,
+            workload: None,
+            last_line: 0,
+        }
+    }
+
+    pub fn push(&mut self, op: Op, line: usize) {
+        self.ops.push(op);
+        self.lines.push(line);
+    }
+
+    /// Pairs the events; a history without a client operation is an error, never "valid".
+    pub fn finish(self) -> Result<History, HistoryError> {
+        if self.ops.is_empty() {
+            let line = self.last_line.max(1);
+            let reason = if self.nemesis_events > 0 {
+                format!(
+                    "the history has no client operation (only {} nemesis events)",
+                    self.nemesis_events
+                )
+            } else {
+                "the history is empty: no client operation".to_string()
+            };
+            return Err(HistoryError::line(line, reason));
+        }
+        let model = self.format.model_default();
+        let mut history = History::from_lines(self.ops, self.lines, Value::Null)?;
+        history.format = self.format;
+        history.nemesis_events = self.nemesis_events;
+        history.workload = self.workload;
+        history.set_model(model);
+        Ok(history)
+    }
+}
 impl HistoryError {
     pub fn line(line: usize, reason: impl Into<String>) -> Self {
         HistoryError::Line {
@@ -137,15 +252,23 @@ impl HistoryError {
 }
 
 /// A validated history: its events, its calls, and where each event came from.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct History {
     ops: Vec<Op>,
     calls: Vec<Call>,
     /// 1-based source line of each event, for error messages.
     lines: Vec<usize>,
-    /// The value every key starts with. JSON-lines histories start at `Null` (absent);
-    /// the EDN kv corpus starts every key at `""`.
+    /// The value every key starts with: `Null` (absent), or `""` for EDN checked as `kv` under
+    /// Porcupine's model (see [`History::porcupine_string_kv`]).
     pub initial_value: Value,
+    /// The register semantics (see [`Model`]).
+    pub model: Model,
+    /// The format the history was read in.
+    pub format: Format,
+    /// Fault events (process `nemesis`) that were skipped.
+    pub nemesis_events: usize,
+    /// The workload the history's header names, if it has one.
+    pub workload: Option<Workload>,
 }
 
 impl History {
@@ -168,7 +291,21 @@ impl History {
             calls,
             lines,
             initial_value,
+            model: Model::Porcupine,
+            format: Format::Jsonl,
+            nemesis_events: 0,
+            workload: None,
         })
+    }
+
+    /// Applies `model`'s semantics.
+    pub fn set_model(&mut self, model: Model) {
+        self.model = model;
+    }
+
+    /// Porcupine's kv model (its EDN corpus) starts every key at `""`, not nil.
+    pub fn porcupine_string_kv(&self, workload: Workload) -> bool {
+        self.model == Model::Porcupine && self.format == Format::Edn && workload == Workload::Kv
     }
 
     pub fn ops(&self) -> &[Op] {
@@ -218,10 +355,12 @@ impl History {
     /// Parses JSON-lines text (proto-docs/history.md). Large inputs are split at line
     /// boundaries and parsed on all cores: JSON decoding is most of the cost of reading.
     pub fn parse_jsonl(text: &str) -> Result<History, HistoryError> {
+        let (workload, body_start, header_lines) = read_header(text)?;
+        let body = &text[body_start..];
         let threads = std::thread::available_parallelism().map_or(1, |count| count.get());
-        let chunks = split_lines(text, threads);
+        let chunks = split_lines(body, threads);
         let parsed: Vec<ParsedChunk> = if chunks.len() == 1 {
-            vec![parse_chunk(text)]
+            vec![parse_chunk(body)]
         } else {
             std::thread::scope(|scope| {
                 let handles: Vec<_> = chunks
@@ -238,25 +377,26 @@ impl History {
                     .collect()
             })
         };
-        let mut ops = Vec::new();
-        let mut lines = Vec::new();
-        let mut lines_before = 0;
+        let mut result = Parsed::new(Format::Jsonl);
+        result.workload = workload;
+        let mut lines_before = header_lines;
         for chunk in parsed {
-            let (events, line_count) =
+            let chunk =
                 chunk.map_err(|(line, reason)| HistoryError::line(lines_before + line, reason))?;
-            for (line, mut op) in events {
-                let index = op.index.take().unwrap_or(ops.len() as u64);
-                ops.push(op.into_op(index));
-                lines.push(lines_before + line);
+            result.nemesis_events += chunk.nemesis_events;
+            for (line, mut op) in chunk.events {
+                let index = op.index.take().unwrap_or(result.ops.len() as u64);
+                result.push(op.into_op(index), lines_before + line);
             }
-            lines_before += line_count;
+            lines_before += chunk.line_count;
         }
-        History::from_lines(ops, lines, Value::Null)
+        result.last_line = lines_before;
+        result.finish()
     }
 
     /// Parses text in `format`.
     pub fn parse(text: &str, format: Format) -> Result<History, HistoryError> {
-        match resolve_format(text, format) {
+        match resolve_format(text, format)? {
             Format::Jsonl | Format::Auto => History::parse_jsonl(text),
             Format::JepsenLog => formats::parse_jepsen_log(text),
             Format::Edn => formats::parse_edn(text),
@@ -286,9 +426,44 @@ pub fn parse(text: &str) -> Result<History, HistoryError> {
 /// Inputs at least this large are parsed on several threads.
 const PARALLEL_PARSE_BYTES_MIN: usize = 1 << 20;
 
-/// Events of a chunk with 1-based line numbers within it, and its line count; or the first
-/// bad line (within the chunk) and why.
-type ParsedChunk = Result<(Vec<(usize, RawOp)>, usize), (usize, String)>;
+/// Events of a chunk with 1-based line numbers within it, its line count and its nemesis
+/// events; or the first bad line (within the chunk) and why.
+type ParsedChunk = Result<Chunk, (usize, String)>;
+
+struct Chunk {
+    events: Vec<(usize, RawOp)>,
+    line_count: usize,
+    nemesis_events: usize,
+}
+
+/// The header line, if the first non-blank line is one: its workload, the byte offset of the
+/// rest, and the lines it covered.
+fn read_header(text: &str) -> Result<(Option<Workload>, usize, usize), HistoryError> {
+    let mut offset = 0;
+    for (line_index, line) in text.split_inclusive('\n').enumerate() {
+        offset += line.len();
+        if line.trim().is_empty() {
+            continue;
+        }
+        let looks_like_header = line.contains("\"workload\"") && !line.contains("\"process\"");
+        if !looks_like_header {
+            return Ok((None, 0, 0));
+        }
+        let header: Header = serde_json::from_str(line).map_err(|error| {
+            HistoryError::line(line_index + 1, format!("bad header line: {error}"))
+        })?;
+        let Some(workload) = Workload::from_name(&header.workload) else {
+            let reason = format!(
+                "header names unknown workload \"{}\" (expected one of {})",
+                header.workload,
+                Workload::NAMES.join(", ")
+            );
+            return Err(HistoryError::line(line_index + 1, reason));
+        };
+        return Ok((Some(workload), offset, line_index + 1));
+    }
+    Ok((None, 0, 0))
+}
 
 /// Splits `text` into about `parts` pieces, each ending just after a newline.
 fn split_lines(text: &str, parts: usize) -> Vec<&str> {
@@ -314,18 +489,27 @@ fn split_lines(text: &str, parts: usize) -> Vec<&str> {
 }
 
 fn parse_chunk(text: &str) -> ParsedChunk {
-    let mut events = Vec::new();
-    let mut line_count = 0;
+    let mut chunk = Chunk {
+        events: Vec::new(),
+        line_count: 0,
+        nemesis_events: 0,
+    };
     for (line_index, line) in text.lines().enumerate() {
-        line_count = line_index + 1;
-        if line.trim().is_empty() || is_nemesis_line(line) {
+        chunk.line_count = line_index + 1;
+        if line.trim().is_empty() {
             continue;
         }
-        let op: RawOp =
-            serde_json::from_str(line).map_err(|error| (line_index + 1, error.to_string()))?;
-        events.push((line_index + 1, op));
+        if is_nemesis_line(line) {
+            chunk.nemesis_events += 1;
+            continue;
+        }
+        let op: RawOp = serde_json::from_str(line).map_err(|error| {
+            let reason = format!("expected a JSON object with one event: {error}");
+            (line_index + 1, reason)
+        })?;
+        chunk.events.push((line_index + 1, op));
     }
-    Ok((events, line_count))
+    Ok(chunk)
 }
 
 /// The process name of fault-injection events (Jepsen's `:nemesis`).
@@ -343,21 +527,41 @@ fn is_nemesis_line(line: &str) -> bool {
             .is_ok_and(|probe| probe.process.as_str() == Some(NEMESIS_PROCESS))
 }
 
-fn resolve_format(text: &str, format: Format) -> Format {
+/// Picks the format by the first non-blank line that is not an EDN comment. Never guesses: a
+/// line that fits no format is an error naming it.
+fn resolve_format(text: &str, format: Format) -> Result<Format, HistoryError> {
     if format != Format::Auto {
-        return format;
+        return Ok(format);
     }
     let first = text
         .lines()
-        .map(str::trim)
-        .find(|line| !line.is_empty())
-        .unwrap_or("");
-    if first.starts_with("{:") {
-        Format::Edn
-    } else if first.starts_with('{') {
-        Format::Jsonl
+        .enumerate()
+        .map(|(index, line)| (index + 1, line.trim()))
+        .find(|(_, line)| !line.is_empty() && !line.starts_with(';'));
+    let Some((line, first)) = first else {
+        let line = text.lines().count().max(1);
+        return Err(HistoryError::line(
+            line,
+            "the history is empty: no client operation",
+        ));
+    };
+    let compact: String = first.chars().filter(|c| !c.is_whitespace()).collect();
+    if compact.starts_with("{\"") {
+        Ok(Format::Jsonl)
+    } else if compact.starts_with("{:") || compact.starts_with('#') || compact.starts_with("[{:") {
+        Ok(Format::Edn)
+    } else if compact.starts_with("[{\"") {
+        let reason = "a JSON array: write one JSON object per line (JSON lines), not a list";
+        Err(HistoryError::line(line, reason))
+    } else if first.contains("jepsen.util - ") {
+        Ok(Format::JepsenLog)
     } else {
-        Format::JepsenLog
+        let reason = format!(
+            "cannot tell the format from `{}`: expected a JSON object (JSON lines), an EDN op \
+             map or #jepsen.history.Op record, or a `jepsen.util -` log line",
+            first.chars().take(40).collect::<String>()
+        );
+        Err(HistoryError::line(line, reason))
     }
 }
 

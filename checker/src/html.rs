@@ -1,6 +1,8 @@
 //! A self-contained HTML page for a violation: one lane per process on an event axis around the
-//! first anomaly, the anomaly's operations outlined, a cycle drawn as labelled arrows, or the
-//! failed linearization numbered. Inline SVG and CSS only, so it opens without a network.
+//! first anomaly, the anomaly's operations outlined, a cycle drawn as numbered arrows routed
+//! through a band below the lanes (so no arrow or label lies over an operation's text) and
+//! explained in a table, or the failed linearization numbered. Labels are cut to their box.
+//! Inline SVG and CSS only, so it opens without a network.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write;
@@ -16,8 +18,10 @@ const LANE_HEIGHT_PX: usize = 30;
 const MARGIN_LEFT_PX: usize = 90;
 const TIMELINE_WIDTH_PX: usize = 1400;
 const LABEL_CHARS_MAX: usize = 36;
-/// How far a cycle arrow bows away from the straight line.
-const ARROW_BEND_PX: f64 = 28.0;
+/// Width of one character of the 11 px monospace labels.
+const CHAR_WIDTH_PX: f64 = 6.7;
+/// Vertical distance between two cycle arrows in the band below the lanes.
+const ARROW_SPACING_PX: usize = 16;
 
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
@@ -26,11 +30,16 @@ fn escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn shorten(text: &str) -> String {
-    if text.chars().count() <= LABEL_CHARS_MAX {
+/// `text` cut to `chars_max` characters (with an ellipsis); empty if not even two fit.
+fn shorten(text: &str, chars_max: usize) -> String {
+    let chars_max = chars_max.min(LABEL_CHARS_MAX);
+    if text.chars().count() <= chars_max {
         return text.to_string();
     }
-    let cut: String = text.chars().take(LABEL_CHARS_MAX - 1).collect();
+    if chars_max < 2 {
+        return String::new();
+    }
+    let cut: String = text.chars().take(chars_max - 1).collect();
     format!("{cut}…")
 }
 
@@ -93,8 +102,13 @@ impl Layout {
         self.x(self.last_event) + 40.0
     }
 
-    fn height(&self) -> usize {
-        40 + self.lanes.len() * LANE_HEIGHT_PX
+    /// Top of the band below the lanes where cycle arrows run.
+    fn band_top(&self) -> usize {
+        30 + self.lanes.len() * LANE_HEIGHT_PX
+    }
+
+    fn height(&self, arrows: usize) -> usize {
+        self.band_top() + arrows * ARROW_SPACING_PX + 30
     }
 }
 
@@ -146,79 +160,83 @@ fn draw_calls(svg: &mut String, history: &History, layout: &Layout, anomaly: &An
         let key = history
             .key(call)
             .map_or(String::new(), |key| format!("{key} "));
-        let label = format!("{} {key}{}", call.f.name(), history.value(call));
+        let mark_text = mark.filter(|text| !text.is_empty());
+        let label = format!(
+            "{}{} {key}{}",
+            mark_text.map_or(String::new(), |text| format!("{text} ")),
+            call.f.name(),
+            history.value(call)
+        );
         let time = history.ops()[call.invoke_event]
             .time
             .map_or(String::new(), |ns| format!(" t={ns}ns"));
         let title = format!(
-            "call {index} process {} {:?}{time}: {label}",
-            call.process, call.outcome
+            "call {index} process {} {}{time}: {label}",
+            call.process,
+            call.outcome.name()
         );
         let width = (x_end - x_start).max(4.0);
+        let fits = ((width - 6.0) / CHAR_WIDTH_PX).max(0.0) as usize;
+        let class = if mark_text.is_some() {
+            " class=\"mark\""
+        } else {
+            ""
+        };
         let _ = write!(
             svg,
             "<g><title>{}</title><rect x=\"{x_start:.1}\" y=\"{}\" width=\"{width:.1}\" \
-             height=\"20\" \
-             rx=\"3\" fill=\"{fill}\" {stroke}{dash}/><text x=\"{:.1}\" y=\"{}\">{}{}</text></g>",
+             height=\"20\" rx=\"3\" fill=\"{fill}\" {stroke}{dash}/>\
+             <text x=\"{:.1}\" y=\"{}\"{class}>{}</text></g>",
             escape(&title),
             y,
             x_start + 3.0,
             y + 14,
-            escape(&shorten(&label)),
-            mark.filter(|text| !text.is_empty())
-                .map_or(String::new(), |text| {
-                    format!(" <tspan class=\"mark\">{}</tspan>", escape(text))
-                }),
+            escape(&shorten(&label, fits)),
         );
     }
 }
 
+/// Each cycle edge leaves the bottom of its source operation, runs along its own row of the
+/// band below the lanes, and enters the bottom of its target: arrows never cross a label.
 fn draw_cycle(svg: &mut String, history: &History, layout: &Layout, anomaly: &Anomaly) {
-    let centre = |call: usize| {
+    let anchor = |call: usize| {
         let call = &history.calls()[call];
         let end = call.complete_event.unwrap_or(layout.last_event);
-        (
-            (layout.x(call.invoke_event) + layout.x(end)) / 2.0,
-            layout.y(call.process) as f64 + 10.0,
-        )
+        let x = (layout.x(call.invoke_event) + layout.x(end)) / 2.0;
+        (x, layout.y(call.process) as f64 + 20.0)
     };
-    for step in &anomaly.cycle {
-        let (x1, y1) = centre(step.from);
-        let (x2, y2) = centre(step.to);
-        // Bend each arrow to its left, so a -> b and b -> a do not overlap.
-        let (dx, dy) = (x2 - x1, y2 - y1);
-        let length = (dx * dx + dy * dy).sqrt().max(1.0);
-        let (nx, ny) = (-dy / length, dx / length);
-        let (mx, my) = (
-            (x1 + x2) / 2.0 + nx * ARROW_BEND_PX,
-            (y1 + y2) / 2.0 + ny * ARROW_BEND_PX,
-        );
-        let key = step
-            .key
-            .as_ref()
-            .map_or(String::new(), |key| format!(" {key}"));
+    for (number, step) in anomaly.cycle.iter().enumerate() {
+        let (x1, y1) = anchor(step.from);
+        let (x2, y2) = anchor(step.to);
+        // Offset ends a little so arrows meeting at one operation stay apart.
+        let shift = (number % 3) as f64 * 4.0 - 4.0;
+        let band = (layout.band_top() + number * ARROW_SPACING_PX) as f64;
         let _ = write!(
             svg,
-            "<path d=\"M{x1:.1},{y1:.1} Q{mx:.1},{my:.1} {x2:.1},{y2:.1}\" class=\"edge\" \
-             marker-end=\"url(#arrow)\"><title>{}</title></path><text x=\"{:.1}\" y=\"{:.1}\" \
-             class=\"edgelabel\">{}</text>",
+            "<path d=\"M{:.1},{y1:.1} V{band:.1} H{:.1} V{:.1}\" class=\"edge\" \
+             marker-end=\"url(#arrow)\"><title>{}</title></path>\
+             <text x=\"{:.1}\" y=\"{:.1}\" class=\"edgelabel\">{}</text>",
+            x1 + shift,
+            x2 - shift,
+            y2 + 2.0,
             escape(&step.explanation),
-            (x1 + x2) / 2.0 + nx * ARROW_BEND_PX * 0.6,
-            (y1 + y2) / 2.0 + ny * ARROW_BEND_PX * 0.6 + 4.0,
-            escape(&format!("{}{key}", step.edge))
+            x1.min(x2) + 4.0,
+            band - 3.0,
+            number + 1
         );
     }
 }
 
 fn timeline(history: &History, anomaly: &Anomaly) -> String {
     let layout = Layout::new(history, anomaly);
+    let arrows = anomaly.cycle.len();
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{:.0}\" height=\"{}\">\
          <defs><marker id=\"arrow\" viewBox=\"0 0 10 10\" refX=\"9\" refY=\"5\" markerWidth=\"7\" \
          markerHeight=\"7\" orient=\"auto\"><path d=\"M0,0 L10,5 L0,10 z\" fill=\"#c00\"/>\
          </marker></defs>",
         layout.width(),
-        layout.height()
+        layout.height(arrows)
     );
     let mut lanes: Vec<(&u64, &usize)> = layout.lanes.iter().collect();
     lanes.sort_by_key(|&(_, lane)| *lane);
@@ -230,9 +248,11 @@ fn timeline(history: &History, anomaly: &Anomaly) -> String {
             y + 14
         );
     }
-    draw_calls(&mut svg, history, &layout, anomaly);
+    // Arrows first: the opaque operation boxes drawn over them hide every crossing, so no
+    // line runs over an operation's text.
     draw_cycle(&mut svg, history, &layout, anomaly);
-    let axis_y = layout.height() - 8;
+    draw_calls(&mut svg, history, &layout, anomaly);
+    let axis_y = layout.height(arrows) - 8;
     let _ = write!(
         svg,
         "<text x=\"{MARGIN_LEFT_PX}\" y=\"{axis_y}\" class=\"lane\">event {} → {}</text></svg>",
@@ -260,13 +280,36 @@ fn anomaly_section(page: &mut String, anomaly: &Anomaly) {
     for op in &anomaly.ops {
         let _ = write!(
             page,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:?}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             op.call,
             op.process,
             op.f.name(),
             escape(&op.value.to_string()),
-            op.outcome,
+            op.outcome.name(),
             op.line
+        );
+    }
+    page.push_str("</table>");
+    if anomaly.cycle.is_empty() {
+        return;
+    }
+    page.push_str(
+        "<table><tr><th>arrow</th><th>edge</th><th>from</th><th>to</th><th>why</th></tr>",
+    );
+    for (number, step) in anomaly.cycle.iter().enumerate() {
+        let key = step
+            .key
+            .as_ref()
+            .map_or(String::new(), |key| format!(" on key {key}"));
+        let _ = write!(
+            page,
+            "<tr><td>{}</td><td>{}{}</td><td>call {}</td><td>call {}</td><td>{}</td></tr>",
+            number + 1,
+            escape(&step.edge),
+            escape(&key),
+            step.from,
+            step.to,
+            escape(&step.explanation)
         );
     }
     page.push_str("</table>");

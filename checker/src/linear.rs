@@ -37,14 +37,19 @@ pub struct Partition {
 /// Why no linearization exists, from the deepest point the search reached.
 #[derive(Clone, Debug)]
 pub struct Failure {
-    /// The longest partial linearization, calls in linearization order.
+    /// The longest partial linearization, calls in linearization order (empty when only its
+    /// length is known).
     pub longest: Vec<usize>,
+    /// Calls in the longest partial linearization.
+    pub longest_length: usize,
     /// The model state after `longest`.
     pub state_after: Value,
     /// The call whose return could not be passed: it cannot be linearized there.
     pub stuck: usize,
     /// Other calls that were open (invoked, not linearized) at that point.
     pub pending: Vec<usize>,
+    /// Why, when the check can say more than "no order fits".
+    pub reason: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -255,7 +260,7 @@ fn search(compiled: &mut Compiled, limits: &Limits, cancel: &AtomicBool) -> Verd
         }
         let deeper = failure
             .as_ref()
-            .is_none_or(|known| stack.len() > known.longest.len());
+            .is_none_or(|known| stack.len() > known.longest_length);
         if deeper {
             failure = Some(describe_failure(compiled, &list, &stack, state, node));
         }
@@ -309,14 +314,25 @@ fn describe_failure(
     }
     Failure {
         longest: stack.iter().map(|&(step, _)| global(step)).collect(),
+        longest_length: stack.len(),
         state_after: compiled.model.interner.value(state).clone(),
         stuck: global((node - 1) / 2),
         pending,
+        reason: None,
     }
 }
 
+/// Which algorithm decided a partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    /// unique.rs: every written value unique.
+    UniqueValues,
+    /// The Wing–Gong/Lowe search.
+    Search,
+}
+
 /// A partition's outcome, or a call the model cannot compile (event position, reason).
-pub type PartitionOutcome = Result<Verdict, (usize, String)>;
+pub type PartitionOutcome = Result<(Verdict, Algorithm), (usize, String)>;
 
 /// Checks every partition, largest first, on `threads` threads. Once one partition fails,
 /// the others stop early (their verdicts are `Unknown("cancelled...")`).
@@ -343,7 +359,7 @@ pub fn check_partitions(
                             break;
                         };
                         let outcome = check_one(history, &partitions[index], limits, &cancel);
-                        if matches!(outcome, Ok(Verdict::Violation(_)) | Err(_)) {
+                        if matches!(outcome, Ok((Verdict::Violation(_), _)) | Err(_)) {
                             cancel.store(true, Ordering::Relaxed);
                         }
                         done.push((index, outcome));
@@ -363,9 +379,8 @@ pub fn check_partitions(
         }
     });
     let cancelled = || {
-        Ok(Verdict::Unknown(
-            "cancelled: another key already failed".to_string(),
-        ))
+        let reason = "cancelled: another key already failed".to_string();
+        Ok((Verdict::Unknown(reason), Algorithm::Search))
     };
     results
         .into_iter()
@@ -380,16 +395,30 @@ fn check_one(
     cancel: &AtomicBool,
 ) -> PartitionOutcome {
     if cancel.load(Ordering::Relaxed) {
-        return Ok(Verdict::Unknown(
-            "cancelled: another key already failed".to_string(),
-        ));
+        let reason = "cancelled: another key already failed".to_string();
+        return Ok((Verdict::Unknown(reason), Algorithm::Search));
     }
     if limits
         .deadline
         .is_some_and(|deadline| Instant::now() >= deadline)
     {
-        return Ok(Verdict::Unknown("time limit reached".to_string()));
+        let reason = "time limit reached".to_string();
+        return Ok((Verdict::Unknown(reason), Algorithm::Search));
+    }
+    if let Some(verdict) = crate::unique::check(history, partition, limits, cancel)? {
+        return Ok((verdict, Algorithm::UniqueValues));
     }
     let mut compiled = compile_partition(history, partition)?;
-    Ok(search(&mut compiled, limits, cancel))
+    Ok((search(&mut compiled, limits, cancel), Algorithm::Search))
+}
+
+/// The general search alone (tests compare it with the unique-value check).
+pub fn search_partition(
+    history: &History,
+    partition: &Partition,
+    limits: &Limits,
+) -> PartitionOutcome {
+    let cancel = AtomicBool::new(false);
+    let mut compiled = compile_partition(history, partition)?;
+    Ok((search(&mut compiled, limits, &cancel), Algorithm::Search))
 }

@@ -1,6 +1,7 @@
-//! `checker check HISTORY --workload register|kv|list-append`: prints a verdict, writes
-//! checker.json (and an HTML page for a violation). Exit codes: 0 valid, 1 invalid,
-//! 2 unknown (time limit), 3 bad input or usage, 4 an output file could not be written.
+//! `checker check HISTORY [--workload register|kv|list-append] [--model knossos|porcupine]`:
+//! prints a verdict, writes checker.json (and an HTML page for a violation; Jepsen-style EDN on
+//! request). Exit codes: 0 valid, 1 invalid, 2 unknown (time limit), 3 bad input or usage, 4 an
+//! output file could not be written.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,7 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use checker::history::{self, Format};
-use checker::{check, html, Options, Validity, Workload};
+use checker::{check, html, resolve_workload, Model, Options, Validity, Workload};
 
 const EXIT_VALID: u8 = 0;
 const EXIT_INVALID: u8 = 1;
@@ -37,18 +38,28 @@ enum Command {
 
 #[derive(clap::Args)]
 struct CheckArgs {
-    /// History file (JSON lines, or the Jepsen log / EDN formats with --format).
+    /// History file: JSON lines, Jepsen's history.edn, Knossos' EDN, or jepsen.util log lines.
     history: PathBuf,
+    /// What the history exercised [default: the history's header, else inferred from its
+    /// operations]. Must agree with the header if both are given.
     #[arg(long, value_enum)]
-    workload: Workload,
+    workload: Option<Workload>,
     #[arg(long, value_enum, default_value = "auto")]
     format: Format,
+    /// Register semantics: knossos (a fail never happened, a read of nil constrains nothing) or
+    /// porcupine (a fail cas without error ran and missed, nil means never written)
+    /// [default: knossos for EDN, porcupine for JSON lines and Jepsen log lines].
+    #[arg(long, value_enum)]
+    model: Option<Model>,
     /// Where to write the JSON report.
     #[arg(long, default_value = "checker.json")]
     out: PathBuf,
     /// Where to write the HTML page of a violation [default: checker.html beside --out].
     #[arg(long)]
     html: Option<PathBuf>,
+    /// Also write the result as Jepsen-style EDN (`{:valid? false, :anomaly-types [...]}`).
+    #[arg(long)]
+    edn: Option<PathBuf>,
     /// Give up with "unknown" after this many seconds.
     #[arg(long)]
     time_limit: Option<f64>,
@@ -77,29 +88,41 @@ fn main() -> ExitCode {
 
 fn run(arguments: &CheckArgs) -> u8 {
     let started = Instant::now();
-    let history = match history::read(&arguments.history, arguments.format) {
+    let bad_input = |error: &dyn std::fmt::Display| {
+        eprintln!("bad input: {}: {error}", arguments.history.display());
+        EXIT_BAD_INPUT
+    };
+    let mut history = match history::read(&arguments.history, arguments.format) {
         Ok(history) => history,
-        Err(error) => {
-            eprintln!("bad input: {}: {error}", arguments.history.display());
-            return EXIT_BAD_INPUT;
-        }
+        Err(error) => return bad_input(&error),
+    };
+    if let Some(model) = arguments.model {
+        history.set_model(model);
+    }
+    let (workload, source) = match resolve_workload(&history, arguments.workload) {
+        Ok(resolved) => resolved,
+        Err(error) => return bad_input(&error),
     };
     let options = Options {
         time_limit: arguments.time_limit.map(Duration::from_secs_f64),
         threads: arguments.threads,
         ..Options::default()
     };
-    let report = match check(&history, arguments.workload, &options) {
+    let report = match check(&history, workload, &options) {
         Ok(report) => report,
-        Err(error) => {
-            eprintln!("bad input: {}: {error}", arguments.history.display());
-            return EXIT_BAD_INPUT;
-        }
+        Err(error) => return bad_input(&error),
     };
     println!(
-        "{} [{:.3} s]",
+        "{} [{:.3} s; {} history, workload {} ({source}), model {}{}]",
         report.verdict_line(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        history.format.name(),
+        workload.name(),
+        history.model.name(),
+        match history.nemesis_events {
+            0 => String::new(),
+            count => format!(", {count} nemesis events skipped"),
+        }
     );
     if let Err(error) = write_outputs(arguments, &history, &report) {
         eprintln!("error: {error:#}");
@@ -120,6 +143,10 @@ fn write_outputs(
     let json = serde_json::to_string_pretty(report).context("serializing the report")?;
     std::fs::write(&arguments.out, json + "\n")
         .with_context(|| format!("writing {}", arguments.out.display()))?;
+    if let Some(path) = &arguments.edn {
+        std::fs::write(path, report.to_edn() + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     if report.valid != Validity::Invalid {
         return Ok(());
     }

@@ -4,7 +4,7 @@
 //! of a value that may be a long string. Each call is compiled once into a [`Step`].
 
 use crate::fxhash::FxHashMap;
-use crate::history::{Call, History, Outcome, F};
+use crate::history::{Call, History, Model, Outcome, F};
 use crate::value::Value;
 
 pub type StateId = u32;
@@ -30,6 +30,15 @@ impl Interner {
     pub fn value(&self, id: StateId) -> &Value {
         &self.values[id as usize]
     }
+
+    /// Distinct values seen.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
 }
 
 /// What one call does to the state, or demands of it.
@@ -50,20 +59,25 @@ pub enum Step {
 }
 
 /// Compiles a call. `Ok(None)` means the call constrains nothing and is left out: failed
-/// reads and writes, reads with unknown results, and `fail`s that carry an `error`.
+/// reads and writes, reads with unknown results, `fail`s that carry an `error`, and under
+/// [`Model::Knossos`] every `fail` and every `ok` read of nil.
 pub fn compile(
     history: &History,
     call: &Call,
     interner: &mut Interner,
 ) -> Result<Option<Step>, String> {
-    let never_ran =
-        call.outcome == Outcome::Fail && (call.f != F::Cas || history.error(call).is_some());
+    let never_ran = call.outcome == Outcome::Fail
+        && (history.model == Model::Knossos || call.f != F::Cas || history.error(call).is_some());
     if never_ran {
         return Ok(None);
     }
     let step = match call.f {
         F::Read if call.outcome == Outcome::Ok => {
-            Step::Read(interner.intern(history.complete_value(call)))
+            let value = history.complete_value(call);
+            if history.model == Model::Knossos && value.is_null() {
+                return Ok(None);
+            }
+            Step::Read(interner.intern(value))
         }
         F::Read => return Ok(None),
         F::Write => Step::Write(interner.intern(history.invoke_value(call))),

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Serialize, Serializer};
 
-use crate::history::{History, Outcome, F};
+use crate::history::{History, Model, Outcome, F};
 use crate::value::Value;
 
 /// `valid` in checker.json: `true`, `false` or `"unknown"`.
@@ -25,16 +25,43 @@ impl Serialize for Validity {
     }
 }
 
-/// What the history exercised, and so which checks apply.
+/// What the history exercised, and so which checks apply. bench and checker share these names
+/// (bench's `put`, `get` and `mixed` load shapes are checked as `kv`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Workload {
-    /// One register; keys are ignored. Linearizability + lost writes.
+    /// Read/write/cas registers, one per key (no key: one register), as Knossos'
+    /// `cas-register` with `jepsen.independent`. Linearizability per key + lost writes.
     Register,
-    /// Independent keys (`key` field). Linearizability per key + lost writes.
+    /// Independent keys with read/write/cas/delete/append. Linearizability per key + lost
+    /// writes.
+    #[value(alias = "put", alias = "get", alias = "mixed")]
     Kv,
     /// Transactions of appends and list reads. Elle-style strict serializability.
     ListAppend,
+}
+
+impl Workload {
+    /// Every name a history header or `--workload` may use.
+    pub const NAMES: [&'static str; 6] = ["register", "kv", "list-append", "put", "get", "mixed"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Register => "register",
+            Workload::Kv => "kv",
+            Workload::ListAppend => "list-append",
+        }
+    }
+
+    /// The workload a name means (`put`, `get` and `mixed` are `kv`).
+    pub fn from_name(name: &str) -> Option<Workload> {
+        match name {
+            "register" => Some(Workload::Register),
+            "kv" | "put" | "get" | "mixed" => Some(Workload::Kv),
+            "list-append" => Some(Workload::ListAppend),
+            _ => None,
+        }
+    }
 }
 
 /// One operation named by an anomaly.
@@ -144,6 +171,13 @@ pub struct Report {
     pub anomalies: Vec<Anomaly>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unknown_reason: Option<String>,
+    /// The register semantics applied (register/kv).
+    pub model: Model,
+    /// Fault events (process `nemesis`) skipped.
+    pub nemesis_events: usize,
+    /// Keys decided by the unique-value check (the rest by the general search).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unique_value_keys: Option<usize>,
 }
 
 /// Collects anomalies, keeping at most `per_type_max` of each type but counting all.
@@ -209,6 +243,9 @@ impl Report {
             } else {
                 unknown_reason
             },
+            model: history.model,
+            nemesis_events: history.nemesis_events,
+            unique_value_keys: None,
         }
     }
 
@@ -233,5 +270,119 @@ impl Report {
                 format!("invalid: {}", found.join(", "))
             }
         }
+    }
+}
+
+/// A value in EDN's spelling.
+pub fn edn(value: &Value) -> String {
+    let join = |items: &[Value]| items.iter().map(edn).collect::<Vec<_>>().join(" ");
+    match value {
+        Value::Null => "nil".to_string(),
+        Value::Bool(flag) => flag.to_string(),
+        Value::Int(number) => number.to_string(),
+        Value::Float(number) => crate::value::float_text(number.0),
+        Value::Str(text) => edn_string(text),
+        Value::Keyword(name) => format!(":{name}"),
+        Value::List(items) => format!("[{}]", join(items)),
+        Value::Set(items) => format!("#{{{}}}", join(items)),
+        Value::Map(entries) => {
+            let entries: Vec<String> = entries
+                .iter()
+                .map(|(key, value)| format!("{} {}", edn(key), edn(value)))
+                .collect();
+            format!("{{{}}}", entries.join(", "))
+        }
+    }
+}
+
+fn edn_string(text: &str) -> String {
+    let escaped = text
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n");
+    format!("\"{escaped}\"")
+}
+
+impl OpRef {
+    fn to_edn(&self) -> String {
+        let key = self
+            .key
+            .as_ref()
+            .map_or(String::new(), |key| format!(":key {}, ", edn(key)));
+        format!(
+            "{{:call {}, :process {}, :type :{}, :f :{}, {key}:value {}, :index {}, :line {}}}",
+            self.call,
+            self.process,
+            self.outcome.name(),
+            self.f.name(),
+            edn(&self.value),
+            self.invoke_index,
+            self.line
+        )
+    }
+}
+
+impl Report {
+    /// The result as Jepsen writes checker results: `{:valid? false, :anomaly-types [...],
+    /// :anomalies {:G-single [...]}}` (`:valid? :unknown` when undecided).
+    pub fn to_edn(&self) -> String {
+        let valid = match self.valid {
+            Validity::Valid => "true",
+            Validity::Invalid => "false",
+            Validity::Unknown => ":unknown",
+        };
+        let types: Vec<String> = self.anomaly_types.iter().map(|t| format!(":{t}")).collect();
+        let mut grouped: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for anomaly in &self.anomalies {
+            let ops: Vec<String> = anomaly.ops.iter().map(OpRef::to_edn).collect();
+            let key = anomaly
+                .key
+                .as_ref()
+                .map_or(String::new(), |key| format!(":key {}, ", edn(key)));
+            let cycle: Vec<String> = anomaly
+                .cycle
+                .iter()
+                .map(|step| {
+                    format!(
+                        "{{:from {}, :to {}, :type :{}, :explanation {}}}",
+                        step.from,
+                        step.to,
+                        step.edge,
+                        edn_string(&step.explanation)
+                    )
+                })
+                .collect();
+            grouped.entry(&anomaly.kind).or_default().push(format!(
+                "{{{key}:explanation {}, :ops [{}], :cycle [{}]}}",
+                edn_string(&anomaly.explanation),
+                ops.join(" "),
+                cycle.join(" ")
+            ));
+        }
+        let anomalies: Vec<String> = grouped
+            .iter()
+            .map(|(kind, list)| format!(":{kind} [{}]", list.join("\n   ")))
+            .collect();
+        let counts: Vec<String> = self
+            .anomaly_counts
+            .iter()
+            .map(|(kind, count)| format!(":{kind} {count}"))
+            .collect();
+        let unknown = self
+            .unknown_reason
+            .as_ref()
+            .map_or(String::new(), |reason| {
+                format!(",\n :error {}", edn_string(reason))
+            });
+        format!(
+            "{{:valid? {valid},\n :workload :{},\n :model :{},\n :op-count {},\n \
+             :anomaly-types [{}],\n :anomaly-counts {{{}}},\n :anomalies {{{}}}{unknown}}}",
+            self.workload.name(),
+            self.model.name(),
+            self.call_count,
+            types.join(" "),
+            counts.join(", "),
+            anomalies.join(",\n  ")
+        )
     }
 }

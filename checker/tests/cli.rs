@@ -138,3 +138,98 @@ fn usage_errors_exit_3_not_2() {
         .unwrap();
     assert_eq!(output.status.code(), Some(3));
 }
+
+fn run_file(directory: &Path, name: &str, text: &str, extra: &[&str]) -> Output {
+    let path = directory.join(name);
+    std::fs::write(&path, text).unwrap();
+    Command::new(BINARY)
+        .args(["check", path.to_str().unwrap(), "--out"])
+        .arg(directory.join("checker.json"))
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// Each input a lenient reader would have passed as "valid (0 calls)": exit 3, naming the line.
+#[test]
+fn unreadable_histories_exit_3_naming_the_line_never_valid() {
+    let cases: [(&str, &str, &str); 6] = [
+        ("garbage.txt", "garbage\n", "line 1:"),
+        ("empty.jsonl", "", "line 1: the history is empty"),
+        ("blank.edn", "; nothing\n\n", "line 2: the history is empty"),
+        (
+            "wrapped.json",
+            "[{\"process\":0,\"type\":\"invoke\",\"f\":\"read\"}]\n",
+            "line 1: a JSON array",
+        ),
+        (
+            "record.edn",
+            "{:process 0, :type :invoke, :f :read}\n#jepsen.history.Foo{:process 0}\n",
+            "line 2: unknown record #jepsen.history.Foo",
+        ),
+        (
+            "op.edn",
+            "{:process 0, :type :invoke, :f :read}\n{:process 0, :type :ok, :f :zap}\n",
+            "line 2: unknown :f :zap",
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let directory = tempfile::tempdir().unwrap();
+        let output = run_file(directory.path(), name, text, &[]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(3), "{name}: {stderr}");
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+    }
+}
+
+#[test]
+fn header_names_the_workload_and_a_contradicting_flag_is_refused() {
+    let directory = tempfile::tempdir().unwrap();
+    let history = format!("{{\"workload\":\"register\",\"version\":1}}\n{VALID}");
+    let output = run_file(directory.path(), "h.jsonl", &history, &[]);
+    assert_eq!(output.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("workload register (history header)"),
+        "{stdout}"
+    );
+    let output = run_file(directory.path(), "h.jsonl", &history, &["--workload", "kv"]);
+    assert_eq!(output.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("contradicts the history's header"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn nemesis_ops_are_skipped_and_counted_and_edn_results_on_request() {
+    let directory = tempfile::tempdir().unwrap();
+    let history = "{:process :nemesis, :type :info, :f :kill, :value nil}\n\
+                   {:process 0, :type :invoke, :f :write, :value 1}\n\
+                   {:process 0, :type :ok, :f :write, :value 1}\n\
+                   {:process 1, :type :invoke, :f :read, :value nil}\n\
+                   {:process 1, :type :ok, :f :read, :value 2}\n";
+    let edn = directory.path().join("results.edn");
+    let output = run_file(
+        directory.path(),
+        "history.edn",
+        history,
+        &["--edn", edn.to_str().unwrap()],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("1 nemesis events skipped"), "{stdout}");
+    assert_eq!(report(directory.path())["nemesis_events"], 1);
+    let results = std::fs::read_to_string(&edn).unwrap();
+    assert!(results.starts_with("{:valid? false,"), "{results}");
+    assert!(
+        results.contains(":anomaly-types [:nonlinearizable]"),
+        "{results}"
+    );
+    let page = std::fs::read_to_string(directory.path().join("checker.html")).unwrap();
+    assert!(
+        !page.contains("Ok<") && !page.contains(">Ok"),
+        "no Rust Debug names"
+    );
+}

@@ -192,7 +192,7 @@ fn drive(
         .map_err(|e| CampaignError::Io(format!("runtime: {e}")))?;
     let client_config = ClientConfig::from_cluster(&config, "client1");
     let client = runtime.block_on(connect(client_config))?;
-    let recorder = Recorder::create(&run_dir.join("history.jsonl"))?;
+    let recorder = Recorder::create(&run_dir.join("history.jsonl"), settings.workload.name())?;
     let result = load_with_faults(settings, &runtime, &client, cluster, &recorder);
     let samples = sampler.finish();
     drop(client);

@@ -2,9 +2,10 @@
 
 use std::collections::VecDeque;
 
-use crate::fxhash::FxHashMap;
+use crate::fxhash::{FxHashMap, FxHashSet};
 use crate::history::Outcome;
 use crate::report::{AnomalySink, CycleStep};
+use crate::value::Value;
 
 use super::{anomaly, Analysis};
 
@@ -104,63 +105,133 @@ fn live(analysis: &Analysis<'_>, txn: u32) -> bool {
 
 /// ww, wr and rw edges of every key, from its version order and its compatible reads.
 fn data_edges(analysis: &Analysis<'_>, edges: &mut Vec<RawEdge>) {
-    for (key, order) in analysis.orders.iter().enumerate() {
-        let writers = &analysis.writers[key];
-        let writer_of = |position: usize| {
-            writers
-                .get(&order[position])
-                .map(|writer| writer.txn)
-                .filter(|&txn| live(analysis, txn))
-        };
-        let key = key as u32;
-        for position in 1..order.len() {
-            if let (Some(from), Some(to)) = (writer_of(position - 1), writer_of(position)) {
-                if from != to {
-                    edges.push(RawEdge {
-                        from,
-                        to,
-                        kind: WW,
-                        key,
-                        position: position as u32,
-                    });
-                }
-            }
-        }
-        for &(reader, mop) in &analysis.reads[key as usize] {
-            if analysis.incompatible.contains(&(reader, mop)) {
-                continue;
-            }
-            let length = analysis.read_elements(reader, mop).len();
-            // wr from the last element the reader did not append itself.
-            let observed = (0..length)
-                .rev()
-                .find(|&position| writer_of(position) != Some(reader));
-            if let Some(position) = observed {
-                if let Some(from) = writer_of(position) {
-                    let position = position as u32;
-                    edges.push(RawEdge {
-                        from,
-                        to: reader,
-                        kind: WR,
-                        key,
-                        position,
-                    });
-                }
-            }
-            if length < order.len() {
-                if let Some(to) = writer_of(length).filter(|&to| to != reader) {
-                    let position = length as u32;
-                    edges.push(RawEdge {
-                        from: reader,
-                        to,
-                        kind: RW,
-                        key,
-                        position,
-                    });
-                }
+    let happened = observed_txns(analysis);
+    for key in 0..analysis.orders.len() {
+        let unread = unread_appenders(analysis, key, &happened);
+        order_edges(analysis, key, &unread, edges);
+        for &(reader, mop) in &analysis.reads[key] {
+            if !analysis.incompatible.contains(&(reader, mop)) {
+                read_edges(analysis, key, (reader, mop), &unread, edges);
             }
         }
     }
+}
+
+/// The live transaction that appended element `position` of `key`'s version order.
+fn writer_at(analysis: &Analysis<'_>, key: usize, position: usize) -> Option<u32> {
+    analysis.writers[key]
+        .get(&analysis.orders[key][position])
+        .map(|writer| writer.txn)
+        .filter(|&txn| live(analysis, txn))
+}
+
+/// ww edges along the version order, and from its last appender to every unread appender.
+fn order_edges(analysis: &Analysis<'_>, key: usize, unread: &[u32], edges: &mut Vec<RawEdge>) {
+    let length = analysis.orders[key].len();
+    let edge = |from, to, position: usize| RawEdge {
+        from,
+        to,
+        kind: WW,
+        key: key as u32,
+        position: position as u32,
+    };
+    for position in 1..length {
+        let from = writer_at(analysis, key, position - 1);
+        let to = writer_at(analysis, key, position);
+        if let (Some(from), Some(to)) = (from, to) {
+            if from != to {
+                edges.push(edge(from, to, position));
+            }
+        }
+    }
+    let last = length
+        .checked_sub(1)
+        .and_then(|at| writer_at(analysis, key, at));
+    for &to in unread {
+        if let Some(from) = last.filter(|&from| from != to) {
+            edges.push(edge(from, to, length));
+        }
+    }
+}
+
+/// The wr edge into a compatible read and its rw edges: to the appender of the next element,
+/// and to every unread appender.
+fn read_edges(
+    analysis: &Analysis<'_>,
+    key: usize,
+    (reader, mop): (u32, u32),
+    unread: &[u32],
+    edges: &mut Vec<RawEdge>,
+) {
+    let edge = |from, to, kind, position: usize| RawEdge {
+        from,
+        to,
+        kind,
+        key: key as u32,
+        position: position as u32,
+    };
+    let order_length = analysis.orders[key].len();
+    let length = analysis.read_elements(reader, mop).len();
+    // A shorter read reaches the unread appenders through its rw edge to the next element's
+    // appender and the ww edges along the order: only full-length reads need direct edges.
+    if length == order_length {
+        for &to in unread.iter().filter(|&&to| to != reader) {
+            edges.push(edge(reader, to, RW, order_length));
+        }
+    }
+    // wr from the last element the reader did not append itself.
+    let observed = (0..length)
+        .rev()
+        .find(|&position| writer_at(analysis, key, position) != Some(reader));
+    if let Some(position) = observed {
+        if let Some(from) = writer_at(analysis, key, position) {
+            edges.push(edge(from, reader, WR, position));
+        }
+    }
+    if length < order_length {
+        if let Some(to) = writer_at(analysis, key, length).filter(|&to| to != reader) {
+            edges.push(edge(reader, to, RW, length));
+        }
+    }
+}
+
+/// Transactions some read shows an append of: they happened, even if their outcome is unknown.
+fn observed_txns(analysis: &Analysis<'_>) -> FxHashSet<u32> {
+    let mut observed = FxHashSet::default();
+    for (key, order) in analysis.orders.iter().enumerate() {
+        for element in order.iter() {
+            if let Some(writer) = analysis.writers[key].get(element) {
+                observed.insert(writer.txn);
+            }
+        }
+    }
+    observed
+}
+
+/// Transactions that happened (acknowledged, or `info` but seen by a read) none of whose
+/// appends to `key` any read shows. (One with some appends shown and others not is a G1b or
+/// torn read, reported as such.)
+fn unread_appenders(analysis: &Analysis<'_>, key: usize, happened: &FxHashSet<u32>) -> Vec<u32> {
+    let order: FxHashSet<&Value> = analysis.orders[key].iter().collect();
+    let seen: FxHashSet<u32> = analysis.orders[key]
+        .iter()
+        .filter_map(|element| analysis.writers[key].get(element))
+        .map(|writer| writer.txn)
+        .collect();
+    let mut unread: Vec<u32> = analysis.writers[key]
+        .iter()
+        .filter(|(element, writer)| {
+            let outcome = analysis.txns[writer.txn as usize].outcome;
+            !order.contains(*element)
+                && !seen.contains(&writer.txn)
+                && (outcome == Outcome::Ok
+                    || (outcome == Outcome::Info && happened.contains(&writer.txn)))
+        })
+        .map(|(_, writer)| writer.txn)
+        .collect();
+    unread.sort_unstable();
+    unread.dedup();
+    unread
 }
 
 /// Realtime edges, transitively reduced as Elle does: a frontier holds the completed
@@ -518,11 +589,32 @@ fn explain(analysis: &Analysis<'_>, graph: &Graph, edge: usize) -> CycleStep {
     let key = graph.keys[edge];
     let position = graph.positions[edge] as usize;
     let element = |at: usize| analysis.orders[key as usize][at].to_string();
+    let beyond = key != NO_KEY && position >= analysis.orders[key as usize].len();
+    let k = if key == NO_KEY {
+        String::new()
+    } else {
+        analysis.keys[key as usize].to_string()
+    };
     let (name, explanation) = match graph.kinds[edge] {
+        WW if beyond => (
+            "ww",
+            format!(
+                "call {to} appended to key {k} an element no read shows, so after the last \
+                 element read ({}), which call {from} appended",
+                element(position - 1)
+            ),
+        ),
+        RW if beyond => (
+            "rw",
+            format!(
+                "call {from} read key {k} without the element call {to} appended (no read \
+                 shows it, so it came after every element read)"
+            ),
+        ),
         WW => (
             "ww",
             format!(
-                "call {to} appended {} right after call {from} appended {}",
+                "call {to} appended {} to key {k} right after call {from} appended {}",
                 element(position),
                 element(position - 1)
             ),
@@ -530,14 +622,14 @@ fn explain(analysis: &Analysis<'_>, graph: &Graph, edge: usize) -> CycleStep {
         WR => (
             "wr",
             format!(
-                "call {to} read the list up to {}, appended by call {from}",
+                "call {to} read key {k} up to {}, appended by call {from}",
                 element(position)
             ),
         ),
         RW => (
             "rw",
             format!(
-                "call {from} read the list without {}, which call {to} appended next",
+                "call {from} read key {k} without {}, which call {to} appended next",
                 element(position)
             ),
         ),

@@ -55,12 +55,14 @@ impl Local<'_> {
 }
 
 /// Internal consistency: a read inside a transaction must reflect the transaction's own
-/// earlier reads and appends of that key.
+/// earlier reads and appends of that key, and must not show an element the transaction
+/// appends only later (a future read).
 pub fn internal(analysis: &Analysis<'_>, sink: &mut AnomalySink) {
     for (txn_index, txn) in analysis.txns.iter().enumerate() {
         if txn.outcome != Outcome::Ok || txn.mops.len() < 2 {
             continue;
         }
+        future_reads(analysis, txn_index as u32, sink);
         let mut locals: FxHashMap<u32, Local> = FxHashMap::default();
         for mop in &txn.mops {
             match *mop {
@@ -95,6 +97,128 @@ pub fn internal(analysis: &Analysis<'_>, sink: &mut AnomalySink) {
                 Mop::Read { elements: None, .. } => {}
             }
         }
+    }
+}
+
+/// A read that shows an element its own transaction appends after it: no serial order has it.
+fn future_reads(analysis: &Analysis<'_>, txn_index: u32, sink: &mut AnomalySink) {
+    let mops = &analysis.txns[txn_index as usize].mops;
+    for (position, mop) in mops.iter().enumerate() {
+        let Mop::Read {
+            key,
+            elements: Some(elements),
+        } = *mop
+        else {
+            continue;
+        };
+        let future = mops[position + 1..].iter().find_map(|later| match *later {
+            Mop::Append {
+                key: appended_key,
+                element,
+            } if appended_key == key && elements.contains(element) => Some(element),
+            _ => None,
+        });
+        if let Some(element) = future {
+            if sink.wants("internal") {
+                let explanation = format!(
+                    "future read: the transaction read {} from key {}, which holds {element}, \
+                     an element the same transaction appends only later",
+                    Value::List(elements.to_vec()),
+                    analysis.keys[key as usize]
+                );
+                sink.push(anomaly(
+                    analysis,
+                    "internal",
+                    Some(key),
+                    explanation,
+                    &[txn_index],
+                ));
+            }
+        }
+    }
+}
+
+/// Torn reads: a transaction's appends to one key take effect together and in order, so a list
+/// holding one of them holds all those before it, right before it. (A list that ends inside a
+/// transaction's appends is G1b, reported by `intermediate`.)
+pub fn torn_reads(analysis: &Analysis<'_>, sink: &mut AnomalySink) {
+    for key in 0..analysis.keys.len() {
+        let order = analysis.orders[key];
+        let longest_reader = analysis.reads[key]
+            .iter()
+            .find(|&&(txn, mop)| analysis.read_elements(txn, mop) == order)
+            .map(|&(txn, _)| txn);
+        if let Some(reader) = longest_reader {
+            torn(analysis, key, order, reader, sink);
+        }
+        for &(reader, mop) in &analysis.reads[key] {
+            if analysis.incompatible.contains(&(reader, mop)) {
+                torn(
+                    analysis,
+                    key,
+                    analysis.read_elements(reader, mop),
+                    reader,
+                    sink,
+                );
+            }
+        }
+    }
+}
+
+fn torn(
+    analysis: &Analysis<'_>,
+    key: usize,
+    elements: &[Value],
+    reader: u32,
+    sink: &mut AnomalySink,
+) {
+    let mut position = 0;
+    while position < elements.len() {
+        let Some(writer) = analysis.writers[key].get(&elements[position]) else {
+            position += 1;
+            continue;
+        };
+        let single = analysis.txns[writer.txn as usize]
+            .mops
+            .iter()
+            .filter(|mop| matches!(mop, Mop::Append { key: k, .. } if *k == key as u32))
+            .nth(1)
+            .is_none();
+        if single {
+            // One append to the key: nothing to tear (and no allocation on the common path).
+            position += 1;
+            continue;
+        }
+        let block = analysis.appended(writer.txn, key as u32);
+        let run = elements[position..]
+            .iter()
+            .zip(block.iter())
+            .take_while(|(read, appended)| read == *appended)
+            .count();
+        let reaches_end = position + run == elements.len();
+        let whole = run == block.len() || (run > 0 && reaches_end);
+        if !whole && writer.txn != reader && sink.wants("torn-read") {
+            let explanation = format!(
+                "read of key {} returned {}, a non-atomic view of call {}: it appended {} to \
+                 the key in one transaction, but the read shows {} where all of them, in \
+                 order, belong",
+                analysis.keys[key],
+                Value::List(elements.to_vec()),
+                analysis.txns[writer.txn as usize].call,
+                Value::List(block.iter().map(|&element| element.clone()).collect()),
+                elements[position]
+            );
+            let involved = [reader, writer.txn];
+            sink.push(anomaly(
+                analysis,
+                "torn-read",
+                Some(key as u32),
+                explanation,
+                &involved,
+            ));
+            return;
+        }
+        position += run.max(1);
     }
 }
 
