@@ -257,9 +257,10 @@ impl Sim {
         }
         let history = checker::History::parse_jsonl(text)
             .map_err(|e| self.violation(format!("the simulator wrote a bad history: {e}")))?;
-        // The register check in `client.rs` is exact and fast (it knows the version order);
-        // the black-box search is a second opinion, bounded so that a history with many
-        // unknown outcomes cannot stall the run. A search that gives up is counted, not failed.
+        // The register check in `client.rs` is white-box (it knows the version order); the
+        // checker crate's black-box check is the second opinion. Its memory is bounded so that
+        // no history can stall the run; a check that gives up is counted (the soak prints it),
+        // not failed.
         let options = checker::Options {
             threads: 1,
             memo_bytes_max: HISTORY_MEMO_BYTES_MAX,

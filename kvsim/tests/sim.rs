@@ -1,6 +1,6 @@
 //! The deterministic simulation of whole nodes, many seeds with faults.
 //!
-//! - `cargo test --release -p kvsim --test sim` runs `SIM_SEEDS` seeds (default 2000) from
+//! - `cargo test --release -p kvsim --test sim` runs `SIM_SEEDS` seeds (default 4000) from
 //!   `SIM_FIRST` (default 0), on every core.
 //! - `SIM_SEED=<n> cargo test --release -p kvsim --test sim` replays one seed and prints its
 //!   trace tail (`SIM_TRACE_LINES`, default 80).
@@ -33,7 +33,7 @@ fn sim_seeds_with_faults_keep_every_invariant() {
         return replay(seed);
     }
     let first = env_u64("SIM_FIRST").unwrap_or(0);
-    let count = env_u64("SIM_SEEDS").unwrap_or(2000);
+    let count = env_u64("SIM_SEEDS").unwrap_or(4000);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let summary = run_seeds(first, count, threads, &|_| {});
     for violation in &summary.failures {
