@@ -3,6 +3,7 @@
 
 use kvraft::{Entry, HardState, Index, Message, NodeId, Role, SnapshotMeta, Term};
 use kvstate::client_proto::ClientResponse;
+use kvstate::StateMachine;
 
 /// One command for the WAL's FIFO writer. Every command counts as one in the WAL's
 /// `commands_durable_total`, which the driver hands back through `NodeCore::handle_durable`.
@@ -40,9 +41,13 @@ pub enum Action<T> {
     InstallSnapshotFile { meta: SnapshotMeta },
     /// A received snapshot file that will never be installed: delete it.
     DiscardSnapshotFile { meta: SnapshotMeta },
-    /// Write `body` (the state machine at `meta.last_index`) as a snapshot file, durably; this
-    /// may happen in the background. Then call `handle_snapshot_taken(meta)`.
-    TakeSnapshot { meta: SnapshotMeta, body: Vec<u8> },
+    /// Write `state` (the state machine at `meta.last_index`, a cheap clone that shares the
+    /// node's map) as a snapshot file with `StateMachine::write_snapshot`, durably, in the
+    /// background. Then call `handle_snapshot_taken(meta)`.
+    TakeSnapshot {
+        meta: SnapshotMeta,
+        state: Box<StateMachine>,
+    },
     /// Answer the client request that came with `token`.
     Answer { token: T, response: ClientResponse },
 }

@@ -457,8 +457,9 @@ impl<T> NodeCore<T> {
         self.actions.push(Action::DiscardSnapshotFile { meta });
     }
 
-    /// Every `snapshot_entries` applied entries: serialize the state machine and ask for the
-    /// file; the log is compacted once the file is durable (`handle_snapshot_taken`).
+    /// Every `snapshot_entries` applied entries: hand a clone of the state machine to the
+    /// driver to write; the log is compacted once the file is durable
+    /// (`handle_snapshot_taken`).
     fn maybe_snapshot(&mut self) {
         let applied = self.sm.applied_index();
         let snapshot_index = self.raw.status().snapshot_index;
@@ -473,9 +474,10 @@ impl<T> NodeCore<T> {
             last_term,
             membership: self.raw.membership().clone(),
         };
-        let body = self.sm.snapshot();
+        // O(1): the clone shares the map's nodes (see `StateMachine`).
+        let state = Box::new(self.sm.clone());
         self.snapshots.taking = true;
-        self.actions.push(Action::TakeSnapshot { meta, body });
+        self.actions.push(Action::TakeSnapshot { meta, state });
     }
 
     // ------------------------------------------------------------------ answers

@@ -408,7 +408,8 @@ impl Sim {
             Action::DiscardSnapshotFile { meta } => {
                 self.nodes[index].received.retain(|(m, _)| *m != meta);
             }
-            Action::TakeSnapshot { meta, body } => {
+            Action::TakeSnapshot { meta, state } => {
+                let body = state.snapshot();
                 let delay = self.rng.between(1, self.config.persist_units_max);
                 let epoch = self.nodes[index].epoch;
                 let event = Event::SnapshotWritten {

@@ -94,9 +94,13 @@ enum Undo {
     Pop(Bytes),
 }
 
+/// The replicated state. `Clone` is cheap: the map is a persistent B-tree (`imbl::OrdMap`)
+/// whose clone shares every node, so a snapshot is a clone written in the background while
+/// the node goes on applying (nodes are copied only where the two later differ). Sessions are
+/// bounded by `SESSIONS_MAX` and cloned outright.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StateMachine {
-    map: BTreeMap<Bytes, Value>,
+    map: imbl::OrdMap<Bytes, Value>,
     sessions: BTreeMap<SessionKey, Session>,
     /// Sessions by their last log index: the first entry is the least recently used. Every
     /// command has its own index, so an index names at most one session.

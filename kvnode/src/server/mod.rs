@@ -5,7 +5,6 @@
 pub mod metrics;
 mod node;
 
-use std::io::Read;
 use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
@@ -230,13 +229,10 @@ fn restore_state_machine(
     let Some((meta, path)) = snapshots.latest() else {
         return Ok(None);
     };
-    let (_, mut body) = snapshots
+    let (_, body) = snapshots
         .open_body(&path)
         .map_err(|e| ServerError::Snapshot(e.to_string()))?;
-    let mut bytes = Vec::new();
-    body.read_to_end(&mut bytes)
-        .map_err(|e| ServerError::Snapshot(e.to_string()))?;
-    let sm = StateMachine::restore(&bytes).map_err(|e| ServerError::Snapshot(e.to_string()))?;
+    let sm = StateMachine::restore_from(body).map_err(|e| ServerError::Snapshot(e.to_string()))?;
     Ok(Some((meta, sm)))
 }
 

@@ -31,6 +31,8 @@ const INBOUND_BATCH_MAX: usize = 4096;
 /// How long a leader waits for a leadership transfer on shutdown.
 const SHUTDOWN_TRANSFER_MS_MAX: u64 = 2_000;
 
+type LoadedSnapshot = (SnapshotMeta, PathBuf, Result<StateMachine, String>);
+
 /// The core's token for a client request: where the answer goes, and when the request came.
 pub(super) struct Reply {
     sender: oneshot::Sender<Bytes>,
@@ -64,6 +66,9 @@ pub(super) struct Node {
     snapshots: Arc<Mutex<SnapshotStore>>,
     snapshot_done_tx: mpsc::UnboundedSender<Result<SnapshotMeta, String>>,
     snapshot_done: mpsc::UnboundedReceiver<Result<SnapshotMeta, String>>,
+    /// Received snapshot files decoded on a blocking thread: (meta, path, state or error).
+    snapshot_loaded_tx: mpsc::UnboundedSender<LoadedSnapshot>,
+    snapshot_loaded: mpsc::UnboundedReceiver<LoadedSnapshot>,
     /// Files of the received snapshots the core holds.
     received_files: Vec<(SnapshotMeta, PathBuf)>,
     _data_dir: kvstorage::datadir::DataDir,
@@ -83,7 +88,10 @@ fn respond(reply: Reply, response: &ClientResponse) {
 impl Node {
     pub(super) fn new(config: ClusterConfig, id: NodeId, parts: NodeParts) -> Node {
         let (snapshot_done_tx, snapshot_done) = mpsc::unbounded_channel();
+        let (snapshot_loaded_tx, snapshot_loaded) = mpsc::unbounded_channel();
         Node {
+            snapshot_loaded_tx,
+            snapshot_loaded,
             id,
             config,
             core: parts.core,
@@ -131,6 +139,7 @@ impl Node {
                     }
                 }
                 Some(done) = self.snapshot_done.recv() => self.on_snapshot_taken(done)?,
+                Some(loaded) = self.snapshot_loaded.recv() => self.on_snapshot_loaded(loaded),
             }
             while let Ok(report) = self.durable.try_recv() {
                 self.on_durable(report)?;
@@ -179,10 +188,21 @@ impl Node {
         }
     }
 
-    /// A snapshot file from a leader: decode it and hand it to the core. A file that does not
-    /// decode is deleted (the leader sends it again).
+    /// A snapshot file from a leader: decode it on a blocking thread (a large state must not
+    /// stall this loop), then `on_snapshot_loaded`.
     fn on_snapshot_received(&mut self, meta: SnapshotMeta, path: PathBuf) {
-        match load_state_machine(&self.snapshots, &path) {
+        let store = Arc::clone(&self.snapshots);
+        let loaded = self.snapshot_loaded_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let state = load_state_machine(&store, &path);
+            let _ = loaded.send((meta, path, state));
+        });
+    }
+
+    /// Hands a decoded snapshot to the core. A file that does not decode is deleted (the
+    /// leader sends it again).
+    fn on_snapshot_loaded(&mut self, (meta, path, state): LoadedSnapshot) {
+        match state {
             Ok(sm) => {
                 self.received_files.retain(|(m, _)| *m != meta);
                 self.received_files.push((meta.clone(), path));
@@ -244,7 +264,7 @@ impl Node {
                     let _ = std::fs::remove_file(path);
                 }
             }
-            Action::TakeSnapshot { meta, body } => self.take_snapshot(meta, body),
+            Action::TakeSnapshot { meta, state } => self.take_snapshot(meta, state),
             Action::Answer { token, response } => respond(token, &response),
         }
         Ok(())
@@ -320,18 +340,13 @@ impl Node {
         Ok(())
     }
 
-    /// Writes and fsyncs the file on a blocking thread; the core compacts once it is durable.
-    fn take_snapshot(&mut self, meta: SnapshotMeta, body: Vec<u8>) {
+    /// Streams the state into a file and fsyncs it on a blocking thread, holding the store's
+    /// lock only to pick the file name and to install it; the core compacts once it is durable.
+    fn take_snapshot(&mut self, meta: SnapshotMeta, state: Box<StateMachine>) {
         let store = Arc::clone(&self.snapshots);
         let done = self.snapshot_done_tx.clone();
         tokio::task::spawn_blocking(move || {
-            let result = match store.lock() {
-                Ok(mut store) => store
-                    .write(&meta, body.as_slice())
-                    .map(|_| meta)
-                    .map_err(|e| e.to_string()),
-                Err(error) => Err(error.to_string()),
-            };
+            let result = write_snapshot(&store, &meta, &state).map(|()| meta);
             let _ = done.send(result);
         });
     }
@@ -413,17 +428,31 @@ impl Node {
     }
 }
 
-/// Reads a snapshot file's body and decodes the state machine in it.
+/// Decodes the state machine in a snapshot file, streaming (never the whole file in memory).
 fn load_state_machine(
     store: &Arc<Mutex<SnapshotStore>>,
     path: &std::path::Path,
 ) -> Result<StateMachine, String> {
     let store = store.lock().map_err(|e| e.to_string())?;
-    let (_, mut body) = store.open_body(path).map_err(|e| e.to_string())?;
+    let (_, body) = store.open_body(path).map_err(|e| e.to_string())?;
     drop(store);
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut body, &mut bytes).map_err(|e| e.to_string())?;
-    StateMachine::restore(&bytes).map_err(|e| e.to_string())
+    StateMachine::restore_from(body).map_err(|e| e.to_string())
+}
+
+/// Writes `state` as the snapshot `meta` without holding the store's lock during the write.
+fn write_snapshot(
+    store: &Arc<Mutex<SnapshotStore>>,
+    meta: &SnapshotMeta,
+    state: &StateMachine,
+) -> Result<(), String> {
+    let tmp = store.lock().map_err(|e| e.to_string())?.draft_path();
+    let verified = kvstorage::snapshot::write_file(&tmp, meta, |out| state.write_snapshot(out))
+        .map_err(|e| e.to_string())?;
+    let mut store = store.lock().map_err(|e| e.to_string())?;
+    store
+        .install(verified)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 fn role_name(role: Role) -> &'static str {

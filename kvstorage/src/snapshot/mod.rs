@@ -134,33 +134,23 @@ impl SnapshotStore {
         meta: &SnapshotMeta,
         mut body: impl Read,
     ) -> Result<PathBuf, SnapshotError> {
-        let tmp = self.tmp_path();
-        let io = |source| SnapshotError::Io {
-            path: tmp.clone(),
-            source,
-        };
-        let meta_encoded = file::encode_meta(meta)?;
-        let mut out = File::create(&tmp).map_err(io)?;
-        // Placeholder header: body length and CRC are known only at the end.
-        out.write_all(&file::encode_header(&meta_encoded, 0, 0))
-            .map_err(io)?;
-        let mut hasher = crc32fast::Hasher::new();
-        let mut buffer = vec![0u8; IO_CHUNK_BYTES];
-        let mut body_bytes = 0u64;
-        loop {
-            let read = body.read(&mut buffer).map_err(io)?;
-            if read == 0 {
-                break;
-            }
-            hasher.update(&buffer[..read]);
-            out.write_all(&buffer[..read]).map_err(io)?;
-            body_bytes += read as u64;
-        }
-        let header = file::encode_header(&meta_encoded, body_bytes, hasher.finalize());
-        out.write_all_at(&header, 0).map_err(io)?;
-        out.sync_all().map_err(io)?;
-        drop(out);
-        self.install_verified(&tmp).map(|(_, path)| path)
+        let tmp = self.draft_path();
+        let verified = write_file(&tmp, meta, |out| io::copy(&mut body, out).map(|_| ()))?;
+        self.install(verified)
+    }
+
+    /// A path for a new snapshot file. Take it under the store's lock, then write the file
+    /// with `write_file` without the lock, so readers of the store (a leader sending its
+    /// snapshot) never wait for a long write.
+    pub fn draft_path(&self) -> PathBuf {
+        self.tmp_path()
+    }
+
+    /// Moves a file written and verified by `write_file` into place: rename, directory fsync,
+    /// prune. Cheap: the file is not read again.
+    pub fn install(&mut self, verified: VerifiedSnapshot) -> Result<PathBuf, SnapshotError> {
+        self.place(&verified.tmp, verified.meta)
+            .map(|(_, path)| path)
     }
 
     /// The length of a snapshot file (what a follower will receive).
@@ -261,6 +251,14 @@ impl SnapshotStore {
             }
         };
         let SnapshotHeader { meta, .. } = header;
+        self.place(tmp, meta)
+    }
+
+    fn place(
+        &mut self,
+        tmp: &Path,
+        meta: SnapshotMeta,
+    ) -> Result<(SnapshotMeta, PathBuf), SnapshotError> {
         let name = format!(
             "{:016x}-{:016x}{SNAPSHOT_SUFFIX}",
             meta.last_index, meta.last_term
@@ -302,6 +300,89 @@ impl SnapshotStore {
         let counter = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         self.dir
             .join(format!("{}-{counter}{TMP_SUFFIX}", std::process::id()))
+    }
+}
+
+/// A snapshot file written, fsynced and read back with its checksums verified, not yet
+/// installed (`SnapshotStore::install`).
+#[derive(Debug)]
+pub struct VerifiedSnapshot {
+    tmp: PathBuf,
+    meta: SnapshotMeta,
+}
+
+/// Writes a snapshot file at `tmp` (a `SnapshotStore::draft_path`): header, the body that
+/// `write_body` streams (buffered, checksummed as it goes), fsync; then reads it back and
+/// verifies length and checksums (STYLE: check after reading back). Needs no lock on the
+/// store. On error the file is removed.
+pub fn write_file(
+    tmp: &Path,
+    meta: &SnapshotMeta,
+    write_body: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> Result<VerifiedSnapshot, SnapshotError> {
+    let result = write_unverified(tmp, meta, write_body).and_then(|()| file::verify(tmp));
+    match result {
+        Ok(header) => Ok(VerifiedSnapshot {
+            tmp: tmp.to_path_buf(),
+            meta: header.meta,
+        }),
+        Err(error) => {
+            let _ = fs::remove_file(tmp);
+            Err(error)
+        }
+    }
+}
+
+fn write_unverified(
+    tmp: &Path,
+    meta: &SnapshotMeta,
+    write_body: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> Result<(), SnapshotError> {
+    let io = |source| SnapshotError::Io {
+        path: tmp.to_path_buf(),
+        source,
+    };
+    let meta_encoded = file::encode_meta(meta)?;
+    let mut out = File::create(tmp).map_err(io)?;
+    // Placeholder header: body length and CRC are known only at the end.
+    out.write_all(&file::encode_header(&meta_encoded, 0, 0))
+        .map_err(io)?;
+    let mut body = Checksummed {
+        inner: io::BufWriter::with_capacity(IO_CHUNK_BYTES, &out),
+        hasher: crc32fast::Hasher::new(),
+        bytes: 0,
+    };
+    write_body(&mut body).map_err(io)?;
+    body.inner.flush().map_err(io)?;
+    let Checksummed {
+        inner,
+        hasher,
+        bytes,
+    } = body;
+    drop(inner);
+    let (body_bytes, crc) = (bytes, hasher.finalize());
+    let header = file::encode_header(&meta_encoded, body_bytes, crc);
+    out.write_all_at(&header, 0).map_err(io)?;
+    out.sync_all().map_err(io)
+}
+
+/// Counts and checksums what passes through it.
+struct Checksummed<W> {
+    inner: W,
+    hasher: crc32fast::Hasher,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Checksummed<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = self.inner.write(buf)?;
+        self.hasher.update(&buf[..written]);
+        self.bytes += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 
