@@ -40,7 +40,9 @@ PY
     missed=1
   else
     echo "caught      $name: $failed"
-    grep '^FAILED' "$scratch/$name.err" | head -1 | cut -c1-200 | sed 's/^/            /'
+    local first
+    first=$(grep -m1 '^FAILED' "$scratch/$name.err" || true)
+    echo "            ${first:0:200}"
   fi
 }
 selected=("$@")
