@@ -385,7 +385,11 @@ impl Model {
     pub fn set_size(&mut self, inode: u64, handle: Option<u64>, size: u64) -> io::Result<()> {
         let file = match handle.and_then(|h| self.handles.get(&h)) {
             Some(open) => open.file.try_clone()?,
-            None => OpenOptions::new().write(true).open(self.path_of(inode)?)?,
+            // Read too: the cut bytes are saved before the cut.
+            None => OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(self.path_of(inode)?)?,
         };
         let current = file.metadata()?.len();
         if size < current {
