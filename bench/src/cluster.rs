@@ -36,7 +36,7 @@ pub struct EmbeddedCluster {
     nodes: Vec<NodeHandle>,
     /// Fault-injecting filesystems under the nodes' data (`--disk-fs`); unmounted on drop,
     /// after the nodes stopped and before the directory goes.
-    disks: Vec<nemesis::fs::DiskHandle>,
+    _disks: Vec<nemesis::fs::DiskHandle>,
     /// Holds the data and certificates; removed on drop.
     _dir: tempfile::TempDir,
 }
@@ -88,7 +88,7 @@ impl EmbeddedCluster {
         Ok(EmbeddedCluster {
             config,
             nodes,
-            disks,
+            _disks: disks,
             _dir: dir,
         })
     }
