@@ -89,7 +89,7 @@ pub struct Args {
 pub enum Command {
     /// A fault-injection campaign on a real kvnode cluster (exit 0 valid, 1 anomaly,
     /// 2 unknown or error).
-    Campaign(crate::campaign::args::CampaignArgs),
+    Campaign(Box<crate::campaign::args::CampaignArgs>),
     /// Regenerate `<results>/index.html` from the runs found there.
     Index {
         #[arg(long, default_value = "results")]

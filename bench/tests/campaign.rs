@@ -142,5 +142,8 @@ fn power_loss(results: &Path) {
         assert!(notes.contains("unsynced byte"), "{notes}");
     }
     assert_eq!(summary["nodes_refused"], serde_json::json!({}));
-    assert_eq!(nemesis::fs::control::kvdisk_mounts(), Vec::<std::path::PathBuf>::new());
+    assert_eq!(
+        nemesis::fs::control::kvdisk_mounts(),
+        Vec::<std::path::PathBuf>::new()
+    );
 }

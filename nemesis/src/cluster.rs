@@ -358,6 +358,23 @@ impl Cluster {
         Ok(true)
     }
 
+    /// SIGKILLs every node of `ids` at once, then waits until all are gone: a power cut hits
+    /// every machine at the same instant, so no node may fsync after another died.
+    pub fn kill_together(&mut self, ids: &[NodeId]) -> Result<(), ClusterError> {
+        let mut killed = Vec::new();
+        for id in ids {
+            if let Some(pid) = self.running_pid(*id)? {
+                process::send_signal(pid, Signal::KILL)?;
+                killed.push((*id, pid));
+            }
+        }
+        for (id, pid) in killed {
+            self.reap(id, pid)?;
+            self.node_mut(id)?.pid = None;
+        }
+        self.save()
+    }
+
     fn reap(&mut self, id: NodeId, pid: u32) -> Result<(), ClusterError> {
         match self.children.remove(&id) {
             Some(mut child) if child.id() == pid => {
@@ -664,7 +681,10 @@ impl Cluster {
         }
         // Disks mounted by another process for these nodes (`nemesis up --disk`).
         for id in self.node_ids() {
-            let found = self.node_data_dir(id).ok().and_then(|dir| disk::control::find_disk(&dir));
+            let found = self
+                .node_data_dir(id)
+                .ok()
+                .and_then(|dir| disk::control::find_disk(&dir));
             if let Some(record) = found {
                 if let Err(error) = disk::stop_disk(&record) {
                     first_error.get_or_insert(error.into());
@@ -712,7 +732,11 @@ fn last_log_line(path: &Path) -> String {
         let _ = file.take(LOG_TAIL_BYTES).read_to_end(&mut bytes);
         text = String::from_utf8_lossy(&bytes).into_owned();
     }
-    let line = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
     let line = line.trim();
     if line.is_empty() {
         return "exited (its log says nothing)".to_string();

@@ -447,6 +447,16 @@ impl Nemesis {
             }
             Fault::Disk { kind, target, .. } => {
                 let targets = self.disk_targets(kind, target, leader)?;
+                if matches!(kind, DiskFault::LoseUnsynced | DiskFault::Torn) {
+                    // A power cut: from this instant no fsync completes on any target (a
+                    // node still running fails its fsync), then all die together.
+                    for id in &targets {
+                        self.disk(*id, &DiskRequest::Freeze)?;
+                    }
+                }
+                if kind != DiskFault::FsyncError {
+                    self.cluster.kill_together(&targets)?;
+                }
                 for id in &targets {
                     notes.push(format!("n{id}: {}", self.begin_disk(kind, *id)?));
                 }
@@ -547,7 +557,6 @@ impl Nemesis {
             DiskFault::Torn => DiskRequest::Torn { seed },
             DiskFault::Corrupt => DiskRequest::Corrupt { seed },
         };
-        self.cluster.kill(id)?;
         match self.cluster.disk_request(id, &request) {
             Ok(DiskReply::Crashed(report)) => Ok(crash_note(&report)),
             Ok(DiskReply::Corrupted(c)) => Ok(format!(

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use nemesis::cluster::{self, Cluster};
-use nemesis::spec::{self, ClusterSpec, NetnsLayout};
 use nemesis::fault::DiskFault;
 use nemesis::fs::{DiskReply, DiskRequest};
+use nemesis::spec::{self, ClusterSpec, NetnsLayout};
 use nemesis::{BackendKind, Fault, Nemesis, PartitionKind, Target};
 
 /// How long `up` waits for a first leader before reporting the cluster without one.
@@ -384,7 +384,11 @@ fn disk_command(mut cluster: Cluster, seed: u64, action: DiskAction) -> CliResul
             let binary = spec::default_nemesis_binary();
             for id in node_arg(&cluster, &target)? {
                 let mounted = cluster.mount_disk(id, &binary)?;
-                let what = if mounted { "mounted" } else { "already mounted" };
+                let what = if mounted {
+                    "mounted"
+                } else {
+                    "already mounted"
+                };
                 println!("n{id}: {what} ({})", cluster.node_data_dir(id)?.display());
             }
             return Ok(());

@@ -134,9 +134,10 @@ pub fn schedule(spec: &ScheduleSpec) -> Result<Vec<ScheduledFault>, ScheduleErro
         return Err(ScheduleError::Duration);
     }
     if let Some(target) = spec.target {
-        let misfit = spec.kinds.iter().find(|k| {
-            *k != &FaultKind::Partition && !k.targets().contains(&target)
-        });
+        let misfit = spec
+            .kinds
+            .iter()
+            .find(|k| *k != &FaultKind::Partition && !k.targets().contains(&target));
         if let Some(kind) = misfit {
             return Err(ScheduleError::Target {
                 target,
@@ -225,5 +226,36 @@ mod tests {
         let mut zero = spec(1);
         zero.duration_ms = 0;
         assert!(matches!(schedule(&zero), Err(ScheduleError::Duration)));
+    }
+
+    #[test]
+    fn disk_faults_draw_their_targets_and_corruption_never_hits_all_nodes() {
+        let mut disk = spec(3);
+        disk.kinds =
+            parse_fault_kinds("disk-lose-unsynced,disk-torn,disk-corrupt,disk-fsync-error")
+                .unwrap();
+        disk.time_limit_ms = 600_000;
+        let faults = schedule(&disk).unwrap();
+        let mut names = std::collections::BTreeSet::new();
+        for scheduled in &faults {
+            let Fault::Disk { kind, target, .. } = scheduled.fault else {
+                panic!("not a disk fault: {scheduled:?}");
+            };
+            assert!(kind != DiskFault::Corrupt || target != Target::All);
+            names.insert(kind.name());
+        }
+        assert_eq!(names.len(), 4, "{names:?}");
+        let mut all = disk.clone();
+        all.kinds = vec![FaultKind::DiskLoseUnsynced];
+        all.target = Some(Target::All);
+        assert!(schedule(&all).unwrap().iter().all(|s| matches!(
+            s.fault,
+            Fault::Disk {
+                target: Target::All,
+                ..
+            }
+        )));
+        all.kinds = vec![FaultKind::DiskCorrupt];
+        assert!(matches!(schedule(&all), Err(ScheduleError::Target { .. })));
     }
 }

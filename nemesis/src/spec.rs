@@ -39,7 +39,9 @@ pub enum SpecError {
     Certs(#[from] TlsError),
     #[error("node binary not found at {0} (build it: cargo build --release -p kvnode)")]
     NodeBinary(PathBuf),
-    #[error("nemesis binary not found at {0} (it serves the disks; cargo build --release -p nemesis)")]
+    #[error(
+        "nemesis binary not found at {0} (it serves the disks; cargo build --release -p nemesis)"
+    )]
     DiskBinary(PathBuf),
     #[error("disk faults mount FUSE filesystems: they need root")]
     DiskNeedsRoot,
@@ -288,7 +290,10 @@ impl ClusterSpec {
             mountpoint: self.node_data_dir(id),
             control: disks.join(format!("{}.sock", node_name(id))),
         };
-        (options, self.logs_dir().join(format!("{}-disk.log", node_name(id))))
+        (
+            options,
+            self.logs_dir().join(format!("{}-disk.log", node_name(id))),
+        )
     }
 
     pub fn config_file(&self) -> ConfigFile {

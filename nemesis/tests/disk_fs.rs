@@ -67,7 +67,11 @@ fn write_synced(mounted: &Mounted, relative: &str, content: &[u8]) {
 }
 
 fn open_rw(path: &Path) -> File {
-    OpenOptions::new().read(true).write(true).open(path).unwrap()
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap()
 }
 
 fn crashed(reply: DiskReply) -> nemesis::fs::CrashReport {
@@ -90,7 +94,9 @@ fn disk_lose_unsynced_keeps_synced_data_and_entries_and_drops_the_rest() {
     segment.write_all_at(&[b'B'; 100], 4096).unwrap();
     segment.write_all_at(&[b'C'; 1000], 8192).unwrap();
     let created = File::create(m.path("wal/created")).unwrap();
-    created.write_all_at(b"synced file, unsynced entry", 0).unwrap();
+    created
+        .write_all_at(b"synced file, unsynced entry", 0)
+        .unwrap();
     created.sync_data().unwrap();
     fs::rename(m.path("wal/tmp"), m.path("wal/renamed")).unwrap();
     fs::remove_file(m.path("wal/old")).unwrap();
@@ -141,7 +147,10 @@ fn disk_torn_keeps_a_whole_sector_prefix_of_the_last_write_only() {
         assert_eq!(kept % 512, 0, "seed {seed}: {kept} not whole sectors");
         let content = fs::read(m.path("segment")).unwrap();
         assert_eq!(content.len(), 4096 + kept, "seed {seed}");
-        assert!(content[..4096].iter().all(|b| *b == b'S'), "synced data changed");
+        assert!(
+            content[..4096].iter().all(|b| *b == b'S'),
+            "synced data changed"
+        );
         assert!(content[4096..].iter().all(|b| *b == b'T'));
         kept_sizes.insert(kept);
     }
@@ -158,7 +167,10 @@ fn disk_corrupt_flips_one_bit_of_a_sealed_segment_or_snapshot() {
         ("wal/0000000000000001-0000000000000001.wal", vec![7u8; 3000]),
         ("wal/0000000000000002-0000000000000100.wal", vec![9u8; 3000]),
         ("wal/0000000000000003-0000000000000200.wal", vec![5u8; 3000]),
-        ("snap/0000000000000150-0000000000000002.snap", vec![3u8; 2000]),
+        (
+            "snap/0000000000000150-0000000000000002.snap",
+            vec![3u8; 2000],
+        ),
     ];
     let mut hit = std::collections::BTreeSet::new();
     for seed in 0..12u64 {
@@ -169,7 +181,10 @@ fn disk_corrupt_flips_one_bit_of_a_sealed_segment_or_snapshot() {
             DiskReply::Corrupted(c) => c,
             other => panic!("{other:?}"),
         };
-        assert_ne!(corruption.file, files[2].0, "the last segment is never corrupted");
+        assert_ne!(
+            corruption.file, files[2].0,
+            "the last segment is never corrupted"
+        );
         for (name, content) in &files {
             let now = fs::read(m.path(name)).unwrap();
             let flipped: Vec<(usize, u8)> = (now.iter().zip(content))

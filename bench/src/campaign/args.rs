@@ -132,17 +132,21 @@ pub fn settings(args: CampaignArgs, clock_seed: u64) -> Result<CampaignSettings,
         Some(text) => Some(match text.parse::<Target>() {
             Ok(Target::Node(_)) | Err(_) => {
                 return Err(format!(
-                    "--target {text:?}: use one, minority, leader or all"
+                    "--target \"{text}\": use one, minority, leader or all"
                 ))
             }
             Ok(target) => target,
         }),
     };
     if let Some(target) = target {
-        if let Some(kind) = faults.iter().find(|k| {
-            **k != FaultKind::Partition && !k.targets().contains(&target)
-        }) {
-            return Err(format!("--target {target} does not apply to {}", kind.name()));
+        if let Some(kind) = faults
+            .iter()
+            .find(|k| **k != FaultKind::Partition && !k.targets().contains(&target))
+        {
+            return Err(format!(
+                "--target {target} does not apply to {}",
+                kind.name()
+            ));
         }
     }
     if args.clients == 0 || args.clients > CLIENTS_MAX {

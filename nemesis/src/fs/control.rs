@@ -4,6 +4,7 @@
 //! (content in `B`) and answers one JSON request per connection on the Unix socket `S`:
 //!
 //! ```text
+//! {"command":"freeze"}                   -> {"reply":"done"} (no fsync completes until a crash)
 //! {"command":"lose-unsynced"}            -> {"reply":"crashed","files_reverted":..,...}
 //! {"command":"torn","seed":7}            -> {"reply":"crashed",...,"torn":{...}}
 //! {"command":"corrupt","seed":7}         -> {"reply":"corrupted","file":..,"offset":..,"bit":..}
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::fuse::DiskFs;
-use super::model::{CrashReport, Corruption, Model, ModelError, ModelStatus};
+use super::model::{Corruption, CrashReport, Model, ModelError, ModelStatus};
 use crate::process;
 use crate::rng::Rng;
 
@@ -78,6 +79,7 @@ pub enum DiskError {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "kebab-case")]
 pub enum DiskRequest {
+    Freeze,
     LoseUnsynced,
     Torn { seed: u64 },
     Corrupt { seed: u64 },
@@ -186,7 +188,8 @@ pub fn serve(options: &ServeOptions) -> Result<(), DiskError> {
     for dir in [&options.backing, &options.mountpoint] {
         std::fs::create_dir_all(dir).map_err(io_at(dir))?;
     }
-    let mountpoint = std::fs::canonicalize(&options.mountpoint).map_err(io_at(&options.mountpoint))?;
+    let mountpoint =
+        std::fs::canonicalize(&options.mountpoint).map_err(io_at(&options.mountpoint))?;
     let backing = std::fs::canonicalize(&options.backing).map_err(io_at(&options.backing))?;
     if is_mounted(&mountpoint) {
         return Err(DiskError::Mounted(mountpoint));
@@ -215,10 +218,12 @@ pub fn serve(options: &ServeOptions) -> Result<(), DiskError> {
     let served = serve_control(&record, &model);
     let _ = std::fs::remove_file(registry_path(&mountpoint));
     let _ = std::fs::remove_file(&options.control);
-    let unmounted = session.umount_and_join().map_err(|source| DiskError::Mount {
-        path: mountpoint,
-        source,
-    });
+    let unmounted = session
+        .umount_and_join()
+        .map_err(|source| DiskError::Mount {
+            path: mountpoint,
+            source,
+        });
     served.and(unmounted)
 }
 
@@ -279,7 +284,9 @@ fn answer(stream: UnixStream, model: &Arc<Mutex<Model>>) -> bool {
 }
 
 fn execute(request: &DiskRequest, model: &Arc<Mutex<Model>>) -> DiskReply {
-    let mut model = model.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut model = model
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let failed = |error: ModelError| DiskReply::Error {
         message: error.to_string(),
     };
@@ -294,6 +301,10 @@ fn execute(request: &DiskRequest, model: &Arc<Mutex<Model>>) -> DiskReply {
         DiskRequest::FsyncError => {
             model.arm_fsync_error();
             DiskReply::Armed
+        }
+        DiskRequest::Freeze => {
+            model.freeze();
+            DiskReply::Done
         }
         DiskRequest::Disarm => {
             model.disarm_fsync_error();
@@ -328,7 +339,7 @@ pub fn request(control: &Path, request: &DiskRequest) -> Result<DiskReply, DiskE
     match serde_json::from_str::<DiskReply>(&line) {
         Ok(DiskReply::Error { message }) => Err(failed(message)),
         Ok(reply) => Ok(reply),
-        Err(error) => Err(failed(format!("bad reply {line:?}: {error}"))),
+        Err(error) => Err(failed(format!("bad reply \"{}\": {error}", line.trim()))),
     }
 }
 

@@ -11,10 +11,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
-    TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
 use super::model::{code, Model};
@@ -54,7 +53,9 @@ impl DiskFs {
     fn model(&self) -> MutexGuard<'_, Model> {
         // A panic while holding the lock leaves the model as it was at the panic; serving
         // on is better than failing every later request of the node.
-        self.model.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.model
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn attr(&self, metadata: &Metadata) -> FileAttr {
@@ -171,7 +172,10 @@ impl Filesystem for DiskFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(self.model().unlink(self.backing(parent), name, false), reply);
+        empty(
+            self.model().unlink(self.backing(parent), name, false),
+            reply,
+        );
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -363,9 +367,12 @@ impl Filesystem for DiskFs {
         reply: ReplyCreate,
     ) {
         let exclusive = flags & OPEN_EXCLUSIVE != 0;
-        let result =
-            self.model()
-                .create(self.backing(parent), name, mode & !umask & 0o7777, exclusive);
+        let result = self.model().create(
+            self.backing(parent),
+            name,
+            mode & !umask & 0o7777,
+            exclusive,
+        );
         match result {
             Ok((metadata, handle)) => reply.created(
                 &TTL,

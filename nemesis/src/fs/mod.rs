@@ -9,12 +9,15 @@
 //!
 //! Commands (sent to its control socket, see [`control`]):
 //!
-//! | command | effect |
-//! | --- | --- |
-//! | `lose-unsynced` | every volatile byte and directory change is discarded (the caller kills the node first: a power cut) |
-//! | `torn` | the same, but the last unsynced write survives as a random whole-sector prefix shorter than itself |
-//! | `corrupt` | one bit flipped in the synced part of one non-last WAL segment or snapshot |
-//! | `fsync-error` | the next `fsync`/`fdatasync` of a file fails with EIO, and that file's unsynced data is dropped at once (the kernel marks failed pages clean: "fsyncgate") |
+//! - `freeze`: from now on no fsync completes (each fails with EIO), until the next crash;
+//!   the moment of a power cut, so no node of the cluster syncs after another died;
+//! - `lose-unsynced`: every volatile byte and directory change is discarded (the caller kills
+//!   the node first: a power cut);
+//! - `torn`: the same, but the last unsynced write survives as a random whole-sector prefix
+//!   shorter than itself;
+//! - `corrupt`: one bit flipped in the synced part of one non-last WAL segment or snapshot;
+//! - `fsync-error`: the next `fsync`/`fdatasync` of a file fails with EIO, and that file's
+//!   unsynced data is dropped at once (the kernel marks failed pages clean: "fsyncgate").
 //!
 //! Supported operations: lookup, getattr, setattr (size, mode), open, create, read, write,
 //! fallocate (modes 0 and KEEP_SIZE), fsync, fdatasync, mkdir, unlink, rmdir, rename (also
@@ -30,4 +33,4 @@ pub use control::{
     cleanup_disks, spawn_disk, stop_disk, DiskError, DiskHandle, DiskRecord, DiskReply,
     DiskRequest, ServeOptions,
 };
-pub use model::{CrashReport, Corruption, ModelStatus, TornWrite};
+pub use model::{Corruption, CrashReport, ModelStatus, TornWrite};

@@ -12,6 +12,7 @@
 //! A crash (`lose_unsynced`, `torn`) writes the saved bytes back, cuts every file to its
 //! durable size, and rebuilds every changed directory from its durable listing.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
@@ -115,6 +116,10 @@ pub struct Model {
     saved_bytes: u64,
     fsync_errors_armed: u64,
     fsync_errors_injected: u64,
+    /// Set just before a power cut: no fsync completes any more (each fails with EIO and
+    /// makes nothing durable), so no node can sync between the first and the last SIGKILL of
+    /// a whole-cluster power loss. The crash clears it.
+    frozen: bool,
     handles: HashMap<u64, Handle>,
     next_handle: u64,
 }
@@ -164,6 +169,7 @@ impl Model {
             saved_bytes: 0,
             fsync_errors_armed: 0,
             fsync_errors_injected: 0,
+            frozen: false,
             handles: HashMap::new(),
             next_handle: 1,
         };
@@ -312,17 +318,16 @@ impl Model {
 
     /// The file's undo state, created at its first change since its last fsync.
     fn state_of(&mut self, inode: u64, file: &File) -> io::Result<&mut FileState> {
-        if !self.files.contains_key(&inode) {
-            let durable_bytes = file.metadata()?.len();
-            self.files.insert(
-                inode,
-                FileState {
+        match self.files.entry(inode) {
+            Entry::Occupied(entry) => Ok(entry.into_mut()),
+            Entry::Vacant(entry) => {
+                let durable_bytes = file.metadata()?.len();
+                Ok(entry.insert(FileState {
                     durable_bytes,
                     saved: BTreeMap::new(),
-                },
-            );
+                }))
+            }
         }
-        self.files.get_mut(&inode).ok_or_else(|| errno(code::EIO))
     }
 
     /// Saves the original bytes of `[start, end)` below the durable size that are not saved
@@ -402,7 +407,13 @@ impl Model {
 
     /// fallocate(2): allocate (mode 0) or allocate keeping the size (1). Space only: the
     /// content does not change, a crash cuts the file back to its durable size.
-    pub fn fallocate(&mut self, handle: u64, offset: u64, length: u64, mode: i32) -> io::Result<()> {
+    pub fn fallocate(
+        &mut self,
+        handle: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    ) -> io::Result<()> {
         let flags = match mode {
             0 => rustix::fs::FallocateFlags::empty(),
             FALLOCATE_KEEP_SIZE => rustix::fs::FallocateFlags::KEEP_SIZE,
@@ -418,6 +429,9 @@ impl Model {
     /// an injected error is armed: then the call fails with EIO and the unsynced data of the
     /// file is dropped at once, like a kernel that marks the failed pages clean.
     pub fn fsync(&mut self, inode: u64, handle: Option<u64>) -> io::Result<()> {
+        if self.frozen {
+            return Err(errno(code::EIO));
+        }
         if self.fsync_errors_armed > 0 {
             self.fsync_errors_armed -= 1;
             self.fsync_errors_injected += 1;
@@ -447,9 +461,17 @@ impl Model {
 
     /// fsync of a directory: its current entries become durable.
     pub fn fsync_dir(&mut self, inode: u64) -> io::Result<()> {
+        if self.frozen {
+            return Err(errno(code::EIO));
+        }
         File::open(self.path_of(inode)?)?.sync_all()?;
         self.dirs.remove(&inode);
         self.collect_trash()
+    }
+
+    /// The moment of a power cut (see `frozen`).
+    pub fn freeze(&mut self) {
+        self.frozen = true;
     }
 
     pub fn arm_fsync_error(&mut self) {
@@ -626,6 +648,7 @@ impl Model {
     pub fn crash(&mut self, torn: Option<&mut Rng>) -> Result<CrashReport, ModelError> {
         let root = self.root.clone();
         let mut report = CrashReport::default();
+        self.frozen = false;
         let located = walk(&root).map_err(io_at(&root))?;
         for (inode, state) in std::mem::take(&mut self.files) {
             let Some(relative) = located.get(&inode) else {
