@@ -359,13 +359,25 @@ impl Cluster {
     }
 
     /// SIGKILLs every node of `ids` at once, then waits until all are gone: a power cut hits
-    /// every machine at the same instant, so no node may fsync after another died.
-    pub fn kill_together(&mut self, ids: &[NodeId]) -> Result<(), ClusterError> {
+    /// every machine at the same instant, so no node may fsync after another died. With
+    /// `release`, that request goes to each node's disk between the signals and the wait: a
+    /// frozen disk holds fsyncs back, and a process waiting on one only dies once it is
+    /// answered.
+    pub fn kill_together(
+        &mut self,
+        ids: &[NodeId],
+        release: Option<&DiskRequest>,
+    ) -> Result<(), ClusterError> {
         let mut killed = Vec::new();
         for id in ids {
             if let Some(pid) = self.running_pid(*id)? {
                 process::send_signal(pid, Signal::KILL)?;
                 killed.push((*id, pid));
+            }
+        }
+        if let Some(request) = release {
+            for id in ids {
+                self.disk_request(*id, request)?;
             }
         }
         for (id, pid) in killed {

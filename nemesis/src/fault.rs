@@ -17,6 +17,9 @@ use crate::NodeId;
 
 /// The history's process name for fault events.
 pub const NEMESIS_PROCESS: &str = "nemesis";
+/// How long the disks of a power cut's targets complete no fsync before the targets die
+/// together (see `Nemesis::begin`).
+const POWER_CUT_FREEZE_MS: u64 = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FaultError {
@@ -447,15 +450,20 @@ impl Nemesis {
             }
             Fault::Disk { kind, target, .. } => {
                 let targets = self.disk_targets(kind, target, leader)?;
-                if matches!(kind, DiskFault::LoseUnsynced | DiskFault::Torn) {
-                    // A power cut: from this instant no fsync completes on any target (a
-                    // node still running fails its fsync), then all die together.
+                let power_cut = matches!(kind, DiskFault::LoseUnsynced | DiskFault::Torn);
+                if power_cut {
+                    // A power cut: the disks stop completing flushes first (an fsync then
+                    // blocks), for POWER_CUT_FREEZE_MS, then all targets die together.
+                    // Whatever a node acknowledges meanwhile rests on no completed fsync and
+                    // is lost; a node that waits for its fsyncs acknowledges nothing.
                     for id in &targets {
                         self.disk(*id, &DiskRequest::Freeze)?;
                     }
+                    std::thread::sleep(Duration::from_millis(POWER_CUT_FREEZE_MS));
                 }
                 if kind != DiskFault::FsyncError {
-                    self.cluster.kill_together(&targets)?;
+                    let release = power_cut.then_some(&DiskRequest::Release);
+                    self.cluster.kill_together(&targets, release)?;
                 }
                 for id in &targets {
                     notes.push(format!("n{id}: {}", self.begin_disk(kind, *id)?));

@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! {"command":"freeze"}                   -> {"reply":"done"} (no fsync completes until a crash)
+//! {"command":"release"}                  -> {"reply":"released","fsyncs":..} (held fsyncs: EIO)
 //! {"command":"lose-unsynced"}            -> {"reply":"crashed","files_reverted":..,...}
 //! {"command":"torn","seed":7}            -> {"reply":"crashed",...,"torn":{...}}
 //! {"command":"corrupt","seed":7}         -> {"reply":"corrupted","file":..,"offset":..,"bit":..}
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::fuse::DiskFs;
+use super::fuse::{release_parked, DiskFs, Parked};
 use super::model::{Corruption, CrashReport, Model, ModelError, ModelStatus};
 use crate::process;
 use crate::rng::Rng;
@@ -80,6 +81,7 @@ pub enum DiskError {
 #[serde(tag = "command", rename_all = "kebab-case")]
 pub enum DiskRequest {
     Freeze,
+    Release,
     LoseUnsynced,
     Torn { seed: u64 },
     Corrupt { seed: u64 },
@@ -95,6 +97,7 @@ pub enum DiskReply {
     Crashed(CrashReport),
     Corrupted(Corruption),
     Armed,
+    Released { fsyncs: usize },
     Status(ModelStatus),
     Done,
     Error { message: String },
@@ -202,7 +205,8 @@ pub fn serve(options: &ServeOptions) -> Result<(), DiskError> {
         fuser::MountOption::FSName(FS_SUBTYPE.to_string()),
         fuser::MountOption::Subtype(FS_SUBTYPE.to_string()),
     ];
-    let filesystem = DiskFs::new(model.clone(), root_inode);
+    let parked = Parked::default();
+    let filesystem = DiskFs::new(model.clone(), root_inode, parked.clone());
     let session = fuser::spawn_mount(filesystem, &mountpoint, &config).map_err(|source| {
         DiskError::Mount {
             path: mountpoint.clone(),
@@ -215,7 +219,7 @@ pub fn serve(options: &ServeOptions) -> Result<(), DiskError> {
         backing,
         control: options.control.clone(),
     };
-    let served = serve_control(&record, &model);
+    let served = serve_control(&record, &model, &parked);
     let _ = std::fs::remove_file(registry_path(&mountpoint));
     let _ = std::fs::remove_file(&options.control);
     let unmounted = session
@@ -227,7 +231,11 @@ pub fn serve(options: &ServeOptions) -> Result<(), DiskError> {
     served.and(unmounted)
 }
 
-fn serve_control(record: &DiskRecord, model: &Arc<Mutex<Model>>) -> Result<(), DiskError> {
+fn serve_control(
+    record: &DiskRecord,
+    model: &Arc<Mutex<Model>>,
+    parked: &Parked,
+) -> Result<(), DiskError> {
     let control = &record.control;
     let _ = std::fs::remove_file(control);
     if let Some(dir) = control.parent() {
@@ -246,7 +254,7 @@ fn serve_control(record: &DiskRecord, model: &Arc<Mutex<Model>>) -> Result<(), D
     while !interrupted.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, _)) => {
-                if answer(stream, model) {
+                if answer(stream, model, parked) {
                     return Ok(());
                 }
             }
@@ -260,7 +268,7 @@ fn serve_control(record: &DiskRecord, model: &Arc<Mutex<Model>>) -> Result<(), D
 }
 
 /// Answers one connection; true when asked to unmount.
-fn answer(stream: UnixStream, model: &Arc<Mutex<Model>>) -> bool {
+fn answer(stream: UnixStream, model: &Arc<Mutex<Model>>, parked: &Parked) -> bool {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_millis(CONTROL_TIMEOUT_MS)));
     let mut line = String::new();
@@ -271,7 +279,7 @@ fn answer(stream: UnixStream, model: &Arc<Mutex<Model>>) -> bool {
         Err(error) => Err(format!("reading the request: {error}")),
     };
     let reply = match &request {
-        Ok(request) => execute(request, model),
+        Ok(request) => execute(request, model, parked),
         Err(message) => DiskReply::Error {
             message: message.clone(),
         },
@@ -283,7 +291,7 @@ fn answer(stream: UnixStream, model: &Arc<Mutex<Model>>) -> bool {
     matches!(request, Ok(DiskRequest::Unmount))
 }
 
-fn execute(request: &DiskRequest, model: &Arc<Mutex<Model>>) -> DiskReply {
+fn execute(request: &DiskRequest, model: &Arc<Mutex<Model>>, parked: &Parked) -> DiskReply {
     let mut model = model
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -306,6 +314,9 @@ fn execute(request: &DiskRequest, model: &Arc<Mutex<Model>>) -> DiskReply {
             model.freeze();
             DiskReply::Done
         }
+        DiskRequest::Release => DiskReply::Released {
+            fsyncs: release_parked(parked),
+        },
         DiskRequest::Disarm => {
             model.disarm_fsync_error();
             DiskReply::Done

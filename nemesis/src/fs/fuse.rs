@@ -25,14 +25,43 @@ const OPEN_EXCLUSIVE: i32 = 0o200;
 /// Longest file name statfs reports (NAME_MAX).
 const NAME_BYTES_MAX: u32 = 255;
 
+/// fsync replies held back while the model is frozen (see [`Model::freeze`]): the caller
+/// waits in the kernel until the reply is released by [`release_parked`].
+pub type Parked = Arc<Mutex<Vec<ReplyEmpty>>>;
+
 pub struct DiskFs {
     model: Arc<Mutex<Model>>,
     root_inode: u64,
+    parked: Parked,
+}
+
+/// Answers every held-back fsync with EIO; returns how many there were. Sent after the
+/// waiting processes got SIGKILL, so none of them runs another instruction: the kernel keeps
+/// a process whose request the filesystem has read waiting for the answer, even after SIGKILL.
+pub fn release_parked(parked: &Parked) -> usize {
+    let replies = std::mem::take(&mut *lock(parked));
+    let count = replies.len();
+    for reply in replies {
+        reply.error(Errno::EIO);
+    }
+    count
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves the value as it was at the panic; serving on is
+    // better than failing every later request of the node.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl DiskFs {
-    pub fn new(model: Arc<Mutex<Model>>, root_inode: u64) -> DiskFs {
-        DiskFs { model, root_inode }
+    pub fn new(model: Arc<Mutex<Model>>, root_inode: u64, parked: Parked) -> DiskFs {
+        DiskFs {
+            model,
+            root_inode,
+            parked,
+        }
     }
 
     /// FUSE inode <-> backing inode (the same swap both ways).
@@ -51,11 +80,17 @@ impl DiskFs {
     }
 
     fn model(&self) -> MutexGuard<'_, Model> {
-        // A panic while holding the lock leaves the model as it was at the panic; serving
-        // on is better than failing every later request of the node.
-        self.model
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.model)
+    }
+
+    /// While frozen an fsync never completes: its reply is held back (the caller blocks, as
+    /// in the last instants before a power cut). Returns the reply if not frozen.
+    fn park_if_frozen(&self, model: &Model, reply: ReplyEmpty) -> Option<ReplyEmpty> {
+        if !model.is_frozen() {
+            return Some(reply);
+        }
+        lock(&self.parked).push(reply);
+        None
     }
 
     fn attr(&self, metadata: &Metadata) -> FileAttr {
@@ -283,7 +318,10 @@ impl Filesystem for DiskFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(self.model().fsync(self.backing(ino), Some(fh.0)), reply);
+        let mut model = self.model();
+        if let Some(reply) = self.park_if_frozen(&model, reply) {
+            empty(model.fsync(self.backing(ino), Some(fh.0)), reply);
+        }
     }
 
     fn readdir(
@@ -330,7 +368,10 @@ impl Filesystem for DiskFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(self.model().fsync_dir(self.backing(ino)), reply);
+        let mut model = self.model();
+        if let Some(reply) = self.park_if_frozen(&model, reply) {
+            empty(model.fsync_dir(self.backing(ino)), reply);
+        }
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {

@@ -9,8 +9,9 @@
 //!
 //! Commands (sent to its control socket, see [`control`]):
 //!
-//! - `freeze`: from now on no fsync completes (each fails with EIO), until the next crash;
-//!   the moment of a power cut, so no node of the cluster syncs after another died;
+//! - `freeze`: from now on no fsync completes (its reply is held back, the caller blocks)
+//!   until the next crash: the start of a power cut, so no node of the cluster syncs after
+//!   another died; `release` answers the held fsyncs with EIO once their callers are killed;
 //! - `lose-unsynced`: every volatile byte and directory change is discarded (the caller kills
 //!   the node first: a power cut);
 //! - `torn`: the same, but the last unsynced write survives as a random whole-sector prefix

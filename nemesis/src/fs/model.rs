@@ -116,9 +116,10 @@ pub struct Model {
     saved_bytes: u64,
     fsync_errors_armed: u64,
     fsync_errors_injected: u64,
-    /// Set just before a power cut: no fsync completes any more (each fails with EIO and
-    /// makes nothing durable), so no node can sync between the first and the last SIGKILL of
-    /// a whole-cluster power loss. The crash clears it.
+    /// Set just before a power cut: no fsync completes any more, so no node can sync between
+    /// the first and the last SIGKILL of a whole-cluster power loss. The FUSE side holds
+    /// fsync replies back while frozen (the caller blocks); a direct call fails with EIO and
+    /// makes nothing durable. The crash clears it.
     frozen: bool,
     handles: HashMap<u64, Handle>,
     next_handle: u64,
@@ -472,6 +473,10 @@ impl Model {
     /// The moment of a power cut (see `frozen`).
     pub fn freeze(&mut self) {
         self.frozen = true;
+    }
+
+    pub fn is_frozen(&self) -> bool {
+        self.frozen
     }
 
     pub fn arm_fsync_error(&mut self) {
