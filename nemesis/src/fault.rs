@@ -585,26 +585,31 @@ impl Nemesis {
         Ok(self.cluster.disk_request(id, request)?)
     }
 
-    /// Restarts the targets (fsync-error: first notes whether each stopped by itself, and
-    /// kills the ones that did not), then watches them start.
+    /// Restarts the targets, then watches them start. fsync-error: first notes whether each
+    /// target stopped by itself, and kills the ones that did not all at once before any
+    /// restarts (one restarted early would copy back from a live peer what the others lost,
+    /// hiding a node that acknowledged past its failed fsync).
     fn end_disk(&mut self, kind: DiskFault, targets: &[NodeId]) -> Result<Vec<String>, FaultError> {
         let mut notes = Vec::new();
-        for id in targets {
-            if kind == DiskFault::FsyncError {
+        if kind == DiskFault::FsyncError {
+            for id in targets {
+                // One error is armed per fault: none left means it was injected.
                 let injected = match self.disk(*id, &DiskRequest::Status)? {
-                    DiskReply::Status(status) => status.fsync_errors_injected,
+                    DiskReply::Status(status) => status.fsync_errors_armed == 0,
                     _ => return Err(FaultError::DiskReply(*id)),
                 };
                 self.disk(*id, &DiskRequest::Disarm)?;
                 let running = self.cluster.running_pid(*id)?.is_some();
-                let note = match (injected > 0, running) {
+                let note = match (injected, running) {
                     (false, _) => "no fsync during the fault",
                     (true, false) => "stopped after the failed fsync",
                     (true, true) => "still running after the failed fsync (killed now)",
                 };
                 notes.push(format!("n{id}: {note}"));
-                self.cluster.kill(*id)?;
             }
+            self.cluster.kill_together(targets, None)?;
+        }
+        for id in targets {
             self.cluster.restart(*id)?;
         }
         for (id, outcome) in self.cluster.settle(targets)? {
