@@ -44,9 +44,10 @@ benchmarks:
     cargo bench -p checker
 
 # The nightly campaign matrix (8 campaigns: kill, pause, partition and all mixed, per
-# workload) and results/index.html. As root for partitions. `just nightly 20s` for a short one.
+# workload; 6 disk-fault campaigns) and results/index.html. As root for partitions and disk
+# faults (FUSE). `just nightly 20s` for a short one.
 nightly time="60s":
-    cargo build --release -p kvnode -p bench
+    cargo build --release -p kvnode -p bench -p nemesis
     scripts/nightly.sh {{time}}
 
 # Regenerate results/index.html from the runs under results/.

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # The nightly campaign matrix: each fault kind x each workload, plus all kinds mixed per
-# workload (8 campaigns), then results/index.html. Partitions need the netns backend (root);
-# without root they are skipped with a SKIPPED line and the others run on the local backend.
+# workload (8 campaigns), then the disk campaigns (6: whole-cluster power loss and torn writes
+# on all nodes, lost unsynced data on drawn targets, corruption, failed fsyncs, all disk faults
+# mixed), then results/index.html. Partitions need the netns backend (root) and disk faults
+# FUSE (root); without root they are skipped with a SKIPPED line.
 # Usage: scripts/nightly.sh [time-limit] [seed]. Exit 1 if any campaign was not valid.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 time_limit="${1:-60s}"
 seed="${2:-$(date +%s)}"
 bench=target/release/bench
-if [ ! -x "$bench" ] || [ ! -x target/release/kvnode ]; then
-  echo "nightly: build first: cargo build --release -p kvnode -p bench" >&2
+if [ ! -x "$bench" ] || [ ! -x target/release/kvnode ] || [ ! -x target/release/nemesis ]; then
+  echo "nightly: build first: cargo build --release -p kvnode -p bench -p nemesis" >&2
   exit 2
 fi
 backend=local
@@ -29,6 +31,31 @@ for workload in register list-append; do
     [ $code = 0 ] || failed=1
     seed=$((seed + 1))
   done
+done
+# workload|faults|target (empty: drawn per fault from the seed)
+disk_campaigns=(
+  "register|disk-lose-unsynced|all"
+  "register|disk-torn|all"
+  "list-append|disk-lose-unsynced|"
+  "register|disk-corrupt|"
+  "register|disk-fsync-error|"
+  "list-append|disk-lose-unsynced,disk-torn,disk-corrupt,disk-fsync-error|"
+)
+for entry in "${disk_campaigns[@]}"; do
+  IFS='|' read -r workload faults target <<<"$entry"
+  if [ "$(id -u)" != 0 ]; then
+    echo "SKIPPED $workload/$faults: disk faults need root (FUSE)"
+    continue
+  fi
+  target_args=()
+  [ -n "$target" ] && target_args=(--target "$target")
+  echo "=== campaign $workload / $faults ${target:+@$target} ($time_limit, seed $seed, local)"
+  "$bench" campaign --workload "$workload" --faults "$faults" "${target_args[@]}" \
+    --time-limit "$time_limit" --interval 5s --clients 16 --seed "$seed" --quiet
+  code=$?
+  echo "=== exit $code"
+  [ $code = 0 ] || failed=1
+  seed=$((seed + 1))
 done
 "$bench" index --results results
 exit $failed

@@ -94,7 +94,7 @@ pub fn run(settings: &Settings) -> Result<RunOutcome, BenchError> {
     let run_dir = output::create_run_dir(&settings.results, &output::utc_stamp(started_at))?;
     let (cluster, mut client_config) = match &settings.cluster {
         None => {
-            let cluster = EmbeddedCluster::start()?;
+            let cluster = EmbeddedCluster::start(settings.disk_fs)?;
             let config = cluster.client_config();
             (Some(cluster), config)
         }

@@ -79,13 +79,17 @@ pub struct Args {
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,
+    /// Put the embedded nodes' data on the fault-injecting filesystem (nemesis/src/fs, root
+    /// only), to measure its overhead; by default they use the real filesystem.
+    #[arg(long)]
+    pub disk_fs: bool,
 }
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
     /// A fault-injection campaign on a real kvnode cluster (exit 0 valid, 1 anomaly,
     /// 2 unknown or error).
-    Campaign(crate::campaign::args::CampaignArgs),
+    Campaign(Box<crate::campaign::args::CampaignArgs>),
     /// Regenerate `<results>/index.html` from the runs found there.
     Index {
         #[arg(long, default_value = "results")]
@@ -121,6 +125,7 @@ pub struct Settings {
     pub timeout_ms: u64,
     pub threads: usize,
     pub quiet: bool,
+    pub disk_fs: bool,
 }
 
 impl Settings {
@@ -194,6 +199,7 @@ pub fn settings(args: Args, clock_seed: u64) -> Result<Settings, String> {
         timeout_ms: args.timeout_ms,
         threads: args.threads,
         quiet: args.quiet,
+        disk_fs: args.disk_fs,
     })
 }
 

@@ -34,13 +34,18 @@ pub enum ClusterError {
 pub struct EmbeddedCluster {
     config: ClusterConfig,
     nodes: Vec<NodeHandle>,
+    /// Fault-injecting filesystems under the nodes' data (`--disk-fs`); unmounted on drop,
+    /// after the nodes stopped and before the directory goes.
+    _disks: Vec<nemesis::fs::DiskHandle>,
     /// Holds the data and certificates; removed on drop.
     _dir: tempfile::TempDir,
 }
 
 impl EmbeddedCluster {
-    /// Makes certificates and a config in a temporary directory and starts every node.
-    pub fn start() -> Result<EmbeddedCluster, ClusterError> {
+    /// Makes certificates and a config in a temporary directory and starts every node. With
+    /// `disk_fs`, each node's data directory is a mount of the fault-injecting filesystem
+    /// (served by the `nemesis` binary next to this one).
+    pub fn start(disk_fs: bool) -> Result<EmbeddedCluster, ClusterError> {
         let dir = tempfile::Builder::new()
             .prefix("kv-bench-")
             .tempdir()
@@ -55,6 +60,22 @@ impl EmbeddedCluster {
         generate_certs(&certs, &specs, &[CLIENT_NAME.to_string()], false)
             .map_err(|e| ClusterError::Setup(format!("certificates: {e}")))?;
         let config = write_config(dir.path())?;
+        let mut disks = Vec::new();
+        if disk_fs {
+            let binary = nemesis::spec::default_nemesis_binary();
+            for spec in &config.nodes {
+                let name = format!("n{}", spec.id);
+                let options = nemesis::fs::ServeOptions {
+                    backing: dir.path().join("disks").join(&name),
+                    mountpoint: config.node_data_dir(spec.id),
+                    control: dir.path().join("disks").join(format!("{name}.sock")),
+                };
+                let log = dir.path().join("disks").join(format!("{name}.log"));
+                let disk = nemesis::fs::spawn_disk(&binary, &options, &log)
+                    .map_err(|e| ClusterError::Setup(format!("disk of {name}: {e}")))?;
+                disks.push(disk);
+            }
+        }
         let mut nodes = Vec::new();
         for spec in &config.nodes {
             let node =
@@ -67,6 +88,7 @@ impl EmbeddedCluster {
         Ok(EmbeddedCluster {
             config,
             nodes,
+            _disks: disks,
             _dir: dir,
         })
     }

@@ -72,7 +72,7 @@ fn main() -> ExitCode {
 
 fn run_command(command: Command, clock_seed: u64) -> ExitCode {
     match command {
-        Command::Campaign(campaign_args) => run_campaign(campaign_args, clock_seed),
+        Command::Campaign(campaign_args) => run_campaign(*campaign_args, clock_seed),
         Command::Index { results } => match bench::index::write_index(&results) {
             Ok(path) => {
                 println!("{}", path.display());
@@ -104,15 +104,19 @@ fn run_campaign(campaign_args: CampaignArgs, clock_seed: u64) -> ExitCode {
             return ExitCode::from(campaign::EXIT_UNKNOWN);
         }
     };
+    let faults: Vec<&str> = settings.faults.iter().map(|kind| kind.name()).collect();
+    let backend = match settings.backend {
+        campaign::args::BackendArg::Local => "local",
+        campaign::args::BackendArg::Netns => "netns",
+    };
     eprintln!(
-        "campaign {}: {} workload, faults {:?}, {:.0} s, {} clients, seed {}, backend {:?}",
+        "campaign {}: {} workload, faults {}, {:.0} s, {} clients, seed {}, backend {backend}",
         settings.name,
         settings.workload.name(),
-        settings.faults,
+        faults.join(","),
         settings.time_limit_s,
         settings.clients,
         settings.seed,
-        settings.backend
     );
     match campaign::run(&settings) {
         Ok(outcome) => {

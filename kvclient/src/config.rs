@@ -73,6 +73,15 @@ fn default_heartbeat_interval_ms() -> u64 {
 fn default_snapshot_entries() -> u64 {
     100_000
 }
+/// The WAL's default segment size (kvstorage's `WalConfig` default).
+pub const WAL_SEGMENT_BYTES_DEFAULT: u64 = 16 << 20;
+/// The smallest WAL segment a config may ask for: a segment holds its header, the current hard
+/// state and compaction point, and at least a few records.
+pub const WAL_SEGMENT_BYTES_MIN: u64 = 64 << 10;
+
+fn default_wal_segment_bytes() -> u64 {
+    WAL_SEGMENT_BYTES_DEFAULT
+}
 fn default_proposals_pending_max() -> usize {
     65_536
 }
@@ -101,6 +110,10 @@ pub struct ClusterConfig {
     /// Take a snapshot and compact the log every this many applied entries.
     #[serde(default = "default_snapshot_entries")]
     pub snapshot_entries: u64,
+    /// Preallocated size of a WAL segment. Smaller segments roll and get deleted by compaction
+    /// more often (campaigns that corrupt sealed segments use small ones so that some exist).
+    #[serde(default = "default_wal_segment_bytes")]
+    pub wal_segment_bytes: u64,
     /// Client writes proposed and waiting to be applied on the leader; beyond, writes get
     /// `Unavailable` (back off) instead of queueing without bound.
     #[serde(default = "default_proposals_pending_max")]
@@ -162,6 +175,12 @@ impl ClusterConfig {
         if self.snapshot_entries == 0 {
             return Err(invalid("snapshot_entries", "must be at least 1"));
         }
+        if self.wal_segment_bytes < WAL_SEGMENT_BYTES_MIN {
+            return Err(invalid(
+                "wal_segment_bytes",
+                format!("must be at least {WAL_SEGMENT_BYTES_MIN}"),
+            ));
+        }
         if self.proposals_pending_max == 0 || self.request_timeout_ms == 0 {
             return Err(invalid(
                 "proposals_pending_max / request_timeout_ms",
@@ -219,6 +238,7 @@ impl ClusterConfig {
             election_timeout_ms: default_election_timeout_ms(),
             heartbeat_interval_ms: default_heartbeat_interval_ms(),
             snapshot_entries: default_snapshot_entries(),
+            wal_segment_bytes: default_wal_segment_bytes(),
             proposals_pending_max: default_proposals_pending_max(),
             request_timeout_ms: default_request_timeout_ms(),
             nodes,

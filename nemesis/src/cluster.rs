@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use rustix::process::Signal;
 use serde::{Deserialize, Serialize};
 
+use crate::fs::{self as disk, DiskError, DiskHandle, DiskReply, DiskRequest};
 use crate::metrics::{self, RaftState, Role};
 use crate::netns::{self, Grudge, NetnsError, Network};
 use crate::process::{self, NodeCommand, ProcessError};
@@ -58,6 +59,8 @@ pub enum ClusterError {
     NoCluster(PathBuf),
     #[error("interrupted: cleaning up")]
     Interrupted,
+    #[error("disk: {0}")]
+    Disk(#[from] DiskError),
 }
 
 /// One node as recorded in the state file.
@@ -82,6 +85,10 @@ pub struct ClusterState {
     pub config_path: PathBuf,
     pub netns: Option<NetnsLayout>,
     pub nodes: Vec<NodeRecord>,
+    /// Nodes that refused to start (e.g. on corrupt data): never restarted again by this
+    /// cluster, left out of "every node answers" checks. Node -> the reason from its log.
+    #[serde(default)]
+    pub refused: BTreeMap<NodeId, String>,
 }
 
 impl ClusterState {
@@ -119,9 +126,17 @@ pub struct NodeStatus {
     /// Stopped by SIGSTOP (a pause).
     pub paused: bool,
     pub raft: Option<RaftState>,
-    /// Why `raft` is missing (metrics unreachable, node down).
+    /// Why `raft` is missing (metrics unreachable, node down, refused to start).
     pub error: Option<String>,
 }
+
+/// How long a restarted node is watched for an early exit (a refusal to start on corrupt
+/// data happens while it reads its WAL and snapshots, well within this).
+pub const START_SETTLE_MS: u64 = 2000;
+/// Bytes of a node's log read to find why it exited.
+const LOG_TAIL_BYTES: u64 = 4096;
+/// Longest reason kept from a log line.
+const REASON_CHARS_MAX: usize = 300;
 
 pub struct Cluster {
     state: ClusterState,
@@ -132,6 +147,8 @@ pub struct Cluster {
     network: Option<Network>,
     /// Started by this value: dropping it stops the nodes and removes the network.
     owned: bool,
+    /// Fault-injecting filesystems this value mounted (`ClusterSpec::disk`).
+    disks: Vec<DiskHandle>,
 }
 
 impl Cluster {
@@ -156,9 +173,23 @@ impl Cluster {
             children: BTreeMap::new(),
             network,
             owned: true,
+            disks: Vec::new(),
         };
         // Recorded before any node runs: a crash from here on is undone by `nemesis cleanup`.
         cluster.save()?;
+        if spec.disk {
+            if !netns::is_root() {
+                return Err(SpecError::DiskNeedsRoot.into());
+            }
+            if !spec.disk_binary.is_file() {
+                return Err(SpecError::DiskBinary(spec.disk_binary.clone()).into());
+            }
+            for id in spec.node_ids() {
+                let (options, log) = spec.disk_options(id);
+                let handle = disk::spawn_disk(&spec.disk_binary, &options, &log)?;
+                cluster.disks.push(handle);
+            }
+        }
         for id in spec.node_ids() {
             cluster.restart(id)?;
         }
@@ -179,6 +210,7 @@ impl Cluster {
             children: BTreeMap::new(),
             network,
             owned: false,
+            disks: Vec::new(),
         })
     }
 
@@ -230,6 +262,7 @@ impl Cluster {
             config_path,
             netns: None,
             nodes,
+            refused: BTreeMap::new(),
         };
         Ok(Cluster {
             state,
@@ -237,6 +270,7 @@ impl Cluster {
             children: BTreeMap::new(),
             network: None,
             owned: false,
+            disks: Vec::new(),
         })
     }
 
@@ -254,6 +288,9 @@ impl Cluster {
     /// Leaves the cluster running when this value is dropped (`nemesis up`).
     pub fn detach(mut self) {
         self.owned = false;
+        for handle in self.disks.drain(..) {
+            handle.detach();
+        }
     }
 
     pub fn state(&self) -> &ClusterState {
@@ -321,6 +358,35 @@ impl Cluster {
         Ok(true)
     }
 
+    /// SIGKILLs every node of `ids` at once, then waits until all are gone: a power cut hits
+    /// every machine at the same instant, so no node may fsync after another died. With
+    /// `release`, that request goes to each node's disk between the signals and the wait: a
+    /// frozen disk holds fsyncs back, and a process waiting on one only dies once it is
+    /// answered.
+    pub fn kill_together(
+        &mut self,
+        ids: &[NodeId],
+        release: Option<&DiskRequest>,
+    ) -> Result<(), ClusterError> {
+        let mut killed = Vec::new();
+        for id in ids {
+            if let Some(pid) = self.running_pid(*id)? {
+                process::send_signal(pid, Signal::KILL)?;
+                killed.push((*id, pid));
+            }
+        }
+        if let Some(request) = release {
+            for id in ids {
+                self.disk_request(*id, request)?;
+            }
+        }
+        for (id, pid) in killed {
+            self.reap(id, pid)?;
+            self.node_mut(id)?.pid = None;
+        }
+        self.save()
+    }
+
     fn reap(&mut self, id: NodeId, pid: u32) -> Result<(), ClusterError> {
         match self.children.remove(&id) {
             Some(mut child) if child.id() == pid => {
@@ -337,7 +403,7 @@ impl Cluster {
         if INTERRUPTED.load(Ordering::SeqCst) {
             return Err(ClusterError::Interrupted);
         }
-        if self.running_pid(id)?.is_some() {
+        if self.running_pid(id)?.is_some() || self.state.refused.contains_key(&id) {
             return Ok(false);
         }
         let command = self.node(id)?.command.clone();
@@ -397,6 +463,118 @@ impl Cluster {
         self.save()
     }
 
+    /// Where node `id` keeps its data, from the cluster config.
+    pub fn node_data_dir(&self, id: NodeId) -> Result<PathBuf, ClusterError> {
+        let config = load_config(&self.state.config_path)?;
+        let base = self.state.config_path.parent().unwrap_or(Path::new("."));
+        let dir = base.join(&config.data_dir).join(spec::node_name(id));
+        Ok(std::fs::canonicalize(&dir).unwrap_or(dir))
+    }
+
+    /// Sends a request to the fault-injecting filesystem mounted over node `id`'s data.
+    pub fn disk_request(
+        &self,
+        id: NodeId,
+        request: &DiskRequest,
+    ) -> Result<DiskReply, ClusterError> {
+        let dir = self.node_data_dir(id)?;
+        let record = disk::control::find_disk(&dir).ok_or(DiskError::NoDisk(dir))?;
+        Ok(disk::control::request(&record.control, request)?)
+    }
+
+    pub fn refused(&self) -> &BTreeMap<NodeId, String> {
+        &self.state.refused
+    }
+
+    /// Watches freshly restarted nodes for `START_SETTLE_MS`; a node that exits is recorded
+    /// as refused (with the last line of its log) and never restarted by this cluster.
+    /// Returns a line per node: "restarted" or "refused to start: ...".
+    pub fn settle(&mut self, ids: &[NodeId]) -> Result<Vec<(NodeId, String)>, ClusterError> {
+        let start = Instant::now();
+        let settle = Duration::from_millis(START_SETTLE_MS);
+        let mut outcome = Vec::new();
+        let mut watching: Vec<NodeId> = ids.to_vec();
+        while !watching.is_empty() {
+            let mut still = Vec::new();
+            for id in watching {
+                if self.state.refused.contains_key(&id) {
+                    outcome.push((id, "refused to start (earlier)".to_string()));
+                } else if self.running_pid(id)?.is_none() {
+                    let reason = last_log_line(&self.node(id)?.command.log_path);
+                    self.node_mut(id)?.pid = None;
+                    self.children.remove(&id);
+                    self.state.refused.insert(id, reason.clone());
+                    self.save()?;
+                    outcome.push((id, format!("refused to start: {reason}")));
+                } else if start.elapsed() >= settle {
+                    outcome.push((id, "restarted".to_string()));
+                } else {
+                    still.push(id);
+                }
+            }
+            watching = still;
+            if !watching.is_empty() {
+                std::thread::sleep(Duration::from_millis(LEADER_POLL_MS));
+            }
+        }
+        outcome.sort();
+        Ok(outcome)
+    }
+
+    /// Moves node `id`'s data onto a fault-injecting filesystem served by `binary`: stops the
+    /// node, renames its data directory to a sibling backing directory, mounts over the old
+    /// path, starts the node again. The mount outlives this process (`nemesis disk unmount`).
+    pub fn mount_disk(&mut self, id: NodeId, binary: &Path) -> Result<bool, ClusterError> {
+        let data = self.node_data_dir(id)?;
+        if disk::control::find_disk(&data).is_some() {
+            return Ok(false);
+        }
+        let was_running = self.running_pid(id)?.is_some();
+        self.stop(id)?;
+        let backing = disk_backing(&data);
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| DiskError::Io { path, source }
+        };
+        if data.exists() {
+            std::fs::rename(&data, &backing).map_err(io(&data))?;
+        }
+        let options = disk::ServeOptions {
+            backing: backing.clone(),
+            mountpoint: data.clone(),
+            control: backing.with_extension("sock"),
+        };
+        let handle = disk::spawn_disk(binary, &options, &backing.with_extension("log"))?;
+        handle.detach();
+        if was_running {
+            self.restart(id)?;
+        }
+        Ok(true)
+    }
+
+    /// Undoes `mount_disk`: stops the node, unmounts, puts the data back, starts the node.
+    pub fn unmount_disk(&mut self, id: NodeId) -> Result<bool, ClusterError> {
+        let data = self.node_data_dir(id)?;
+        let Some(record) = disk::control::find_disk(&data) else {
+            return Ok(false);
+        };
+        let was_running = self.running_pid(id)?.is_some();
+        self.stop(id)?;
+        disk::stop_disk(&record)?;
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| DiskError::Io { path, source }
+        };
+        let trash = record.backing.join(disk::model::TRASH_DIR_NAME);
+        let _ = std::fs::remove_dir_all(&trash);
+        std::fs::remove_dir(&data).map_err(io(&data))?;
+        std::fs::rename(&record.backing, &data).map_err(io(&record.backing))?;
+        if was_running {
+            self.restart(id)?;
+        }
+        Ok(true)
+    }
+
     pub fn block(&mut self, grudge: &Grudge) -> Result<(), ClusterError> {
         let network = self
             .network
@@ -419,7 +597,12 @@ impl Cluster {
         for node in &self.state.nodes {
             let pid = self.running_pid(node.id).ok().flatten();
             let paused = pid.is_some_and(process::is_stopped);
+            let refused = self.state.refused.get(&node.id);
             let (raft, error) = match (pid, paused) {
+                (None, _) if refused.is_some() => {
+                    let reason = refused.map_or(String::new(), |r| format!("refused: {r}"));
+                    (None, Some(reason))
+                }
                 (None, _) => (None, Some("not running".to_string())),
                 (Some(_), true) => (None, Some("paused".to_string())),
                 (Some(_), false) => match metrics::raft_state(node.metrics_address, timeout) {
@@ -461,9 +644,11 @@ impl Cluster {
     /// Polls until every node answers, one leads, and all others follow in the same term: the
     /// cluster has recovered (after heal, before final reads).
     pub fn wait_for_stable_leader(&self, timeout: Duration) -> Result<(NodeId, u64), ClusterError> {
+        let refused = self.state.refused.clone();
         self.wait_until_leader(timeout, &[], |statuses| {
             let (leader, term) = leader_of(statuses)?;
-            let stable = statuses.iter().all(|s| {
+            let serving = statuses.iter().filter(|s| !refused.contains_key(&s.id));
+            let stable = serving.into_iter().all(|s| {
                 s.raft
                     .is_some_and(|r| r.term == term && (r.role == Role::Follower || s.id == leader))
             });
@@ -501,6 +686,23 @@ impl Cluster {
                 first_error.get_or_insert(error);
             }
         }
+        for handle in self.disks.drain(..) {
+            if let Err(error) = handle.stop() {
+                first_error.get_or_insert(error.into());
+            }
+        }
+        // Disks mounted by another process for these nodes (`nemesis up --disk`).
+        for id in self.node_ids() {
+            let found = self
+                .node_data_dir(id)
+                .ok()
+                .and_then(|dir| disk::control::find_disk(&dir));
+            if let Some(record) = found {
+                if let Err(error) = disk::stop_disk(&record) {
+                    first_error.get_or_insert(error.into());
+                }
+            }
+        }
         if let Some(network) = self.network.take() {
             if let Err(error) = network.destroy() {
                 first_error.get_or_insert(error.into());
@@ -522,6 +724,36 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// The backing directory `mount_disk` moves a node's data to: `<parent>/.<name>.kvdisk`.
+fn disk_backing(data: &Path) -> PathBuf {
+    let name = data.file_name().map(|n| n.to_string_lossy().into_owned());
+    let parent = data.parent().unwrap_or(Path::new("."));
+    parent.join(format!(".{}.kvdisk", name.unwrap_or_default()))
+}
+
+/// The last non-empty line of a log (why a node exited), shortened.
+fn last_log_line(path: &Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut text = String::new();
+    if let Ok(mut file) = std::fs::File::open(path) {
+        let size = file.metadata().map_or(0, |m| m.len());
+        let _ = file.seek(SeekFrom::Start(size.saturating_sub(LOG_TAIL_BYTES)));
+        let mut bytes = Vec::new();
+        let _ = file.take(LOG_TAIL_BYTES).read_to_end(&mut bytes);
+        text = String::from_utf8_lossy(&bytes).into_owned();
+    }
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    let line = line.trim();
+    if line.is_empty() {
+        return "exited (its log says nothing)".to_string();
+    }
+    line.chars().take(REASON_CHARS_MAX).collect()
 }
 
 pub fn leader_of(statuses: &[NodeStatus]) -> Option<(NodeId, u64)> {
@@ -571,6 +803,7 @@ fn initial_state(spec: &ClusterSpec) -> ClusterState {
         config_path: spec.config_path(),
         netns: (spec.backend == BackendKind::Netns).then(|| spec.netns.clone()),
         nodes,
+        refused: BTreeMap::new(),
     }
 }
 
@@ -615,6 +848,7 @@ pub fn cleanup(state_path: &Path, prefix: &str) -> Result<Vec<String>, ClusterEr
     if netns::is_root() {
         removed.extend(netns::remove_leftovers(prefix)?);
     }
+    removed.extend(disk::cleanup_disks()?);
     Ok(removed)
 }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{Cluster, ClusterError};
+use crate::fs::{CrashReport, DiskReply, DiskRequest};
 use crate::netns::Grudge;
 use crate::rng::Rng;
 use crate::spec::parse_node_name;
@@ -16,6 +17,9 @@ use crate::NodeId;
 
 /// The history's process name for fault events.
 pub const NEMESIS_PROCESS: &str = "nemesis";
+/// How long the disks of a power cut's targets complete no fsync before the targets die
+/// together (see `Nemesis::begin`).
+const POWER_CUT_FREEZE_MS: u64 = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FaultError {
@@ -33,6 +37,15 @@ pub enum FaultError {
     Target(String),
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    #[error(
+        "disk-corrupt skipped: {refused} node(s) refuse to start already; corrupting {wanted} \
+         more could leave no majority"
+    )]
+    CorruptBudget { refused: usize, wanted: usize },
+    #[error("disk-corrupt needs a target of one node, a minority or the leader, not all")]
+    CorruptAll,
+    #[error("unexpected reply from the disk of n{0}")]
+    DiskReply(NodeId),
 }
 
 /// Which nodes a kill or pause hits.
@@ -111,6 +124,39 @@ impl PartitionKind {
     }
 }
 
+/// What a disk fault does to the fault-injecting filesystem under a node (`nemesis::fs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiskFault {
+    /// Power cut: SIGKILL, then every byte and directory entry not fsynced is gone.
+    LoseUnsynced,
+    /// Power cut during a write: as lose-unsynced, but the last unsynced write survives as a
+    /// random whole-sector prefix.
+    Torn,
+    /// SIGKILL, one bit flipped in a synced non-last WAL segment or snapshot, restart.
+    Corrupt,
+    /// The next fsync/fdatasync fails with EIO (the node must stop); restart at the end.
+    FsyncError,
+}
+
+impl DiskFault {
+    pub const ALL: [DiskFault; 4] = [
+        DiskFault::LoseUnsynced,
+        DiskFault::Torn,
+        DiskFault::Corrupt,
+        DiskFault::FsyncError,
+    ];
+    /// The campaign fault name: `disk-lose-unsynced`, ...
+    pub fn name(self) -> &'static str {
+        match self {
+            DiskFault::LoseUnsynced => "disk-lose-unsynced",
+            DiskFault::Torn => "disk-torn",
+            DiskFault::Corrupt => "disk-corrupt",
+            DiskFault::FsyncError => "disk-fsync-error",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "fault")]
 pub enum Fault {
@@ -126,6 +172,13 @@ pub enum Fault {
         kind: PartitionKind,
         duration_ms: u64,
     },
+    /// A disk fault on the targets' filesystems; the targets restart after `duration_ms`
+    /// (fsync-error: the error stays armed that long).
+    Disk {
+        kind: DiskFault,
+        target: Target,
+        duration_ms: u64,
+    },
 }
 
 impl Fault {
@@ -134,6 +187,7 @@ impl Fault {
             Fault::Kill { .. } => "kill",
             Fault::Pause { .. } => "pause",
             Fault::Partition { .. } => "partition",
+            Fault::Disk { kind, .. } => kind.name(),
         }
     }
     /// How long the fault lasts between `begin` and `end`.
@@ -142,12 +196,16 @@ impl Fault {
             Fault::Kill {
                 restart_after_ms, ..
             } => restart_after_ms,
-            Fault::Pause { duration_ms, .. } | Fault::Partition { duration_ms, .. } => duration_ms,
+            Fault::Pause { duration_ms, .. }
+            | Fault::Partition { duration_ms, .. }
+            | Fault::Disk { duration_ms, .. } => duration_ms,
         }
     }
     fn detail(&self) -> String {
         match self {
-            Fault::Kill { target, .. } | Fault::Pause { target, .. } => target.to_string(),
+            Fault::Kill { target, .. }
+            | Fault::Pause { target, .. }
+            | Fault::Disk { target, .. } => target.to_string(),
             Fault::Partition { kind, .. } => kind.name().to_string(),
         }
     }
@@ -168,6 +226,10 @@ pub struct FaultRecord {
     pub start_unix_ms: u64,
     /// `None` while the fault is active.
     pub end_unix_ms: Option<u64>,
+    /// What happened on each node, for disk faults: what the filesystem discarded, tore or
+    /// flipped, whether the node stopped after a failed fsync, restarted or refused to start.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 pub fn unix_ms_now() -> u64 {
@@ -198,6 +260,21 @@ pub fn pick_targets(
     };
     picked.sort();
     Ok(picked)
+}
+
+/// One line for a crash: what the filesystem discarded and what survived torn.
+fn crash_note(report: &CrashReport) -> String {
+    let mut note = format!(
+        "killed; {} file(s) lost {} unsynced byte(s), {} directory change(s) undone",
+        report.files_reverted, report.bytes_restored, report.entries_undone
+    );
+    if let Some(torn) = &report.torn {
+        note.push_str(&format!(
+            "; torn write of {} B at byte {} of {}: {} B kept",
+            torn.written_bytes, torn.offset, torn.file, torn.kept_bytes
+        ));
+    }
+    note
 }
 
 /// Each node drops input from every node outside its own component.
@@ -324,6 +401,9 @@ impl Nemesis {
             } | Fault::Pause {
                 target: Target::Leader,
                 ..
+            } | Fault::Disk {
+                target: Target::Leader,
+                ..
             } | Fault::Partition {
                 kind: PartitionKind::IsolateLeader,
                 ..
@@ -343,6 +423,7 @@ impl Nemesis {
         };
         let nodes = self.cluster.node_ids();
         let start_unix_ms = unix_ms_now();
+        let mut notes = Vec::new();
         let (targets, grudge) = match *fault {
             Fault::Kill { target, .. } => {
                 let targets = pick_targets(target, &nodes, leader, &mut self.rng)?;
@@ -367,6 +448,28 @@ impl Nemesis {
                     .map(|(n, _)| *n);
                 (targets.collect(), Some(grudge))
             }
+            Fault::Disk { kind, target, .. } => {
+                let targets = self.disk_targets(kind, target, leader)?;
+                let power_cut = matches!(kind, DiskFault::LoseUnsynced | DiskFault::Torn);
+                if power_cut {
+                    // A power cut: the disks stop completing flushes first (an fsync then
+                    // blocks), for POWER_CUT_FREEZE_MS, then all targets die together.
+                    // Whatever a node acknowledges meanwhile rests on no completed fsync and
+                    // is lost; a node that waits for its fsyncs acknowledges nothing.
+                    for id in &targets {
+                        self.disk(*id, &DiskRequest::Freeze)?;
+                    }
+                    std::thread::sleep(Duration::from_millis(POWER_CUT_FREEZE_MS));
+                }
+                if kind != DiskFault::FsyncError {
+                    let release = power_cut.then_some(&DiskRequest::Release);
+                    self.cluster.kill_together(&targets, release)?;
+                }
+                for id in &targets {
+                    notes.push(format!("n{id}: {}", self.begin_disk(kind, *id)?));
+                }
+                (targets, None)
+            }
         };
         let record = FaultRecord {
             process: NEMESIS_PROCESS,
@@ -376,6 +479,7 @@ impl Nemesis {
             grudge,
             start_unix_ms,
             end_unix_ms: None,
+            notes,
         };
         Ok(ActiveFault {
             fault: *fault,
@@ -397,10 +501,121 @@ impl Nemesis {
                 }
             }
             Fault::Partition { .. } => self.cluster.heal()?,
+            Fault::Disk { kind, .. } => {
+                let mut notes = self.end_disk(kind, &active.record.targets)?;
+                let mut record = active.record;
+                record.notes.append(&mut notes);
+                record.end_unix_ms = Some(unix_ms_now());
+                return Ok(record);
+            }
         }
         let mut record = active.record;
         record.end_unix_ms = Some(unix_ms_now());
         Ok(record)
+    }
+
+    /// Targets among the nodes that still start. Corruption is kept to a minority over the
+    /// whole run (a node refusing to start on corrupt data stays down), so a majority always
+    /// remains.
+    fn disk_targets(
+        &mut self,
+        kind: DiskFault,
+        target: Target,
+        leader: Option<NodeId>,
+    ) -> Result<Vec<NodeId>, FaultError> {
+        let nodes = self.cluster.node_ids();
+        let refused = self.cluster.refused().len();
+        let live: Vec<NodeId> = nodes
+            .iter()
+            .copied()
+            .filter(|id| !self.cluster.refused().contains_key(id))
+            .collect();
+        let targets = match target {
+            // A minority of the whole cluster, chosen among the nodes that still start.
+            Target::Minority if kind == DiskFault::Corrupt => {
+                let count = (nodes.len().saturating_sub(1) / 2).max(1);
+                let mut picked = pick_targets(Target::All, &live, leader, &mut self.rng)?;
+                picked.truncate(count);
+                picked
+            }
+            _ => pick_targets(target, &live, leader, &mut self.rng)?,
+        };
+        if kind == DiskFault::Corrupt {
+            if target == Target::All {
+                return Err(FaultError::CorruptAll);
+            }
+            if refused + targets.len() > nodes.len().saturating_sub(1) / 2 {
+                return Err(FaultError::CorruptBudget {
+                    refused,
+                    wanted: targets.len(),
+                });
+            }
+        }
+        Ok(targets)
+    }
+
+    fn begin_disk(&mut self, kind: DiskFault, id: NodeId) -> Result<String, FaultError> {
+        let seed = self.rng.next_u64();
+        let request = match kind {
+            DiskFault::FsyncError => {
+                self.disk(id, &DiskRequest::FsyncError)?;
+                return Ok("the next fsync fails with EIO".to_string());
+            }
+            DiskFault::LoseUnsynced => DiskRequest::LoseUnsynced,
+            DiskFault::Torn => DiskRequest::Torn { seed },
+            DiskFault::Corrupt => DiskRequest::Corrupt { seed },
+        };
+        match self.cluster.disk_request(id, &request) {
+            Ok(DiskReply::Crashed(report)) => Ok(crash_note(&report)),
+            Ok(DiskReply::Corrupted(c)) => Ok(format!(
+                "flipped bit {} of byte {} in {}",
+                c.bit, c.offset, c.file
+            )),
+            Ok(_) => Err(FaultError::DiskReply(id)),
+            // Nothing sealed to corrupt yet: the node is started again, the fault says so.
+            Err(ClusterError::Disk(error)) if kind == DiskFault::Corrupt => {
+                self.cluster.restart(id)?;
+                Ok(format!("nothing corrupted: {error}"))
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    fn disk(&mut self, id: NodeId, request: &DiskRequest) -> Result<DiskReply, FaultError> {
+        Ok(self.cluster.disk_request(id, request)?)
+    }
+
+    /// Restarts the targets, then watches them start. fsync-error: first notes whether each
+    /// target stopped by itself, and kills the ones that did not all at once before any
+    /// restarts (one restarted early would copy back from a live peer what the others lost,
+    /// hiding a node that acknowledged past its failed fsync).
+    fn end_disk(&mut self, kind: DiskFault, targets: &[NodeId]) -> Result<Vec<String>, FaultError> {
+        let mut notes = Vec::new();
+        if kind == DiskFault::FsyncError {
+            for id in targets {
+                // One error is armed per fault: none left means it was injected.
+                let injected = match self.disk(*id, &DiskRequest::Status)? {
+                    DiskReply::Status(status) => status.fsync_errors_armed == 0,
+                    _ => return Err(FaultError::DiskReply(*id)),
+                };
+                self.disk(*id, &DiskRequest::Disarm)?;
+                let running = self.cluster.running_pid(*id)?.is_some();
+                let note = match (injected, running) {
+                    (false, _) => "no fsync during the fault",
+                    (true, false) => "stopped after the failed fsync",
+                    (true, true) => "still running after the failed fsync (killed now)",
+                };
+                notes.push(format!("n{id}: {note}"));
+            }
+            self.cluster.kill_together(targets, None)?;
+        }
+        for id in targets {
+            self.cluster.restart(*id)?;
+        }
+        for (id, outcome) in self.cluster.settle(targets)? {
+            notes.push(format!("n{id}: {outcome}"));
+        }
+        Ok(notes)
     }
 
     /// `begin`, sleep the fault's duration, `end`.
@@ -414,7 +629,15 @@ impl Nemesis {
     pub fn heal_all(&mut self) -> Result<FaultRecord, FaultError> {
         let start_unix_ms = unix_ms_now();
         self.cluster.heal()?;
+        let mut down = Vec::new();
+        for id in self.cluster.node_ids() {
+            let refused = self.cluster.refused().contains_key(&id);
+            if !refused && self.cluster.running_pid(id)?.is_none() {
+                down.push(id);
+            }
+        }
         self.cluster.revive_all()?;
+        let notes = self.cluster.settle(&down)?;
         Ok(FaultRecord {
             process: NEMESIS_PROCESS,
             fault: "heal".to_string(),
@@ -423,6 +646,10 @@ impl Nemesis {
             grudge: None,
             start_unix_ms,
             end_unix_ms: Some(unix_ms_now()),
+            notes: notes
+                .into_iter()
+                .map(|(id, outcome)| format!("n{id}: {outcome}"))
+                .collect(),
         })
     }
 }

@@ -7,10 +7,13 @@
 //!   partitions, live roles and terms from metrics, and cleanup of everything it created.
 //! - [`fault::Nemesis`]: seeded faults with targets from the live cluster, each returning a
 //!   [`fault::FaultRecord`] for the history (process "nemesis").
+//! - [`fs`]: the fault-injecting FUSE filesystem (page-cache model: lose unsynced data, torn
+//!   writes, bit flips, fsync errors) mounted over node data directories.
 //! - [`schedule::schedule`]: a seeded fault schedule for a campaign.
 
 pub mod cluster;
 pub mod fault;
+pub mod fs;
 pub mod metrics;
 pub mod netns;
 pub mod process;

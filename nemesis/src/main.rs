@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use nemesis::cluster::{self, Cluster};
+use nemesis::fault::DiskFault;
+use nemesis::fs::{DiskReply, DiskRequest};
 use nemesis::spec::{self, ClusterSpec, NetnsLayout};
 use nemesis::{BackendKind, Fault, Nemesis, PartitionKind, Target};
 
@@ -28,7 +30,9 @@ const FAULT_POLL_MS: u64 = 50;
         use --seed. Partitions need the netns backend (`nemesis up --backend netns`, as root).\n\n\
         Examples:\n  nemesis up --backend netns --nodes 3 --dir /tmp/kv\n  nemesis status\n  \
         nemesis kill leader --restart-after 2s\n  nemesis pause n1 --for 5s\n  \
-        nemesis partition isolate-leader --for 10s\n  nemesis heal\n  nemesis cleanup"
+        nemesis partition isolate-leader --for 10s\n  nemesis heal\n  \
+        nemesis disk mount all\n  nemesis disk lose-unsynced all --restart-after 2s\n  \
+        nemesis disk fsync-error leader --for 5s\n  nemesis disk unmount all\n  nemesis cleanup"
 )]
 struct Cli {
     /// The state file of the cluster to act on.
@@ -86,6 +90,63 @@ enum Command {
         #[arg(long, default_value = "kv")]
         prefix: String,
     },
+    /// Disk faults through the fault-injecting filesystem under each node's data (as root).
+    Disk {
+        #[command(subcommand)]
+        action: DiskAction,
+    },
+    /// The fault-injecting filesystem itself (`serve` runs one mount in the foreground).
+    #[command(subcommand)]
+    Fs(FsCommand),
+}
+
+#[derive(Subcommand)]
+enum DiskAction {
+    /// Stop the target, move its data onto the fault-injecting filesystem, start it again.
+    Mount { target: String },
+    /// Stop the target, unmount, put its data back, start it again.
+    Unmount { target: String },
+    /// What each disk holds volatile (unsynced files and directories, armed fsync errors).
+    Status { target: String },
+    /// SIGKILL the target, then discard everything it did not fsync (power loss).
+    LoseUnsynced {
+        target: String,
+        /// Start it again after this long; without it the node stays down.
+        #[arg(long, value_parser = parse_duration)]
+        restart_after: Option<Duration>,
+    },
+    /// Like lose-unsynced, but the last unsynced write survives as a sector-aligned prefix.
+    Torn {
+        target: String,
+        #[arg(long, value_parser = parse_duration)]
+        restart_after: Option<Duration>,
+    },
+    /// SIGKILL the target and flip a bit in a synced non-last WAL segment or snapshot.
+    Corrupt {
+        target: String,
+        #[arg(long, value_parser = parse_duration)]
+        restart_after: Option<Duration>,
+    },
+    /// The target's next fsync fails with EIO; after the duration the target is restarted.
+    FsyncError {
+        target: String,
+        #[arg(long = "for", value_parser = parse_duration)]
+        duration: Option<Duration>,
+    },
+}
+
+#[derive(Subcommand)]
+enum FsCommand {
+    /// Mount the page-cache model over MOUNTPOINT (content kept in BACKING) and serve its
+    /// control socket until SIGTERM or an `unmount` request (nemesis/src/fs/control.rs).
+    Serve {
+        #[arg(long)]
+        backing: PathBuf,
+        #[arg(long)]
+        mountpoint: PathBuf,
+        #[arg(long)]
+        control: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -111,6 +172,9 @@ struct UpArgs {
     /// Keep running; Ctrl-C stops the cluster and removes everything.
     #[arg(long)]
     foreground: bool,
+    /// Put every node's data on the fault-injecting filesystem (root; `nemesis disk ...`).
+    #[arg(long)]
+    disk: bool,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -168,6 +232,18 @@ fn run(cli: Cli) -> CliResult {
             println!("cleanup done ({} removed)", removed.len());
             Ok(())
         }
+        Command::Fs(FsCommand::Serve {
+            backing,
+            mountpoint,
+            control,
+        }) => {
+            let options = nemesis::fs::ServeOptions {
+                backing,
+                mountpoint,
+                control,
+            };
+            Ok(nemesis::fs::control::serve(&options)?)
+        }
         command => fault_command(&cli.state, seed, command),
     }
 }
@@ -183,6 +259,7 @@ fn up(state_path: &std::path::Path, args: UpArgs) -> CliResult {
     if let Some(binary) = args.node_binary {
         spec.node_binary = binary;
     }
+    spec.disk = args.disk;
     if state_path.exists() {
         return Err(format!(
             "{} exists: a cluster is recorded already (`nemesis down` or `nemesis cleanup`)",
@@ -296,8 +373,70 @@ fn fault_command(state_path: &std::path::Path, seed: u64, command: Command) -> C
             println!("healed: partition rules removed, paused nodes resumed");
             Ok(())
         }
+        Command::Disk { action } => disk_command(cluster, seed, action),
         command => timed_fault(cluster, seed, command),
     }
+}
+
+fn disk_command(mut cluster: Cluster, seed: u64, action: DiskAction) -> CliResult {
+    let (kind, target, duration) = match action {
+        DiskAction::Mount { target } => {
+            let binary = spec::default_nemesis_binary();
+            for id in node_arg(&cluster, &target)? {
+                let mounted = cluster.mount_disk(id, &binary)?;
+                let what = if mounted {
+                    "mounted"
+                } else {
+                    "already mounted"
+                };
+                println!("n{id}: {what} ({})", cluster.node_data_dir(id)?.display());
+            }
+            return Ok(());
+        }
+        DiskAction::Unmount { target } => {
+            for id in node_arg(&cluster, &target)? {
+                let unmounted = cluster.unmount_disk(id)?;
+                println!("n{id}: {}", if unmounted { "unmounted" } else { "no disk" });
+            }
+            return Ok(());
+        }
+        DiskAction::Status { target } => {
+            for id in node_arg(&cluster, &target)? {
+                match cluster.disk_request(id, &DiskRequest::Status)? {
+                    DiskReply::Status(s) => println!(
+                        "n{id}: {} unsynced file(s), {} unsynced directorie(s), {} B saved, \
+                         {} fsync error(s) armed, {} injected",
+                        s.files_unsynced,
+                        s.dirs_unsynced,
+                        s.saved_bytes,
+                        s.fsync_errors_armed,
+                        s.fsync_errors_injected
+                    ),
+                    _ => println!("n{id}: unexpected reply"),
+                }
+            }
+            return Ok(());
+        }
+        DiskAction::LoseUnsynced {
+            target,
+            restart_after,
+        } => (DiskFault::LoseUnsynced, target, restart_after),
+        DiskAction::Torn {
+            target,
+            restart_after,
+        } => (DiskFault::Torn, target, restart_after),
+        DiskAction::Corrupt {
+            target,
+            restart_after,
+        } => (DiskFault::Corrupt, target, restart_after),
+        DiskAction::FsyncError { target, duration } => (DiskFault::FsyncError, target, duration),
+    };
+    let fault = Fault::Disk {
+        kind,
+        target: target.parse::<Target>()?,
+        duration_ms: millis(duration),
+    };
+    run_fault(cluster, seed, fault, duration)
 }
 
 fn timed_fault(cluster: Cluster, seed: u64, command: Command) -> CliResult {
@@ -328,6 +467,10 @@ fn timed_fault(cluster: Cluster, seed: u64, command: Command) -> CliResult {
         ),
         _ => return Err("not a fault command".into()),
     };
+    run_fault(cluster, seed, fault, duration)
+}
+
+fn run_fault(cluster: Cluster, seed: u64, fault: Fault, duration: Option<Duration>) -> CliResult {
     let mut nemesis = Nemesis::new(cluster, seed);
     let active = nemesis.begin(&fault)?;
     println!("{} (seed {seed})", serde_json::to_string(&active.record)?);
@@ -354,5 +497,10 @@ fn undo_hint(fault: &Fault) -> &'static str {
         Fault::Kill { .. } => "left down; start again with `nemesis restart <node>`",
         Fault::Pause { .. } => "left paused; continue with `nemesis resume <node>` or `heal`",
         Fault::Partition { .. } => "left partitioned; undo with `nemesis heal`",
+        Fault::Disk {
+            kind: DiskFault::FsyncError,
+            ..
+        } => "armed: the node stops at its next fsync; start it with `nemesis restart <node>`",
+        Fault::Disk { .. } => "left down; start again with `nemesis restart <node>`",
     }
 }

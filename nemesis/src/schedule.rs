@@ -5,22 +5,65 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::fault::{Fault, PartitionKind, Target};
+use crate::fault::{DiskFault, Fault, PartitionKind, Target};
 use crate::rng::Rng;
 
 /// The fault families a campaign names on its command line (`--faults kill,pause,partition`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum FaultKind {
     Kill,
     Pause,
     Partition,
+    /// Disk faults through the fault-injecting filesystem (`nemesis::fs`, root only).
+    DiskLoseUnsynced,
+    DiskTorn,
+    DiskCorrupt,
+    DiskFsyncError,
+}
+
+impl FaultKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Kill => "kill",
+            FaultKind::Pause => "pause",
+            FaultKind::Partition => "partition",
+            FaultKind::DiskLoseUnsynced => DiskFault::LoseUnsynced.name(),
+            FaultKind::DiskTorn => DiskFault::Torn.name(),
+            FaultKind::DiskCorrupt => DiskFault::Corrupt.name(),
+            FaultKind::DiskFsyncError => DiskFault::FsyncError.name(),
+        }
+    }
+    /// The disk fault this kind injects, if it is one.
+    pub fn disk(self) -> Option<DiskFault> {
+        match self {
+            FaultKind::DiskLoseUnsynced => Some(DiskFault::LoseUnsynced),
+            FaultKind::DiskTorn => Some(DiskFault::Torn),
+            FaultKind::DiskCorrupt => Some(DiskFault::Corrupt),
+            FaultKind::DiskFsyncError => Some(DiskFault::FsyncError),
+            _ => None,
+        }
+    }
+    /// The targets a schedule draws from. Corruption never hits every node: a node may
+    /// rightly refuse to start on corrupt data, and all of them refusing leaves no cluster.
+    pub fn targets(self) -> &'static [Target] {
+        match self {
+            FaultKind::Partition => &[],
+            FaultKind::DiskCorrupt => &CORRUPT_TARGETS,
+            _ => &ALL_TARGETS,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
-    #[error("unknown fault kind {0:?}: use kill, pause or partition")]
+    #[error(
+        "unknown fault kind {0:?}: use kill, pause, partition, disk-lose-unsynced, disk-torn, \
+         disk-corrupt or disk-fsync-error"
+    )]
     Kind(String),
+    #[error("target {target} does not apply to {kind}")]
+    Target { target: Target, kind: &'static str },
     #[error("no fault kinds given")]
     Empty,
     #[error("duration_ms must be > 0")]
@@ -34,6 +77,10 @@ impl FromStr for FaultKind {
             "kill" => Ok(FaultKind::Kill),
             "pause" => Ok(FaultKind::Pause),
             "partition" => Ok(FaultKind::Partition),
+            "disk-lose-unsynced" => Ok(FaultKind::DiskLoseUnsynced),
+            "disk-torn" => Ok(FaultKind::DiskTorn),
+            "disk-corrupt" => Ok(FaultKind::DiskCorrupt),
+            "disk-fsync-error" => Ok(FaultKind::DiskFsyncError),
             other => Err(ScheduleError::Kind(other.to_string())),
         }
     }
@@ -62,6 +109,9 @@ pub struct ScheduleSpec {
     /// No fault is active past this (the run's fault phase length).
     pub time_limit_ms: u64,
     pub seed: u64,
+    /// Every kill, pause and disk fault hits this target instead of a drawn one.
+    #[serde(default)]
+    pub target: Option<Target>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,8 +121,8 @@ pub struct ScheduledFault {
     pub fault: Fault,
 }
 
-const KILL_TARGETS: [Target; 4] = [Target::One, Target::Minority, Target::Leader, Target::All];
-const PAUSE_TARGETS: [Target; 4] = [Target::One, Target::Minority, Target::Leader, Target::All];
+const ALL_TARGETS: [Target; 4] = [Target::One, Target::Minority, Target::Leader, Target::All];
+const CORRUPT_TARGETS: [Target; 3] = [Target::One, Target::Minority, Target::Leader];
 
 /// Faults at `interval`, `2 * interval + duration`, ... each ending by `time_limit_ms`. Kinds,
 /// targets and partition shapes are drawn from the seed.
@@ -83,24 +133,43 @@ pub fn schedule(spec: &ScheduleSpec) -> Result<Vec<ScheduledFault>, ScheduleErro
     if spec.duration_ms == 0 {
         return Err(ScheduleError::Duration);
     }
+    if let Some(target) = spec.target {
+        let misfit = spec
+            .kinds
+            .iter()
+            .find(|k| *k != &FaultKind::Partition && !k.targets().contains(&target));
+        if let Some(kind) = misfit {
+            return Err(ScheduleError::Target {
+                target,
+                kind: kind.name(),
+            });
+        }
+    }
     let mut rng = Rng::new(spec.seed);
     let mut faults = Vec::new();
     let mut at_ms = spec.interval_ms;
     while at_ms + spec.duration_ms <= spec.time_limit_ms {
         let kind = *rng.choose(&spec.kinds).ok_or(ScheduleError::Empty)?;
+        let drawn = rng.choose(kind.targets()).copied();
+        let target = spec.target.or(drawn).unwrap_or(Target::One);
         let fault = match kind {
             FaultKind::Kill => Fault::Kill {
-                target: *rng.choose(&KILL_TARGETS).ok_or(ScheduleError::Empty)?,
+                target,
                 restart_after_ms: spec.duration_ms,
             },
             FaultKind::Pause => Fault::Pause {
-                target: *rng.choose(&PAUSE_TARGETS).ok_or(ScheduleError::Empty)?,
+                target,
                 duration_ms: spec.duration_ms,
             },
             FaultKind::Partition => Fault::Partition {
                 kind: *rng
                     .choose(&PartitionKind::ALL)
                     .ok_or(ScheduleError::Empty)?,
+                duration_ms: spec.duration_ms,
+            },
+            disk => Fault::Disk {
+                kind: disk.disk().unwrap_or(DiskFault::LoseUnsynced),
+                target,
                 duration_ms: spec.duration_ms,
             },
         };
@@ -121,6 +190,7 @@ mod tests {
             duration_ms: 3_000,
             time_limit_ms: 60_000,
             seed,
+            target: None,
         }
     }
 
@@ -156,5 +226,36 @@ mod tests {
         let mut zero = spec(1);
         zero.duration_ms = 0;
         assert!(matches!(schedule(&zero), Err(ScheduleError::Duration)));
+    }
+
+    #[test]
+    fn disk_faults_draw_their_targets_and_corruption_never_hits_all_nodes() {
+        let mut disk = spec(3);
+        disk.kinds =
+            parse_fault_kinds("disk-lose-unsynced,disk-torn,disk-corrupt,disk-fsync-error")
+                .unwrap();
+        disk.time_limit_ms = 600_000;
+        let faults = schedule(&disk).unwrap();
+        let mut names = std::collections::BTreeSet::new();
+        for scheduled in &faults {
+            let Fault::Disk { kind, target, .. } = scheduled.fault else {
+                panic!("not a disk fault: {scheduled:?}");
+            };
+            assert!(kind != DiskFault::Corrupt || target != Target::All);
+            names.insert(kind.name());
+        }
+        assert_eq!(names.len(), 4, "{names:?}");
+        let mut all = disk.clone();
+        all.kinds = vec![FaultKind::DiskLoseUnsynced];
+        all.target = Some(Target::All);
+        assert!(schedule(&all).unwrap().iter().all(|s| matches!(
+            s.fault,
+            Fault::Disk {
+                target: Target::All,
+                ..
+            }
+        )));
+        all.kinds = vec![FaultKind::DiskCorrupt];
+        assert!(matches!(schedule(&all), Err(ScheduleError::Target { .. })));
     }
 }

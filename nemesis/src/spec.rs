@@ -39,6 +39,12 @@ pub enum SpecError {
     Certs(#[from] TlsError),
     #[error("node binary not found at {0} (build it: cargo build --release -p kvnode)")]
     NodeBinary(PathBuf),
+    #[error(
+        "nemesis binary not found at {0} (it serves the disks; cargo build --release -p nemesis)"
+    )]
+    DiskBinary(PathBuf),
+    #[error("disk faults mount FUSE filesystems: they need root")]
+    DiskNeedsRoot,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -126,6 +132,13 @@ pub struct ClusterSpec {
     pub election_timeout_ms: u64,
     pub heartbeat_interval_ms: u64,
     pub snapshot_entries: u64,
+    /// WAL segment size; `None` keeps the node's default.
+    pub wal_segment_bytes: Option<u64>,
+    /// Mount the fault-injecting filesystem (`nemesis::fs`) over every node's data directory
+    /// (root only: FUSE). Disk faults need it.
+    pub disk: bool,
+    /// The `nemesis` binary that serves those mounts (`nemesis fs serve`).
+    pub disk_binary: PathBuf,
 }
 
 /// The cluster TOML as `kvclient::config::ClusterConfig::load` reads it.
@@ -141,6 +154,8 @@ pub struct ConfigFile {
     pub heartbeat_interval_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_entries: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_segment_bytes: Option<u64>,
     pub nodes: Vec<ConfigNode>,
 }
 
@@ -164,12 +179,21 @@ impl ConfigNode {
 /// `kvnode` next to the current executable; from a test binary in `target/<profile>/deps`,
 /// the one in `target/<profile>`.
 pub fn default_node_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("kvnode"));
+    sibling_binary("kvnode")
+}
+
+/// `nemesis` found the same way (it serves the fault-injecting filesystem).
+pub fn default_nemesis_binary() -> PathBuf {
+    sibling_binary("nemesis")
+}
+
+fn sibling_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from(name));
     let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
     if dir.file_name().is_some_and(|name| name == "deps") {
         dir.pop();
     }
-    dir.join("kvnode")
+    dir.join(name)
 }
 
 /// The default state file: one well-known place, so `nemesis cleanup` finds it after a crash.
@@ -202,6 +226,9 @@ impl ClusterSpec {
             election_timeout_ms: 1000,
             heartbeat_interval_ms: 100,
             snapshot_entries: 100_000,
+            wal_segment_bytes: None,
+            disk: false,
+            disk_binary: default_nemesis_binary(),
         }
     }
 
@@ -251,6 +278,23 @@ impl ClusterSpec {
     pub fn node_log(&self, id: NodeId) -> PathBuf {
         self.logs_dir().join(format!("{}.log", node_name(id)))
     }
+    /// Where node k keeps its data (`kvclient::config::ClusterConfig::node_data_dir`).
+    pub fn node_data_dir(&self, id: NodeId) -> PathBuf {
+        self.data_dir().join(node_name(id))
+    }
+    /// The fault-injecting filesystem of node k: backing directory, control socket, log.
+    pub fn disk_options(&self, id: NodeId) -> (crate::fs::ServeOptions, PathBuf) {
+        let disks = self.work_dir.join("disks");
+        let options = crate::fs::ServeOptions {
+            backing: disks.join(node_name(id)),
+            mountpoint: self.node_data_dir(id),
+            control: disks.join(format!("{}.sock", node_name(id))),
+        };
+        (
+            options,
+            self.logs_dir().join(format!("{}-disk.log", node_name(id))),
+        )
+    }
 
     pub fn config_file(&self) -> ConfigFile {
         let nodes = self
@@ -269,6 +313,7 @@ impl ClusterSpec {
             election_timeout_ms: Some(self.election_timeout_ms),
             heartbeat_interval_ms: Some(self.heartbeat_interval_ms),
             snapshot_entries: Some(self.snapshot_entries),
+            wal_segment_bytes: self.wal_segment_bytes,
             nodes,
         }
     }

@@ -51,6 +51,7 @@ fn sleeping_cluster(dir: &Path) -> std::path::PathBuf {
         config_path: dir.join("cluster.toml"),
         netns: None,
         nodes,
+        refused: std::collections::BTreeMap::new(),
     };
     state.save(&state_path).unwrap();
     state_path

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 use nemesis::schedule::{parse_fault_kinds, FaultKind};
-use nemesis::BackendKind;
+use nemesis::{BackendKind, Target};
 use serde::Serialize;
 
 use crate::args::{parse_duration, CLIENTS_MAX};
@@ -41,9 +41,15 @@ pub struct CampaignArgs {
     /// register or list-append (the workloads the checker verifies).
     #[arg(long, value_enum, default_value_t = WorkloadKind::Register)]
     pub workload: WorkloadKind,
-    /// Fault kinds, comma-separated: kill, pause, partition (partition needs --backend netns).
+    /// Fault kinds, comma-separated: kill, pause, partition (needs --backend netns),
+    /// disk-lose-unsynced, disk-torn, disk-corrupt, disk-fsync-error (need root: every node's
+    /// data then lives on the fault-injecting filesystem, nemesis/src/fs).
     #[arg(long, default_value = "kill,pause")]
     pub faults: String,
+    /// Every kill, pause and disk fault hits this target (one, minority, leader, all) instead
+    /// of one drawn from the seed; `all` with disk-lose-unsynced is a whole-cluster power loss.
+    #[arg(long)]
+    pub target: Option<String>,
     /// Length of the load (faults happen inside it): `60s`, `2m`.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub time_limit: Duration,
@@ -91,6 +97,7 @@ pub struct CampaignSettings {
     pub name: String,
     pub workload: WorkloadKind,
     pub faults: Vec<FaultKind>,
+    pub target: Option<Target>,
     pub time_limit_s: f64,
     pub clients: u32,
     pub interval_s: f64,
@@ -116,6 +123,31 @@ pub fn settings(args: CampaignArgs, clock_seed: u64) -> Result<CampaignSettings,
     let faults = parse_fault_kinds(&args.faults).map_err(|e| format!("--faults: {e}"))?;
     if faults.contains(&FaultKind::Partition) && args.backend != BackendArg::Netns {
         return Err("--faults partition needs --backend netns (run as root)".into());
+    }
+    if faults.iter().any(|f| f.disk().is_some()) && !nemesis::netns::is_root() {
+        return Err("--faults disk-* mount FUSE filesystems: run as root".into());
+    }
+    let target = match args.target.as_deref() {
+        None => None,
+        Some(text) => Some(match text.parse::<Target>() {
+            Ok(Target::Node(_)) | Err(_) => {
+                return Err(format!(
+                    "--target \"{text}\": use one, minority, leader or all"
+                ))
+            }
+            Ok(target) => target,
+        }),
+    };
+    if let Some(target) = target {
+        if let Some(kind) = faults
+            .iter()
+            .find(|k| **k != FaultKind::Partition && !k.targets().contains(&target))
+        {
+            return Err(format!(
+                "--target {target} does not apply to {}",
+                kind.name()
+            ));
+        }
     }
     if args.clients == 0 || args.clients > CLIENTS_MAX {
         return Err(format!("--clients must be in 1..={CLIENTS_MAX}"));
@@ -144,9 +176,14 @@ pub fn settings(args: CampaignArgs, clock_seed: u64) -> Result<CampaignSettings,
         return Err("--keys must be > 0".into());
     }
     let fault_names: Vec<&str> = faults.iter().map(|kind| kind_name(*kind)).collect();
-    let name = args
-        .name
-        .unwrap_or_else(|| format!("{}-{}", args.workload.name(), fault_names.join("+")));
+    let target_suffix = target.map_or(String::new(), |t| format!("@{t}"));
+    let name = args.name.unwrap_or_else(|| {
+        format!(
+            "{}-{}{target_suffix}",
+            args.workload.name(),
+            fault_names.join("+")
+        )
+    });
     if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
         return Err(format!("--name {name:?} must be a plain directory name"));
     }
@@ -154,6 +191,7 @@ pub fn settings(args: CampaignArgs, clock_seed: u64) -> Result<CampaignSettings,
         name,
         workload: args.workload,
         faults,
+        target,
         time_limit_s: args.time_limit.as_secs_f64(),
         clients: args.clients,
         interval_s: args.interval.as_secs_f64(),
@@ -171,10 +209,13 @@ pub fn settings(args: CampaignArgs, clock_seed: u64) -> Result<CampaignSettings,
 }
 
 pub fn kind_name(kind: FaultKind) -> &'static str {
-    match kind {
-        FaultKind::Kill => "kill",
-        FaultKind::Pause => "pause",
-        FaultKind::Partition => "partition",
+    kind.name()
+}
+
+impl CampaignSettings {
+    /// Whether the nodes' data lives on the fault-injecting filesystem.
+    pub fn disk(&self) -> bool {
+        self.faults.iter().any(|kind| kind.disk().is_some())
     }
 }
 

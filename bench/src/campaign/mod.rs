@@ -38,6 +38,13 @@ const PROGRESS_INTERVAL_MS: u64 = 1000;
 const RECOVERY_KEY: &str = "campaign-recovery";
 /// Pause between recovery write attempts.
 const RECOVERY_RETRY_MS: u64 = 200;
+/// WAL segment size on disk-fault campaigns: small, so that sealed segments exist for
+/// disk-corrupt to flip bits in, and rolls (new files, renames, directory fsyncs) happen under
+/// the power cuts.
+const DISK_WAL_SEGMENT_BYTES: u64 = 256 << 10;
+/// Snapshot interval (applied entries) on disk-fault campaigns: snapshot files are written,
+/// renamed and compacted under the power cuts, and exist for disk-corrupt.
+const DISK_SNAPSHOT_ENTRIES: u64 = 2_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CampaignError {
@@ -45,6 +52,11 @@ pub enum CampaignError {
         "kvnode binary not found at {0}: build it first with `cargo build --release -p kvnode`"
     )]
     NodeBinary(PathBuf),
+    #[error(
+        "nemesis binary not found at {0} (it serves the disks of disk-fault campaigns): build \
+         it first with `cargo build --release -p nemesis`"
+    )]
+    DiskBinary(PathBuf),
     #[error("the netns backend needs root")]
     NotRoot,
     #[error("cluster: {0}")]
@@ -100,6 +112,8 @@ pub(crate) struct Ran {
     pub start_unix_ms: u64,
     pub events: u64,
     pub recovery_ms: u64,
+    /// Nodes that refused to start (corrupt data), with the reason from their log.
+    pub refused: std::collections::BTreeMap<u64, String>,
 }
 
 /// Runs one campaign.
@@ -143,6 +157,14 @@ fn cluster_spec(settings: &CampaignSettings) -> Result<ClusterSpec, CampaignErro
     spec.base_port = settings.base_port;
     spec.netns.prefix = args::NETNS_PREFIX.to_string();
     spec.netns.subnet = args::NETNS_SUBNET;
+    if settings.disk() {
+        spec.disk = true;
+        spec.wal_segment_bytes = Some(DISK_WAL_SEGMENT_BYTES);
+        spec.snapshot_entries = DISK_SNAPSHOT_ENTRIES;
+        if !spec.disk_binary.is_file() {
+            return Err(CampaignError::DiskBinary(spec.disk_binary.clone()));
+        }
+    }
     // The well-known state file lets `nemesis cleanup` undo a crashed campaign; a second
     // campaign running at the same time records its cluster in its own work dir.
     let default_state = nemesis::spec::default_state_path();
@@ -199,6 +221,7 @@ fn drive(
     drop(runtime);
     let (report, driven, recovery_ms) = result?;
     cluster = driven.nemesis.into_cluster();
+    let refused = cluster.refused().clone();
     cluster.cleanup()?;
     let events = recorder.finish()?.events;
     Ok(Ran {
@@ -209,6 +232,7 @@ fn drive(
         start_unix_ms: recorder.start_unix_ms(),
         events,
         recovery_ms,
+        refused,
     })
 }
 
@@ -235,6 +259,7 @@ fn load_with_faults(
         duration_ms: (settings.fault_duration_s * 1000.0) as u64,
         time_limit_ms: (settings.time_limit_s * 1000.0) as u64,
         seed: settings.seed,
+        target: settings.target,
     })?;
     let workload = Arc::new(Workload::new(WorkloadConfig {
         kind: settings.workload,
@@ -363,6 +388,7 @@ fn summary_json(
         "faults": &ran.records,
         "fault_errors": &ran.fault_errors,
         "recovery_ms": ran.recovery_ms,
+        "nodes_refused": &ran.refused,
         "valid": checked.valid,
         "verdict": checked.verdict_line(),
         "anomaly_types": checked.anomalies.iter().map(|a| a.kind.clone()).collect::<Vec<_>>(),

@@ -402,22 +402,29 @@ fn node_line_plot(data: &RunData, what: &str, value: fn(&Sample) -> Option<u64>)
 fn faults_section(data: &RunData) -> String {
     let mut html = String::from(
         "<h2>Faults</h2><table><tr><th>#</th><th>fault</th><th>target</th><th>nodes</th>\
-         <th>start (s)</th><th>end (s)</th></tr>",
+         <th>start (s)</th><th>end (s)</th><th>what happened</th></tr>",
     );
     for (i, band) in data.bands.iter().enumerate() {
         let fault = &data.summary["faults"][i];
+        let notes: Vec<&str> = fault["notes"]
+            .as_array()
+            .map(|notes| notes.iter().filter_map(|n| n.as_str()).collect())
+            .unwrap_or_default();
         let _ = write!(
             html,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.1}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.1}</td>\
+             <td>{}</td></tr>",
             i + 1,
             escape(fault["fault"].as_str().unwrap_or("")),
             escape(fault["detail"].as_str().unwrap_or("")),
             escape(&fault["targets"].to_string()),
             band.from_s,
-            band.to_s
+            band.to_s,
+            escape(&notes.join("; "))
         );
     }
     html.push_str("</table>");
+    html.push_str(&node_state(&data.summary));
     if let Some(errors) = data.summary["fault_errors"]
         .as_array()
         .filter(|e| !e.is_empty())
@@ -428,6 +435,28 @@ fn faults_section(data: &RunData) -> String {
         }
         html.push_str("</ul>");
     }
+    html
+}
+
+/// The nodes' state at the end: all serving, or which refused to start and why (a node may
+/// refuse on corrupt data, proto-docs/storage.md; the history is still checked).
+fn node_state(summary: &Value) -> String {
+    let Some(refused) = summary["nodes_refused"].as_object() else {
+        return String::new();
+    };
+    if refused.is_empty() {
+        return "<p>Node state at the end: every node started and served.</p>".to_string();
+    }
+    let mut html = String::from("<p>Node state at the end (refused nodes stay down):</p><ul>");
+    for (node, reason) in refused {
+        let _ = write!(
+            html,
+            "<li>n{}: refused to start: {}</li>",
+            escape(node),
+            escape(reason.as_str().unwrap_or(""))
+        );
+    }
+    html.push_str("</ul>");
     html
 }
 

@@ -193,7 +193,11 @@ async fn start(
     let callback = Box::new(move |report| {
         let _ = durable_tx.send(report);
     });
-    let (wal, recovered) = Wal::open(&data_dir.wal_dir(), WalConfig::default(), callback)
+    let wal_config = WalConfig {
+        segment_bytes_max: config.wal_segment_bytes,
+        ..WalConfig::default()
+    };
+    let (wal, recovered) = Wal::open(&data_dir.wal_dir(), wal_config, callback)
         .map_err(|e| ServerError::Wal(e.to_string()))?;
     tracing::info!(
         node = id,
