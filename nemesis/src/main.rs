@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use kvclient::duration::parse_duration;
 use nemesis::cluster::{self, Cluster};
 use nemesis::spec::{self, ClusterSpec, NetnsLayout};
 use nemesis::{BackendKind, Fault, Nemesis, PartitionKind, Target};
@@ -111,23 +112,6 @@ struct UpArgs {
     /// Keep running; Ctrl-C stops the cluster and removes everything.
     #[arg(long)]
     foreground: bool,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (digits, unit_ms) = if let Some(d) = text.strip_suffix("ms") {
-        (d, 1)
-    } else if let Some(d) = text.strip_suffix('s') {
-        (d, 1000)
-    } else if let Some(d) = text.strip_suffix('m') {
-        (d, 60_000)
-    } else {
-        (text, 1000)
-    };
-    let value: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?}: expected e.g. 500ms, 2s, 1m"))?;
-    Ok(Duration::from_millis(value.saturating_mul(unit_ms)))
 }
 
 fn parse_subnet(text: &str) -> Result<[u8; 3], String> {
