@@ -40,6 +40,8 @@ pub enum BenchError {
     Check(String),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("report.html: {0}")]
+    Report(String),
 }
 
 /// CPU seconds used during the timed phase.
@@ -69,6 +71,8 @@ pub struct RunOutcome {
     pub cpu: CpuFigures,
     pub check: Option<CheckSummary>,
     pub summary_text: String,
+    /// What summary.json holds (`--json` prints it).
+    pub summary: serde_json::Value,
     pub final_reads_failed: u64,
 }
 
@@ -151,7 +155,11 @@ async fn drive(
         value_size: settings.value_size,
         read_mode: settings.read_mode(),
     }));
-    let recorder = Recorder::create(&run_dir.join("history.jsonl"), settings.workload.name())?;
+    let recorder = if settings.history {
+        Recorder::create(&run_dir.join("history.jsonl"), settings.workload.name())?
+    } else {
+        Recorder::discard()
+    };
     let load = LoadConfig {
         clients: settings.clients,
         duration: settings.duration(),
@@ -182,9 +190,8 @@ fn finish(
     let stats = &measured.report.stats;
     let figures = stats.figures(measured.report.elapsed);
     let mut summary_text = figures.summary_text();
+    summary_text.push_str("\n");
     summary_text.push_str(&cpu_text(&measured.cpu));
-    summary_text.push_str("\nLatency histogram:\n");
-    summary_text.push_str(&stats.histogram_text());
     output::write(&run_dir.join("latency.hgrm"), stats.hgrm().as_bytes())?;
     output::write(
         &run_dir.join("timeseries.csv"),
@@ -196,6 +203,8 @@ fn finish(
         None
     };
     let summary = serde_json::json!({
+        "kind": "bench",
+        "run_dir": run_dir,
         "config": settings,
         "machine": Machine::describe(),
         "figures": &figures,
@@ -209,6 +218,7 @@ fn finish(
     });
     let json = serde_json::to_vec_pretty(&summary).map_err(|e| BenchError::Check(e.to_string()))?;
     output::write(&run_dir.join("summary.json"), &json)?;
+    crate::report::render_run(run_dir).map_err(BenchError::Report)?;
     output::point_latest(&settings.results, run_dir)?;
     Ok(RunOutcome {
         run_dir: run_dir.to_path_buf(),
@@ -216,6 +226,7 @@ fn finish(
         cpu: measured.cpu,
         check,
         summary_text,
+        summary,
         final_reads_failed: measured.report.final_reads_failed,
     })
 }
@@ -226,7 +237,7 @@ fn cpu_text(cpu: &CpuFigures) -> String {
         _ => "not measured (give --node-pids)".to_string(),
     };
     format!(
-        "  CPU:\t\tbench {:.2} s ({:.2} cores), nodes {nodes}\n",
+        "CPU: bench {:.2} s ({:.2} cores), nodes {nodes}\n",
         cpu.bench_s, cpu.bench_cores
     )
 }

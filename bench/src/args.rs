@@ -65,6 +65,14 @@ pub struct Args {
     /// Do not run the checker.
     #[arg(long, overrides_with = "check")]
     pub no_check: bool,
+    /// Record every operation in history.jsonl. Default: on for the checked workloads
+    /// (register, list-append) and with --check; off for put, get and mixed, pure throughput
+    /// runs (a history grows by about 2 MB per second of load).
+    #[arg(long, value_enum)]
+    pub history: Option<Toggle>,
+    /// Print the summary as JSON on stdout (what summary.json holds), and nothing else there.
+    #[arg(long)]
+    pub json: bool,
     /// Workload seed (default: from the clock; printed and saved).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -97,6 +105,12 @@ pub enum Command {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Toggle {
+    On,
+    Off,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ReadModeArg {
     Linearizable,
     Stale,
@@ -117,6 +131,10 @@ pub struct Settings {
     pub node_pids: Vec<u32>,
     pub read_mode: &'static str,
     pub check: bool,
+    /// Whether history.jsonl is written.
+    pub history: bool,
+    #[serde(skip)]
+    pub json: bool,
     pub seed: u64,
     pub results: PathBuf,
     pub timeout_ms: u64,
@@ -174,6 +192,17 @@ pub fn settings(args: Args, clock_seed: u64) -> Result<Settings, String> {
     } else {
         args.check || args.workload.check_default()
     };
+    let history = match args.history {
+        Some(Toggle::Off) if check => {
+            return Err(
+                "the checker reads the history: --check needs --history on (or give \
+                        --no-check)"
+                    .into(),
+            )
+        }
+        Some(toggle) => toggle == Toggle::On,
+        None => check,
+    };
     Ok(Settings {
         clients: args.clients,
         duration_s: args.duration.as_secs_f64(),
@@ -190,6 +219,8 @@ pub fn settings(args: Args, clock_seed: u64) -> Result<Settings, String> {
             ReadModeArg::Stale => "stale",
         },
         check,
+        history,
+        json: args.json,
         seed: args.seed.unwrap_or(clock_seed),
         results: args.results,
         timeout_ms: args.timeout_ms,
@@ -232,7 +263,17 @@ mod tests {
         let settings = parse(&["--workload", "put", "--check"]).unwrap();
         assert_eq!((settings.keys, settings.check), (1000, true));
         let settings = parse(&["--workload", "list-append", "--no-check"]).unwrap();
-        assert!(!settings.check);
+        assert!(!settings.check && !settings.history);
+        assert!(parse(&["--workload", "register"]).unwrap().history);
+        assert!(!parse(&["--workload", "mixed"]).unwrap().history);
+        assert!(parse(&["--workload", "mixed", "--check"]).unwrap().history);
+        assert!(
+            parse(&["--workload", "put", "--history", "on"])
+                .unwrap()
+                .history
+        );
+        let error = parse(&["--workload", "register", "--history", "off"]).unwrap_err();
+        assert!(error.contains("--check needs --history on"), "{error}");
         assert_eq!(parse(&[]).unwrap().seed, 1);
     }
 }

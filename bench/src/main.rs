@@ -37,11 +37,12 @@ fn main() -> ExitCode {
         .map_or("embedded 3-node cluster".to_string(), |path| {
             path.display().to_string()
         });
+    let history = if settings.history { "on" } else { "off" };
     eprintln!(
-        "bench: {} clients, {} workload, {:.1} s, {} keys, {} B values, seed {}, {}",
+        "bench: {} clients, {} workload, {}, {} keys, {} B values, seed {}, history {history}, {}",
         settings.clients,
         settings.workload.name(),
-        settings.duration_s,
+        kvclient::duration::format_duration(settings.duration()),
         settings.keys,
         settings.value_size,
         settings.seed,
@@ -49,14 +50,19 @@ fn main() -> ExitCode {
     );
     match app::run(&settings) {
         Ok(outcome) => {
-            print!("{}", outcome.summary_text);
-            if let Some(check) = &outcome.check {
-                println!("\nChecker: {}", check.verdict);
+            if settings.json {
+                println!("{}", outcome.summary);
+            } else {
+                print!("{}", outcome.summary_text);
+                if let Some(check) = &outcome.check {
+                    println!("\nChecker: {}", check.verdict);
+                }
+                println!("\nResults: {}", outcome.run_dir.display());
+                println!("Report: {}", outcome.run_dir.join("report.html").display());
             }
             if outcome.final_reads_failed > 0 {
-                println!("warning: {} final reads failed", outcome.final_reads_failed);
+                eprintln!("warning: {} final reads failed", outcome.final_reads_failed);
             }
-            println!("\nResults: {}", outcome.run_dir.display());
             if outcome.passed() {
                 ExitCode::SUCCESS
             } else {
@@ -104,15 +110,20 @@ fn run_campaign(campaign_args: CampaignArgs, clock_seed: u64) -> ExitCode {
             return ExitCode::from(campaign::EXIT_UNKNOWN);
         }
     };
+    let faults: Vec<&str> = (settings.faults.iter())
+        .map(|kind| campaign::args::kind_name(*kind))
+        .collect();
     eprintln!(
-        "campaign {}: {} workload, faults {:?}, {:.0} s, {} clients, seed {}, backend {:?}",
+        "campaign {}: {} workload, faults {}, {}, {} clients, seed {}, backend {}",
         settings.name,
         settings.workload.name(),
-        settings.faults,
-        settings.time_limit_s,
+        faults.join(","),
+        kvclient::duration::format_duration(std::time::Duration::from_secs_f64(
+            settings.time_limit_s
+        )),
         settings.clients,
         settings.seed,
-        settings.backend
+        settings.backend.name()
     );
     match campaign::run(&settings) {
         Ok(outcome) => {

@@ -167,7 +167,7 @@ async fn preload(workers: Vec<Worker>, clients: u32) -> Vec<Worker> {
             let mut process = u64::from(worker.index);
             for key in mine {
                 let planned = worker.workload.write(key);
-                if worker.execute(process, &planned).await.info {
+                if worker.execute(process, &planned, None).await.info {
                     process = worker.processes.fresh();
                 }
             }
@@ -245,8 +245,14 @@ impl Worker {
                 break;
             }
             let planned = self.workload.next(&mut rng);
-            let executed = self.execute(process, &planned).await;
-            stats.record(send_at - start, send_at.elapsed(), executed.error);
+            let intended = interval.map(|_| send_at.into_std());
+            let executed = self.execute(process, &planned, intended).await;
+            stats.record(
+                send_at - start,
+                send_at.elapsed(),
+                planned.f.name(),
+                executed.error,
+            );
             let counter = match executed.error {
                 None => &self.progress.answered,
                 Some(_) => &self.progress.errors,
@@ -259,14 +265,20 @@ impl Worker {
         stats
     }
 
-    /// Runs one planned op and records it.
-    async fn execute(&mut self, process: u64, planned: &Planned) -> Executed {
+    /// Runs one planned op and records it; `intended`: when an open loop meant to send it.
+    async fn execute(
+        &mut self,
+        process: u64,
+        planned: &Planned,
+        intended: Option<std::time::Instant>,
+    ) -> Executed {
         let read_mode = self.workload.config.read_mode;
         let pending = self.recorder.invoke(
             process,
             planned.f,
             planned.key.clone(),
             planned.value.clone(),
+            intended,
         );
         let answer = self.session.execute(planned.op.clone(), read_mode).await;
         let completion = workload::completion(planned, &answer);
@@ -289,7 +301,7 @@ impl Worker {
             let planned = self.workload.final_read(key);
             let mut answered = false;
             for _ in 0..FINAL_READ_ATTEMPTS_MAX {
-                let executed = self.execute(process, &planned).await;
+                let executed = self.execute(process, &planned, None).await;
                 if executed.error.is_none() {
                     answered = true;
                     break;
