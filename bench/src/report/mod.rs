@@ -635,13 +635,21 @@ mod tests {
     /// later: the client felt 6 s. It is plotted at 1 s with that latency, not at 7 s with 1 ms.
     #[test]
     fn an_op_delayed_by_an_outage_is_plotted_with_its_delayed_latency() {
-        let history = r#"{"workload":"register","version":1}
-{"index":0,"time":7000000000,"intended_time":1000000000,"process":0,"type":"invoke","f":"read","key":1}
-{"index":1,"time":7001000000,"process":0,"type":"ok","f":"read","key":1,"value":1}
-{"index":2,"time":7100000000,"intended_time":7100000000,"process":1,"type":"invoke","f":"write","key":1,"value":2}
-{"index":3,"time":7100050000,"process":1,"type":"ok","f":"write","key":1,"value":2}
-"#;
-        let ops = client_ops(history);
+        let events = [
+            serde_json::json!({"workload": "register", "version": 1}),
+            serde_json::json!({"index": 0, "time": 7_000_000_000u64,
+                "intended_time": 1_000_000_000u64, "process": 0, "type": "invoke",
+                "f": "read", "key": 1}),
+            serde_json::json!({"index": 1, "time": 7_001_000_000u64, "process": 0,
+                "type": "ok", "f": "read", "key": 1, "value": 1}),
+            serde_json::json!({"index": 2, "time": 7_100_000_000u64,
+                "intended_time": 7_100_000_000u64, "process": 1, "type": "invoke",
+                "f": "write", "key": 1, "value": 2}),
+            serde_json::json!({"index": 3, "time": 7_100_050_000u64, "process": 1,
+                "type": "ok", "f": "write", "key": 1, "value": 2}),
+        ];
+        let history: String = events.iter().map(|event| format!("{event}\n")).collect();
+        let ops = client_ops(&history);
         assert_eq!(ops[0].at_s, 1.0);
         assert!(
             (ops[0].latency_ms - 6001.0).abs() < 1e-3,
