@@ -23,7 +23,7 @@ pub const CLIENTS_MAX: u32 = SESSIONS_MAX as u32;
     args_conflicts_with_subcommands = true
 )]
 pub struct Args {
-    /// `campaign`, `index` or `report`; without one, a plain load run.
+    /// `campaign`, `index`, `report` or `serve`; without one, a plain load run.
     #[command(subcommand)]
     pub command: Option<Command>,
     /// Concurrent clients (sessions); each is one process of the history.
@@ -100,8 +100,16 @@ pub enum Command {
         #[arg(long, default_value = "results")]
         results: PathBuf,
     },
-    /// Redraw a campaign directory's report.html from its files.
+    /// Redraw a run directory's report.html (a campaign's or a plain run's) from its files.
     Report { run_dir: PathBuf },
+    /// Browse the results over HTTP: the index of every run, each run's report and files.
+    Serve {
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+        /// Address to listen on (port 0: any free port; the URL is printed).
+        #[arg(long, default_value = crate::serve::LISTEN_DEFAULT)]
+        listen: std::net::SocketAddr,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

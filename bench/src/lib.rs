@@ -16,6 +16,7 @@ pub mod output;
 pub mod report;
 pub mod rng;
 pub mod runner;
+pub mod serve;
 pub mod stats;
 pub mod workload;
 

@@ -89,6 +89,22 @@ fn run_command(command: Command, clock_seed: u64) -> ExitCode {
                 ExitCode::from(EXIT_FAILED)
             }
         },
+        Command::Serve { results, listen } => match bench::serve::Server::bind(&results, listen) {
+            Ok(server) => {
+                let address = server.local_addr().unwrap_or(listen);
+                println!(
+                    "serving {} at http://{address}/ (Ctrl-C stops)",
+                    results.display()
+                );
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+                server.run();
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("bench: error: {error}");
+                ExitCode::from(EXIT_FAILED)
+            }
+        },
         Command::Report { run_dir } => match bench::report::render_run(&run_dir) {
             Ok(()) => {
                 println!("{}", run_dir.join("report.html").display());
