@@ -52,3 +52,7 @@ nightly time="60s":
 # Regenerate results/index.html from the runs under results/.
 index:
     cargo run --release -p bench -- index
+
+# Browse results/ over HTTP: every run's report and files (http://127.0.0.1:8080/).
+serve *args="":
+    cargo run --release -p bench -- serve {{args}}

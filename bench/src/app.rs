@@ -190,7 +190,7 @@ fn finish(
     let stats = &measured.report.stats;
     let figures = stats.figures(measured.report.elapsed);
     let mut summary_text = figures.summary_text();
-    summary_text.push_str("\n");
+    summary_text.push('\n');
     summary_text.push_str(&cpu_text(&measured.cpu));
     output::write(&run_dir.join("latency.hgrm"), stats.hgrm().as_bytes())?;
     output::write(

@@ -389,6 +389,14 @@ fn scatter_plot(data: &RunData) -> String {
     html
 }
 
+/// The power of ten at or below the smallest of `latencies_ms` (at least `LATENCY_MS_FLOOR`;
+/// 0.1 ms if there are none): the bottom of a log latency axis that clips no point.
+fn log_floor(latencies_ms: impl Iterator<Item = f64>) -> f64 {
+    let fastest = latencies_ms.fold(f64::INFINITY, f64::min);
+    let fastest = if fastest.is_finite() { fastest } else { 0.1 };
+    10f64.powf(fastest.max(LATENCY_MS_FLOOR).log10().floor())
+}
+
 /// One series of the scatter: points, color, shape, legend label.
 type Series = (Vec<(f64, f64)>, &'static str, &'static str, String);
 
@@ -396,8 +404,7 @@ type Series = (Vec<(f64, f64)>, &'static str, &'static str, String);
 /// and fail thinned to every `stride`-th. The y axis spans the fastest to the slowest op.
 fn scatter(data: &RunData, stride: usize) -> (Plot, Vec<Series>) {
     let y_max = data.ops.iter().map(|op| op.latency_ms).fold(10.0, f64::max);
-    let fastest = data.ops.iter().map(|op| op.latency_ms).fold(0.1, f64::min);
-    let y_min = 10f64.powf(fastest.max(LATENCY_MS_FLOOR).log10().floor());
+    let y_min = log_floor(data.ops.iter().map(|op| op.latency_ms));
     let mut plot = Plot::new(420.0, data.x_max_s, y_min, y_max * 1.5, true);
     plot.y_label = "latency (ms, log)".into();
     plot.bands(&data.bands);
@@ -446,8 +453,7 @@ fn quantile_plot(data: &RunData) -> String {
         }
     }
     let y_max = series.iter().flatten().map(|p| p.1).fold(10.0, f64::max);
-    let fastest = series.iter().flatten().map(|p| p.1).fold(0.1, f64::min);
-    let y_min = 10f64.powf(fastest.max(LATENCY_MS_FLOOR).log10().floor());
+    let y_min = log_floor(series.iter().flatten().map(|p| p.1));
     let mut plot = Plot::new(300.0, data.x_max_s, y_min, y_max * 1.5, true);
     plot.y_label = "ok latency (ms, log)".into();
     plot.bands(&data.bands);
