@@ -216,7 +216,7 @@ fn status(cluster: &Cluster, json: bool) -> CliResult {
         let pid = s.pid.map_or("-".to_string(), |p| p.to_string());
         let role = s
             .raft
-            .map_or("-".to_string(), |r| format!("{:?}", r.role).to_lowercase());
+            .map_or("-".to_string(), |r| r.role.name().to_string());
         let term = s.raft.map_or("-".to_string(), |r| r.term.to_string());
         let note = s.error.clone().unwrap_or_default();
         println!(
