@@ -79,9 +79,9 @@ pub struct Args {
     /// Where `bench/<date-time>/` and `latest` go.
     #[arg(long, default_value = "results")]
     pub results: PathBuf,
-    /// Per-attempt request timeout, in milliseconds.
-    #[arg(long, default_value_t = kvclient::REQUEST_TIMEOUT_MS_DEFAULT)]
-    pub timeout_ms: u64,
+    /// How long one attempt (one node) waits for an answer before the client tries the next.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
     /// Worker threads of bench's own runtime (1: a single-threaded runtime).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
@@ -192,8 +192,8 @@ pub fn settings(args: Args, clock_seed: u64) -> Result<Settings, String> {
     if args.cluster.is_none() && (!args.node_pids.is_empty() || args.certs.is_some()) {
         return Err("--node-pids and --certs are for an external --cluster".into());
     }
-    if args.timeout_ms == 0 || args.threads == 0 {
-        return Err("--timeout-ms and --threads must be > 0".into());
+    if args.request_timeout.is_zero() || args.threads == 0 {
+        return Err("--request-timeout and --threads must be > 0".into());
     }
     let check = if args.no_check {
         false
@@ -231,7 +231,7 @@ pub fn settings(args: Args, clock_seed: u64) -> Result<Settings, String> {
         json: args.json,
         seed: args.seed.unwrap_or(clock_seed),
         results: args.results,
-        timeout_ms: args.timeout_ms,
+        timeout_ms: args.request_timeout.as_millis() as u64,
         threads: args.threads,
         quiet: args.quiet,
     })

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 
 use kvraft::NodeId;
 use kvtransport::TransportStats;
@@ -336,118 +337,97 @@ pub fn register_all() {
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
-/// Copies the transport's counters (cumulative atomics) into their metrics.
-pub fn export_transport(stats: &TransportStats) {
-    let get = TransportStats::get;
-    let plain = [
-        (
-            TRANSPORT_CONNECTIONS_ACCEPTED_TOTAL,
-            &stats.connections_accepted_total,
-        ),
-        (
-            TRANSPORT_PEER_CONNECT_FAILURES_TOTAL,
-            &stats.peer_connect_failures_total,
-        ),
-        (TRANSPORT_MESSAGES_SENT_TOTAL, &stats.messages_sent_total),
-        (
-            TRANSPORT_MESSAGES_RECEIVED_TOTAL,
-            &stats.messages_received_total,
-        ),
-        (
-            TRANSPORT_CLIENT_REQUESTS_TOTAL,
-            &stats.client_requests_total,
-        ),
-        (
-            TRANSPORT_CLIENT_REQUESTS_REFUSED_TOTAL,
-            &stats.client_requests_refused_inflight_total,
-        ),
-        (TRANSPORT_SNAPSHOTS_SENT_TOTAL, &stats.snapshots_sent_total),
-        (
-            TRANSPORT_SNAPSHOTS_RECEIVED_TOTAL,
-            &stats.snapshots_received_total,
-        ),
-    ];
-    for (name, counter) in plain {
-        metrics::counter!(name).absolute(get(counter));
-    }
-    let labelled = [
-        (
-            TRANSPORT_CONNECTIONS_REFUSED_TOTAL,
-            LABEL_REASON,
-            "tls",
-            &stats.connections_refused_tls_total,
-        ),
-        (
-            TRANSPORT_CONNECTIONS_REFUSED_TOTAL,
-            LABEL_REASON,
-            "identity",
-            &stats.connections_refused_identity_total,
-        ),
-        (
-            TRANSPORT_CONNECTIONS_REFUSED_TOTAL,
-            LABEL_REASON,
-            "limit",
-            &stats.connections_refused_limit_total,
-        ),
-        (
-            TRANSPORT_CONNECTIONS_REFUSED_TOTAL,
-            LABEL_REASON,
-            "identity_limit",
-            &stats.connections_refused_identity_limit_total,
-        ),
-        (
-            TRANSPORT_MESSAGES_DROPPED_TOTAL,
-            LABEL_REASON,
-            "queue_full",
-            &stats.messages_dropped_queue_full_total,
-        ),
-        (
-            TRANSPORT_MESSAGES_DROPPED_TOTAL,
-            LABEL_REASON,
-            "invalid",
-            &stats.messages_dropped_invalid_total,
-        ),
-        (
-            TRANSPORT_MESSAGES_DROPPED_TOTAL,
-            LABEL_REASON,
-            "write_failed",
-            &stats.messages_dropped_write_failed_total,
-        ),
-        (
-            TRANSPORT_MESSAGES_DROPPED_TOTAL,
-            LABEL_REASON,
-            "wrong_sender",
-            &stats.messages_dropped_wrong_sender_total,
-        ),
-        (
-            TRANSPORT_FRAMES_REFUSED_TOTAL,
-            LABEL_REASON,
-            "oversize",
-            &stats.frames_oversize_total,
-        ),
-        (
-            TRANSPORT_FRAMES_REFUSED_TOTAL,
-            LABEL_REASON,
-            "malformed",
-            &stats.frames_malformed_total,
-        ),
-        (
-            TRANSPORT_SNAPSHOT_FAILURES_TOTAL,
-            LABEL_DIRECTION,
-            "send",
-            &stats.snapshots_send_failures_total,
-        ),
-        (
-            TRANSPORT_SNAPSHOT_FAILURES_TOTAL,
-            LABEL_DIRECTION,
-            "receive",
-            &stats.snapshots_receive_failures_total,
-        ),
-    ];
-    for (name, label, value, counter) in labelled {
-        metrics::counter!(name, label => value).absolute(get(counter));
-    }
-}
+/// Reads one of the transport's counters.
+type TransportCounter = fn(&TransportStats) -> &AtomicU64;
+
+/// The transport's counters (cumulative atomics) and the metric each is exported as: name,
+/// and a label with its value for the labelled ones.
+const TRANSPORT_COUNTERS: [(&str, Option<(&str, &str)>, TransportCounter); 20] = [
+    (TRANSPORT_CONNECTIONS_ACCEPTED_TOTAL, None, |s| {
+        &s.connections_accepted_total
+    }),
+    (TRANSPORT_PEER_CONNECT_FAILURES_TOTAL, None, |s| {
+        &s.peer_connect_failures_total
+    }),
+    (TRANSPORT_MESSAGES_SENT_TOTAL, None, |s| {
+        &s.messages_sent_total
+    }),
+    (TRANSPORT_MESSAGES_RECEIVED_TOTAL, None, |s| {
+        &s.messages_received_total
+    }),
+    (TRANSPORT_CLIENT_REQUESTS_TOTAL, None, |s| {
+        &s.client_requests_total
+    }),
+    (TRANSPORT_CLIENT_REQUESTS_REFUSED_TOTAL, None, |s| {
+        &s.client_requests_refused_inflight_total
+    }),
+    (TRANSPORT_SNAPSHOTS_SENT_TOTAL, None, |s| {
+        &s.snapshots_sent_total
+    }),
+    (TRANSPORT_SNAPSHOTS_RECEIVED_TOTAL, None, |s| {
+        &s.snapshots_received_total
+    }),
+    (
+        TRANSPORT_CONNECTIONS_REFUSED_TOTAL,
+        Some((LABEL_REASON, "tls")),
+        |s| &s.connections_refused_tls_total,
+    ),
+    (
+        TRANSPORT_CONNECTIONS_REFUSED_TOTAL,
+        Some((LABEL_REASON, "identity")),
+        |s| &s.connections_refused_identity_total,
+    ),
+    (
+        TRANSPORT_CONNECTIONS_REFUSED_TOTAL,
+        Some((LABEL_REASON, "limit")),
+        |s| &s.connections_refused_limit_total,
+    ),
+    (
+        TRANSPORT_CONNECTIONS_REFUSED_TOTAL,
+        Some((LABEL_REASON, "identity_limit")),
+        |s| &s.connections_refused_identity_limit_total,
+    ),
+    (
+        TRANSPORT_MESSAGES_DROPPED_TOTAL,
+        Some((LABEL_REASON, "queue_full")),
+        |s| &s.messages_dropped_queue_full_total,
+    ),
+    (
+        TRANSPORT_MESSAGES_DROPPED_TOTAL,
+        Some((LABEL_REASON, "invalid")),
+        |s| &s.messages_dropped_invalid_total,
+    ),
+    (
+        TRANSPORT_MESSAGES_DROPPED_TOTAL,
+        Some((LABEL_REASON, "write_failed")),
+        |s| &s.messages_dropped_write_failed_total,
+    ),
+    (
+        TRANSPORT_MESSAGES_DROPPED_TOTAL,
+        Some((LABEL_REASON, "wrong_sender")),
+        |s| &s.messages_dropped_wrong_sender_total,
+    ),
+    (
+        TRANSPORT_FRAMES_REFUSED_TOTAL,
+        Some((LABEL_REASON, "oversize")),
+        |s| &s.frames_oversize_total,
+    ),
+    (
+        TRANSPORT_FRAMES_REFUSED_TOTAL,
+        Some((LABEL_REASON, "malformed")),
+        |s| &s.frames_malformed_total,
+    ),
+    (
+        TRANSPORT_SNAPSHOT_FAILURES_TOTAL,
+        Some((LABEL_DIRECTION, "send")),
+        |s| &s.snapshots_send_failures_total,
+    ),
+    (
+        TRANSPORT_SNAPSHOT_FAILURES_TOTAL,
+        Some((LABEL_DIRECTION, "receive")),
+        |s| &s.snapshots_receive_failures_total,
+    ),
+];
 
 /// The counters kept per peer.
 struct PeerCounters {
@@ -461,6 +441,7 @@ struct PeerCounters {
 /// handle's update is one atomic operation; a labelled macro call would build a key each time).
 pub struct NodeMetrics {
     peers: HashMap<NodeId, PeerCounters>,
+    transport: Vec<(Counter, TransportCounter)>,
     requests: HashMap<&'static str, Counter>,
     durations: HashMap<(&'static str, &'static str), Histogram>,
 }
@@ -489,10 +470,27 @@ impl NodeMetrics {
                 (id, counters)
             })
             .collect();
+        let transport = (TRANSPORT_COUNTERS.iter())
+            .map(|&(name, label, read)| {
+                let counter = match label {
+                    Some((label, value)) => metrics::counter!(name, label => value),
+                    None => metrics::counter!(name),
+                };
+                (counter, read)
+            })
+            .collect();
         NodeMetrics {
             peers,
+            transport,
             requests: HashMap::new(),
             durations: HashMap::new(),
+        }
+    }
+
+    /// Copies the transport's counters into their metrics.
+    pub fn export_transport(&self, stats: &TransportStats) {
+        for (counter, read) in &self.transport {
+            counter.absolute(TransportStats::get(read(stats)));
         }
     }
 

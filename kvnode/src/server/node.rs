@@ -157,7 +157,7 @@ impl Node {
         metrics::gauge!(m::RAFT_TERM).set(status.term as f64);
         let log_entries = status.last_index + 1 - status.first_index;
         metrics::gauge!(m::RAFT_LOG_ENTRIES).set(log_entries as f64);
-        m::export_transport(&self.transport.stats());
+        self.metrics.export_transport(&self.transport.stats());
     }
 
     fn on_inbound(&mut self, event: Inbound) {
