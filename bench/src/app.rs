@@ -10,13 +10,14 @@ use kvclient::config::ClusterConfig;
 use kvclient::{Client, ClientConfig, ClientError};
 use serde::Serialize;
 
-use crate::args::Settings;
+use crate::args::{Settings, TargetKind};
 use crate::cluster::{self, ClusterError, EmbeddedCluster};
 use crate::cpu;
 use crate::history::{HistoryError, Recorder};
 use crate::output::{self, Machine, OutputError};
 use crate::runner::{self, LoadConfig, LoadReport, Progress};
 use crate::stats::Figures;
+use crate::target::Target;
 use crate::workload::{Workload, WorkloadConfig};
 
 /// How often the progress line is redrawn.
@@ -40,6 +41,8 @@ pub enum BenchError {
     Check(String),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("etcd: {0}")]
+    Etcd(String),
     #[error("report.html: {0}")]
     Report(String),
 }
@@ -96,6 +99,15 @@ struct Measured {
 pub fn run(settings: &Settings) -> Result<RunOutcome, BenchError> {
     let started_at = SystemTime::now();
     let run_dir = output::create_run_dir(&settings.results, &output::utc_stamp(started_at))?;
+    let measured = match settings.target {
+        TargetKind::Kv => run_kv(settings, &run_dir)?,
+        TargetKind::Etcd => run_etcd(settings, &run_dir)?,
+    };
+    finish(settings, measured, &run_dir)
+}
+
+/// The load against our cluster: embedded (started and stopped here) or `--cluster`.
+fn run_kv(settings: &Settings, run_dir: &Path) -> Result<Measured, BenchError> {
     let (cluster, mut client_config) = match &settings.cluster {
         None => {
             let cluster = EmbeddedCluster::start()?;
@@ -106,7 +118,11 @@ pub fn run(settings: &Settings) -> Result<RunOutcome, BenchError> {
     };
     client_config.request_timeout = Duration::from_millis(settings.timeout_ms);
     let runtime = build_runtime(settings.threads)?;
-    let measured = runtime.block_on(drive(settings, client_config, &run_dir));
+    let measured = runtime.block_on(async {
+        let client = Client::connect(client_config).await?;
+        cluster::wait_for_leader(&client).await?;
+        drive(settings, Target::Kv(&client), run_dir).await
+    });
     // Close the client's connections before the nodes go away.
     drop(runtime);
     if let Some(cluster) = cluster {
@@ -114,7 +130,30 @@ pub fn run(settings: &Settings) -> Result<RunOutcome, BenchError> {
             eprintln!("bench: warning: {error}");
         }
     }
-    finish(settings, measured?, &run_dir)
+    measured
+}
+
+/// The load against etcd at `--endpoints`.
+#[cfg(feature = "etcd")]
+fn run_etcd(settings: &Settings, run_dir: &Path) -> Result<Measured, BenchError> {
+    let runtime = build_runtime(settings.threads)?;
+    runtime.block_on(async {
+        let timeout = Duration::from_millis(settings.timeout_ms);
+        let etcd =
+            crate::etcd::EtcdTarget::connect(&settings.endpoints, settings.etcd_conns, timeout)
+                .await
+                .map_err(|e| BenchError::Etcd(e.to_string()))?;
+        let ready_within = Duration::from_millis(cluster::LEADER_WAIT_MS_MAX);
+        etcd.wait_ready(ready_within).await?;
+        drive(settings, Target::Etcd(&etcd), run_dir).await
+    })
+}
+
+#[cfg(not(feature = "etcd"))]
+fn run_etcd(_settings: &Settings, _run_dir: &Path) -> Result<Measured, BenchError> {
+    Err(BenchError::Etcd(
+        "this bench was built without etcd support (--features etcd)".into(),
+    ))
 }
 
 fn external_client_config(path: &Path, settings: &Settings) -> Result<ClientConfig, BenchError> {
@@ -144,11 +183,9 @@ fn build_runtime(threads: usize) -> Result<tokio::runtime::Runtime, BenchError> 
 
 async fn drive(
     settings: &Settings,
-    client_config: ClientConfig,
+    target: Target<'_>,
     run_dir: &Path,
 ) -> Result<Measured, BenchError> {
-    let client = Client::connect(client_config).await?;
-    cluster::wait_for_leader(&client).await?;
     let workload = Arc::new(Workload::new(WorkloadConfig {
         kind: settings.workload,
         keys: settings.keys,
@@ -169,7 +206,7 @@ async fn drive(
     let progress = Arc::new(Progress::default());
     let ticker = (!settings.quiet).then(|| ProgressLine::start(progress.clone()));
     let cpu_before = CpuCounters::read(settings);
-    let report = runner::run_load(&client, workload, &load, recorder.clone(), progress).await;
+    let report = runner::run_load(target, workload, &load, recorder.clone(), progress).await;
     let cpu = CpuCounters::read(settings).since(&cpu_before, report.elapsed);
     if let Some(ticker) = ticker {
         ticker.stop();
@@ -274,7 +311,8 @@ struct CpuCounters {
 impl CpuCounters {
     fn read(settings: &Settings) -> CpuCounters {
         let process_s = cpu::process_cpu_seconds(None).unwrap_or(0.0);
-        let nodes_s = if settings.cluster.is_none() {
+        let embedded = settings.target == TargetKind::Kv && settings.cluster.is_none();
+        let nodes_s = if embedded {
             Some(cpu::threads_cpu_seconds(is_node_thread))
         } else if settings.node_pids.is_empty() {
             None
@@ -288,7 +326,7 @@ impl CpuCounters {
         CpuCounters {
             process_s,
             nodes_s,
-            embedded: settings.cluster.is_none(),
+            embedded,
         }
     }
 

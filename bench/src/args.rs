@@ -23,7 +23,7 @@ pub const CLIENTS_MAX: u32 = SESSIONS_MAX as u32;
     args_conflicts_with_subcommands = true
 )]
 pub struct Args {
-    /// `campaign`, `index`, `report` or `serve`; without one, a plain load run.
+    /// `campaign`, `compare`, `index`, `report` or `serve`; without one, a plain load run.
     #[command(subcommand)]
     pub command: Option<Command>,
     /// Concurrent clients (sessions); each is one process of the history.
@@ -45,6 +45,17 @@ pub struct Args {
     /// from each operation's intended send time. Default: closed loop.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// What to load: `kv` (our cluster: embedded, or --cluster) or `etcd` (an etcd
+    /// cluster at --endpoints; bench built with `--features etcd`).
+    #[arg(long, value_enum, default_value_t = TargetKind::Kv)]
+    pub target: TargetKind,
+    /// etcd client URLs without scheme, for --target etcd: `127.0.0.1:2379,127.0.0.1:22379`.
+    #[arg(long, value_delimiter = ',')]
+    pub endpoints: Vec<String>,
+    /// gRPC connections to etcd; the clients are spread over them (as etcd's own benchmark
+    /// tool's --conns).
+    #[arg(long, default_value_t = ETCD_CONNS_DEFAULT)]
+    pub etcd_conns: usize,
     /// An external cluster's config (TOML). Default: an embedded 3-node cluster.
     #[arg(long)]
     pub cluster: Option<PathBuf>,
@@ -54,7 +65,8 @@ pub struct Args {
     /// The client certificate name.
     #[arg(long, default_value = "client1")]
     pub client: String,
-    /// Pids of an external cluster's nodes, to report their CPU: `123,456,789`.
+    /// Pids of an external cluster's nodes (ours or etcd's), to report their CPU:
+    /// `123,456,789`.
     #[arg(long, value_delimiter = ',')]
     pub node_pids: Vec<u32>,
     #[arg(long, value_enum, default_value_t = ReadModeArg::Linearizable)]
@@ -95,6 +107,9 @@ pub enum Command {
     /// A fault-injection campaign on a real kvnode cluster (exit 0 valid, 1 anomaly,
     /// 2 unknown or error).
     Campaign(crate::campaign::args::CampaignArgs),
+    /// Our cluster against a local 3-member etcd (Debian's etcd-server), both started here,
+    /// the same workloads interleaved round by round; prints one side-by-side table.
+    Compare(crate::compare::CompareArgs),
     /// Regenerate `<results>/index.html` from the runs found there.
     Index {
         #[arg(long, default_value = "results")]
@@ -110,6 +125,29 @@ pub enum Command {
         #[arg(long, default_value = crate::serve::LISTEN_DEFAULT)]
         listen: std::net::SocketAddr,
     },
+}
+
+/// Connections to etcd by default (etcd's benchmark spreads clients over a few).
+pub const ETCD_CONNS_DEFAULT: usize = 8;
+/// Most connections to etcd.
+pub const ETCD_CONNS_MAX: usize = 256;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetKind {
+    /// Our cluster.
+    Kv,
+    /// An etcd cluster (v3 gRPC API).
+    Etcd,
+}
+
+impl TargetKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TargetKind::Kv => "kv",
+            TargetKind::Etcd => "etcd",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -133,6 +171,9 @@ pub struct Settings {
     pub keys: u64,
     pub value_size: usize,
     pub rate: Option<f64>,
+    pub target: TargetKind,
+    pub endpoints: Vec<String>,
+    pub etcd_conns: usize,
     pub cluster: Option<PathBuf>,
     pub certs: Option<PathBuf>,
     pub client: String,
@@ -189,9 +230,7 @@ pub fn settings(args: Args, clock_seed: u64) -> Result<Settings, String> {
     if keys == 0 {
         return Err("--keys must be > 0".into());
     }
-    if args.cluster.is_none() && (!args.node_pids.is_empty() || args.certs.is_some()) {
-        return Err("--node-pids and --certs are for an external --cluster".into());
-    }
+    check_target(&args)?;
     if args.request_timeout.is_zero() || args.threads == 0 {
         return Err("--request-timeout and --threads must be > 0".into());
     }
@@ -218,6 +257,9 @@ pub fn settings(args: Args, clock_seed: u64) -> Result<Settings, String> {
         keys,
         value_size: args.value_size,
         rate: args.rate,
+        target: args.target,
+        endpoints: args.endpoints,
+        etcd_conns: args.etcd_conns,
         cluster: args.cluster,
         certs: args.certs,
         client: args.client,
@@ -235,6 +277,49 @@ pub fn settings(args: Args, clock_seed: u64) -> Result<Settings, String> {
         threads: args.threads,
         quiet: args.quiet,
     })
+}
+
+/// The target's flags fit together (and bench can drive it).
+fn check_target(args: &Args) -> Result<(), String> {
+    match args.target {
+        TargetKind::Kv => {
+            if !args.endpoints.is_empty() {
+                return Err("--endpoints is for --target etcd (ours: --cluster)".into());
+            }
+            if args.cluster.is_none() && (!args.node_pids.is_empty() || args.certs.is_some()) {
+                return Err("--node-pids and --certs are for an external --cluster".into());
+            }
+        }
+        TargetKind::Etcd => {
+            if !cfg!(feature = "etcd") {
+                return Err(
+                    "--target etcd: this bench was built without etcd support; build \
+                            it with `cargo build --release -p bench --features etcd`"
+                        .into(),
+                );
+            }
+            if args.endpoints.is_empty() {
+                return Err("--target etcd needs --endpoints host:port[,host:port...]".into());
+            }
+            if args.cluster.is_some() || args.certs.is_some() {
+                return Err("--cluster and --certs are for --target kv".into());
+            }
+            if args.workload == WorkloadKind::ListAppend {
+                return Err(
+                    "--target etcd runs put, get, mixed and register; list-append \
+                            needs multi-key appends etcd does not have"
+                        .into(),
+                );
+            }
+            if args.etcd_conns == 0 || args.etcd_conns > ETCD_CONNS_MAX {
+                return Err(format!(
+                    "--etcd-conns must be in 1..={ETCD_CONNS_MAX}, got {}",
+                    args.etcd_conns
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -261,6 +346,29 @@ mod tests {
         for (args, needle) in cases {
             let error = parse(args).unwrap_err();
             assert!(error.contains(needle), "{args:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn target_flags_fit_together() {
+        let error = parse(&["--endpoints", "127.0.0.1:2379"]).unwrap_err();
+        assert!(error.contains("--target etcd"), "{error}");
+        let error = parse(&["--target", "etcd"]).unwrap_err();
+        let expected = if cfg!(feature = "etcd") {
+            "needs --endpoints"
+        } else {
+            "--features etcd"
+        };
+        assert!(error.contains(expected), "{error}");
+        if cfg!(feature = "etcd") {
+            let etcd = ["--target", "etcd", "--endpoints", "127.0.0.1:2379"];
+            let error = parse(&[&etcd[..], &["--workload", "list-append"]].concat()).unwrap_err();
+            assert!(error.contains("list-append"), "{error}");
+            let error = parse(&[&etcd[..], &["--etcd-conns", "0"]].concat()).unwrap_err();
+            assert!(error.contains("--etcd-conns"), "{error}");
+            let settings = parse(&[&etcd[..], &["--workload", "register"]].concat()).unwrap();
+            assert_eq!(settings.target, TargetKind::Etcd);
+            assert_eq!(settings.endpoints, ["127.0.0.1:2379"]);
         }
     }
 

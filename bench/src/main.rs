@@ -31,12 +31,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let cluster = settings
-        .cluster
-        .as_ref()
-        .map_or("embedded 3-node cluster".to_string(), |path| {
-            path.display().to_string()
-        });
+    let cluster = match (&settings.target, &settings.cluster) {
+        (args::TargetKind::Etcd, _) => format!("etcd at {}", settings.endpoints.join(",")),
+        (_, Some(path)) => path.display().to_string(),
+        (_, None) => "embedded 3-node cluster".to_string(),
+    };
     let history = if settings.history { "on" } else { "off" };
     eprintln!(
         "bench: {} clients, {} workload, {}, {} keys, {} B values, seed {}, history {history}, {}",
@@ -79,6 +78,16 @@ fn main() -> ExitCode {
 fn run_command(command: Command, clock_seed: u64) -> ExitCode {
     match command {
         Command::Campaign(campaign_args) => run_campaign(campaign_args, clock_seed),
+        Command::Compare(compare_args) => match bench::compare::run(&compare_args, clock_seed) {
+            Ok(dir) => {
+                println!("\nResults: {}", dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("bench: compare: {error}");
+                ExitCode::from(EXIT_FAILED)
+            }
+        },
         Command::Index { results } => match bench::index::write_index(&results) {
             Ok(path) => {
                 println!("{}", path.display());
