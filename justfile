@@ -37,6 +37,11 @@ bench *args="--clients 64 --duration 10s":
 campaign *args="":
     cargo run --release -p bench -- campaign {{args}}
 
+# Our cluster against a local 3-member etcd (Debian's etcd-server), side by side:
+# `just compare` (3 rounds x 10 s per case) or `just compare --rounds 5 --duration 20s`.
+compare *args="":
+    cargo run --release -p bench --features etcd -- compare {{args}}
+
 # Storage and checker benchmarks.
 benchmarks:
     cargo bench -p kvstorage --bench wal
@@ -53,3 +58,7 @@ nightly time="60s":
 # Regenerate results/index.html from the runs under results/.
 index:
     cargo run --release -p bench -- index
+
+# Browse results/ over HTTP: every run's report and files (http://127.0.0.1:8080/).
+serve *args="":
+    cargo run --release -p bench -- serve {{args}}

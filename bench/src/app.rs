@@ -10,13 +10,14 @@ use kvclient::config::ClusterConfig;
 use kvclient::{Client, ClientConfig, ClientError};
 use serde::Serialize;
 
-use crate::args::Settings;
+use crate::args::{Settings, TargetKind};
 use crate::cluster::{self, ClusterError, EmbeddedCluster};
 use crate::cpu;
 use crate::history::{HistoryError, Recorder};
 use crate::output::{self, Machine, OutputError};
 use crate::runner::{self, LoadConfig, LoadReport, Progress};
 use crate::stats::Figures;
+use crate::target::Target;
 use crate::workload::{Workload, WorkloadConfig};
 
 /// How often the progress line is redrawn.
@@ -40,6 +41,10 @@ pub enum BenchError {
     Check(String),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("etcd: {0}")]
+    Etcd(String),
+    #[error("report.html: {0}")]
+    Report(String),
 }
 
 /// CPU seconds used during the timed phase.
@@ -69,6 +74,8 @@ pub struct RunOutcome {
     pub cpu: CpuFigures,
     pub check: Option<CheckSummary>,
     pub summary_text: String,
+    /// What summary.json holds (`--json` prints it).
+    pub summary: serde_json::Value,
     pub final_reads_failed: u64,
 }
 
@@ -92,6 +99,15 @@ struct Measured {
 pub fn run(settings: &Settings) -> Result<RunOutcome, BenchError> {
     let started_at = SystemTime::now();
     let run_dir = output::create_run_dir(&settings.results, &output::utc_stamp(started_at))?;
+    let measured = match settings.target {
+        TargetKind::Kv => run_kv(settings, &run_dir)?,
+        TargetKind::Etcd => run_etcd(settings, &run_dir)?,
+    };
+    finish(settings, measured, &run_dir)
+}
+
+/// The load against our cluster: embedded (started and stopped here) or `--cluster`.
+fn run_kv(settings: &Settings, run_dir: &Path) -> Result<Measured, BenchError> {
     let (cluster, mut client_config) = match &settings.cluster {
         None => {
             let cluster = EmbeddedCluster::start(settings.disk_fs)?;
@@ -102,7 +118,11 @@ pub fn run(settings: &Settings) -> Result<RunOutcome, BenchError> {
     };
     client_config.request_timeout = Duration::from_millis(settings.timeout_ms);
     let runtime = build_runtime(settings.threads)?;
-    let measured = runtime.block_on(drive(settings, client_config, &run_dir));
+    let measured = runtime.block_on(async {
+        let client = Client::connect(client_config).await?;
+        cluster::wait_for_leader(&client).await?;
+        drive(settings, Target::Kv(&client), run_dir).await
+    });
     // Close the client's connections before the nodes go away.
     drop(runtime);
     if let Some(cluster) = cluster {
@@ -110,7 +130,30 @@ pub fn run(settings: &Settings) -> Result<RunOutcome, BenchError> {
             eprintln!("bench: warning: {error}");
         }
     }
-    finish(settings, measured?, &run_dir)
+    measured
+}
+
+/// The load against etcd at `--endpoints`.
+#[cfg(feature = "etcd")]
+fn run_etcd(settings: &Settings, run_dir: &Path) -> Result<Measured, BenchError> {
+    let runtime = build_runtime(settings.threads)?;
+    runtime.block_on(async {
+        let timeout = Duration::from_millis(settings.timeout_ms);
+        let etcd =
+            crate::etcd::EtcdTarget::connect(&settings.endpoints, settings.etcd_conns, timeout)
+                .await
+                .map_err(|e| BenchError::Etcd(e.to_string()))?;
+        let ready_within = Duration::from_millis(cluster::LEADER_WAIT_MS_MAX);
+        etcd.wait_ready(ready_within).await?;
+        drive(settings, Target::Etcd(&etcd), run_dir).await
+    })
+}
+
+#[cfg(not(feature = "etcd"))]
+fn run_etcd(_settings: &Settings, _run_dir: &Path) -> Result<Measured, BenchError> {
+    Err(BenchError::Etcd(
+        "this bench was built without etcd support (--features etcd)".into(),
+    ))
 }
 
 fn external_client_config(path: &Path, settings: &Settings) -> Result<ClientConfig, BenchError> {
@@ -140,18 +183,20 @@ fn build_runtime(threads: usize) -> Result<tokio::runtime::Runtime, BenchError> 
 
 async fn drive(
     settings: &Settings,
-    client_config: ClientConfig,
+    target: Target<'_>,
     run_dir: &Path,
 ) -> Result<Measured, BenchError> {
-    let client = Client::connect(client_config).await?;
-    cluster::wait_for_leader(&client).await?;
     let workload = Arc::new(Workload::new(WorkloadConfig {
         kind: settings.workload,
         keys: settings.keys,
         value_size: settings.value_size,
         read_mode: settings.read_mode(),
     }));
-    let recorder = Recorder::create(&run_dir.join("history.jsonl"), settings.workload.name())?;
+    let recorder = if settings.history {
+        Recorder::create(&run_dir.join("history.jsonl"), settings.workload.name())?
+    } else {
+        Recorder::discard()
+    };
     let load = LoadConfig {
         clients: settings.clients,
         duration: settings.duration(),
@@ -161,7 +206,7 @@ async fn drive(
     let progress = Arc::new(Progress::default());
     let ticker = (!settings.quiet).then(|| ProgressLine::start(progress.clone()));
     let cpu_before = CpuCounters::read(settings);
-    let report = runner::run_load(&client, workload, &load, recorder.clone(), progress).await;
+    let report = runner::run_load(target, workload, &load, recorder.clone(), progress).await;
     let cpu = CpuCounters::read(settings).since(&cpu_before, report.elapsed);
     if let Some(ticker) = ticker {
         ticker.stop();
@@ -182,9 +227,8 @@ fn finish(
     let stats = &measured.report.stats;
     let figures = stats.figures(measured.report.elapsed);
     let mut summary_text = figures.summary_text();
+    summary_text.push('\n');
     summary_text.push_str(&cpu_text(&measured.cpu));
-    summary_text.push_str("\nLatency histogram:\n");
-    summary_text.push_str(&stats.histogram_text());
     output::write(&run_dir.join("latency.hgrm"), stats.hgrm().as_bytes())?;
     output::write(
         &run_dir.join("timeseries.csv"),
@@ -196,6 +240,8 @@ fn finish(
         None
     };
     let summary = serde_json::json!({
+        "kind": "bench",
+        "run_dir": run_dir,
         "config": settings,
         "machine": Machine::describe(),
         "figures": &figures,
@@ -209,6 +255,7 @@ fn finish(
     });
     let json = serde_json::to_vec_pretty(&summary).map_err(|e| BenchError::Check(e.to_string()))?;
     output::write(&run_dir.join("summary.json"), &json)?;
+    crate::report::render_run(run_dir).map_err(BenchError::Report)?;
     output::point_latest(&settings.results, run_dir)?;
     Ok(RunOutcome {
         run_dir: run_dir.to_path_buf(),
@@ -216,6 +263,7 @@ fn finish(
         cpu: measured.cpu,
         check,
         summary_text,
+        summary,
         final_reads_failed: measured.report.final_reads_failed,
     })
 }
@@ -226,7 +274,7 @@ fn cpu_text(cpu: &CpuFigures) -> String {
         _ => "not measured (give --node-pids)".to_string(),
     };
     format!(
-        "  CPU:\t\tbench {:.2} s ({:.2} cores), nodes {nodes}\n",
+        "CPU: bench {:.2} s ({:.2} cores), nodes {nodes}\n",
         cpu.bench_s, cpu.bench_cores
     )
 }
@@ -263,7 +311,8 @@ struct CpuCounters {
 impl CpuCounters {
     fn read(settings: &Settings) -> CpuCounters {
         let process_s = cpu::process_cpu_seconds(None).unwrap_or(0.0);
-        let nodes_s = if settings.cluster.is_none() {
+        let embedded = settings.target == TargetKind::Kv && settings.cluster.is_none();
+        let nodes_s = if embedded {
             Some(cpu::threads_cpu_seconds(is_node_thread))
         } else if settings.node_pids.is_empty() {
             None
@@ -277,7 +326,7 @@ impl CpuCounters {
         CpuCounters {
             process_s,
             nodes_s,
-            embedded: settings.cluster.is_none(),
+            embedded,
         }
     }
 

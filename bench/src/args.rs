@@ -9,6 +9,7 @@ use kvstate::limits::{SESSIONS_MAX, VALUE_BYTES_MAX};
 use serde::Serialize;
 
 use crate::workload::WorkloadKind;
+pub use kvclient::duration::parse_duration;
 
 /// Most clients: each is a session, and the state machine keeps `SESSIONS_MAX` of them; more
 /// would evict live sessions and void exactly-once retries.
@@ -22,13 +23,13 @@ pub const CLIENTS_MAX: u32 = SESSIONS_MAX as u32;
     args_conflicts_with_subcommands = true
 )]
 pub struct Args {
-    /// `campaign`, `index` or `report`; without one, a plain load run.
+    /// `campaign`, `compare`, `index`, `report` or `serve`; without one, a plain load run.
     #[command(subcommand)]
     pub command: Option<Command>,
     /// Concurrent clients (sessions); each is one process of the history.
     #[arg(long, default_value_t = 16)]
     pub clients: u32,
-    /// How long the timed phase runs: `10s`, `500ms`, `2m`, or seconds.
+    /// How long the timed phase runs: `10s`, `1.5s`, `500ms`, `2m`.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
     #[arg(long, value_enum, default_value_t = WorkloadKind::Mixed)]
@@ -44,6 +45,17 @@ pub struct Args {
     /// from each operation's intended send time. Default: closed loop.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// What to load: `kv` (our cluster: embedded, or --cluster) or `etcd` (an etcd
+    /// cluster at --endpoints; bench built with `--features etcd`).
+    #[arg(long, value_enum, default_value_t = TargetKind::Kv)]
+    pub target: TargetKind,
+    /// etcd client URLs without scheme, for --target etcd: `127.0.0.1:2379,127.0.0.1:22379`.
+    #[arg(long, value_delimiter = ',')]
+    pub endpoints: Vec<String>,
+    /// gRPC connections to etcd; the clients are spread over them (as etcd's own benchmark
+    /// tool's --conns).
+    #[arg(long, default_value_t = ETCD_CONNS_DEFAULT)]
+    pub etcd_conns: usize,
     /// An external cluster's config (TOML). Default: an embedded 3-node cluster.
     #[arg(long)]
     pub cluster: Option<PathBuf>,
@@ -53,7 +65,8 @@ pub struct Args {
     /// The client certificate name.
     #[arg(long, default_value = "client1")]
     pub client: String,
-    /// Pids of an external cluster's nodes, to report their CPU: `123,456,789`.
+    /// Pids of an external cluster's nodes (ours or etcd's), to report their CPU:
+    /// `123,456,789`.
     #[arg(long, value_delimiter = ',')]
     pub node_pids: Vec<u32>,
     #[arg(long, value_enum, default_value_t = ReadModeArg::Linearizable)]
@@ -64,15 +77,23 @@ pub struct Args {
     /// Do not run the checker.
     #[arg(long, overrides_with = "check")]
     pub no_check: bool,
+    /// Record every operation in history.jsonl. Default: on for the checked workloads
+    /// (register, list-append) and with --check; off for put, get and mixed, pure throughput
+    /// runs (a history grows by about 2 MB per second of load).
+    #[arg(long, value_enum)]
+    pub history: Option<Toggle>,
+    /// Print the summary as JSON on stdout (what summary.json holds), and nothing else there.
+    #[arg(long)]
+    pub json: bool,
     /// Workload seed (default: from the clock; printed and saved).
     #[arg(long)]
     pub seed: Option<u64>,
     /// Where `bench/<date-time>/` and `latest` go.
     #[arg(long, default_value = "results")]
     pub results: PathBuf,
-    /// Per-attempt request timeout, in milliseconds.
-    #[arg(long, default_value_t = kvclient::REQUEST_TIMEOUT_MS_DEFAULT)]
-    pub timeout_ms: u64,
+    /// How long one attempt (one node) waits for an answer before the client tries the next.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
     /// Worker threads of bench's own runtime (1: a single-threaded runtime).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
@@ -90,13 +111,53 @@ pub enum Command {
     /// A fault-injection campaign on a real kvnode cluster (exit 0 valid, 1 anomaly,
     /// 2 unknown or error).
     Campaign(Box<crate::campaign::args::CampaignArgs>),
+    /// Our cluster against a local 3-member etcd (Debian's etcd-server), both started here,
+    /// the same workloads interleaved round by round; prints one side-by-side table.
+    Compare(crate::compare::CompareArgs),
     /// Regenerate `<results>/index.html` from the runs found there.
     Index {
         #[arg(long, default_value = "results")]
         results: PathBuf,
     },
-    /// Redraw a campaign directory's report.html from its files.
+    /// Redraw a run directory's report.html (a campaign's or a plain run's) from its files.
     Report { run_dir: PathBuf },
+    /// Browse the results over HTTP: the index of every run, each run's report and files.
+    Serve {
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+        /// Address to listen on (port 0: any free port; the URL is printed).
+        #[arg(long, default_value = crate::serve::LISTEN_DEFAULT)]
+        listen: std::net::SocketAddr,
+    },
+}
+
+/// Connections to etcd by default (etcd's benchmark spreads clients over a few).
+pub const ETCD_CONNS_DEFAULT: usize = 8;
+/// Most connections to etcd.
+pub const ETCD_CONNS_MAX: usize = 256;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetKind {
+    /// Our cluster.
+    Kv,
+    /// An etcd cluster (v3 gRPC API).
+    Etcd,
+}
+
+impl TargetKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TargetKind::Kv => "kv",
+            TargetKind::Etcd => "etcd",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Toggle {
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -114,12 +175,19 @@ pub struct Settings {
     pub keys: u64,
     pub value_size: usize,
     pub rate: Option<f64>,
+    pub target: TargetKind,
+    pub endpoints: Vec<String>,
+    pub etcd_conns: usize,
     pub cluster: Option<PathBuf>,
     pub certs: Option<PathBuf>,
     pub client: String,
     pub node_pids: Vec<u32>,
     pub read_mode: &'static str,
     pub check: bool,
+    /// Whether history.jsonl is written.
+    pub history: bool,
+    #[serde(skip)]
+    pub json: bool,
     pub seed: u64,
     pub results: PathBuf,
     pub timeout_ms: u64,
@@ -167,16 +235,25 @@ pub fn settings(args: Args, clock_seed: u64) -> Result<Settings, String> {
     if keys == 0 {
         return Err("--keys must be > 0".into());
     }
-    if args.cluster.is_none() && (!args.node_pids.is_empty() || args.certs.is_some()) {
-        return Err("--node-pids and --certs are for an external --cluster".into());
-    }
-    if args.timeout_ms == 0 || args.threads == 0 {
-        return Err("--timeout-ms and --threads must be > 0".into());
+    check_target(&args)?;
+    if args.request_timeout.is_zero() || args.threads == 0 {
+        return Err("--request-timeout and --threads must be > 0".into());
     }
     let check = if args.no_check {
         false
     } else {
         args.check || args.workload.check_default()
+    };
+    let history = match args.history {
+        Some(Toggle::Off) if check => {
+            return Err(
+                "the checker reads the history: --check needs --history on (or give \
+                        --no-check)"
+                    .into(),
+            )
+        }
+        Some(toggle) => toggle == Toggle::On,
+        None => check,
     };
     Ok(Settings {
         clients: args.clients,
@@ -185,6 +262,9 @@ pub fn settings(args: Args, clock_seed: u64) -> Result<Settings, String> {
         keys,
         value_size: args.value_size,
         rate: args.rate,
+        target: args.target,
+        endpoints: args.endpoints,
+        etcd_conns: args.etcd_conns,
         cluster: args.cluster,
         certs: args.certs,
         client: args.client,
@@ -194,37 +274,58 @@ pub fn settings(args: Args, clock_seed: u64) -> Result<Settings, String> {
             ReadModeArg::Stale => "stale",
         },
         check,
+        history,
+        json: args.json,
         seed: args.seed.unwrap_or(clock_seed),
         results: args.results,
-        timeout_ms: args.timeout_ms,
+        timeout_ms: args.request_timeout.as_millis() as u64,
         threads: args.threads,
         quiet: args.quiet,
         disk_fs: args.disk_fs,
     })
 }
 
-/// `10s`, `1.5s`, `500ms`, `2m`, `1h`, or a plain number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 10s, 500ms or 2m"))?;
-    let seconds = match unit {
-        "" | "s" => number,
-        "ms" => number / 1000.0,
-        "m" => number * 60.0,
-        "h" => number * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?}: use ms, s, m or h"
-            ))
+/// The target's flags fit together (and bench can drive it).
+fn check_target(args: &Args) -> Result<(), String> {
+    match args.target {
+        TargetKind::Kv => {
+            if !args.endpoints.is_empty() {
+                return Err("--endpoints is for --target etcd (ours: --cluster)".into());
+            }
+            if args.cluster.is_none() && (!args.node_pids.is_empty() || args.certs.is_some()) {
+                return Err("--node-pids and --certs are for an external --cluster".into());
+            }
         }
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is out of range"))
+        TargetKind::Etcd => {
+            if !cfg!(feature = "etcd") {
+                return Err(
+                    "--target etcd: this bench was built without etcd support; build \
+                            it with `cargo build --release -p bench --features etcd`"
+                        .into(),
+                );
+            }
+            if args.endpoints.is_empty() {
+                return Err("--target etcd needs --endpoints host:port[,host:port...]".into());
+            }
+            if args.cluster.is_some() || args.certs.is_some() {
+                return Err("--cluster and --certs are for --target kv".into());
+            }
+            if args.workload == WorkloadKind::ListAppend {
+                return Err(
+                    "--target etcd runs put, get, mixed and register; list-append \
+                            needs multi-key appends etcd does not have"
+                        .into(),
+                );
+            }
+            if args.etcd_conns == 0 || args.etcd_conns > ETCD_CONNS_MAX {
+                return Err(format!(
+                    "--etcd-conns must be in 1..={ETCD_CONNS_MAX}, got {}",
+                    args.etcd_conns
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -234,18 +335,6 @@ mod tests {
     fn parse(args: &[&str]) -> Result<Settings, String> {
         let args = Args::try_parse_from([&["bench"], args].concat()).map_err(|e| e.to_string())?;
         settings(args, 1)
-    }
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        assert!(parse_duration("10 parsecs").unwrap_err().contains("unit"));
-        assert!(parse_duration("fast")
-            .unwrap_err()
-            .contains("not a duration"));
     }
 
     #[test]
@@ -267,13 +356,46 @@ mod tests {
     }
 
     #[test]
+    fn target_flags_fit_together() {
+        let error = parse(&["--endpoints", "127.0.0.1:2379"]).unwrap_err();
+        assert!(error.contains("--target etcd"), "{error}");
+        let error = parse(&["--target", "etcd"]).unwrap_err();
+        let expected = if cfg!(feature = "etcd") {
+            "needs --endpoints"
+        } else {
+            "--features etcd"
+        };
+        assert!(error.contains(expected), "{error}");
+        if cfg!(feature = "etcd") {
+            let etcd = ["--target", "etcd", "--endpoints", "127.0.0.1:2379"];
+            let error = parse(&[&etcd[..], &["--workload", "list-append"]].concat()).unwrap_err();
+            assert!(error.contains("list-append"), "{error}");
+            let error = parse(&[&etcd[..], &["--etcd-conns", "0"]].concat()).unwrap_err();
+            assert!(error.contains("--etcd-conns"), "{error}");
+            let settings = parse(&[&etcd[..], &["--workload", "register"]].concat()).unwrap();
+            assert_eq!(settings.target, TargetKind::Etcd);
+            assert_eq!(settings.endpoints, ["127.0.0.1:2379"]);
+        }
+    }
+
+    #[test]
     fn defaults_follow_the_workload() {
         let settings = parse(&["--workload", "register"]).unwrap();
         assert_eq!((settings.keys, settings.check), (3, true));
         let settings = parse(&["--workload", "put", "--check"]).unwrap();
         assert_eq!((settings.keys, settings.check), (1000, true));
         let settings = parse(&["--workload", "list-append", "--no-check"]).unwrap();
-        assert!(!settings.check);
+        assert!(!settings.check && !settings.history);
+        assert!(parse(&["--workload", "register"]).unwrap().history);
+        assert!(!parse(&["--workload", "mixed"]).unwrap().history);
+        assert!(parse(&["--workload", "mixed", "--check"]).unwrap().history);
+        assert!(
+            parse(&["--workload", "put", "--history", "on"])
+                .unwrap()
+                .history
+        );
+        let error = parse(&["--workload", "register", "--history", "off"]).unwrap_err();
+        assert!(error.contains("--check needs --history on"), "{error}");
         assert_eq!(parse(&[]).unwrap().seed, 1);
     }
 }

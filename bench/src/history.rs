@@ -49,6 +49,19 @@ enum Sink {
         writer: BufWriter<File>,
     },
     Memory(Vec<Op>),
+    /// Nowhere: `--history off` (events are still counted and completions still checked).
+    Discard,
+}
+
+/// A history line: the event, and for an invocation of an open-loop load the time it was due
+/// (`intended_time`, nanoseconds on the same axis as `time`). Latency that clients felt counts
+/// from it: an op due during an outage is sent late, and its `time` alone would hide the wait.
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    #[serde(flatten)]
+    op: &'a Op,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    intended_time: Option<u64>,
 }
 
 struct State {
@@ -118,6 +131,11 @@ impl Recorder {
         Recorder::with_sink(Sink::Memory(Vec::new()))
     }
 
+    /// Records nothing (a pure throughput run with `--history off`).
+    pub fn discard() -> Arc<Recorder> {
+        Recorder::with_sink(Sink::Discard)
+    }
+
     fn with_sink(sink: Sink) -> Arc<Recorder> {
         let state = State {
             sink,
@@ -139,14 +157,20 @@ impl Recorder {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records an invocation now; call it just before sending the request.
+    /// Records an invocation now; call it just before sending the request. `intended`: when
+    /// an open-loop load meant to send it (at or before now).
     pub fn invoke(
         self: &Arc<Self>,
         process: u64,
         f: F,
         key: Option<Value>,
         value: Value,
+        intended: Option<Instant>,
     ) -> Pending {
+        let intended_time = intended.map(|at| {
+            let since = at.saturating_duration_since(self.start);
+            since.as_nanos() as u64
+        });
         let mut state = self.lock();
         state.open += 1;
         let op = self.event(
@@ -158,7 +182,7 @@ impl Recorder {
             value.clone(),
             None,
         );
-        state.write(op);
+        state.write(op, intended_time);
         drop(state);
         Pending {
             recorder: self.clone(),
@@ -209,6 +233,7 @@ impl Recorder {
                 Vec::new()
             }
             Sink::Memory(ops) => std::mem::take(ops),
+            Sink::Discard => Vec::new(),
         };
         Ok(Recorded { events, ops })
     }
@@ -255,7 +280,7 @@ impl State {
         }
     }
 
-    fn write(&mut self, op: Op) {
+    fn write(&mut self, op: Op, intended_time: Option<u64>) {
         if self.failure.is_some() {
             return;
         }
@@ -264,14 +289,21 @@ impl State {
                 ops.push(op);
                 Ok(())
             }
-            Sink::File { path, writer } => serde_json::to_writer(&mut *writer, &op)
-                .map_err(|error| HistoryError::Encode(error.to_string()))
-                .and_then(|()| {
-                    writer.write_all(b"\n").map_err(|source| HistoryError::Io {
-                        path: path.clone(),
-                        source,
-                    })
-                }),
+            Sink::Discard => Ok(()),
+            Sink::File { path, writer } => serde_json::to_writer(
+                &mut *writer,
+                &Line {
+                    op: &op,
+                    intended_time,
+                },
+            )
+            .map_err(|error| HistoryError::Encode(error.to_string()))
+            .and_then(|()| {
+                writer.write_all(b"\n").map_err(|source| HistoryError::Io {
+                    path: path.clone(),
+                    source,
+                })
+            }),
         };
         if let Err(error) = result {
             self.failure = Some(error);
@@ -311,7 +343,7 @@ impl Pending {
             value,
             error,
         );
-        state.write(op);
+        state.write(op, None);
     }
 }
 
@@ -339,7 +371,8 @@ mod tests {
             match open[process].take() {
                 None => {
                     let key = Some(Value::Int(step % 3));
-                    let pending = recorder.invoke(process as u64, F::Write, key, Value::Int(step));
+                    let pending =
+                        recorder.invoke(process as u64, F::Write, key, Value::Int(step), None);
                     open[process] = Some(pending);
                 }
                 Some(pending) => match rng.below(4) {
@@ -382,7 +415,7 @@ mod tests {
     fn info_repeats_the_invocation_value_and_drop_names_the_reason() {
         let recorder = Recorder::in_memory();
         let value = Value::List(vec![Value::Int(1), Value::Int(2)]);
-        let pending = recorder.invoke(3, F::Cas, Some(Value::Int(0)), value.clone());
+        let pending = recorder.invoke(3, F::Cas, Some(Value::Int(0)), value.clone(), None);
         drop(pending);
         let ops = recorder.finish().unwrap().ops;
         assert_eq!(ops[1].op_type, OpType::Info);
@@ -396,11 +429,31 @@ mod tests {
         let path = dir.path().join("history.jsonl");
         let recorder = Recorder::create(&path, "register").unwrap();
         recorder
-            .invoke(0, F::Read, Some(Value::Int(1)), Value::Null)
+            .invoke(0, F::Read, Some(Value::Int(1)), Value::Null, None)
             .complete(Completion::Ok(Value::Int(5)));
-        assert_eq!(recorder.finish().unwrap().events, 2);
+        // Due a while ago (an open-loop op held up by an outage).
+        let due = Instant::now();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        recorder
+            .invoke(1, F::Read, Some(Value::Int(1)), Value::Null, Some(due))
+            .complete(Completion::Ok(Value::Int(5)));
+        assert_eq!(recorder.finish().unwrap().events, 4);
+        let lines: Vec<serde_json::Value> = (std::fs::read_to_string(&path).unwrap().lines())
+            .skip(1)
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert!(lines[0].get("intended_time").is_none());
+        let (intended, sent) = (
+            lines[2]["intended_time"].as_u64(),
+            lines[2]["time"].as_u64(),
+        );
+        assert!(
+            intended.unwrap() + 20_000_000 <= sent.unwrap(),
+            "{:?}",
+            lines[2]
+        );
         let history = checker::history::read_jsonl(&path).unwrap();
-        assert_eq!(history.calls().len(), 1);
+        assert_eq!(history.calls().len(), 2);
         assert_eq!(history.workload, Some(checker::Workload::Register));
     }
 }

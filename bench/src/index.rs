@@ -30,6 +30,16 @@ pub fn find_runs(results: &Path) -> Vec<RunEntry> {
         if name_path.is_symlink() || !name_path.is_dir() {
             continue;
         }
+        // A run kept directly under its name (results/reference/).
+        if let Ok(text) = std::fs::read_to_string(name_path.join("summary.json")) {
+            runs.push(RunEntry {
+                name: name.file_name().to_string_lossy().into_owned(),
+                stamp: String::new(),
+                dir: name_path.clone(),
+                summary: serde_json::from_str(&text).unwrap_or(Value::Null),
+            });
+            continue;
+        }
         let Ok(stamps) = std::fs::read_dir(&name_path) else {
             continue;
         };
@@ -67,6 +77,15 @@ fn validity(summary: &Value) -> &'static str {
 
 /// Writes `<results>/index.html`.
 pub fn write_index(results: &Path) -> std::io::Result<PathBuf> {
+    let html = render_index(results);
+    std::fs::create_dir_all(results)?;
+    let path = results.join("index.html");
+    std::fs::write(&path, html)?;
+    Ok(path)
+}
+
+/// The index page of the runs under `results` (links relative to `results`).
+pub fn render_index(results: &Path) -> String {
     let runs = find_runs(results);
     let mut html = String::from(
         "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Campaign results</title>\
@@ -97,9 +116,9 @@ pub fn write_index(results: &Path) -> std::io::Result<PathBuf> {
             write!(
             html,
             "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-             <td>{main} <a href=\"{}\">summary.json</a></td></tr>",
+             <td>{main} <a href=\"{}\">summary.json</a> <a href=\"{}/\">files</a></td></tr>",
             class.replace(' ', "-"),
-            escape(&run.stamp),
+            escape(if run.stamp.is_empty() { "-" } else { &run.stamp }),
             escape(&run.name),
             escape(verdict),
             ops,
@@ -108,14 +127,12 @@ pub fn write_index(results: &Path) -> std::io::Result<PathBuf> {
                 .as_u64()
                 .or(run.summary["config"]["seed"].as_u64())
                 .map_or("-".into(), |n| n.to_string()),
-            escape(&link("summary.json"))
+            escape(&link("summary.json")),
+            escape(&relative.display().to_string())
         );
     }
     html.push_str("</table></body></html>\n");
-    std::fs::create_dir_all(results)?;
-    let path = results.join("index.html");
-    std::fs::write(&path, html)?;
-    Ok(path)
+    html
 }
 
 #[cfg(test)]

@@ -31,17 +31,17 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let cluster = settings
-        .cluster
-        .as_ref()
-        .map_or("embedded 3-node cluster".to_string(), |path| {
-            path.display().to_string()
-        });
+    let cluster = match (&settings.target, &settings.cluster) {
+        (args::TargetKind::Etcd, _) => format!("etcd at {}", settings.endpoints.join(",")),
+        (_, Some(path)) => path.display().to_string(),
+        (_, None) => "embedded 3-node cluster".to_string(),
+    };
+    let history = if settings.history { "on" } else { "off" };
     eprintln!(
-        "bench: {} clients, {} workload, {:.1} s, {} keys, {} B values, seed {}, {}",
+        "bench: {} clients, {} workload, {}, {} keys, {} B values, seed {}, history {history}, {}",
         settings.clients,
         settings.workload.name(),
-        settings.duration_s,
+        kvclient::duration::format_duration(settings.duration()),
         settings.keys,
         settings.value_size,
         settings.seed,
@@ -49,14 +49,19 @@ fn main() -> ExitCode {
     );
     match app::run(&settings) {
         Ok(outcome) => {
-            print!("{}", outcome.summary_text);
-            if let Some(check) = &outcome.check {
-                println!("\nChecker: {}", check.verdict);
+            if settings.json {
+                println!("{}", outcome.summary);
+            } else {
+                print!("{}", outcome.summary_text);
+                if let Some(check) = &outcome.check {
+                    println!("\nChecker: {}", check.verdict);
+                }
+                println!("\nResults: {}", outcome.run_dir.display());
+                println!("Report: {}", outcome.run_dir.join("report.html").display());
             }
             if outcome.final_reads_failed > 0 {
-                println!("warning: {} final reads failed", outcome.final_reads_failed);
+                eprintln!("warning: {} final reads failed", outcome.final_reads_failed);
             }
-            println!("\nResults: {}", outcome.run_dir.display());
             if outcome.passed() {
                 ExitCode::SUCCESS
             } else {
@@ -73,6 +78,16 @@ fn main() -> ExitCode {
 fn run_command(command: Command, clock_seed: u64) -> ExitCode {
     match command {
         Command::Campaign(campaign_args) => run_campaign(*campaign_args, clock_seed),
+        Command::Compare(compare_args) => match bench::compare::run(&compare_args, clock_seed) {
+            Ok(dir) => {
+                println!("\nResults: {}", dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("bench: compare: {error}");
+                ExitCode::from(EXIT_FAILED)
+            }
+        },
         Command::Index { results } => match bench::index::write_index(&results) {
             Ok(path) => {
                 println!("{}", path.display());
@@ -80,6 +95,22 @@ fn run_command(command: Command, clock_seed: u64) -> ExitCode {
             }
             Err(error) => {
                 eprintln!("bench: error: {}: {error}", results.display());
+                ExitCode::from(EXIT_FAILED)
+            }
+        },
+        Command::Serve { results, listen } => match bench::serve::Server::bind(&results, listen) {
+            Ok(server) => {
+                let address = server.local_addr().unwrap_or(listen);
+                println!(
+                    "serving {} at http://{address}/ (Ctrl-C stops)",
+                    results.display()
+                );
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+                server.run();
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("bench: error: {error}");
                 ExitCode::from(EXIT_FAILED)
             }
         },
@@ -104,19 +135,20 @@ fn run_campaign(campaign_args: CampaignArgs, clock_seed: u64) -> ExitCode {
             return ExitCode::from(campaign::EXIT_UNKNOWN);
         }
     };
-    let faults: Vec<&str> = settings.faults.iter().map(|kind| kind.name()).collect();
-    let backend = match settings.backend {
-        campaign::args::BackendArg::Local => "local",
-        campaign::args::BackendArg::Netns => "netns",
-    };
+    let faults: Vec<&str> = (settings.faults.iter())
+        .map(|kind| campaign::args::kind_name(*kind))
+        .collect();
     eprintln!(
-        "campaign {}: {} workload, faults {}, {:.0} s, {} clients, seed {}, backend {backend}",
+        "campaign {}: {} workload, faults {}, {}, {} clients, seed {}, backend {}",
         settings.name,
         settings.workload.name(),
         faults.join(","),
-        settings.time_limit_s,
+        kvclient::duration::format_duration(std::time::Duration::from_secs_f64(
+            settings.time_limit_s
+        )),
         settings.clients,
         settings.seed,
+        settings.backend.name()
     );
     match campaign::run(&settings) {
         Ok(outcome) => {

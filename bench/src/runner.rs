@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvclient::{Client, ReadMode, Session};
+use kvclient::ReadMode;
 use tokio::time::Instant;
 
 use crate::history::{Completion, Recorder};
 use crate::rng::Rng;
 use crate::stats::Stats;
+use crate::target::{Target, TargetSession};
 use crate::workload::{self, Planned, Workload};
 
 /// Times a final read of one key is tried before it is left `fail`/`info` in the history.
@@ -64,7 +65,7 @@ struct Executed {
 
 /// Everything a worker task needs.
 struct Worker {
-    session: Session,
+    session: TargetSession,
     index: u32,
     workload: Arc<Workload>,
     recorder: Arc<Recorder>,
@@ -75,14 +76,14 @@ struct Worker {
 /// Runs the load: preload (get workload), timed phase, final reads. Every operation is in the
 /// history recorded by `recorder`.
 pub async fn run_load(
-    client: &Client,
+    target: Target<'_>,
     workload: Arc<Workload>,
     config: &LoadConfig,
     recorder: Arc<Recorder>,
     progress: Arc<Progress>,
 ) -> LoadReport {
-    let timed = run_timed(client, workload.clone(), config, recorder.clone(), progress).await;
-    timed.final_reads(client, &workload, &recorder).await
+    let timed = run_timed(target, workload.clone(), config, recorder.clone(), progress).await;
+    timed.final_reads(target, &workload, &recorder).await
 }
 
 /// The timed phase's result; `final_reads` completes it into a `LoadReport`. A campaign heals
@@ -99,12 +100,12 @@ impl TimedLoad {
     /// Reads every key the workload used (fresh process ids), retrying each a few times.
     pub async fn final_reads(
         self,
-        client: &Client,
+        target: Target<'_>,
         workload: &Arc<Workload>,
         recorder: &Arc<Recorder>,
     ) -> LoadReport {
         let (final_reads_ok, final_reads_failed) =
-            final_reads(client, workload, recorder, &self.processes, self.clients).await;
+            final_reads(target, workload, recorder, &self.processes, self.clients).await;
         LoadReport {
             stats: self.stats,
             elapsed: self.elapsed,
@@ -116,7 +117,7 @@ impl TimedLoad {
 
 /// Preload and the timed phase, without the final reads.
 pub async fn run_timed(
-    client: &Client,
+    target: Target<'_>,
     workload: Arc<Workload>,
     config: &LoadConfig,
     recorder: Arc<Recorder>,
@@ -125,7 +126,7 @@ pub async fn run_timed(
     let processes = Arc::new(Processes(AtomicU64::new(u64::from(config.clients))));
     let workers: Vec<Worker> = (0..config.clients)
         .map(|index| Worker {
-            session: client.session(),
+            session: target.session(),
             index,
             workload: workload.clone(),
             recorder: recorder.clone(),
@@ -167,7 +168,7 @@ async fn preload(workers: Vec<Worker>, clients: u32) -> Vec<Worker> {
             let mut process = u64::from(worker.index);
             for key in mine {
                 let planned = worker.workload.write(key);
-                if worker.execute(process, &planned).await.info {
+                if worker.execute(process, &planned, None).await.info {
                     process = worker.processes.fresh();
                 }
             }
@@ -185,7 +186,7 @@ async fn preload(workers: Vec<Worker>, clients: u32) -> Vec<Worker> {
 
 /// Reads every key the workload used, retrying each until it is answered.
 async fn final_reads(
-    client: &Client,
+    target: Target<'_>,
     workload: &Arc<Workload>,
     recorder: &Arc<Recorder>,
     processes: &Arc<Processes>,
@@ -195,7 +196,7 @@ async fn final_reads(
     let mut tasks = tokio::task::JoinSet::new();
     for index in 0..clients {
         let worker = Worker {
-            session: client.session(),
+            session: target.session(),
             index,
             workload: workload.clone(),
             recorder: recorder.clone(),
@@ -245,8 +246,14 @@ impl Worker {
                 break;
             }
             let planned = self.workload.next(&mut rng);
-            let executed = self.execute(process, &planned).await;
-            stats.record(send_at - start, send_at.elapsed(), executed.error);
+            let intended = interval.map(|_| send_at.into_std());
+            let executed = self.execute(process, &planned, intended).await;
+            stats.record(
+                send_at - start,
+                send_at.elapsed(),
+                planned.f.name(),
+                executed.error,
+            );
             let counter = match executed.error {
                 None => &self.progress.answered,
                 Some(_) => &self.progress.errors,
@@ -259,14 +266,20 @@ impl Worker {
         stats
     }
 
-    /// Runs one planned op and records it.
-    async fn execute(&mut self, process: u64, planned: &Planned) -> Executed {
+    /// Runs one planned op and records it; `intended`: when an open loop meant to send it.
+    async fn execute(
+        &mut self,
+        process: u64,
+        planned: &Planned,
+        intended: Option<std::time::Instant>,
+    ) -> Executed {
         let read_mode = self.workload.config.read_mode;
         let pending = self.recorder.invoke(
             process,
             planned.f,
             planned.key.clone(),
             planned.value.clone(),
+            intended,
         );
         let answer = self.session.execute(planned.op.clone(), read_mode).await;
         let completion = workload::completion(planned, &answer);
@@ -289,7 +302,7 @@ impl Worker {
             let planned = self.workload.final_read(key);
             let mut answered = false;
             for _ in 0..FINAL_READ_ATTEMPTS_MAX {
-                let executed = self.execute(process, &planned).await;
+                let executed = self.execute(process, &planned, None).await;
                 if executed.error.is_none() {
                     answered = true;
                     break;

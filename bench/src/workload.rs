@@ -328,7 +328,7 @@ pub fn completion(planned: &Planned, answer: &Result<OpResult, ClientError>) -> 
         }
     };
     let unexpected = || Completion::Info {
-        error: format!("unexpected result {result:?}"),
+        error: format!("unexpected result: {}", result_name(result)),
     };
     match (planned.f, result) {
         (F::Read, OpResult::Key(KeyResult::Get { value })) => {
@@ -353,9 +353,20 @@ pub fn completion(planned: &Planned, answer: &Result<OpResult, ClientError>) -> 
     }
 }
 
+/// What an answer was, for an `info` error: `the result of put`, `a transaction result`.
+fn result_name(result: &OpResult) -> String {
+    match result {
+        OpResult::Key(result) => format!("the result of {}", result.name()),
+        OpResult::Txn { .. } => "a transaction result".to_string(),
+    }
+}
+
 fn txn_completion(planned: &Planned, committed: bool, results: &[KeyResult]) -> Option<Completion> {
     if !committed {
-        let failure = results.last().map(|result| format!("aborted: {result:?}"));
+        let failure = results.last().map(|result| match result {
+            KeyResult::Failed(failure) => format!("aborted: {failure}"),
+            other => format!("aborted after {}", other.name()),
+        });
         return Some(Completion::Fail {
             value: planned.value.clone(),
             error: Some(failure.unwrap_or_else(|| "aborted".into())),

@@ -85,6 +85,11 @@ fn campaign(results: &Path, workload: &str, faults: &str, shape: &Shape, seed: u
     );
     let report = std::fs::read_to_string(run.join("report.html")).unwrap();
     assert!(report.contains("<svg") && !report.contains("<script"));
+    // No Rust formatting reaches the reader (`Some(2)`, `[Kill]`, `Local`).
+    for debug in ["Some(", "None", "[Kill]", "[Pause]", "Local", "Netns"] {
+        assert!(!report.contains(debug), "{debug} in the report");
+        assert!(!stderr.contains(debug), "{debug} in the banner: {stderr}");
+    }
     assert!(report.contains(faults.split(',').next().unwrap()));
 }
 

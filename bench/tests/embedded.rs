@@ -124,3 +124,40 @@ fn embedded_open_loop_get_run_counts_from_intended_times() {
     let check = outcome.check.as_ref().expect("--check was given");
     assert_eq!(check.valid, checker::Validity::Valid, "{}", check.verdict);
 }
+
+/// A pure throughput run: no history by default, the summary as JSON on stdout (and nothing
+/// else there), the per-operation breakdown and the log-scale histogram in it, its own
+/// report.html.
+#[test]
+fn embedded_json_summary_on_stdout_without_history() {
+    let results = tempfile::tempdir().expect("temporary directory");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["--quiet", "--json", "--workload", "mixed", "--clients", "4"])
+        .args(["--duration", "1s", "--seed", "3", "--results"])
+        .arg(results.path())
+        .output()
+        .expect("bench runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("history off"), "{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("stdout is one JSON document");
+    assert_eq!(summary["kind"], "bench");
+    let figures = &summary["figures"];
+    assert!(figures["ops"].as_u64().expect("ops") > 0);
+    assert!(figures["latency_stddev_us"].as_f64().is_some());
+    for op in ["read", "write"] {
+        assert!(
+            figures["per_op"][op]["ops"].as_u64().expect(op) > 0,
+            "{figures}"
+        );
+    }
+    let buckets = figures["histogram"].as_array().expect("histogram");
+    let counted: u64 = buckets.iter().filter_map(|b| b["count"].as_u64()).sum();
+    assert_eq!(counted, figures["ops"].as_u64().expect("ops"));
+    let run_dir = Path::new(summary["run_dir"].as_str().expect("run_dir"));
+    assert!(!run_dir.join("history.jsonl").exists());
+    let report = std::fs::read_to_string(run_dir.join("report.html")).expect("report.html");
+    assert!(report.contains("<svg") && report.contains("Latency histogram"));
+    assert!(!report.contains("Campaign") && !report.contains("history.jsonl"));
+}

@@ -573,6 +573,10 @@ struct RawOp {
     index: Option<u64>,
     #[serde(default)]
     time: Option<u64>,
+    /// When an open-loop load meant to send the invocation (bench's latency reports count
+    /// from it). Not used here: the op could not take effect before `time`, when it was sent.
+    #[serde(default, rename = "intended_time")]
+    _intended_time: Option<u64>,
     process: u64,
     #[serde(rename = "type")]
     op_type: OpType,

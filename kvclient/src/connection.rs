@@ -9,8 +9,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use super::duration::format_duration;
 use super::session::Session;
-use super::{node_name, ClientConfig, ClientError, NodeStatus, RECONNECT_INTERVAL_MS};
+use super::{node_name, ClientConfig, ClientError, NodeStatus};
+use super::{CONNECTING_WAIT_MS, RECONNECT_INTERVAL_MS};
 use kvstate::client_proto::{self, ClientRequest, ClientResponse, RequestKind};
 use kvstate::route::Route;
 use kvstate::{NodeId, OpResult};
@@ -36,6 +38,8 @@ struct Inner {
     /// Mixed with `SESSIONS_CREATED` into session ids: pid and time, read once at connect.
     id_seed: u64,
     request_bytes_max: usize,
+    /// Counts finished dials (either way), so that `wait_connected` wakes on each.
+    dialed: tokio::sync::watch::Sender<u64>,
 }
 
 /// One node's connection, made on first use and remade after it is lost.
@@ -64,12 +68,14 @@ enum AttemptError {
 /// What a request ended with, before the caller maps it to its own types.
 enum Answer {
     Ok(OpResult),
-    Status(NodeStatus),
+    Status,
 }
 
 impl Client {
-    /// Loads the client certificate and dials every node (concurrently). A node that cannot
-    /// be reached now is not an error: it is dialed again when a request needs it.
+    /// Loads the client certificate and starts dialing every node, concurrently and in the
+    /// background (a task of the current runtime per node); returns without waiting for them.
+    /// A node that cannot be reached is not an error: it is dialed again when a request needs
+    /// it. `wait_connected` waits for the first connection.
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
         config.validate()?;
         let tls = TlsMaterial::load(&config.certs_dir, &config.client_name)?;
@@ -94,17 +100,57 @@ impl Client {
             leader: AtomicU64::new(0),
             id_seed: id_seed(),
             request_bytes_max: TransportLimits::default().client_request_bytes_max as usize,
+            dialed: tokio::sync::watch::Sender::new(0),
         };
         let client = Client {
             inner: Arc::new(inner),
         };
-        let mut dials = tokio::task::JoinSet::new();
         for &id in &client.inner.node_ids {
             let client = client.clone();
-            dials.spawn(async move { client.connection(id).await.map(|_| ()) });
+            tokio::spawn(async move { client.connection(id, false).await.map(|_| ()) });
         }
-        while dials.join_next().await.is_some() {}
         Ok(client)
+    }
+
+    /// Waits until some node is connected and returns it; fails with `NoNodeReachable` (each
+    /// node's address and reason) once every node's dial has failed or `timeout` has passed.
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<NodeId, ClientError> {
+        let mut dialed = self.inner.dialed.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            dialed.mark_unchanged();
+            if let Some(node) = self.first_live() {
+                return Ok(node);
+            }
+            let all_failed = (self.inner.slots.values()).all(|slot| slot.lock().failed.is_some());
+            if all_failed {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, dialed.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        let nodes: Vec<String> = (self.inner.slots.iter())
+            .map(|(id, slot)| {
+                let reason = match &slot.lock().failed {
+                    Some((_, reason)) => reason.clone(),
+                    None => format!("no answer within {}", format_duration(timeout)),
+                };
+                format!("n{id} at {}: {reason}", slot.addr)
+            })
+            .collect();
+        Err(ClientError::NoNodeReachable {
+            within: format_duration(timeout),
+            nodes: nodes.join("; "),
+        })
+    }
+
+    /// The first node, in configuration order, with an open connection.
+    fn first_live(&self) -> Option<NodeId> {
+        (self.inner.node_ids.iter().copied()).find(|id| {
+            (self.inner.slots.get(id)).is_some_and(|slot| slot.open_connection().is_some())
+        })
     }
 
     /// A new session with a fresh `client_id`.
@@ -139,9 +185,12 @@ impl Client {
             kind: RequestKind::Status,
         };
         let frame = self.encode(&request)?;
-        match self.attempt(node, frame).await {
+        match self.attempt(node, frame, false).await {
             Ok(ClientResponse::Status(status)) => Ok(status),
-            Ok(other) => Err(ClientError::Protocol(format!("status answered {other:?}"))),
+            Ok(other) => Err(ClientError::Protocol(format!(
+                "a status request was answered with {}",
+                response_name(&other)
+            ))),
             Err(AttemptError::NotSent(last)) => Err(ClientError::Unavailable { attempts: 1, last }),
             Err(AttemptError::Unknown(last)) => Err(ClientError::Timeout { attempts: 1, last }),
         }
@@ -176,20 +225,22 @@ impl Client {
         follow_leader: bool,
     ) -> Result<OpResult, ClientError> {
         let attempts_max = self.inner.config.attempts_max;
-        let mut route = Route::new(&self.inner.node_ids, start.or_else(|| self.leader()));
+        let start = (start.or_else(|| self.leader())).or_else(|| self.first_live());
+        let mut route = Route::new(&self.inner.node_ids, start);
         let mut maybe_sent = false;
         let mut last = String::new();
         for attempt in 1..=attempts_max {
             let node = route.target();
-            let wait = match self.attempt(node, frame.clone()).await {
+            let wait = match self.attempt(node, frame.clone(), true).await {
                 Ok(response) => match self.answer(node, response, follow_leader)? {
                     Ok(Answer::Ok(result)) => return Ok(result),
-                    Ok(Answer::Status(status)) => {
-                        let reason = format!("a request was answered with {status:?}");
+                    Ok(Answer::Status) => {
+                        let reason = "a request was answered with a node status".to_string();
                         return Err(ClientError::Protocol(reason));
                     }
                     Err(Retry::NotLeader(hint)) => {
-                        last = format!("n{node}: not the leader (hint {hint:?})");
+                        let known = hint.map_or("no leader known".into(), |id| format!("n{id}"));
+                        last = format!("n{node}: not the leader ({known})");
                         route.not_leader(hint)
                     }
                     Err(Retry::Elsewhere {
@@ -243,7 +294,7 @@ impl Client {
                 }
                 return Ok(Ok(Answer::Ok(result)));
             }
-            ClientResponse::Status(status) => return Ok(Ok(Answer::Status(status))),
+            ClientResponse::Status(_) => return Ok(Ok(Answer::Status)),
             ClientResponse::Err(error) => error,
         };
         let retry = match error {
@@ -278,9 +329,15 @@ impl Client {
         Ok(Err(retry))
     }
 
-    /// One request to one node.
-    async fn attempt(&self, node: NodeId, frame: Bytes) -> Result<ClientResponse, AttemptError> {
-        let connection = self.connection(node).await.map_err(AttemptError::NotSent)?;
+    /// One request to one node. `may_skip`: give up on a node still dialing after
+    /// `CONNECTING_WAIT_MS` if another node is connected.
+    async fn attempt(
+        &self,
+        node: NodeId,
+        frame: Bytes,
+        may_skip: bool,
+    ) -> Result<ClientResponse, AttemptError> {
+        let connection = (self.connection(node, may_skip).await).map_err(AttemptError::NotSent)?;
         let timeout = self.inner.config.request_timeout;
         match connection.request(frame, timeout).await {
             Ok(response) => client_proto::decode_response(&response)
@@ -294,8 +351,8 @@ impl Client {
         }
     }
 
-    /// The node's live connection, dialing it if needed.
-    async fn connection(&self, node: NodeId) -> Result<Arc<ClientConn>, String> {
+    /// The node's live connection, dialing it if needed (see `attempt` for `may_skip`).
+    async fn connection(&self, node: NodeId, may_skip: bool) -> Result<Arc<ClientConn>, String> {
         let slot = self
             .inner
             .slots
@@ -304,26 +361,47 @@ impl Client {
         if let Some(connection) = slot.live()? {
             return Ok(connection);
         }
-        let _connecting = slot.connecting.lock().await;
+        let _connecting = match slot.connecting.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => {
+                // Another task is dialing: a live node's handshake ends within the short wait;
+                // past it, skip this node if another can answer.
+                let wait = Duration::from_millis(CONNECTING_WAIT_MS);
+                match tokio::time::timeout(wait, slot.connecting.lock()).await {
+                    Ok(guard) => guard,
+                    Err(_) if may_skip && self.first_live().is_some_and(|live| live != node) => {
+                        return Err(format!("still connecting to {}", slot.addr));
+                    }
+                    Err(_) => slot.connecting.lock().await,
+                }
+            }
+        };
         // Another session may have connected (or failed) while this one waited.
         if let Some(connection) = slot.live()? {
             return Ok(connection);
         }
-        let timeout = self.inner.config.request_timeout;
+        let timeout = self.inner.config.connect_timeout;
         let dial = ClientConn::connect(slot.addr, &slot.name, &self.inner.tls);
         let result = match tokio::time::timeout(timeout, dial).await {
             Ok(Ok(connection)) => Ok(Arc::new(connection)),
             Ok(Err(error)) => Err(format!("connect to {} failed: {error}", slot.addr)),
-            Err(_) => Err(format!("connect to {} timed out", slot.addr)),
+            Err(_) => Err(format!(
+                "connect to {} timed out after {}",
+                slot.addr,
+                format_duration(timeout)
+            )),
         };
-        let mut state = slot.lock();
-        match &result {
-            Ok(connection) => {
-                state.connection = Some(connection.clone());
-                state.failed = None;
+        {
+            let mut state = slot.lock();
+            match &result {
+                Ok(connection) => {
+                    state.connection = Some(connection.clone());
+                    state.failed = None;
+                }
+                Err(reason) => state.failed = Some((Instant::now(), reason.clone())),
             }
-            Err(reason) => state.failed = Some((Instant::now(), reason.clone())),
         }
+        self.inner.dialed.send_modify(|count| *count += 1);
         result
     }
 
@@ -351,6 +429,14 @@ impl Slot {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The open connection, if there is one (without looking at failed dials).
+    fn open_connection(&self) -> Option<Arc<ClientConn>> {
+        let state = self.lock();
+        (state.connection.as_ref())
+            .filter(|connection| connection.connection().close_reason().is_none())
+            .cloned()
+    }
+
     /// The open connection if there is one; an error if the last dial failed recently.
     fn live(&self) -> Result<Option<Arc<ClientConn>>, String> {
         let mut state = self.lock();
@@ -366,6 +452,15 @@ impl Slot {
             }
         }
         Ok(None)
+    }
+}
+
+/// What kind of answer `response` is, for protocol errors.
+fn response_name(response: &ClientResponse) -> &'static str {
+    match response {
+        ClientResponse::Ok(_) => "an operation result",
+        ClientResponse::Status(_) => "a node status",
+        ClientResponse::Err(_) => "an error",
     }
 }
 

@@ -10,6 +10,10 @@ pub enum ClientError {
     /// unreachable, `NotLeader` everywhere). Certainly not applied.
     #[error("unavailable after {attempts} attempts: {last}")]
     Unavailable { attempts: u32, last: String },
+    /// No node could be connected to in time (`Client::wait_connected`); `nodes` gives each
+    /// node's address and reason. Certainly not applied.
+    #[error("no node reachable within {within}: {nodes}")]
+    NoNodeReachable { within: String, nodes: String },
     /// The attempts ran out and at least one of them may have reached the leader: the outcome
     /// is unknown (the write may be applied later, at most once).
     #[error("timed out after {attempts} attempts, the outcome is unknown: {last}")]
@@ -48,6 +52,7 @@ impl ClientError {
     pub fn kind(&self) -> &'static str {
         match self {
             ClientError::Unavailable { .. } => "unavailable",
+            ClientError::NoNodeReachable { .. } => "unreachable",
             ClientError::Timeout { .. } => "timeout",
             ClientError::TooLarge { .. } => "too-large",
             ClientError::BadRequest(_) => "bad-request",

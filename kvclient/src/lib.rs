@@ -4,6 +4,12 @@
 //! finds the leader, follows `NotLeader` hints, backs off while there is none, and retries a
 //! write with the same `seq` until it gets an answer or runs out of attempts.
 //!
+//! Failover is fast: every node is dialed at once in the background, a request starts at the
+//! leader last seen (else at a node already connected), a node whose connect just failed is
+//! skipped for `RECONNECT_INTERVAL_MS`, and a node still dialing is skipped after
+//! `CONNECTING_WAIT_MS` when another is connected. A dead node costs at most one connect
+//! timeout, and no request waits for it while another node can answer.
+//!
 //! ```no_run
 //! # async fn example() -> Result<(), kvclient::ClientError> {
 //! use kvclient::{Client, ClientConfig, ReadMode};
@@ -17,6 +23,7 @@
 
 pub mod config;
 mod connection;
+pub mod duration;
 mod error;
 
 mod session;
@@ -42,6 +49,14 @@ pub const ATTEMPTS_MAX_DEFAULT: u32 = 16;
 /// After a failed connect, requests to that node fail at once for this long instead of each
 /// waiting for a connect timeout of its own (a down node would otherwise stall every session).
 pub const RECONNECT_INTERVAL_MS: u64 = 200;
+/// How long a connect (QUIC and TLS handshake, hello round trip) may take. A loopback or LAN
+/// handshake takes milliseconds; a node that is down never answers (QUIC over UDP hears no
+/// "connection refused"), so this is what a dead node costs a request that must dial it.
+pub const CONNECT_TIMEOUT_MS_DEFAULT: u64 = 1_000;
+/// A request whose node is still being dialed waits this long for the handshake before it
+/// goes to another node that is already connected (a live node's handshake ends well within
+/// it, a dead node's never does).
+pub const CONNECTING_WAIT_MS: u64 = 50;
 
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -52,6 +67,8 @@ pub struct ClientConfig {
     pub client_name: String,
     /// Per attempt.
     pub request_timeout: Duration,
+    /// Per connect (handshake and hello).
+    pub connect_timeout: Duration,
     /// Attempts per request before giving up (`Timeout` or `Unavailable`).
     pub attempts_max: u32,
 }
@@ -68,6 +85,7 @@ impl ClientConfig {
             certs_dir,
             client_name: client_name.to_string(),
             request_timeout: Duration::from_millis(REQUEST_TIMEOUT_MS_DEFAULT),
+            connect_timeout: Duration::from_millis(CONNECT_TIMEOUT_MS_DEFAULT),
             attempts_max: ATTEMPTS_MAX_DEFAULT,
         }
     }
@@ -93,8 +111,12 @@ impl ClientConfig {
                 return Err(ClientError::Config(reason));
             }
         }
-        if self.attempts_max == 0 || self.request_timeout.is_zero() {
-            let reason = "attempts_max and request_timeout must be > 0".to_string();
+        if self.attempts_max == 0
+            || self.request_timeout.is_zero()
+            || self.connect_timeout.is_zero()
+        {
+            let reason = "attempts_max, request_timeout and connect_timeout must be > 0";
+            let reason = reason.to_string();
             return Err(ClientError::Config(reason));
         }
         Ok(())

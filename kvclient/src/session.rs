@@ -143,7 +143,7 @@ impl Session {
     ) -> Result<u64, ClientError> {
         match self.write(Op::append(key, element)).await? {
             KeyResult::Append { length } => Ok(length),
-            KeyResult::Failed(failure) => Err(ClientError::BadRequest(format!("{failure:?}"))),
+            KeyResult::Failed(failure) => Err(ClientError::BadRequest(failure.to_string())),
             other => Err(unexpected("append", &other)),
         }
     }
@@ -180,5 +180,6 @@ impl Session {
 }
 
 fn unexpected(what: &str, result: &KeyResult) -> ClientError {
-    ClientError::Protocol(format!("{what} was answered with {result:?}"))
+    let answer = result.name();
+    ClientError::Protocol(format!("{what} was answered with the result of {answer}"))
 }

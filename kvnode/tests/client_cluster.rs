@@ -253,44 +253,123 @@ fn kvctl(cluster: &Cluster, args: &[&str]) -> Output {
         .unwrap()
 }
 
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The longest a `kvctl get` may take with one node of three killed (the bar).
+const FAILOVER_GET_MS_MAX: u128 = 300;
+/// Timed `kvctl get` runs after the kill; their median is held to the bar.
+const FAILOVER_RUNS: usize = 5;
+
 #[test]
 fn kvctl_against_a_live_cluster() {
-    let cluster = Cluster::new();
+    let mut cluster = Cluster::new();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(async {
+    let first_leader = runtime.block_on(async {
         let client = Client::connect(cluster.client_config()).await.unwrap();
-        leader(&client, &[1, 2, 3]).await;
+        leader(&client, &[1, 2, 3]).await
     });
     let put = kvctl(&cluster, &["put", "greeting", "hello"]);
+    assert_eq!(put.status.code(), Some(0), "{}", stderr(&put));
+    assert_eq!(stdout(&put), "OK\n");
+    // etcdctl's conventions: key then value; --print-value-only; JSON on request.
     assert_eq!(
-        put.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&put.stderr)
+        stdout(&kvctl(&cluster, &["get", "greeting"])),
+        "greeting\nhello\n"
     );
-    let get = kvctl(&cluster, &["get", "greeting"]);
-    assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "hello");
-    let txn = kvctl(&cluster, &["txn", "append l 1", "append l 2", "r l"]);
-    let stdout = String::from_utf8_lossy(&txn.stdout);
+    let value_only = kvctl(&cluster, &["get", "greeting", "--print-value-only"]);
+    assert_eq!(stdout(&value_only), "hello\n");
+    let json = kvctl(&cluster, &["-w", "json", "get", "greeting"]);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
+    assert_eq!(json["value"], "hello");
+    assert_eq!(json["found"], true);
+    let table = stdout(&kvctl(&cluster, &["-w", "table", "get", "greeting"]));
+    assert!(table.contains("| KEY      | VALUE |"), "{table}");
+    // A missing key is an error, not a value that reads "(absent)".
+    let missing = kvctl(&cluster, &["get", "missing"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(stdout(&missing), "");
     assert!(
-        stdout.starts_with("committed") && stdout.contains("[1, 2]"),
-        "{stdout}"
+        stderr(&missing).contains("key \"missing\" not found"),
+        "{}",
+        stderr(&missing)
+    );
+    // A value from standard input.
+    let mut put_stdin = Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .arg("--config")
+        .arg(cluster.config_path())
+        .args(["put", "piped"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut put_stdin.stdin.take().unwrap(), b"from stdin").unwrap();
+    assert!(put_stdin.wait().unwrap().success());
+    let piped = kvctl(&cluster, &["get", "piped", "--print-value-only"]);
+    assert_eq!(stdout(&piped), "from stdin\n");
+    let txn = kvctl(&cluster, &["txn", "append l 1", "append l 2", "r l"]);
+    let text = stdout(&txn);
+    assert!(
+        text.starts_with("committed") && text.contains("[1, 2]"),
+        "{text}"
     );
     let cas = kvctl(&cluster, &["cas", "greeting", "-", "x"]);
-    assert!(String::from_utf8_lossy(&cas.stdout).contains("not swapped"));
-    let status = kvctl(&cluster, &["status"]);
-    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(cas.status.code(), Some(1));
+    assert!(
+        stderr(&cas).contains("compare failed: \"greeting\" holds hello"),
+        "{}",
+        stderr(&cas)
+    );
+    let status = kvctl(&cluster, &["-w", "table", "endpoint", "status"]);
+    let text = stdout(&status);
     assert_eq!(status.status.code(), Some(0));
     assert_eq!(
-        stdout
-            .lines()
-            .filter(|line| line.contains(" leader "))
+        text.lines()
+            .filter(|line| line.contains("| leader "))
             .count(),
         1,
-        "{stdout}"
+        "{text}"
     );
-    assert_eq!(stdout.lines().count(), 1 + NODES as usize, "{stdout}");
+    let health = kvctl(&cluster, &["endpoint", "health"]);
+    assert_eq!(health.status.code(), Some(0), "{}", stdout(&health));
+    assert_eq!(
+        stdout(&health).matches("is healthy").count(),
+        NODES as usize
+    );
+
+    // One node of three killed (the leader, the worst case): a get answers fast.
+    cluster.kill9(first_leader);
+    let live: Vec<u64> = (1..=NODES).filter(|&id| id != first_leader).collect();
+    runtime.block_on(async {
+        let client = Client::connect(cluster.client_config()).await.unwrap();
+        leader(&client, &live).await
+    });
+    let mut took: Vec<u128> = (0..FAILOVER_RUNS)
+        .map(|_| {
+            let started = std::time::Instant::now();
+            let get = kvctl(&cluster, &["get", "greeting", "--print-value-only"]);
+            assert_eq!(stdout(&get), "hello\n", "{}", stderr(&get));
+            started.elapsed().as_millis()
+        })
+        .collect();
+    took.sort_unstable();
+    println!("kvctl get with n{first_leader} killed: {took:?} ms");
+    assert!(took[FAILOVER_RUNS / 2] < FAILOVER_GET_MS_MAX, "{took:?} ms");
+    let health = kvctl(&cluster, &["endpoint", "health"]);
+    assert_eq!(health.status.code(), Some(1));
+    let text = stdout(&health);
+    assert_eq!(text.matches("is healthy").count(), live.len(), "{text}");
+    assert!(
+        text.contains(&format!("(n{first_leader}) is unhealthy")),
+        "{text}"
+    );
+    assert!(stderr(&health).contains("unhealthy cluster"));
 }

@@ -115,7 +115,8 @@ impl Cluster {
         std::fs::read_to_string(self.dir.path().join(format!("n{id}.log"))).unwrap_or_default()
     }
 
-    /// One value from the node's Prometheus metrics (plain HTTP on port + 1000).
+    /// One metric from the node's Prometheus metrics (plain HTTP on port + 1000), summed over
+    /// its labels; `None` if the node does not answer or has no such metric.
     fn metric(&self, id: u64, name: &str) -> Option<f64> {
         let address = SocketAddr::from(([127, 0, 0, 1], self.base_port + 1000 + id as u16 - 1));
         let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1)).ok()?;
@@ -123,9 +124,15 @@ impl Cluster {
         stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
         let mut text = String::new();
         stream.read_to_string(&mut text).ok()?;
-        text.lines()
-            .find(|line| line.split(' ').next() == Some(name))
-            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        let values: Vec<f64> = text
+            .lines()
+            .filter(|line| {
+                let series = line.split(' ').next().unwrap_or_default();
+                series == name || series.starts_with(&format!("{name}{{"))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
     }
 
     fn leaders(&self) -> Vec<u64> {

@@ -60,7 +60,7 @@ pub enum ClientResponse {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum ClientError {
     /// This node is not the leader; nothing was proposed. Retry at `leader_hint` if given.
-    #[error("not the leader (leader hint: {leader_hint:?})")]
+    #[error("not the leader ({})", leader_hint_text(*.leader_hint))]
     NotLeader { leader_hint: Option<NodeId> },
     /// No answer in time; the write may or may not have been applied (outcome unknown). Retry
     /// with the same `(client_id, seq)`: the session makes it apply at most once.
@@ -86,6 +86,13 @@ pub enum ClientError {
     /// `:fail`); otherwise retry with the same `seq` to learn its outcome.
     #[error("not applied: {0}")]
     NotApplied(String),
+}
+
+/// `leader is n3` or `no leader known`.
+fn leader_hint_text(hint: Option<NodeId>) -> String {
+    hint.map_or("no leader known".to_string(), |leader| {
+        format!("leader is n{leader}")
+    })
 }
 
 impl From<OpError> for ClientError {
@@ -191,11 +198,129 @@ fn check_frame_size(bytes: usize) -> Result<(), ProtoError> {
     Ok(())
 }
 
+impl ClientResponse {
+    /// How a request ended, as a metrics label: `ok` (answered with a result, a cas that did not
+    /// swap included, or a status), else the error's name.
+    pub fn outcome_name(&self) -> &'static str {
+        match self {
+            ClientResponse::Ok(_) | ClientResponse::Status(_) => "ok",
+            ClientResponse::Err(error) => match error {
+                ClientError::NotLeader { .. } => "not_leader",
+                ClientError::Timeout => "timeout",
+                ClientError::TooLarge { .. } => "too_large",
+                ClientError::BadRequest(_) => "bad_request",
+                ClientError::Stale => "stale",
+                ClientError::Unavailable(_) => "unavailable",
+                ClientError::NotApplied(_) => "not_applied",
+            },
+        }
+    }
+}
+
+/// The operation a request frame carries, as a metrics label (`get`, `put`, `delete`, `cas`,
+/// `append`, `txn`, `status`; `invalid` if the frame does not start like a request), read from
+/// its first bytes without decoding it. The frame is bincode 2's standard configuration:
+/// `client_id` and `seq` as varints, then the variant indices of `RequestKind`, `Op` and
+/// `KeyOp` as varints (a test checks this against the encoder).
+pub fn request_op_name(frame: &[u8]) -> &'static str {
+    const INVALID: &str = "invalid";
+    let mut rest = frame;
+    let (Some(_client_id), Some(_seq), Some(kind)) = (
+        take_varint(&mut rest),
+        take_varint(&mut rest),
+        take_varint(&mut rest),
+    ) else {
+        return INVALID;
+    };
+    match kind {
+        // Read { op, .. } and Write { op }: the op comes first.
+        0 | 1 => {}
+        2 => return "status",
+        _ => return INVALID,
+    }
+    match take_varint(&mut rest) {
+        Some(0) => {}
+        Some(1) => return "txn",
+        _ => return INVALID,
+    }
+    match take_varint(&mut rest) {
+        Some(0) => "get",
+        Some(1) => "put",
+        Some(2) => "delete",
+        Some(3) => "cas",
+        Some(4) => "append",
+        _ => INVALID,
+    }
+}
+
+/// One bincode varint: a byte below 251 is the value; 251, 252 and 253 announce a u16, u32
+/// or u64 in little-endian after it.
+fn take_varint(bytes: &mut &[u8]) -> Option<u64> {
+    let (&first, rest) = bytes.split_first()?;
+    let width = match first {
+        0..=250 => {
+            *bytes = rest;
+            return Some(u64::from(first));
+        }
+        251 => 2,
+        252 => 4,
+        253 => 8,
+        _ => return None,
+    };
+    let (value, rest) = (rest.get(..width)?, rest.get(width..)?);
+    let mut le = [0u8; 8];
+    le[..width].copy_from_slice(value);
+    *bytes = rest;
+    Some(u64::from_le_bytes(le))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::limits::VALUE_BYTES_MAX;
     use crate::ops::KeyResult;
+
+    #[test]
+    fn request_op_names_match_the_encoder() {
+        use crate::ops::KeyOp;
+        let ops = [
+            (Op::get("k"), "get"),
+            (Op::put("k", "v"), "put"),
+            (Op::delete("k"), "delete"),
+            (Op::cas("k", None, "v"), "cas"),
+            (Op::append("k", "e"), "append"),
+            (Op::Txn(vec![KeyOp::Get { key: "k".into() }]), "txn"),
+        ];
+        // Small and large ids exercise every varint width.
+        for (client_id, seq) in [(1, 0), (300, 70_000), (u64::MAX, 1 << 40)] {
+            for (op, name) in &ops {
+                for kind in [
+                    RequestKind::Write { op: op.clone() },
+                    RequestKind::Read {
+                        op: op.clone(),
+                        stale: true,
+                    },
+                ] {
+                    let request = ClientRequest {
+                        client_id,
+                        seq,
+                        kind,
+                    };
+                    let frame = encode_request(&request).unwrap();
+                    assert_eq!(request_op_name(&frame), *name, "{request:?}");
+                }
+            }
+            let status = ClientRequest {
+                client_id,
+                seq,
+                kind: RequestKind::Status,
+            };
+            assert_eq!(request_op_name(&encode_request(&status).unwrap()), "status");
+        }
+        assert_eq!(request_op_name(&[]), "invalid");
+        assert_eq!(request_op_name(&[1, 2, 9]), "invalid");
+        assert_eq!(request_op_name(&[255]), "invalid");
+    }
 
     fn request(kind: RequestKind) -> ClientRequest {
         ClientRequest {

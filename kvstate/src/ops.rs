@@ -151,6 +151,35 @@ pub enum OpError {
     BadRequest(String),
 }
 
+impl std::fmt::Display for OpFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpFailure::WrongType => write!(f, "the key holds plain bytes, not a list"),
+            OpFailure::ListFull { elements, bytes } => {
+                write!(f, "the list is full ({elements} elements, {bytes} bytes)")
+            }
+            OpFailure::ResultTooLarge { bytes, max } => {
+                write!(f, "the results would be {bytes} bytes, the limit is {max}")
+            }
+        }
+    }
+}
+
+impl KeyResult {
+    /// The operation this answers, as users name it (`get`, `put`, `delete`, `cas`, `append`),
+    /// or `failed`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            KeyResult::Get { .. } => "get",
+            KeyResult::Put { .. } => "put",
+            KeyResult::Delete { .. } => "delete",
+            KeyResult::Cas { .. } => "cas",
+            KeyResult::Append { .. } => "append",
+            KeyResult::Failed(_) => "failed",
+        }
+    }
+}
+
 impl KeyOp {
     pub fn key(&self) -> &Bytes {
         match self {

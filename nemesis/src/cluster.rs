@@ -48,7 +48,7 @@ pub enum ClusterError {
     UnknownNode(NodeId),
     #[error("n{0} is not running")]
     NotRunning(NodeId),
-    #[error("no (stable) leader (other than {excluded:?}) within {waited_ms} ms")]
+    #[error("no (stable) leader{} within {waited_ms} ms", other_than(excluded))]
     NoLeader {
         excluded: Vec<NodeId>,
         waited_ms: u64,
@@ -910,4 +910,13 @@ pub fn cleanup_on_interrupt(state_path: PathBuf, prefix: String) -> std::io::Res
         }
         std::process::exit(130);
     })
+}
+
+/// ` other than n1, n2`, or nothing when no node is excluded.
+fn other_than(excluded: &[NodeId]) -> String {
+    if excluded.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = excluded.iter().map(|id| format!("n{id}")).collect();
+    format!(" other than {}", names.join(", "))
 }

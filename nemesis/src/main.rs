@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use kvclient::duration::parse_duration;
 use nemesis::cluster::{self, Cluster};
 use nemesis::fault::DiskFault;
 use nemesis::fs::{DiskReply, DiskRequest};
@@ -177,23 +178,6 @@ struct UpArgs {
     disk: bool,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (digits, unit_ms) = if let Some(d) = text.strip_suffix("ms") {
-        (d, 1)
-    } else if let Some(d) = text.strip_suffix('s') {
-        (d, 1000)
-    } else if let Some(d) = text.strip_suffix('m') {
-        (d, 60_000)
-    } else {
-        (text, 1000)
-    };
-    let value: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?}: expected e.g. 500ms, 2s, 1m"))?;
-    Ok(Duration::from_millis(value.saturating_mul(unit_ms)))
-}
-
 fn parse_subnet(text: &str) -> Result<[u8; 3], String> {
     let parts: Vec<u8> = text
         .split('.')
@@ -309,7 +293,7 @@ fn status(cluster: &Cluster, json: bool) -> CliResult {
         let pid = s.pid.map_or("-".to_string(), |p| p.to_string());
         let role = s
             .raft
-            .map_or("-".to_string(), |r| format!("{:?}", r.role).to_lowercase());
+            .map_or("-".to_string(), |r| r.role.name().to_string());
         let term = s.raft.map_or("-".to_string(), |r| r.term.to_string());
         let note = s.error.clone().unwrap_or_default();
         println!(

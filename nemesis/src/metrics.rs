@@ -33,6 +33,15 @@ pub enum Role {
 }
 
 impl Role {
+    /// `follower`, `candidate`, `leader`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        }
+    }
+
     /// interfaces: raft_role 0 follower, 1 candidate/pre-candidate, 2 leader.
     pub fn from_gauge(value: f64) -> Option<Role> {
         match value as i64 {

@@ -28,6 +28,14 @@ pub enum BackendArg {
 }
 
 impl BackendArg {
+    /// As typed on the command line: `local`, `netns`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendArg::Local => "local",
+            BackendArg::Netns => "netns",
+        }
+    }
+
     pub fn kind(self) -> BackendKind {
         match self {
             BackendArg::Local => BackendKind::Local,

@@ -19,6 +19,7 @@ use nemesis::{Cluster, ClusterSpec, FaultRecord, Nemesis, ScheduleSpec};
 use crate::history::Recorder;
 use crate::output::{self, Machine};
 use crate::runner::{self, LoadConfig, LoadReport, Progress};
+use crate::target::Target;
 use crate::workload::{Workload, WorkloadConfig};
 use args::CampaignSettings;
 use driver::{Driver, DriverResult};
@@ -280,7 +281,7 @@ fn load_with_faults(
     let driver = Driver::start(nemesis, schedule, recorder.clone(), injected)
         .map_err(|e| CampaignError::Io(format!("nemesis thread: {e}")))?;
     let timed = runtime.block_on(runner::run_timed(
-        client,
+        Target::Kv(client),
         workload.clone(),
         &load,
         recorder.clone(),
@@ -291,7 +292,7 @@ fn load_with_faults(
     }
     let mut driven = driver.finish().ok_or(CampaignError::NemesisPanicked)?;
     let recovery_ms = recover(settings, runtime, client, &mut driven.nemesis, recorder)?;
-    let report = runtime.block_on(timed.final_reads(client, &workload, recorder));
+    let report = runtime.block_on(timed.final_reads(Target::Kv(client), &workload, recorder));
     Ok((report, driven, recovery_ms))
 }
 

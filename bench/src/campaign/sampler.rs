@@ -89,7 +89,7 @@ fn sample(node: u64, address: SocketAddr) -> Sample {
         Ok(text) => {
             let role = metrics::gauge(&text, "raft_role")
                 .and_then(metrics::Role::from_gauge)
-                .map(|role| format!("{role:?}").to_lowercase());
+                .map(|role| role.name().to_string());
             Sample {
                 node,
                 unix_ms,

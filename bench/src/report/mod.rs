@@ -1,8 +1,15 @@
-//! `report.html` for a campaign directory: self-contained (inline SVG, inline CSS, no scripts):
-//! throughput and a latency scatter with fault intervals shaded, latency quantiles over time,
-//! each node's role, term and commit index over time, the verdict, config, seed and machine.
-//! Everything is read back from the run's files, so `bench report DIR` can redraw it.
+//! `report.html` for a run directory: self-contained (inline SVG, inline CSS, no scripts).
+//!
+//! A campaign's: throughput and a latency scatter with fault intervals shaded, latency
+//! quantiles over time, each node's role, term and commit index over time, the verdict,
+//! config, seed and machine. Latency counts from each operation's intended send time when the
+//! load was open loop (`intended_time` in the history), so an outage shows as what clients
+//! felt: an op due during it is plotted where it was due, with the wait it suffered.
+//!
+//! A plain bench run's: `bench.rs`. Everything is read back from the run's files, so `bench
+//! report DIR` can redraw either.
 
+mod bench;
 pub mod svg;
 
 use std::collections::{BTreeMap, HashMap};
@@ -51,10 +58,17 @@ pub(crate) fn write_files(
     write_json(&run_dir.join("faults.json"), &ran.records)
 }
 
+/// Latencies below this are drawn at it (the scatter's log axis needs a floor).
+const LATENCY_MS_FLOOR: f64 = 0.001;
+/// Operations slower than this are counted in the banner as held up.
+const SLOW_OP_MS: f64 = 1000.0;
+
 /// One completed client operation.
 struct OpPoint {
+    /// When it was due: its intended send time (open loop), else its invocation.
     at_s: f64,
     done_s: f64,
+    /// From `at_s` to the completion: what the client felt.
     latency_ms: f64,
     f: String,
     outcome: String,
@@ -70,11 +84,50 @@ struct RunData {
     x_max_s: f64,
 }
 
-/// Reads the run's files and writes `report.html` next to them.
+/// Reads the run's files and writes `report.html` next to them: a campaign's report, or a
+/// plain bench run's.
 pub fn render_run(run_dir: &Path) -> Result<(), String> {
-    let data = load(run_dir)?;
-    let html = page(&data, run_dir.join("checker.html").exists());
+    let summary = read_json(&run_dir.join("summary.json"))?;
+    let html = if is_campaign(&summary) {
+        let data = load(run_dir, summary)?;
+        page(&data, &present_files(run_dir))
+    } else {
+        bench::page(run_dir, &summary, &present_files(run_dir))?
+    };
     std::fs::write(run_dir.join("report.html"), html).map_err(|e| e.to_string())
+}
+
+/// A campaign's summary says so; older ones are known by their fault list.
+fn is_campaign(summary: &Value) -> bool {
+    summary["kind"] == "campaign" || summary["faults"].is_array()
+}
+
+/// The run's files a report may link, those that exist (`logs/` as a directory).
+fn present_files(run_dir: &Path) -> Vec<String> {
+    const LINKABLE: [&str; 10] = [
+        "checker.html",
+        "summary.json",
+        "checker.json",
+        "history.jsonl",
+        "nemesis.jsonl",
+        "metrics.jsonl",
+        "timeseries.csv",
+        "latency.hgrm",
+        "faults.json",
+        "logs/",
+    ];
+    (LINKABLE.iter())
+        .filter(|name| run_dir.join(name.trim_end_matches('/')).exists())
+        .map(|name| name.to_string())
+        .collect()
+}
+
+/// Links to `files`, as `a, b, c`.
+fn file_links(files: &[String]) -> String {
+    let links: Vec<String> = (files.iter())
+        .map(|file| format!("<a href=\"{0}\">{0}</a>", escape(file)))
+        .collect();
+    format!("<p>Files: {}</p>", links.join(", "))
 }
 
 fn read_json(path: &Path) -> Result<Value, String> {
@@ -82,8 +135,7 @@ fn read_json(path: &Path) -> Result<Value, String> {
     serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn load(run_dir: &Path) -> Result<RunData, String> {
-    let summary = read_json(&run_dir.join("summary.json"))?;
+fn load(run_dir: &Path, summary: Value) -> Result<RunData, String> {
     let checker = read_json(&run_dir.join("checker.json")).unwrap_or(Value::Null);
     let start_unix_ms = summary["start_unix_ms"].as_u64().unwrap_or(0);
     let history = std::fs::read_to_string(run_dir.join("history.jsonl"))
@@ -122,23 +174,28 @@ fn fault_band(fault: &Value, since: &dyn Fn(u64) -> f64) -> Band {
     };
     let start = fault["start_unix_ms"].as_u64().unwrap_or(0);
     let end = fault["end_unix_ms"].as_u64().unwrap_or(start);
-    let targets: Vec<String> = fault["targets"]
-        .as_array()
-        .map(|t| t.iter().map(|id| format!("n{id}")).collect())
-        .unwrap_or_default();
+    let targets = node_names(&fault["targets"]);
     Band {
         from_s: since(start),
         to_s: since(end),
         color,
         label: format!(
-            "{kind} {} {}",
-            fault["detail"].as_str().unwrap_or(""),
-            targets.join(",")
+            "{kind} {} {targets}",
+            fault["detail"].as_str().unwrap_or("")
         ),
     }
 }
 
-/// Pairs invocations with completions per process (nemesis lines are skipped).
+/// `[1, 3]` as `n1,n3`.
+fn node_names(ids: &Value) -> String {
+    let names: Vec<String> = (ids.as_array().into_iter().flatten())
+        .map(|id| format!("n{id}"))
+        .collect();
+    names.join(",")
+}
+
+/// Pairs invocations with completions per process (nemesis lines are skipped). An op counts
+/// from its `intended_time` when the history has one (open loop), else from its invocation.
 fn client_ops(history: &str) -> Vec<OpPoint> {
     let mut open: HashMap<u64, (f64, String)> = HashMap::new();
     let mut ops = Vec::new();
@@ -156,12 +213,15 @@ fn client_ops(history: &str) -> Vec<OpPoint> {
         let at_s = time as f64 / NANOS_PER_SECOND;
         if kind == "invoke" {
             let f = event["f"].as_str().unwrap_or("?").to_string();
-            open.insert(process, (at_s, f));
-        } else if let Some((invoked_s, f)) = open.remove(&process) {
+            let due_s = event["intended_time"]
+                .as_u64()
+                .map_or(at_s, |intended| intended as f64 / NANOS_PER_SECOND);
+            open.insert(process, (due_s.min(at_s), f));
+        } else if let Some((due_s, f)) = open.remove(&process) {
             ops.push(OpPoint {
-                at_s: invoked_s,
+                at_s: due_s,
                 done_s: at_s,
-                latency_ms: ((at_s - invoked_s) * 1000.0).max(0.01),
+                latency_ms: ((at_s - due_s) * 1000.0).max(LATENCY_MS_FLOOR),
                 f,
                 outcome: kind.to_string(),
             });
@@ -170,7 +230,7 @@ fn client_ops(history: &str) -> Vec<OpPoint> {
     ops
 }
 
-fn page(data: &RunData, counterexample: bool) -> String {
+fn page(data: &RunData, files: &[String]) -> String {
     let name = data.summary["config"]["name"]
         .as_str()
         .unwrap_or("campaign");
@@ -180,10 +240,17 @@ fn page(data: &RunData, counterexample: bool) -> String {
         escape(name),
         escape(name)
     );
+    let counterexample = files.iter().any(|file| file == "checker.html");
     html.push_str(&verdict_section(data, counterexample));
     html.push_str("<h2>Throughput (completions per second)</h2>");
     html.push_str(&rate_plot(data));
-    html.push_str("<h2>Latency of every operation (by invocation time)</h2>");
+    if data.summary["config"]["rate"].is_number() {
+        html.push_str(
+            "<h2>Latency of every operation (from its intended send time: open loop)</h2>",
+        );
+    } else {
+        html.push_str("<h2>Latency of every operation (from its invocation: closed loop)</h2>");
+    }
     html.push_str(&scatter_plot(data));
     html.push_str("<h2>Latency quantiles per second</h2>");
     html.push_str(&quantile_plot(data));
@@ -194,11 +261,13 @@ fn page(data: &RunData, counterexample: bool) -> String {
     html.push_str(&node_line_plot(data, "commit index", |s| s.commit_index));
     html.push_str(&faults_section(data));
     html.push_str(&config_section(data));
+    html.push_str(&file_links(files));
     html.push_str("</body></html>\n");
     html
 }
 
-const STYLE: &str = "body{font-family:sans-serif;margin:20px 30px;color:#222;max-width:1300px}\
+pub(crate) const STYLE: &str =
+    "body{font-family:sans-serif;margin:20px 30px;color:#222;max-width:1300px}\
 h1{font-size:22px}h2{font-size:16px;margin:22px 0 4px}table{border-collapse:collapse;\
 font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}\
 .valid{background:#d8f5d8;border:1px solid #3a3}.invalid{background:#fbd5d5;border:1px solid #c33}\
@@ -224,20 +293,48 @@ fn verdict_section(data: &RunData, counterexample: bool) -> String {
         );
     }
     let s = &data.summary;
+    let number = |value: &Value| value.as_u64().unwrap_or(0);
     let _ = write!(
         html,
         "<br>{} operations ({} ok, {} failed or unknown), {:.0} ops/s, {} faults injected, \
-         recovery after heal {} ms, final reads {} ok / {} failed.</div>",
-        s["ops"],
-        s["ops_ok"],
-        s["ops_failed"],
+         recovery after heal {} ms, final reads {} ok / {} failed.",
+        number(&s["ops"]),
+        number(&s["ops_ok"]),
+        number(&s["ops_failed"]),
         s["ops_per_s"].as_f64().unwrap_or(0.0),
-        s["faults_injected"],
-        s["recovery_ms"],
-        s["final_reads"]["ok"],
-        s["final_reads"]["failed"]
+        number(&s["faults_injected"]),
+        number(&s["recovery_ms"]),
+        number(&s["final_reads"]["ok"]),
+        number(&s["final_reads"]["failed"])
     );
+    html.push_str(&latency_line(data));
+    html.push_str("</div>");
     html
+}
+
+/// Latency quantiles of every completed op as clients felt them (from the intended send time
+/// in open loop), and how many waited over `SLOW_OP_MS`.
+fn latency_line(data: &RunData) -> String {
+    let mut latencies: Vec<f64> = data.ops.iter().map(|op| op.latency_ms).collect();
+    if latencies.is_empty() {
+        return String::new();
+    }
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    let slow = latencies.iter().filter(|&&ms| ms > SLOW_OP_MS).count();
+    let from = if data.summary["config"]["rate"].is_number() {
+        "from the intended send time"
+    } else {
+        "from the invocation"
+    };
+    format!(
+        "<br>Latency {from}: p50 {:.2} ms, p99 {:.1} ms, max {:.0} ms; {slow} operations took \
+         over {:.0} s.",
+        at(0.5),
+        at(0.99),
+        at(1.0),
+        SLOW_OP_MS / 1000.0
+    )
 }
 
 fn rate_plot(data: &RunData) -> String {
@@ -276,24 +373,10 @@ fn scatter_plot(data: &RunData) -> String {
     let stride = thinned
         .div_ceil(SCATTER_POINTS_MAX.saturating_sub(infos).max(1))
         .max(1);
-    let y_max = data.ops.iter().map(|op| op.latency_ms).fold(10.0, f64::max);
-    let mut plot = Plot::new(420.0, data.x_max_s, 0.1, y_max * 1.5, true);
-    plot.y_label = "latency (ms, log)".into();
-    plot.bands(&data.bands);
-    let shapes = ["circle", "square", "triangle"];
-    let fs: Vec<String> = unique(data.ops.iter().map(|op| op.f.clone()));
-    for (outcome, _) in OUTCOME_PALETTES {
-        for (index, f) in fs.iter().enumerate() {
-            let color = outcome_color(outcome, index);
-            let step = if outcome == "info" { 1 } else { stride };
-            let points: Vec<(f64, f64)> = (data.ops.iter())
-                .filter(|op| op.outcome == outcome && &op.f == f)
-                .step_by(step)
-                .map(|op| (op.at_s, op.latency_ms))
-                .collect();
-            let shape = shapes[index % shapes.len()];
-            plot.points(&points, color, shape, &format!("{f} {outcome} ({shape})"));
-        }
+    let (plot, series) = scatter(data, stride);
+    let mut plot = plot;
+    for (points, color, shape, label) in &series {
+        plot.points(points, color, shape, label);
     }
     let mut html = plot.render(true);
     if stride > 1 {
@@ -306,11 +389,49 @@ fn scatter_plot(data: &RunData) -> String {
     html
 }
 
+/// The power of ten at or below the smallest of `latencies_ms` (at least `LATENCY_MS_FLOOR`;
+/// 0.1 ms if there are none): the bottom of a log latency axis that clips no point.
+fn log_floor(latencies_ms: impl Iterator<Item = f64>) -> f64 {
+    let fastest = latencies_ms.fold(f64::INFINITY, f64::min);
+    let fastest = if fastest.is_finite() { fastest } else { 0.1 };
+    10f64.powf(fastest.max(LATENCY_MS_FLOOR).log10().floor())
+}
+
+/// One series of the scatter: points, color, shape, legend label.
+type Series = (Vec<(f64, f64)>, &'static str, &'static str, String);
+
+/// The scatter's axes and its series: every op at (when it was due, latency from then), ok
+/// and fail thinned to every `stride`-th. The y axis spans the fastest to the slowest op.
+fn scatter(data: &RunData, stride: usize) -> (Plot, Vec<Series>) {
+    let y_max = data.ops.iter().map(|op| op.latency_ms).fold(10.0, f64::max);
+    let y_min = log_floor(data.ops.iter().map(|op| op.latency_ms));
+    let mut plot = Plot::new(420.0, data.x_max_s, y_min, y_max * 1.5, true);
+    plot.y_label = "latency (ms, log)".into();
+    plot.bands(&data.bands);
+    let shapes = ["circle", "square", "triangle"];
+    let fs: Vec<String> = unique(data.ops.iter().map(|op| op.f.clone()));
+    let mut series = Vec::new();
+    for (outcome, _) in OUTCOME_PALETTES {
+        for (index, f) in fs.iter().enumerate() {
+            let color = outcome_color(outcome, index);
+            let step = if outcome == "info" { 1 } else { stride };
+            let points: Vec<(f64, f64)> = (data.ops.iter())
+                .filter(|op| op.outcome == outcome && &op.f == f)
+                .step_by(step)
+                .map(|op| (op.at_s, op.latency_ms))
+                .collect();
+            let shape = shapes[index % shapes.len()];
+            series.push((points, color, shape, format!("{f} {outcome} ({shape})")));
+        }
+    }
+    (plot, series)
+}
+
 fn quantile_plot(data: &RunData) -> String {
     let seconds = data.x_max_s as usize + 1;
     let mut buckets: Vec<Vec<f64>> = vec![Vec::new(); seconds];
     for op in data.ops.iter().filter(|op| op.outcome == "ok") {
-        if let Some(bucket) = buckets.get_mut(op.done_s as usize) {
+        if let Some(bucket) = buckets.get_mut(op.at_s as usize) {
             bucket.push(op.latency_ms);
         }
     }
@@ -332,7 +453,8 @@ fn quantile_plot(data: &RunData) -> String {
         }
     }
     let y_max = series.iter().flatten().map(|p| p.1).fold(10.0, f64::max);
-    let mut plot = Plot::new(300.0, data.x_max_s, 0.1, y_max * 1.5, true);
+    let y_min = log_floor(series.iter().flatten().map(|p| p.1));
+    let mut plot = Plot::new(300.0, data.x_max_s, y_min, y_max * 1.5, true);
     plot.y_label = "ok latency (ms, log)".into();
     plot.bands(&data.bands);
     for (points, (_, label, color)) in series.iter().zip(quantiles) {
@@ -364,7 +486,10 @@ fn role_plot(data: &RunData) -> String {
                 .map_or(from + 1.0, |next| sample_s(data, next));
             let role = sample.role.as_deref().unwrap_or("unreachable");
             let color = role_color(role);
-            let title = format!("n{node} {role} term {:?} at {from:.1} s", sample.term);
+            let term = sample
+                .term
+                .map_or("unknown".to_string(), |term| term.to_string());
+            let title = format!("n{node} {role}, term {term}, at {from:.1} s");
             plot.rect(from, to, top - 0.8, top - 0.2, color, &title);
             plot.legend_entry(role, color);
         }
@@ -417,7 +542,7 @@ fn faults_section(data: &RunData) -> String {
             i + 1,
             escape(fault["fault"].as_str().unwrap_or("")),
             escape(fault["detail"].as_str().unwrap_or("")),
-            escape(&fault["targets"].to_string()),
+            escape(&node_names(&fault["targets"])),
             band.from_s,
             band.to_s,
             escape(&notes.join("; "))
@@ -483,18 +608,21 @@ fn config_section(data: &RunData) -> String {
             escape(&value)
         );
     }
-    html.push_str(
-        "</table><p>Files: <a href=\"summary.json\">summary.json</a>, \
-         <a href=\"checker.json\">checker.json</a>, <a href=\"history.jsonl\">history.jsonl</a>, \
-         <a href=\"nemesis.jsonl\">nemesis.jsonl</a>, <a href=\"metrics.jsonl\">metrics.jsonl</a>, \
-         <a href=\"logs/\">logs/</a></p>",
-    );
+    html.push_str("</table>");
     html
 }
 
-fn plain(value: &Value) -> String {
+/// A JSON value as a user reads it: strings bare, lists joined with commas, nothing for null.
+pub(crate) fn plain(value: &Value) -> String {
     match value {
         Value::String(text) => text.clone(),
+        Value::Null => "-".to_string(),
+        Value::Array(items) => items.iter().map(plain).collect::<Vec<_>>().join(", "),
+        // 0.2, not 0.20000000000000007.
+        Value::Number(number) if number.is_f64() => {
+            let text = format!("{:.3}", number.as_f64().unwrap_or(0.0));
+            text.trim_end_matches('0').trim_end_matches('.').to_string()
+        }
         other => other.to_string(),
     }
 }
@@ -536,5 +664,150 @@ mod tests {
         assert_eq!((ops[0].at_s, ops[0].done_s), (1.0, 1.5));
         assert_eq!(ops[0].outcome, "info");
         assert!((ops[0].latency_ms - 500.0).abs() < 1e-6);
+    }
+
+    /// An open-loop op due at 1 s, held up by a 6 s outage, sent at 7 s and answered 1 ms
+    /// later: the client felt 6 s. It is plotted at 1 s with that latency, not at 7 s with 1 ms.
+    #[test]
+    fn an_op_delayed_by_an_outage_is_plotted_with_its_delayed_latency() {
+        let events = [
+            serde_json::json!({"workload": "register", "version": 1}),
+            serde_json::json!({"index": 0, "time": 7_000_000_000u64,
+                "intended_time": 1_000_000_000u64, "process": 0, "type": "invoke",
+                "f": "read", "key": 1}),
+            serde_json::json!({"index": 1, "time": 7_001_000_000u64, "process": 0,
+                "type": "ok", "f": "read", "key": 1, "value": 1}),
+            serde_json::json!({"index": 2, "time": 7_100_000_000u64,
+                "intended_time": 7_100_000_000u64, "process": 1, "type": "invoke",
+                "f": "write", "key": 1, "value": 2}),
+            serde_json::json!({"index": 3, "time": 7_100_050_000u64, "process": 1,
+                "type": "ok", "f": "write", "key": 1, "value": 2}),
+        ];
+        let history: String = events.iter().map(|event| format!("{event}\n")).collect();
+        let ops = client_ops(&history);
+        assert_eq!(ops[0].at_s, 1.0);
+        assert!(
+            (ops[0].latency_ms - 6001.0).abs() < 1e-3,
+            "{}",
+            ops[0].latency_ms
+        );
+        let data = RunData {
+            summary: serde_json::json!({"kind": "campaign", "config": {"rate": 100.0}}),
+            checker: Value::Null,
+            ops,
+            bands: Vec::new(),
+            samples: Vec::new(),
+            start_unix_ms: 0,
+            x_max_s: 8.0,
+        };
+        let (plot, series) = scatter(&data, 1);
+        let drawn = |at_s: f64, latency_ms: f64| {
+            let (x, y) = (plot.x(at_s), plot.y(latency_ms));
+            series
+                .iter()
+                .flat_map(|s| &s.0)
+                .any(|&(px, py)| (plot.x(px) - x).abs() < 0.05 && (plot.y(py) - y).abs() < 0.05)
+        };
+        assert!(
+            drawn(1.0, 6001.0),
+            "the delayed op is drawn where it was due"
+        );
+        assert!(!drawn(7.0, 1.0), "not where it was sent");
+        // A 0.05 ms read stays above the bottom of the axis (no 0.1 ms clipping).
+        assert!(plot.y(0.05) < plot.y(plot.y_min) - 1.0);
+        let svg = scatter_plot(&data);
+        let (x, y) = (plot.x(1.0), plot.y(6001.0 - 1e-6));
+        assert!(
+            svg.contains(&format!(r#"cx="{x:.1}" cy="{y:.1}""#)),
+            "{svg}"
+        );
+        let banner = latency_line(&data);
+        assert!(banner.contains("from the intended send time"), "{banner}");
+        assert!(banner.contains("1 operations took over 1 s"), "{banner}");
+    }
+
+    fn write_run(dir: &Path, summary: &Value, files: &[(&str, &str)]) {
+        std::fs::write(dir.join("summary.json"), summary.to_string()).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_plain_bench_run_gets_its_own_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stats = crate::stats::Stats::default();
+        for index in 0..300u64 {
+            let at = std::time::Duration::from_millis(index * 10);
+            let latency = std::time::Duration::from_micros(80 + index);
+            stats.record(
+                at,
+                latency,
+                if index % 2 == 0 { "read" } else { "write" },
+                None,
+            );
+        }
+        let figures = stats.figures(std::time::Duration::from_secs(3));
+        // An older bench summary has no "kind": it is still known as a bench run's.
+        let summary = serde_json::json!({
+            "config": {"workload": "mixed", "clients": 4, "rate": null},
+            "figures": figures,
+        });
+        write_run(
+            dir.path(),
+            &summary,
+            &[("timeseries.csv", &stats.timeseries_csv())],
+        );
+        render_run(dir.path()).unwrap();
+        let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+        assert!(html.contains("bench: mixed workload, 4 clients"), "{html}");
+        for absent in ["Campaign", "null operations", ">null<", "history.jsonl"] {
+            assert!(!html.contains(absent), "{absent} in the page");
+        }
+        for present in [
+            "<svg",
+            "Latency histogram",
+            "read",
+            "write",
+            "timeseries.csv",
+        ] {
+            assert!(html.contains(present), "{present} missing");
+        }
+        assert!(html.contains("0.100 ms"), "log-scale buckets in ms: {html}");
+    }
+
+    #[test]
+    fn a_campaign_report_links_only_files_that_exist_and_shows_no_rust_formatting() {
+        let dir = tempfile::tempdir().unwrap();
+        let summary = serde_json::json!({
+            "kind": "campaign",
+            "config": {"name": "register-kill", "faults": ["kill"], "backend": "local"},
+            "start_unix_ms": 1000,
+            "faults": [{"fault": "kill", "detail": "leader", "targets": [3],
+                        "start_unix_ms": 2000, "end_unix_ms": 4000}],
+            "ops": 1, "ops_ok": 1, "ops_failed": 0,
+        });
+        let history = "{\"index\":0,\"time\":1,\"process\":0,\"type\":\"invoke\",\"f\":\"read\"}\n\
+                       {\"index\":1,\"time\":2,\"process\":0,\"type\":\"ok\",\"f\":\"read\"}\n";
+        let sample = "{\"node\":1,\"unix_ms\":1500,\"role\":\"leader\",\"term\":2,\
+                      \"commit_index\":5,\"error\":null}\n";
+        write_run(
+            dir.path(),
+            &summary,
+            &[("history.jsonl", history), ("metrics.jsonl", sample)],
+        );
+        render_run(dir.path()).unwrap();
+        let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+        assert!(html.contains("href=\"history.jsonl\""));
+        assert!(
+            !html.contains("href=\"checker.json\""),
+            "checker.json does not exist"
+        );
+        assert!(!html.contains("href=\"nemesis.jsonl\""));
+        for debug in ["Some(", "None", "[Kill]", "Local", "[3]"] {
+            assert!(!html.contains(debug), "{debug} in the page");
+        }
+        assert!(html.contains("n1 leader, term 2"), "{html}");
+        assert!(html.contains("kill leader n3"));
     }
 }

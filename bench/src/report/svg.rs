@@ -14,6 +14,12 @@ const MARGIN_BOTTOM_PX: f64 = 36.0;
 const BAND_LABEL_HEIGHT_MIN_PX: f64 = 150.0;
 /// Points further apart than this on the time axis are not joined by a line.
 pub const LINE_GAP_S: f64 = 1.6;
+/// Fault labels take turns on this many rows, so that neighbouring ones do not overlap.
+const BAND_LABEL_ROWS: usize = 3;
+/// Height of one row of fault labels.
+const BAND_LABEL_ROW_PX: f64 = 11.0;
+/// Width of one character of a 10 px label, to keep labels inside the plot.
+const LABEL_CHAR_PX: f64 = 5.6;
 
 /// A shaded interval (a fault) on the time axis.
 pub struct Band {
@@ -30,6 +36,7 @@ pub struct Plot {
     pub y_max: f64,
     pub log_y: bool,
     pub y_label: String,
+    pub x_label: String,
     body: String,
     legend: Vec<(String, String)>,
 }
@@ -44,6 +51,7 @@ impl Plot {
             y_max,
             log_y,
             y_label: String::new(),
+            x_label: "time (s)".to_string(),
             body: String::new(),
             legend: Vec::new(),
         }
@@ -69,9 +77,13 @@ impl Plot {
         MARGIN_TOP_PX + (1.0 - fraction.clamp(0.0, 1.0)) * self.inner_height()
     }
 
+    /// Shades each band; on plots tall enough, labels it at its top, inside the plot area
+    /// (a label that would run past the right edge ends at it instead of covering the legend),
+    /// on rows taken in turn.
     pub fn bands(&mut self, bands: &[Band]) {
         let (top, height) = (MARGIN_TOP_PX, self.inner_height());
-        for band in bands {
+        let right = MARGIN_LEFT_PX + self.inner_width();
+        for (index, band) in bands.iter().enumerate() {
             let (x0, x1) = (self.x(band.from_s), self.x(band.to_s));
             let label = escape(&band.label);
             let _ = write!(
@@ -82,11 +94,15 @@ impl Plot {
                 band.color,
             );
             if self.height_px >= BAND_LABEL_HEIGHT_MIN_PX {
+                let width = band.label.chars().count() as f64 * LABEL_CHAR_PX;
+                let x = (x0 + 2.0)
+                    .min(right - 2.0 - width)
+                    .max(MARGIN_LEFT_PX + 2.0);
+                let row = (index % BAND_LABEL_ROWS) as f64;
                 let _ = write!(
                     self.body,
-                    "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" fill=\"{}\">{label}</text>",
-                    x0 + 2.0,
-                    top + 10.0,
+                    "<text x=\"{x:.1}\" y=\"{:.1}\" font-size=\"10\" fill=\"{}\">{label}</text>",
+                    top + 10.0 + row * BAND_LABEL_ROW_PX,
                     band.color,
                 );
             }
@@ -210,23 +226,25 @@ impl Plot {
              stroke=\"#888\"/>"
         );
         let step = nice_step(self.x_max_s / 12.0);
-        let mut t = 0.0;
-        while t <= self.x_max_s + 1e-9 {
+        let ticks = (self.x_max_s / step + 1e-9).floor() as usize;
+        for tick in 0..=ticks {
+            let t = tick as f64 * step;
             let x = self.x(t);
             let _ = write!(
                 svg,
                 "<line x1=\"{x:.1}\" y1=\"{top}\" x2=\"{x:.1}\" y2=\"{bottom}\" \
                  stroke=\"#eee\"/><text x=\"{x:.1}\" y=\"{:.1}\" font-size=\"11\" \
-                 text-anchor=\"middle\">{t}</text>",
-                bottom + 14.0
+                 text-anchor=\"middle\">{}</text>",
+                bottom + 14.0,
+                format_tick(t)
             );
-            t += step;
         }
         let _ = write!(
             svg,
-            r#"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="middle">time (s)</text>"#,
+            r#"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="middle">{}</text>"#,
             left + width / 2.0,
-            bottom + 30.0
+            bottom + 30.0,
+            escape(&self.x_label)
         );
         let _ = write!(
             svg,
@@ -289,10 +307,12 @@ pub fn nice_step(raw: f64) -> f64 {
 }
 
 fn format_tick(value: f64) -> String {
-    if value >= 1.0 && value.fract() == 0.0 {
+    if value == 0.0 || (value >= 1.0 && value.fract() == 0.0) {
         format!("{value:.0}")
     } else {
-        format!("{value}")
+        // 0.001, not 0.0010000000000000002 (a power of ten computed by repeated products).
+        let text = format!("{value:.6}");
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
     }
 }
 
@@ -308,6 +328,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn fault_labels_stay_inside_the_plot_clear_of_the_legend() {
+        let mut plot = Plot::new(300.0, 60.0, 0.0, 10.0, false);
+        let label = "partition isolate-leader n1,n2,n3".to_string();
+        let band = |from_s: f64| Band {
+            from_s,
+            to_s: from_s + 5.0,
+            color: "#d62728",
+            label: label.clone(),
+        };
+        plot.bands(&[band(50.0), band(58.0)]);
+        plot.line(&[(0.0, 1.0), (60.0, 2.0)], "#000", "", "ops");
+        let svg = plot.render(true);
+        let right = WIDTH_PX - MARGIN_RIGHT_PX;
+        let mut rows = Vec::new();
+        for text in svg.split("<text x=\"").skip(1) {
+            if !text
+                .split('>')
+                .nth(1)
+                .is_some_and(|body| body.starts_with(&label))
+            {
+                continue;
+            }
+            let mut numbers = text.split('"');
+            let x: f64 = numbers.next().unwrap().parse().unwrap();
+            let y: f64 = numbers.nth(1).unwrap().parse().unwrap();
+            let end = x + label.chars().count() as f64 * LABEL_CHAR_PX;
+            assert!(end <= right, "label ends at {end}, the plot at {right}");
+            rows.push(y);
+        }
+        assert_eq!(rows.len(), 2);
+        assert_ne!(rows[0], rows[1], "neighbouring labels share a row");
+    }
+
+    #[test]
     fn axes_map_into_the_plot_area_and_steps_are_nice() {
         let plot = Plot::new(300.0, 60.0, 1.0, 1000.0, true);
         assert!(plot.y(1000.0) < plot.y(10.0) && plot.y(10.0) < plot.y(1.0));
@@ -318,6 +372,7 @@ mod tests {
         assert_eq!(nice_step(0.13), 0.2);
         let svg = plot.render(true);
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
+        assert_eq!(format_tick(0.1 * 0.1 * 0.1), "0.001");
         assert_eq!(escape("<a&\">"), "&lt;a&amp;&quot;&gt;");
     }
 }

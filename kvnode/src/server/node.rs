@@ -33,10 +33,13 @@ const SHUTDOWN_TRANSFER_MS_MAX: u64 = 2_000;
 
 type LoadedSnapshot = (SnapshotMeta, PathBuf, Result<StateMachine, String>);
 
-/// The core's token for a client request: where the answer goes, and when the request came.
+/// The core's token for a client request: where the answer goes, when the request came, and
+/// its operation (the metrics label, read from the frame at the edge: the core knows nothing
+/// of metrics).
 pub(super) struct Reply {
     sender: oneshot::Sender<Bytes>,
     started: Instant,
+    op: &'static str,
 }
 
 pub(super) struct NodeParts {
@@ -71,12 +74,13 @@ pub(super) struct Node {
     snapshot_loaded: mpsc::UnboundedReceiver<LoadedSnapshot>,
     /// Files of the received snapshots the core holds.
     received_files: Vec<(SnapshotMeta, PathBuf)>,
+    metrics: m::NodeMetrics,
     _data_dir: kvstorage::datadir::DataDir,
 }
 
-fn respond(reply: Reply, response: &ClientResponse) {
-    let elapsed = reply.started.elapsed().as_micros() as f64;
-    metrics::histogram!(m::CLIENT_REQUEST_LATENCY_US).record(elapsed);
+fn respond(reply: Reply, response: &ClientResponse, metrics: &mut m::NodeMetrics) {
+    let seconds = reply.started.elapsed().as_secs_f64();
+    metrics.request_answered(reply.op, response.outcome_name(), seconds);
     match encode_response(response) {
         Ok(bytes) => {
             let _ = reply.sender.send(Bytes::from(bytes));
@@ -106,6 +110,7 @@ impl Node {
             snapshot_done_tx,
             snapshot_done,
             received_files: Vec::new(),
+            metrics: m::NodeMetrics::register(std::iter::empty()),
             _data_dir: parts.data_dir,
         }
     }
@@ -116,6 +121,9 @@ impl Node {
         mut shutdown: oneshot::Receiver<()>,
     ) -> Result<(), ServerError> {
         m::register_all();
+        // The node's recorder is installed now (it was not when `new` ran).
+        let peers = self.config.nodes.iter().map(|node| node.id);
+        self.metrics = m::NodeMetrics::register(peers.filter(|&peer| peer != self.id));
         // Recovery's WAL commands come first.
         self.perform()?;
         let tick = Duration::from_millis(self.config.tick_ms);
@@ -156,32 +164,35 @@ impl Node {
         let applied = self.core.state_machine().applied_index();
         metrics::gauge!(m::RAFT_LAST_APPLIED).set(applied as f64);
         metrics::gauge!(m::RAFT_TERM).set(status.term as f64);
-        let log_size = status.last_index + 1 - status.first_index;
-        metrics::gauge!(m::RAFT_LOG_SIZE).set(log_size as f64);
-        let refused = self.transport.stats().connections_refused_total();
-        metrics::gauge!(m::TRANSPORT_CONNECTIONS_REFUSED_TOTAL).set(refused as f64);
+        let log_entries = status.last_index + 1 - status.first_index;
+        metrics::gauge!(m::RAFT_LOG_ENTRIES).set(log_entries as f64);
+        self.metrics.export_transport(&self.transport.stats());
     }
 
     fn on_inbound(&mut self, event: Inbound) {
         match event {
-            Inbound::Raft(message) => self.core.handle_message(message),
+            Inbound::Raft(message) => {
+                self.metrics.message_received(message.from);
+                self.core.handle_message(message);
+            }
             Inbound::Client {
                 client,
                 request,
                 reply,
             } => {
-                metrics::counter!(m::CLIENT_REQUESTS_TOTAL).increment(1);
-                let started = Instant::now();
+                let op = kvstate::client_proto::request_op_name(&request);
+                self.metrics.request_received(op);
                 let token = Reply {
                     sender: reply,
-                    started,
+                    started: Instant::now(),
+                    op,
                 };
                 self.core.handle_client(token, &client, &request);
             }
             Inbound::Snapshot { meta, path, .. } => self.on_snapshot_received(meta, path),
             Inbound::SnapshotSent { to, ok, .. } => {
                 if ok {
-                    metrics::counter!(m::RAFT_SNAPSHOTS_SENT_TOTAL).increment(1);
+                    self.metrics.snapshot_sent(to);
                 }
                 self.core.handle_snapshot_sent(to, ok);
             }
@@ -229,7 +240,7 @@ impl Node {
                 break;
             }
             self.wal_submit_times.pop_front();
-            metrics::histogram!(m::WAL_FSYNC_LATENCY_US).record(at.elapsed().as_micros() as f64);
+            metrics::histogram!(m::WAL_WRITE_DURATION_SECONDS).record(at.elapsed().as_secs_f64());
         }
         self.core.handle_durable(total);
         self.retry_wal_backlog()
@@ -254,7 +265,10 @@ impl Node {
 
     fn perform_one(&mut self, action: Action<Reply>) -> Result<(), ServerError> {
         match action {
-            Action::Send(message) => self.transport.send(message),
+            Action::Send(message) => {
+                self.metrics.message_sent(message.to);
+                self.transport.send(message);
+            }
             Action::SendSnapshot { to, meta } => self.send_snapshot(to, meta),
             Action::Wal(command) => self.submit(command)?,
             Action::InstallSnapshotFile { meta } => self.install_snapshot_file(&meta)?,
@@ -265,7 +279,7 @@ impl Node {
                 }
             }
             Action::TakeSnapshot { meta, state } => self.take_snapshot(meta, state),
-            Action::Answer { token, response } => respond(token, &response),
+            Action::Answer { token, response } => respond(token, &response, &mut self.metrics),
         }
         Ok(())
     }
@@ -362,6 +376,10 @@ impl Node {
                         Role::Leader => 2.0,
                     };
                     metrics::gauge!(m::RAFT_ROLE).set(code);
+                    let is_leader = f64::from(u8::from(role == Role::Leader));
+                    metrics::gauge!(m::RAFT_IS_LEADER).set(is_leader);
+                    let has_leader = f64::from(u8::from(leader != 0));
+                    metrics::gauge!(m::RAFT_HAS_LEADER).set(has_leader);
                     let role = role_name(role);
                     tracing::info!(node = self.id, role, leader, term, "role changed");
                 }
@@ -369,11 +387,9 @@ impl Node {
                     metrics::counter!(m::RAFT_ELECTIONS_TOTAL).increment(1);
                 }
                 Observation::Applied { entries } => {
-                    metrics::histogram!(m::APPLY_BATCH_ENTRIES).record(entries as f64);
+                    metrics::histogram!(m::RAFT_APPLY_BATCH_ENTRIES).record(entries as f64);
                 }
-                Observation::AppendRejected { .. } => {
-                    metrics::counter!(m::RAFT_REPLICATION_FAILURES_TOTAL).increment(1);
-                }
+                Observation::AppendRejected { from } => self.metrics.replication_failed(from),
                 other => log_observation(self.id, &other),
             }
         }
