@@ -92,6 +92,17 @@ fn run_command(command: Command, clock_seed: u64) -> ExitCode {
                 ExitCode::from(EXIT_FAILED)
             }
         },
+        Command::Scale(scale_args) => match bench::scale::run(&scale_args, clock_seed) {
+            Ok((dir, report)) => {
+                print!("{}", bench::scale::table(&report));
+                println!("\nResults: {}", dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("bench: scale: {error}");
+                ExitCode::from(EXIT_FAILED)
+            }
+        },
         Command::Index { results } => match bench::index::write_index(&results) {
             Ok(path) => {
                 println!("{}", path.display());

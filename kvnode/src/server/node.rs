@@ -87,6 +87,7 @@ fn respond(reply: Reply, response: &ClientResponse, metrics: &mut m::NodeMetrics
 impl Node {
     pub(super) fn new(config: ClusterConfig, id: NodeId, parts: NodeParts) -> Node {
         let (snapshot_done_tx, snapshot_done) = mpsc::unbounded_channel();
+        metrics::gauge!(m::RAFT_SNAPSHOT_IN_PROGRESS).set(0.0);
         Node {
             id,
             config,
@@ -207,6 +208,7 @@ impl Node {
     }
 
     fn on_snapshot_taken(&mut self, done: Result<SnapshotMeta, String>) -> Result<(), ServerError> {
+        metrics::gauge!(m::RAFT_SNAPSHOT_IN_PROGRESS).set(0.0);
         let meta = done.map_err(ServerError::Snapshot)?;
         self.core.handle_snapshot_taken(meta);
         Ok(())
@@ -336,6 +338,7 @@ impl Node {
 
     /// Writes and fsyncs the file on a blocking thread; the core compacts once it is durable.
     fn take_snapshot(&mut self, meta: SnapshotMeta, body: Vec<u8>) {
+        metrics::gauge!(m::RAFT_SNAPSHOT_IN_PROGRESS).set(1.0);
         let store = Arc::clone(&self.snapshots);
         let done = self.snapshot_done_tx.clone();
         tokio::task::spawn_blocking(move || {
