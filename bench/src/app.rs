@@ -144,7 +144,7 @@ fn run_etcd(settings: &Settings, run_dir: &Path) -> Result<Measured, BenchError>
                 .await
                 .map_err(|e| BenchError::Etcd(e.to_string()))?;
         let ready_within = Duration::from_millis(cluster::LEADER_WAIT_MS_MAX);
-        etcd.wait_ready(ready_within).await?;
+        (etcd.wait_ready(ready_within).await).map_err(|e| BenchError::Etcd(e.to_string()))?;
         drive(settings, Target::Etcd(&etcd), run_dir).await
     })
 }

@@ -23,7 +23,7 @@ pub const CLIENTS_MAX: u32 = SESSIONS_MAX as u32;
     args_conflicts_with_subcommands = true
 )]
 pub struct Args {
-    /// `campaign`, `compare`, `index`, `report` or `serve`; without one, a plain load run.
+    /// `campaign`, `compare`, `scale`, `index`, `report` or `serve`; without one, a plain load run.
     #[command(subcommand)]
     pub command: Option<Command>,
     /// Concurrent clients (sessions); each is one process of the history.
@@ -114,6 +114,9 @@ pub enum Command {
     /// Our cluster against a local 3-member etcd (Debian's etcd-server), both started here,
     /// the same workloads interleaved round by round; prints one side-by-side table.
     Compare(crate::compare::CompareArgs),
+    /// A large state: fill three kvnode processes to --keys keys, then measure put load while
+    /// snapshots are written and while a wiped follower catches up; peak RSS per node.
+    Scale(crate::scale::ScaleArgs),
     /// Regenerate `<results>/index.html` from the runs found there.
     Index {
         #[arg(long, default_value = "results")]

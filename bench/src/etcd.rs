@@ -27,10 +27,19 @@ const ETCD_CONNECT_TIMEOUT_MS: u64 = 5_000;
 pub enum EtcdError {
     #[error("cannot connect to etcd at {endpoints}: {message}")]
     Connect { endpoints: String, message: String },
+    #[error(
+        "etcd at {endpoints} did not answer a linearizable read within {within_ms} ms: {last}"
+    )]
+    NotReady {
+        endpoints: String,
+        within_ms: u128,
+        last: String,
+    },
 }
 
 /// Connections to one etcd cluster; sessions take them in turn.
 pub struct EtcdTarget {
+    endpoints: String,
     clients: Vec<KvClient>,
     next: AtomicUsize,
     request_timeout: Duration,
@@ -58,6 +67,7 @@ impl EtcdTarget {
             clients.push(client.kv_client());
         }
         Ok(EtcdTarget {
+            endpoints: endpoints.join(","),
             clients,
             next: AtomicUsize::new(0),
             request_timeout,
@@ -74,7 +84,7 @@ impl EtcdTarget {
     }
 
     /// Waits until a linearizable read is answered (the cluster has a leader).
-    pub async fn wait_ready(&self, within: Duration) -> Result<(), ClientError> {
+    pub async fn wait_ready(&self, within: Duration) -> Result<(), EtcdError> {
         let deadline = tokio::time::Instant::now() + within;
         let mut session = self.session();
         loop {
@@ -83,7 +93,13 @@ impl EtcdTarget {
             });
             match session.execute(probe, ReadMode::Linearizable).await {
                 Ok(_) => return Ok(()),
-                Err(error) if tokio::time::Instant::now() >= deadline => return Err(error),
+                Err(error) if tokio::time::Instant::now() >= deadline => {
+                    return Err(EtcdError::NotReady {
+                        endpoints: self.endpoints.clone(),
+                        within_ms: within.as_millis(),
+                        last: error.to_string(),
+                    })
+                }
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
@@ -182,7 +198,13 @@ fn first_value(kvs: &[etcd_client::KeyValue]) -> Option<Value> {
 /// write that may have reached the leader.
 fn map_error(error: &etcd_client::Error, write: bool) -> ClientError {
     use etcd_client::Error;
-    let last = error.to_string();
+    // tonic's Display of a status ends with its source's Debug form: keep code and message.
+    let last = match error {
+        Error::GRpcStatus(status) => {
+            format!("{}: {}", status.code().description(), status.message())
+        }
+        other => other.to_string(),
+    };
     let invalid = match error {
         Error::InvalidArgs(_) => true,
         Error::GRpcStatus(status) => matches!(

@@ -20,6 +20,7 @@ pub mod output;
 pub mod report;
 pub mod rng;
 pub mod runner;
+pub mod scale;
 pub mod serve;
 pub mod stats;
 pub mod target;

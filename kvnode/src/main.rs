@@ -9,6 +9,10 @@ use clap::{Parser, Subcommand};
 use kvclient::config::ClusterConfig;
 use kvtransport::tls::{generate_certs, NodeCertSpec};
 
+/// mimalloc instead of glibc's malloc: allocation was about 12% of a node's CPU on puts.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "kvnode",

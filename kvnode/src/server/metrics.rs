@@ -30,6 +30,7 @@ pub const RAFT_MESSAGES_RECEIVED_TOTAL: &str = "raft_messages_received_total";
 pub const RAFT_SNAPSHOTS_SENT_TOTAL: &str = "raft_snapshots_sent_total";
 pub const RAFT_SNAPSHOTS_INSTALLED_TOTAL: &str = "raft_snapshots_installed_total";
 pub const RAFT_SNAPSHOTS_TAKEN_TOTAL: &str = "raft_snapshots_taken_total";
+pub const RAFT_SNAPSHOT_IN_PROGRESS: &str = "raft_snapshot_in_progress";
 pub const RAFT_APPLY_BATCH_ENTRIES: &str = "raft_apply_batch_entries";
 pub const WAL_WRITE_DURATION_SECONDS: &str = "wal_write_duration_seconds";
 pub const WAL_BATCH_ENTRIES: &str = "wal_batch_entries";
@@ -98,7 +99,7 @@ const fn doc(
 }
 
 /// Every metric a node exports.
-pub const METRICS: [MetricDoc; 32] = [
+pub const METRICS: [MetricDoc; 33] = [
     doc(
         RAFT_ROLE,
         Kind::Gauge,
@@ -177,6 +178,12 @@ pub const METRICS: [MetricDoc; 32] = [
         Kind::Counter,
         &[],
         "Snapshots taken (the log compacted).",
+    ),
+    doc(
+        RAFT_SNAPSHOT_IN_PROGRESS,
+        Kind::Gauge,
+        &[],
+        "1 while this node writes a snapshot of its state to disk, else 0.",
     ),
     doc(
         RAFT_APPLY_BATCH_ENTRIES,

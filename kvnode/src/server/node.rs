@@ -93,6 +93,7 @@ impl Node {
     pub(super) fn new(config: ClusterConfig, id: NodeId, parts: NodeParts) -> Node {
         let (snapshot_done_tx, snapshot_done) = mpsc::unbounded_channel();
         let (snapshot_loaded_tx, snapshot_loaded) = mpsc::unbounded_channel();
+        metrics::gauge!(m::RAFT_SNAPSHOT_IN_PROGRESS).set(0.0);
         Node {
             snapshot_loaded_tx,
             snapshot_loaded,
@@ -227,6 +228,7 @@ impl Node {
     }
 
     fn on_snapshot_taken(&mut self, done: Result<SnapshotMeta, String>) -> Result<(), ServerError> {
+        metrics::gauge!(m::RAFT_SNAPSHOT_IN_PROGRESS).set(0.0);
         let meta = done.map_err(ServerError::Snapshot)?;
         self.core.handle_snapshot_taken(meta);
         Ok(())
@@ -357,6 +359,7 @@ impl Node {
     /// Streams the state into a file and fsyncs it on a blocking thread, holding the store's
     /// lock only to pick the file name and to install it; the core compacts once it is durable.
     fn take_snapshot(&mut self, meta: SnapshotMeta, state: Box<StateMachine>) {
+        metrics::gauge!(m::RAFT_SNAPSHOT_IN_PROGRESS).set(1.0);
         let store = Arc::clone(&self.snapshots);
         let done = self.snapshot_done_tx.clone();
         tokio::task::spawn_blocking(move || {
