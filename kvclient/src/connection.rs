@@ -174,6 +174,15 @@ impl Client {
         Some(self.inner.leader.load(Ordering::Relaxed)).filter(|&id| id != 0)
     }
 
+    /// Takes `leader` (one of the nodes) as the leader last seen, e.g. one a previous process
+    /// remembered: requests start there while it is connected. A wrong guess costs one
+    /// redirect.
+    pub fn prefer_leader(&self, leader: NodeId) {
+        if self.inner.slots.contains_key(&leader) {
+            self.inner.leader.store(leader, Ordering::Relaxed);
+        }
+    }
+
     /// Asks `node` for its Raft status (one attempt; any node answers, leader or not).
     pub async fn status(&self, node: NodeId) -> Result<NodeStatus, ClientError> {
         if !self.inner.slots.contains_key(&node) {
@@ -225,6 +234,8 @@ impl Client {
         follow_leader: bool,
     ) -> Result<OpResult, ClientError> {
         let attempts_max = self.inner.config.attempts_max;
+        // The leader last seen (a dead one is skipped once its dial fails or, if another node
+        // is connected, after `CONNECTING_WAIT_MS`), else a connected node (it redirects).
         let start = (start.or_else(|| self.leader())).or_else(|| self.first_live());
         let mut route = Route::new(&self.inner.node_ids, start);
         let mut maybe_sent = false;

@@ -131,7 +131,7 @@ pub fn parse_nodes(text: &str) -> Result<Vec<(NodeId, SocketAddr)>, ClientError>
         .map(str::trim)
         .filter(|item| !item.is_empty())
     {
-        let bad = |reason: &str| ClientError::Config(format!("node {item:?}: {reason}"));
+        let bad = |reason: &str| ClientError::Config(format!("node '{item}': {reason}"));
         let (id, addr) = item
             .split_once('=')
             .ok_or_else(|| bad("expected ID=ADDRESS, e.g. 1=127.0.0.1:50051"))?;

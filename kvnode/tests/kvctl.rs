@@ -18,7 +18,8 @@ fn kvctl_in(cwd: &Path, config_env: Option<&Path>, args: &[&str]) -> Output {
     command
         .current_dir(cwd)
         .args(args)
-        .env_remove("KVCTL_CONFIG");
+        .env_remove("KVCTL_CONFIG")
+        .env("XDG_CACHE_HOME", cwd.join(".cache"));
     if let Some(path) = config_env {
         command.env("KVCTL_CONFIG", path);
     }

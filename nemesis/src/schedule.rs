@@ -19,7 +19,7 @@ pub enum FaultKind {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
-    #[error("unknown fault kind {0:?}: use kill, pause or partition")]
+    #[error("unknown fault kind '{0}': use kill, pause or partition")]
     Kind(String),
     #[error("no fault kinds given")]
     Empty,

@@ -156,7 +156,7 @@ pub fn settings(args: CampaignArgs, clock_seed: u64) -> Result<CampaignSettings,
         .name
         .unwrap_or_else(|| format!("{}-{}", args.workload.name(), fault_names.join("+")));
     if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
-        return Err(format!("--name {name:?} must be a plain directory name"));
+        return Err(format!("--name '{name}' must be a plain directory name"));
     }
     Ok(CampaignSettings {
         name,

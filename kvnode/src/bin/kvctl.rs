@@ -3,7 +3,8 @@
 //!
 //! The cluster: `--config`, else `--nodes`, else `$KVCTL_CONFIG`, else the config `just
 //! cluster up` writes (`data/cluster/cluster.toml`, looked for in this directory and its
-//! parents). Output: `-w simple` (default), `-w json` or `-w table`.
+//! parents). Output: `-w simple` (default), `-w json` or `-w table`. The leader each cluster
+//! had is remembered between runs (`$XDG_CACHE_HOME/kvctl/`), so a request goes straight to it.
 //!
 //! Exit codes: 0 success; 1 the request failed, the key was not found, a cas did not swap or
 //! an endpoint is unhealthy (the message says which, and whether a write may have been
@@ -31,6 +32,9 @@ const CERTS_DIR_DEFAULT: &str = "certs";
 const CONFIG_ENV: &str = "KVCTL_CONFIG";
 /// The config `just cluster up` writes, relative to the repository root.
 const CLUSTER_UP_CONFIG: &str = "data/cluster/cluster.toml";
+/// Where kvctl remembers each cluster's leader between runs, under `$XDG_CACHE_HOME` (else
+/// `~/.cache`): one small file per cluster, named by a hash of its node list.
+const LEADER_CACHE_DIR: &str = "kvctl";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -139,9 +143,9 @@ enum CtlError {
     Usage(String),
     #[error(transparent)]
     Client(#[from] ClientError),
-    #[error("key {0:?} not found")]
+    #[error("key '{0}' not found")]
     NotFound(String),
-    #[error("compare failed: {key:?} holds {current}")]
+    #[error("compare failed: '{key}' holds {current}")]
     CompareFailed { key: String, current: String },
     #[error("{0}")]
     Append(String),
@@ -206,8 +210,13 @@ fn run(mut cli: Cli) -> Result<(), CtlError> {
         .map_err(CtlError::Runtime)?;
     let (format, dial_timeout, command_timeout) =
         (cli.write_out, cli.dial_timeout, cli.command_timeout);
+    let leader_cache = leader_cache_path(&config.nodes);
     runtime.block_on(async {
         let client = Client::connect(config).await?;
+        let remembered = leader_cache.as_deref().and_then(read_leader);
+        if let Some(leader) = remembered {
+            client.prefer_leader(leader);
+        }
         let command = async {
             match cli.command {
                 Command::Status => print_status(&client, format).await,
@@ -222,10 +231,59 @@ fn run(mut cli: Cli) -> Result<(), CtlError> {
                 }
             }
         };
-        tokio::time::timeout(command_timeout, command)
+        let result = tokio::time::timeout(command_timeout, command)
             .await
-            .map_err(|_| CtlError::CommandTimeout(format_duration(command_timeout)))?
+            .map_err(|_| CtlError::CommandTimeout(format_duration(command_timeout)))?;
+        if let (Some(path), Some(leader)) = (&leader_cache, client.leader()) {
+            if remembered != Some(leader) {
+                remember_leader(path, leader);
+            }
+        }
+        result
     })
+}
+
+/// The file that remembers the leader of the cluster made of `nodes`, if there is a cache
+/// directory (`$XDG_CACHE_HOME`, else `$HOME/.cache`).
+fn leader_cache_path(nodes: &[(NodeId, std::net::SocketAddr)]) -> Option<PathBuf> {
+    let non_empty = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty());
+    let base = non_empty("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| non_empty("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    let mut members: Vec<String> = nodes
+        .iter()
+        .map(|(id, addr)| format!("{id}={addr}"))
+        .collect();
+    members.sort();
+    // FNV-1a: a stable name for the node list (not a secret, only a file name).
+    let hash = (members.join(",").bytes()).fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    Some(
+        base.join(LEADER_CACHE_DIR)
+            .join(format!("leader-{hash:016x}")),
+    )
+}
+
+/// The remembered leader; nothing if there is none or the file is unreadable.
+fn read_leader(path: &Path) -> Option<NodeId> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.trim().trim_start_matches('n').parse().ok()
+}
+
+/// Remembers `leader`, best effort: a cache that cannot be written only costs the next run a
+/// redirect. Written aside and renamed, so concurrent runs never read half a file.
+fn remember_leader(path: &Path, leader: NodeId) {
+    let Some(dir) = path.parent() else {
+        return;
+    };
+    let temporary = dir.join(format!(".leader-{}", std::process::id()));
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&temporary, format!("n{leader}\n")))
+        .and_then(|()| std::fs::rename(&temporary, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
 }
 
 fn client_config(cli: &Cli) -> Result<ClientConfig, CtlError> {
@@ -471,7 +529,7 @@ fn parse_txn_op(text: &str) -> Result<KeyOp, CtlError> {
         },
         _ => {
             return Err(CtlError::Usage(format!(
-                "transaction operation {text:?}: expected 'append K V', 'r K', 'put K V', \
+                "transaction operation '{text}': expected 'append K V', 'r K', 'put K V', \
                  'del K' or 'cas K EXPECTED|- NEW'"
             )))
         }
