@@ -404,4 +404,32 @@ fn kvctl_against_a_live_cluster() {
         "{text}"
     );
     assert!(stderr(&health).contains("unhealthy cluster"));
+
+    // A wrong address for the leader: the live follower redirects there, the command times
+    // out, and the message names the address that failed.
+    let follower = live
+        .iter()
+        .copied()
+        .find(|&id| id != second_leader)
+        .unwrap();
+    let follower_addr = (cluster.client_config().nodes.iter())
+        .find(|(id, _)| *id == follower)
+        .map(|(_, addr)| *addr)
+        .unwrap();
+    let wrong = format!("127.0.0.1:{}", free_udp_port());
+    let nodes = format!("{follower}={follower_addr},{second_leader}={wrong}");
+    let certs = cluster.dir.path().join("certs");
+    let get = Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .env("XDG_CACHE_HOME", cluster.dir.path().join("cache"))
+        .args(["get", "greeting", "--nodes", &nodes, "--certs"])
+        .arg(certs)
+        .args(["--command-timeout", "1500ms"])
+        .output()
+        .unwrap();
+    assert_eq!(get.status.code(), Some(1), "{}", stderr(&get));
+    let message = stderr(&get);
+    assert!(
+        message.contains("command timeout of 1.5s") && message.contains(&wrong),
+        "{message}"
+    );
 }

@@ -35,6 +35,8 @@ const CLUSTER_UP_CONFIG: &str = "data/cluster/cluster.toml";
 /// Where kvctl remembers each cluster's leader between runs, under `$XDG_CACHE_HOME` (else
 /// `~/.cache`): one small file per cluster, named by a hash of its node list.
 const LEADER_CACHE_DIR: &str = "kvctl";
+/// The help heading of the flags every command takes (before or after the command).
+const GLOBAL: &str = "Global options";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -48,30 +50,55 @@ const LEADER_CACHE_DIR: &str = "kvctl";
 )]
 struct Cli {
     /// The cluster config (TOML): its nodes, and its certs_dir unless --certs is given.
-    #[arg(long, conflicts_with = "nodes")]
+    #[arg(long, conflicts_with = "nodes", global = true, help_heading = GLOBAL)]
     config: Option<PathBuf>,
     /// The nodes: `1=127.0.0.1:50051,2=127.0.0.1:50052,...`.
-    #[arg(long, value_name = "ID=ADDR,...")]
+    #[arg(long, value_name = "ID=ADDR,...", global = true, help_heading = GLOBAL)]
     nodes: Option<String>,
     /// Directory with ca.pem and the client's certificate and key [default: the config's
     /// certs_dir, else `certs`].
-    #[arg(long)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     certs: Option<PathBuf>,
     /// The client certificate's name (`<certs>/<client>.pem`).
-    #[arg(long, default_value = "client1")]
+    #[arg(long, default_value = "client1", global = true, help_heading = GLOBAL)]
     client: String,
     /// Output format.
-    #[arg(short = 'w', long = "write-out", value_enum, default_value_t = Format::Simple)]
+    #[arg(
+        short = 'w',
+        long = "write-out",
+        value_enum,
+        default_value_t = Format::Simple,
+        global = true,
+        help_heading = GLOBAL
+    )]
     write_out: Format,
     /// How long connecting to the cluster may take: past it, with no node connected, the
     /// command fails naming every node's address.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(
+        long,
+        default_value = "1s",
+        value_parser = parse_duration,
+        global = true,
+        help_heading = GLOBAL
+    )]
     dial_timeout: Duration,
     /// How long one attempt (one node) waits for an answer before trying the next.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(
+        long,
+        default_value = "2s",
+        value_parser = parse_duration,
+        global = true,
+        help_heading = GLOBAL
+    )]
     request_timeout: Duration,
     /// How long the whole command may take, retries included.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(
+        long,
+        default_value = "5s",
+        value_parser = parse_duration,
+        global = true,
+        help_heading = GLOBAL
+    )]
     command_timeout: Duration,
     #[command(subcommand)]
     command: Command,
@@ -153,10 +180,19 @@ enum CtlError {
     NoNodeAnswered,
     #[error("unhealthy cluster")]
     Unhealthy,
-    #[error("no answer within the command timeout of {0}")]
-    CommandTimeout(String),
+    #[error("no answer within the command timeout of {within}{}", last_failure_text(.last))]
+    CommandTimeout {
+        within: String,
+        last: Option<String>,
+    },
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+}
+
+/// ` (last failures: ...)` when there were some.
+fn last_failure_text(last: &Option<String>) -> String {
+    last.as_ref()
+        .map_or_else(String::new, |last| format!(" (last failures: {last})"))
 }
 
 impl CtlError {
@@ -164,7 +200,7 @@ impl CtlError {
     fn outcome_unknown(&self) -> bool {
         match self {
             CtlError::Client(error) => !error.is_definite(),
-            CtlError::CommandTimeout(_) => true,
+            CtlError::CommandTimeout { .. } => true,
             _ => false,
         }
     }
@@ -233,7 +269,10 @@ fn run(mut cli: Cli) -> Result<(), CtlError> {
         };
         let result = tokio::time::timeout(command_timeout, command)
             .await
-            .map_err(|_| CtlError::CommandTimeout(format_duration(command_timeout)))?;
+            .map_err(|_| CtlError::CommandTimeout {
+                within: format_duration(command_timeout),
+                last: client.last_failures(),
+            })?;
         if let (Some(path), Some(leader)) = (&leader_cache, client.leader()) {
             if remembered != Some(leader) {
                 remember_leader(path, leader);
