@@ -32,6 +32,7 @@ pub struct Args {
     /// How long the timed phase runs: `10s`, `1.5s`, `500ms`, `2m`.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
+    /// What the clients do.
     #[arg(long, value_enum, default_value_t = WorkloadKind::Mixed)]
     pub workload: WorkloadKind,
     /// Keys (active keys for list-append). Default: 1000 for put/get/mixed, 3 for register,
@@ -119,13 +120,18 @@ pub enum Command {
     Scale(crate::scale::ScaleArgs),
     /// Regenerate `<results>/index.html` from the runs found there.
     Index {
+        /// The results directory.
         #[arg(long, default_value = "results")]
         results: PathBuf,
     },
     /// Redraw a run directory's report.html (a campaign's or a plain run's) from its files.
-    Report { run_dir: PathBuf },
+    Report {
+        /// The run's directory (`results/<name>/<date-time>`).
+        run_dir: PathBuf,
+    },
     /// Browse the results over HTTP: the index of every run, each run's report and files.
     Serve {
+        /// The results directory to serve (nothing outside it is served).
         #[arg(long, default_value = "results")]
         results: PathBuf,
         /// Address to listen on (port 0: any free port; the URL is printed).

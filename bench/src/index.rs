@@ -4,6 +4,7 @@
 
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::Value;
 
@@ -31,12 +32,17 @@ pub fn find_runs(results: &Path) -> Vec<RunEntry> {
             continue;
         }
         // A run kept directly under its name (results/reference/).
+        // Its date-time is its start's, from the summary.
         if let Ok(text) = std::fs::read_to_string(name_path.join("summary.json")) {
+            let summary = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let stamp = (summary["start_unix_ms"].as_u64())
+                .map(|ms| crate::output::utc_stamp(UNIX_EPOCH + Duration::from_millis(ms)))
+                .unwrap_or_default();
             runs.push(RunEntry {
                 name: name.file_name().to_string_lossy().into_owned(),
-                stamp: String::new(),
+                stamp,
                 dir: name_path.clone(),
-                summary: serde_json::from_str(&text).unwrap_or(Value::Null),
+                summary,
             });
             continue;
         }
@@ -162,9 +168,17 @@ mod tests {
             "2025-12-31T00-00-00Z",
             r#"{"check":{"valid":"unknown"}}"#,
         );
+        // A run kept directly under its name is dated by its start (2026-01-01 12:00 UTC).
+        std::fs::create_dir_all(results.path().join("reference")).unwrap();
+        let reference = r#"{"valid":true,"start_unix_ms":1767268800000}"#;
+        std::fs::write(results.path().join("reference/summary.json"), reference).unwrap();
         let runs = find_runs(results.path());
         let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
-        assert_eq!(names, ["list-append-pause", "register-kill", "bench"]);
+        assert_eq!(
+            names,
+            ["list-append-pause", "reference", "register-kill", "bench"]
+        );
+        assert_eq!(runs[1].stamp, "2026-01-01T12-00-00Z");
         let path = write_index(results.path()).unwrap();
         let html = std::fs::read_to_string(path).unwrap();
         let pause = html.find("list-append-pause").unwrap();

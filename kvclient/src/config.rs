@@ -11,10 +11,12 @@ use kvraft::NodeId;
 /// A mistake in the configuration, named by its setting.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    /// The I/O error is in the message, not a `source`: printed with its causes (`{:#}`),
+    /// it would be said twice.
+    #[error("cannot read config file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -126,9 +128,9 @@ pub struct ClusterConfig {
 
 impl ClusterConfig {
     pub fn load(path: &Path) -> Result<ClusterConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let mut config: ClusterConfig =
             toml::from_str(&text).map_err(|error| ConfigError::Parse {

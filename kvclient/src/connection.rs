@@ -40,6 +40,8 @@ struct Inner {
     request_bytes_max: usize,
     /// Counts finished dials (either way), so that `wait_connected` wakes on each.
     dialed: tokio::sync::watch::Sender<u64>,
+    /// Why the latest failed attempt at each node failed (`n2: connect to ... timed out`).
+    last_failures: Mutex<BTreeMap<NodeId, String>>,
 }
 
 /// One node's connection, made on first use and remade after it is lost.
@@ -101,6 +103,7 @@ impl Client {
             id_seed: id_seed(),
             request_bytes_max: TransportLimits::default().client_request_bytes_max as usize,
             dialed: tokio::sync::watch::Sender::new(0),
+            last_failures: Mutex::new(BTreeMap::new()),
         };
         let client = Client {
             inner: Arc::new(inner),
@@ -174,6 +177,25 @@ impl Client {
         Some(self.inner.leader.load(Ordering::Relaxed)).filter(|&id| id != 0)
     }
 
+    /// Why the latest failed attempt at each node that failed did, in node order, naming the
+    /// node (and its address when the connection failed): what a caller that gives up on a
+    /// request still pending can report. `None` if no attempt failed.
+    pub fn last_failures(&self) -> Option<String> {
+        let failures = self.inner.last_failures.lock();
+        let failures = failures.unwrap_or_else(PoisonError::into_inner);
+        let reasons: Vec<&str> = failures.values().map(String::as_str).collect();
+        (!reasons.is_empty()).then(|| reasons.join("; "))
+    }
+
+    /// Takes `leader` (one of the nodes) as the leader last seen, e.g. one a previous process
+    /// remembered: requests start there while it is connected. A wrong guess costs one
+    /// redirect.
+    pub fn prefer_leader(&self, leader: NodeId) {
+        if self.inner.slots.contains_key(&leader) {
+            self.inner.leader.store(leader, Ordering::Relaxed);
+        }
+    }
+
     /// Asks `node` for its Raft status (one attempt; any node answers, leader or not).
     pub async fn status(&self, node: NodeId) -> Result<NodeStatus, ClientError> {
         if !self.inner.slots.contains_key(&node) {
@@ -225,6 +247,8 @@ impl Client {
         follow_leader: bool,
     ) -> Result<OpResult, ClientError> {
         let attempts_max = self.inner.config.attempts_max;
+        // The leader last seen (a dead one is skipped once its dial fails or, if another node
+        // is connected, after `CONNECTING_WAIT_MS`), else a connected node (it redirects).
         let start = (start.or_else(|| self.leader())).or_else(|| self.first_live());
         let mut route = Route::new(&self.inner.node_ids, start);
         let mut maybe_sent = false;
@@ -262,6 +286,9 @@ impl Client {
                     route.unreachable()
                 }
             };
+            (self.inner.last_failures.lock())
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(node, last.clone());
             if attempt < attempts_max && !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 /// A flag value that is not a duration.
 #[derive(Debug, thiserror::Error)]
-#[error("{text:?} is not a duration like 10s, 1.5s, 500ms or 2m: {reason}")]
+#[error("'{text}' is not a duration like 10s, 1.5s, 500ms or 2m: {reason}")]
 pub struct DurationError {
     text: String,
     reason: String,

@@ -8,7 +8,7 @@ use kvtransport::TlsError;
 pub enum ClientError {
     /// Every attempt ended before the request could have been applied (no leader, nodes
     /// unreachable, `NotLeader` everywhere). Certainly not applied.
-    #[error("unavailable after {attempts} attempts: {last}")]
+    #[error("unavailable after {}: {last}", attempts_text(*.attempts))]
     Unavailable { attempts: u32, last: String },
     /// No node could be connected to in time (`Client::wait_connected`); `nodes` gives each
     /// node's address and reason. Certainly not applied.
@@ -16,7 +16,7 @@ pub enum ClientError {
     NoNodeReachable { within: String, nodes: String },
     /// The attempts ran out and at least one of them may have reached the leader: the outcome
     /// is unknown (the write may be applied later, at most once).
-    #[error("timed out after {attempts} attempts, the outcome is unknown: {last}")]
+    #[error("timed out after {}, the outcome is unknown: {last}", attempts_text(*.attempts))]
     Timeout { attempts: u32, last: String },
     /// Over a protocol limit; certainly not applied. Do not retry unchanged.
     #[error("{what} is {bytes} bytes or items, the limit is {max}")]
@@ -39,6 +39,14 @@ pub enum ClientError {
     UnknownNode(NodeId),
     #[error(transparent)]
     Tls(#[from] TlsError),
+}
+
+/// `1 attempt`, `16 attempts`.
+fn attempts_text(attempts: u32) -> String {
+    match attempts {
+        1 => "1 attempt".to_string(),
+        n => format!("{n} attempts"),
+    }
 }
 
 impl ClientError {

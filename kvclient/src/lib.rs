@@ -106,9 +106,11 @@ impl ClientConfig {
         }
         let mut ids = std::collections::BTreeSet::new();
         for (id, _) in &self.nodes {
-            if *id == 0 || !ids.insert(*id) {
-                let reason = format!("node id {id}: 0 or listed twice");
-                return Err(ClientError::Config(reason));
+            if *id == 0 {
+                return Err(ClientError::Config("node ids start at 1, not 0".into()));
+            }
+            if !ids.insert(*id) {
+                return Err(ClientError::Config(format!("node id {id} is listed twice")));
             }
         }
         if self.attempts_max == 0
@@ -131,7 +133,7 @@ pub fn parse_nodes(text: &str) -> Result<Vec<(NodeId, SocketAddr)>, ClientError>
         .map(str::trim)
         .filter(|item| !item.is_empty())
     {
-        let bad = |reason: &str| ClientError::Config(format!("node {item:?}: {reason}"));
+        let bad = |reason: &str| ClientError::Config(format!("node '{item}': {reason}"));
         let (id, addr) = item
             .split_once('=')
             .ok_or_else(|| bad("expected ID=ADDRESS, e.g. 1=127.0.0.1:50051"))?;
@@ -145,6 +147,12 @@ pub fn parse_nodes(text: &str) -> Result<Vec<(NodeId, SocketAddr)>, ClientError>
             .trim()
             .parse()
             .map_err(|_| bad("the address is not IP:PORT"))?;
+        if id == 0 {
+            return Err(bad("node ids start at 1"));
+        }
+        if nodes.iter().any(|&(listed, _)| listed == id) {
+            return Err(bad("this id is listed twice"));
+        }
         nodes.push((id, addr));
     }
     if nodes.is_empty() {
@@ -195,6 +203,8 @@ mod tests {
             ("1:127.0.0.1:1", "ID=ADDRESS"),
             ("x=127.0.0.1:1", "not a number"),
             ("1=localhost", "IP:PORT"),
+            ("0=127.0.0.1:1", "start at 1"),
+            ("1=127.0.0.1:1,n1=127.0.0.1:2", "listed twice"),
         ] {
             let error = parse_nodes(text).unwrap_err().to_string();
             assert!(error.contains(needle), "{text:?}: {error}");

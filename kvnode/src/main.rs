@@ -87,7 +87,7 @@ fn main() -> ExitCode {
 
 fn run(config_path: PathBuf, id: &str, log: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(log)
-        .with_context(|| format!("bad --log filter {log:?}"))?;
+        .with_context(|| format!("bad --log filter '{log}'"))?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -18,7 +18,8 @@ fn kvctl_in(cwd: &Path, config_env: Option<&Path>, args: &[&str]) -> Output {
     command
         .current_dir(cwd)
         .args(args)
-        .env_remove("KVCTL_CONFIG");
+        .env_remove("KVCTL_CONFIG")
+        .env("XDG_CACHE_HOME", cwd.join(".cache"));
     if let Some(path) = config_env {
         command.env("KVCTL_CONFIG", path);
     }
@@ -142,17 +143,22 @@ fn kvctl_wrong_address_fails_fast_naming_it() {
     );
     assert!(message.contains("no node reachable within 1s"), "{message}");
     assert!(!message.contains("Some("), "{message}");
+    // Flags go before or after the command, as with etcdctl.
     let status = kvctl(&[
+        "endpoint",
+        "status",
         "--nodes",
         &nodes,
         "--certs",
         certs,
         "--dial-timeout",
         "200ms",
-        "status",
+        "-w",
+        "table",
     ]);
     assert_eq!(status.status.code(), Some(1), "{}", stderr(&status));
     let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(stdout.contains("| NODE "), "{stdout}");
     assert!(stdout.contains("unreachable"), "{stdout}");
     let missing_certs = kvctl(&["--nodes", &nodes, "--certs", "/nonexistent", "get", "k"]);
     assert_eq!(missing_certs.status.code(), Some(1));

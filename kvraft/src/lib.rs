@@ -40,10 +40,18 @@ pub use read_only::{ReadContext, ReadState};
 use self::log::RaftLog;
 use self::raft::Raft;
 
+/// The leader hint as error messages print it: `leader n2` or `no leader known`.
+fn leader_text(hint: &Option<NodeId>) -> String {
+    hint.map_or_else(
+        || "no leader known".to_string(),
+        |id| format!("leader n{id}"),
+    )
+}
+
 /// Why a proposal was refused. None of these means the command was applied.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProposeError {
-    #[error("not the leader (leader hint: {leader_hint:?})")]
+    #[error("not the leader ({})", leader_text(.leader_hint))]
     NotLeader { leader_hint: Option<NodeId> },
     #[error("a leadership transfer is in progress")]
     TransferInProgress,
@@ -56,7 +64,7 @@ pub enum ProposeError {
 /// Why a ReadIndex request was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ReadIndexError {
-    #[error("not the leader (leader hint: {leader_hint:?})")]
+    #[error("not the leader ({})", leader_text(.leader_hint))]
     NotLeader { leader_hint: Option<NodeId> },
     /// A new leader must commit an entry of its own term first (its no-op does so in one
     /// round trip); retry shortly.

@@ -200,7 +200,7 @@ fn check_claim(
     let known_id = match identity {
         Identity::Node(name) => match shared.peer_ids_by_name.get(name) {
             Some(id) => Some(*id),
-            None => return Err(format!("node certificate {name:?} is not a cluster peer")),
+            None => return Err(format!("node certificate '{name}' is not a cluster peer")),
         },
         Identity::Client(_) => None,
     };

@@ -49,7 +49,7 @@ pub enum TlsError {
     Pem { path: PathBuf, reason: String },
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
-    #[error("invalid name {name:?}: {reason}")]
+    #[error("invalid name '{name}': {reason}")]
     InvalidName { name: String, reason: String },
     #[error("{path} exists but {missing} is missing; pass force to regenerate")]
     Incomplete { path: PathBuf, missing: PathBuf },
@@ -417,12 +417,13 @@ impl Identifier {
         let names: Vec<&str> = parsed.valid_dns_names().collect();
         let [name] = names.as_slice() else {
             return Err(TlsError::Identity(format!(
-                "expected one DNS name, found {names:?}"
+                "expected one DNS name, found {}",
+                names.join(", ")
             )));
         };
         validate_name(name).map_err(|e| TlsError::Identity(e.to_string()))?;
         let server_name = ServerName::try_from(name.to_string())
-            .map_err(|e| TlsError::Identity(format!("DNS name {name:?}: {e}")))?;
+            .map_err(|e| TlsError::Identity(format!("DNS name '{name}': {e}")))?;
         let as_node = self.server_verifier.verify_server_cert(
             end_entity,
             intermediates,

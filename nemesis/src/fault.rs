@@ -33,7 +33,7 @@ pub enum FaultError {
         needed: usize,
         have: usize,
     },
-    #[error("unknown target {0:?}: use n<k>, one, minority, leader or all")]
+    #[error("unknown target '{0}': use n<k>, one, minority, leader or all")]
     Target(String),
     #[error(transparent)]
     Cluster(#[from] ClusterError),

@@ -183,8 +183,8 @@ fn parse_subnet(text: &str) -> Result<[u8; 3], String> {
         .split('.')
         .map(|p| p.parse::<u8>())
         .collect::<Result<_, _>>()
-        .map_err(|_| format!("{text:?}: expected three octets like 10.77.0"))?;
-    <[u8; 3]>::try_from(parts).map_err(|_| format!("{text:?}: expected three octets"))
+        .map_err(|_| format!("'{text}': expected three octets like 10.77.0"))?;
+    <[u8; 3]>::try_from(parts).map_err(|_| format!("'{text}': expected three octets"))
 }
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
@@ -312,7 +312,7 @@ fn node_arg(cluster: &Cluster, text: &str) -> Result<Vec<u64>, Box<dyn std::erro
     if text == "all" {
         return Ok(cluster.node_ids());
     }
-    let id = spec::parse_node_name(text).ok_or_else(|| format!("{text:?}: expected n<k>"))?;
+    let id = spec::parse_node_name(text).ok_or_else(|| format!("'{text}': expected n<k>"))?;
     cluster.node(id)?;
     Ok(vec![id])
 }

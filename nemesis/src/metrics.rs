@@ -82,7 +82,7 @@ fn parse_response(text: &str) -> Result<String, String> {
         .ok_or_else(|| "response has no header end".to_string())?;
     let status = head.lines().next().unwrap_or_default();
     if status.split_whitespace().nth(1) != Some("200") {
-        return Err(format!("status line {status:?}"));
+        return Err(format!("status line '{status}'"));
     }
     let chunked = head.lines().any(|line| {
         let line = line.to_ascii_lowercase();

@@ -258,7 +258,13 @@ fn wait_links_gone(links: &[String]) -> Result<(), NetnsError> {
         if start.elapsed() >= std::time::Duration::from_millis(LINK_GONE_TIMEOUT_MS) {
             return Err(NetnsError::Failed {
                 command: "ip link del".to_string(),
-                stderr: format!("{left:?} still present after {LINK_GONE_TIMEOUT_MS} ms"),
+                stderr: format!(
+                    "links {} still present after {LINK_GONE_TIMEOUT_MS} ms",
+                    left.iter()
+                        .map(|link| link.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             });
         }
         std::thread::sleep(std::time::Duration::from_millis(LINK_POLL_MS));

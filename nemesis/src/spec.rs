@@ -26,7 +26,7 @@ pub enum SpecError {
     NodeCount(u64),
     #[error("base port {0} too high for {1} nodes plus metrics ports")]
     Port(u16, u64),
-    #[error("netns prefix {0:?} must be 1..={PREFIX_BYTES_MAX} bytes of a-z, 0-9")]
+    #[error("netns prefix '{0}' must be 1..={PREFIX_BYTES_MAX} bytes of a-z, 0-9")]
     Prefix(String),
     #[error("{path}: {source}")]
     Io {

@@ -46,8 +46,9 @@ impl BackendArg {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct CampaignArgs {
-    /// register or list-append (the workloads the checker verifies).
-    #[arg(long, value_enum, default_value_t = WorkloadKind::Register)]
+    /// The checked workload: register (read/write/cas, linearizability) or list-append
+    /// (transactions, Elle-style serializability).
+    #[arg(long, default_value = "register", value_parser = checked_workload())]
     pub workload: WorkloadKind,
     /// Fault kinds, comma-separated: kill, pause, partition (needs --backend netns),
     /// disk-lose-unsynced, disk-torn, disk-corrupt, disk-fsync-error (need root: every node's
@@ -61,6 +62,7 @@ pub struct CampaignArgs {
     /// Length of the load (faults happen inside it): `60s`, `2m`.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub time_limit: Duration,
+    /// Concurrent clients (sessions); each is one process of the history.
     #[arg(long, default_value_t = 16)]
     pub clients: u32,
     /// Quiet time before each fault.
@@ -79,13 +81,17 @@ pub struct CampaignArgs {
     /// Seed of the workload and the fault schedule (default: from the clock).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Where the nodes run: local processes on loopback, or one network namespace per node
+    /// (root; needed for partitions).
     #[arg(long, value_enum, default_value_t = BackendArg::Local)]
     pub backend: BackendArg,
+    /// Nodes in the cluster.
     #[arg(long, default_value_t = 3)]
     pub nodes: u64,
     /// Directory name under --results (default: `<workload>-<faults>`).
     #[arg(long)]
     pub name: Option<String>,
+    /// Where `<name>/<date-time>/` and `latest` go.
     #[arg(long, default_value = "results")]
     pub results: PathBuf,
     /// First node port (local backend; metrics on port + 1000).
@@ -119,6 +125,17 @@ pub struct CampaignSettings {
     pub base_port: u16,
     pub recovery_timeout_s: f64,
     pub quiet: bool,
+}
+
+/// Parses `--workload`: only the workloads the checker verifies are offered.
+fn checked_workload() -> impl clap::builder::TypedValueParser<Value = WorkloadKind> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["register", "list-append"]).map(|name| {
+        match name.as_str() {
+            "list-append" => WorkloadKind::ListAppend,
+            _ => WorkloadKind::Register,
+        }
+    })
 }
 
 pub fn settings(args: CampaignArgs, clock_seed: u64) -> Result<CampaignSettings, String> {
@@ -193,7 +210,7 @@ pub fn settings(args: CampaignArgs, clock_seed: u64) -> Result<CampaignSettings,
         )
     });
     if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
-        return Err(format!("--name {name:?} must be a plain directory name"));
+        return Err(format!("--name '{name}' must be a plain directory name"));
     }
     Ok(CampaignSettings {
         name,

@@ -3,7 +3,8 @@
 //!
 //! The cluster: `--config`, else `--nodes`, else `$KVCTL_CONFIG`, else the config `just
 //! cluster up` writes (`data/cluster/cluster.toml`, looked for in this directory and its
-//! parents). Output: `-w simple` (default), `-w json` or `-w table`.
+//! parents). Output: `-w simple` (default), `-w json` or `-w table`. The leader each cluster
+//! had is remembered between runs (`$XDG_CACHE_HOME/kvctl/`), so a request goes straight to it.
 //!
 //! Exit codes: 0 success; 1 the request failed, the key was not found, a cas did not swap or
 //! an endpoint is unhealthy (the message says which, and whether a write may have been
@@ -31,6 +32,11 @@ const CERTS_DIR_DEFAULT: &str = "certs";
 const CONFIG_ENV: &str = "KVCTL_CONFIG";
 /// The config `just cluster up` writes, relative to the repository root.
 const CLUSTER_UP_CONFIG: &str = "data/cluster/cluster.toml";
+/// Where kvctl remembers each cluster's leader between runs, under `$XDG_CACHE_HOME` (else
+/// `~/.cache`): one small file per cluster, named by a hash of its node list.
+const LEADER_CACHE_DIR: &str = "kvctl";
+/// The help heading of the flags every command takes (before or after the command).
+const GLOBAL: &str = "Global options";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -44,30 +50,55 @@ const CLUSTER_UP_CONFIG: &str = "data/cluster/cluster.toml";
 )]
 struct Cli {
     /// The cluster config (TOML): its nodes, and its certs_dir unless --certs is given.
-    #[arg(long, conflicts_with = "nodes")]
+    #[arg(long, conflicts_with = "nodes", global = true, help_heading = GLOBAL)]
     config: Option<PathBuf>,
     /// The nodes: `1=127.0.0.1:50051,2=127.0.0.1:50052,...`.
-    #[arg(long, value_name = "ID=ADDR,...")]
+    #[arg(long, value_name = "ID=ADDR,...", global = true, help_heading = GLOBAL)]
     nodes: Option<String>,
     /// Directory with ca.pem and the client's certificate and key [default: the config's
     /// certs_dir, else `certs`].
-    #[arg(long)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     certs: Option<PathBuf>,
     /// The client certificate's name (`<certs>/<client>.pem`).
-    #[arg(long, default_value = "client1")]
+    #[arg(long, default_value = "client1", global = true, help_heading = GLOBAL)]
     client: String,
     /// Output format.
-    #[arg(short = 'w', long = "write-out", value_enum, default_value_t = Format::Simple)]
+    #[arg(
+        short = 'w',
+        long = "write-out",
+        value_enum,
+        default_value_t = Format::Simple,
+        global = true,
+        help_heading = GLOBAL
+    )]
     write_out: Format,
     /// How long connecting to the cluster may take: past it, with no node connected, the
     /// command fails naming every node's address.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(
+        long,
+        default_value = "1s",
+        value_parser = parse_duration,
+        global = true,
+        help_heading = GLOBAL
+    )]
     dial_timeout: Duration,
     /// How long one attempt (one node) waits for an answer before trying the next.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(
+        long,
+        default_value = "2s",
+        value_parser = parse_duration,
+        global = true,
+        help_heading = GLOBAL
+    )]
     request_timeout: Duration,
     /// How long the whole command may take, retries included.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(
+        long,
+        default_value = "5s",
+        value_parser = parse_duration,
+        global = true,
+        help_heading = GLOBAL
+    )]
     command_timeout: Duration,
     #[command(subcommand)]
     command: Command,
@@ -139,9 +170,9 @@ enum CtlError {
     Usage(String),
     #[error(transparent)]
     Client(#[from] ClientError),
-    #[error("key {0:?} not found")]
+    #[error("key '{0}' not found")]
     NotFound(String),
-    #[error("compare failed: {key:?} holds {current}")]
+    #[error("compare failed: '{key}' holds {current}")]
     CompareFailed { key: String, current: String },
     #[error("{0}")]
     Append(String),
@@ -149,10 +180,19 @@ enum CtlError {
     NoNodeAnswered,
     #[error("unhealthy cluster")]
     Unhealthy,
-    #[error("no answer within the command timeout of {0}")]
-    CommandTimeout(String),
+    #[error("no answer within the command timeout of {within}{}", last_failure_text(.last))]
+    CommandTimeout {
+        within: String,
+        last: Option<String>,
+    },
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+}
+
+/// ` (last failures: ...)` when there were some.
+fn last_failure_text(last: &Option<String>) -> String {
+    last.as_ref()
+        .map_or_else(String::new, |last| format!(" (last failures: {last})"))
 }
 
 impl CtlError {
@@ -160,7 +200,7 @@ impl CtlError {
     fn outcome_unknown(&self) -> bool {
         match self {
             CtlError::Client(error) => !error.is_definite(),
-            CtlError::CommandTimeout(_) => true,
+            CtlError::CommandTimeout { .. } => true,
             _ => false,
         }
     }
@@ -206,8 +246,13 @@ fn run(mut cli: Cli) -> Result<(), CtlError> {
         .map_err(CtlError::Runtime)?;
     let (format, dial_timeout, command_timeout) =
         (cli.write_out, cli.dial_timeout, cli.command_timeout);
+    let leader_cache = leader_cache_path(&config.nodes);
     runtime.block_on(async {
         let client = Client::connect(config).await?;
+        let remembered = leader_cache.as_deref().and_then(read_leader);
+        if let Some(leader) = remembered {
+            client.prefer_leader(leader);
+        }
         let command = async {
             match cli.command {
                 Command::Status => print_status(&client, format).await,
@@ -222,10 +267,62 @@ fn run(mut cli: Cli) -> Result<(), CtlError> {
                 }
             }
         };
-        tokio::time::timeout(command_timeout, command)
+        let result = tokio::time::timeout(command_timeout, command)
             .await
-            .map_err(|_| CtlError::CommandTimeout(format_duration(command_timeout)))?
+            .map_err(|_| CtlError::CommandTimeout {
+                within: format_duration(command_timeout),
+                last: client.last_failures(),
+            })?;
+        if let (Some(path), Some(leader)) = (&leader_cache, client.leader()) {
+            if remembered != Some(leader) {
+                remember_leader(path, leader);
+            }
+        }
+        result
     })
+}
+
+/// The file that remembers the leader of the cluster made of `nodes`, if there is a cache
+/// directory (`$XDG_CACHE_HOME`, else `$HOME/.cache`).
+fn leader_cache_path(nodes: &[(NodeId, std::net::SocketAddr)]) -> Option<PathBuf> {
+    let non_empty = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty());
+    let base = non_empty("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| non_empty("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    let mut members: Vec<String> = nodes
+        .iter()
+        .map(|(id, addr)| format!("{id}={addr}"))
+        .collect();
+    members.sort();
+    // FNV-1a: a stable name for the node list (not a secret, only a file name).
+    let hash = (members.join(",").bytes()).fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    Some(
+        base.join(LEADER_CACHE_DIR)
+            .join(format!("leader-{hash:016x}")),
+    )
+}
+
+/// The remembered leader; nothing if there is none or the file is unreadable.
+fn read_leader(path: &Path) -> Option<NodeId> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.trim().trim_start_matches('n').parse().ok()
+}
+
+/// Remembers `leader`, best effort: a cache that cannot be written only costs the next run a
+/// redirect. Written aside and renamed, so concurrent runs never read half a file.
+fn remember_leader(path: &Path, leader: NodeId) {
+    let Some(dir) = path.parent() else {
+        return;
+    };
+    let temporary = dir.join(format!(".leader-{}", std::process::id()));
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&temporary, format!("n{leader}\n")))
+        .and_then(|()| std::fs::rename(&temporary, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
 }
 
 fn client_config(cli: &Cli) -> Result<ClientConfig, CtlError> {
@@ -471,7 +568,7 @@ fn parse_txn_op(text: &str) -> Result<KeyOp, CtlError> {
         },
         _ => {
             return Err(CtlError::Usage(format!(
-                "transaction operation {text:?}: expected 'append K V', 'r K', 'put K V', \
+                "transaction operation '{text}': expected 'append K V', 'r K', 'put K V', \
                  'del K' or 'cas K EXPECTED|- NEW'"
             )))
         }

@@ -347,9 +347,12 @@ pub fn register_all() {
 /// Reads one of the transport's counters.
 type TransportCounter = fn(&TransportStats) -> &AtomicU64;
 
+/// A metric's one label and its value, for the labelled ones.
+type MetricLabel = Option<(&'static str, &'static str)>;
+
 /// The transport's counters (cumulative atomics) and the metric each is exported as: name,
 /// and a label with its value for the labelled ones.
-const TRANSPORT_COUNTERS: [(&str, Option<(&str, &str)>, TransportCounter); 20] = [
+const TRANSPORT_COUNTERS: [(&str, MetricLabel, TransportCounter); 20] = [
     (TRANSPORT_CONNECTIONS_ACCEPTED_TOTAL, None, |s| {
         &s.connections_accepted_total
     }),

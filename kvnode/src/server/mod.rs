@@ -186,7 +186,11 @@ async fn start(
     let mut snapshots = SnapshotStore::open(&data_dir.snap_dir())
         .map_err(|e| ServerError::Snapshot(e.to_string()))?;
     for corrupt in snapshots.corrupt() {
-        tracing::warn!("ignoring a corrupt snapshot file: {corrupt:?}");
+        tracing::warn!(
+            "ignoring a corrupt snapshot file {}: {}",
+            corrupt.path.display(),
+            corrupt.reason
+        );
     }
     let snapshot = restore_state_machine(&mut snapshots)?;
     let (durable_tx, durable) = mpsc::unbounded_channel();

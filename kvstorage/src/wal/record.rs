@@ -44,6 +44,18 @@ pub enum RecordKind {
 }
 
 impl RecordKind {
+    /// The kind's name as error messages print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            RecordKind::EntryNormal => "entry",
+            RecordKind::EntryNoop => "no-op entry",
+            RecordKind::HardState => "hard state",
+            RecordKind::Truncate => "truncate",
+            RecordKind::Compact => "compact",
+            RecordKind::SegmentEnd => "segment end",
+        }
+    }
+
     fn from_byte(byte: u8) -> Option<RecordKind> {
         match byte {
             1 => Some(RecordKind::EntryNormal),
@@ -81,13 +93,13 @@ pub enum DecodeError {
     BadChecksum { stored: u32, computed: u32 },
     #[error("unknown record kind {kind}")]
     BadKind { kind: u8 },
-    #[error("record of kind {kind:?} has a payload of {payload_bytes} bytes")]
+    #[error("record of kind {} has a payload of {payload_bytes} bytes", .kind.name())]
     BadPayload {
         kind: RecordKind,
         payload_bytes: usize,
     },
     /// Markers carry no term (and SegmentEnd no index): anything else is not what we wrote.
-    #[error("record of kind {kind:?} has unused fields set")]
+    #[error("record of kind {} has unused fields set", .kind.name())]
     BadField { kind: RecordKind },
 }
 
