@@ -224,16 +224,19 @@ fn verdict_section(data: &RunData, counterexample: bool) -> String {
         );
     }
     let s = &data.summary;
+    let recovery = match s["recovery_ms"].as_u64() {
+        Some(ms) => format!("recovery after heal {ms} ms"),
+        None => "no recovery after heal".to_string(),
+    };
     let _ = write!(
         html,
         "<br>{} operations ({} ok, {} failed or unknown), {:.0} ops/s, {} faults injected, \
-         recovery after heal {} ms, final reads {} ok / {} failed.</div>",
+         {recovery}, final reads {} ok / {} failed.</div>",
         s["ops"],
         s["ops_ok"],
         s["ops_failed"],
         s["ops_per_s"].as_f64().unwrap_or(0.0),
         s["faults_injected"],
-        s["recovery_ms"],
         s["final_reads"]["ok"],
         s["final_reads"]["failed"]
     );
