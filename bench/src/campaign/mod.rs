@@ -116,6 +116,8 @@ pub(crate) struct Ran {
     pub recovery_ms: Option<u64>,
     /// Nodes that refused to start (corrupt data), with the reason from their log.
     pub refused: std::collections::BTreeMap<u64, String>,
+    /// Nodes that restarted by repairing their data, with the last repair from their log.
+    pub repaired: std::collections::BTreeMap<u64, String>,
 }
 
 /// Runs one campaign.
@@ -238,6 +240,7 @@ fn drive(
     let (report, driven, recovery_ms) = result?;
     cluster = driven.nemesis.into_cluster();
     let refused = cluster.refused().clone();
+    let repaired = cluster.repaired().clone();
     cluster.cleanup()?;
     let events = recorder.finish()?.events;
     Ok(Ran {
@@ -249,6 +252,7 @@ fn drive(
         events,
         recovery_ms,
         refused,
+        repaired,
     })
 }
 
@@ -413,6 +417,7 @@ fn summary_json(
         "fault_errors": &ran.fault_errors,
         "recovery_ms": ran.recovery_ms,
         "nodes_refused": &ran.refused,
+        "nodes_repaired": &ran.repaired,
         "valid": checked.valid,
         "verdict": verdict,
         "anomaly_types": checked.anomalies.iter().map(|a| a.kind.clone()).collect::<Vec<_>>(),
