@@ -17,6 +17,19 @@ fi
 backend=local
 [ "$(id -u)" = 0 ] && backend=netns
 failed=0
+table=()
+# One table row from a campaign's output (its `Report:` line names the run directory).
+row() {
+  local name=$1 out=$2 dir
+  dir=$(sed -n 's/^Report: \(.*\)\/report.html$/\1/p' <<<"$out")
+  # A top-level field of the pretty-printed summary.json (indented by two spaces).
+  field() { sed -n "s/^  \"$1\": \(.*\)\$/\1/p" "$dir/summary.json" | sed 's/,$//' | tr -d '"'; }
+  if [ -z "$dir" ] || [ ! -f "$dir/summary.json" ]; then
+    table+=("$name|-|-|$(tail -1 <<<"$out")|-")
+    return
+  fi
+  table+=("$name|$(field ops)|$(field faults_injected)|$(field verdict)|$(field recovery_ms)")
+}
 for workload in register list-append; do
   for faults in kill pause partition kill,pause,partition; do
     if [ "$backend" = local ] && [[ "$faults" == *partition* ]]; then
@@ -24,10 +37,12 @@ for workload in register list-append; do
       continue
     fi
     echo "=== campaign $workload / $faults ($time_limit, seed $seed, $backend)"
-    "$bench" campaign --workload "$workload" --faults "$faults" --time-limit "$time_limit" \
-      --interval 5s --clients 16 --seed "$seed" --backend "$backend" --quiet
+    out=$("$bench" campaign --workload "$workload" --faults "$faults" --time-limit "$time_limit" \
+      --interval 5s --clients 16 --seed "$seed" --backend "$backend" --quiet 2>&1)
     code=$?
+    echo "$out"
     echo "=== exit $code"
+    row "$workload/$faults (seed $seed)" "$out"
     [ $code = 0 ] || failed=1
     seed=$((seed + 1))
   done
@@ -50,12 +65,20 @@ for entry in "${disk_campaigns[@]}"; do
   target_args=()
   [ -n "$target" ] && target_args=(--target "$target")
   echo "=== campaign $workload / $faults ${target:+@$target} ($time_limit, seed $seed, local)"
-  "$bench" campaign --workload "$workload" --faults "$faults" "${target_args[@]}" \
-    --time-limit "$time_limit" --interval 5s --clients 16 --seed "$seed" --quiet
+  out=$("$bench" campaign --workload "$workload" --faults "$faults" "${target_args[@]}" \
+    --time-limit "$time_limit" --interval 5s --clients 16 --seed "$seed" --quiet 2>&1)
   code=$?
+  echo "$out"
   echo "=== exit $code"
+  row "$workload/$faults${target:+@$target} (seed $seed)" "$out"
   [ $code = 0 ] || failed=1
   seed=$((seed + 1))
 done
 "$bench" index --results results
+echo
+echo "| campaign | ops | faults injected | verdict | recovery after heal (ms) |"
+echo "| --- | --- | --- | --- | --- |"
+for line in "${table[@]}"; do
+  echo "| ${line//|/ | } |"
+done
 exit $failed

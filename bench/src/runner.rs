@@ -98,6 +98,16 @@ pub struct TimedLoad {
 
 impl TimedLoad {
     /// Reads every key the workload used (fresh process ids), retrying each a few times.
+    /// The report when the cluster never came back: no final reads were tried.
+    pub fn without_final_reads(self) -> LoadReport {
+        LoadReport {
+            stats: self.stats,
+            elapsed: self.elapsed,
+            final_reads_ok: 0,
+            final_reads_failed: 0,
+        }
+    }
+
     pub async fn final_reads(
         self,
         target: Target<'_>,

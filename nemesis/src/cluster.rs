@@ -89,6 +89,10 @@ pub struct ClusterState {
     /// cluster, left out of "every node answers" checks. Node -> the reason from its log.
     #[serde(default)]
     pub refused: BTreeMap<NodeId, String>,
+    /// Nodes that started by repairing their data (a torn WAL tail ended and zeroed, a corrupt
+    /// snapshot skipped): node -> the last such repair from its log.
+    #[serde(default)]
+    pub repaired: BTreeMap<NodeId, String>,
 }
 
 impl ClusterState {
@@ -137,6 +141,8 @@ pub const START_SETTLE_MS: u64 = 2000;
 const LOG_TAIL_BYTES: u64 = 4096;
 /// Longest reason kept from a log line.
 const REASON_CHARS_MAX: usize = 300;
+/// Most of a restarted node's log read when looking for a repair.
+const REPAIR_LOG_BYTES_MAX: u64 = 1 << 20;
 
 pub struct Cluster {
     state: ClusterState,
@@ -149,6 +155,9 @@ pub struct Cluster {
     owned: bool,
     /// Fault-injecting filesystems this value mounted (`ClusterSpec::disk`).
     disks: Vec<DiskHandle>,
+    /// Length of each node's log when this value last restarted it: `settle` reads what the
+    /// node logged since.
+    log_offsets: BTreeMap<NodeId, u64>,
 }
 
 impl Cluster {
@@ -174,6 +183,7 @@ impl Cluster {
             network,
             owned: true,
             disks: Vec::new(),
+            log_offsets: BTreeMap::new(),
         };
         // Recorded before any node runs: a crash from here on is undone by `nemesis cleanup`.
         cluster.save()?;
@@ -211,6 +221,7 @@ impl Cluster {
             network,
             owned: false,
             disks: Vec::new(),
+            log_offsets: BTreeMap::new(),
         })
     }
 
@@ -263,6 +274,7 @@ impl Cluster {
             netns: None,
             nodes,
             refused: BTreeMap::new(),
+            repaired: BTreeMap::new(),
         };
         Ok(Cluster {
             state,
@@ -271,6 +283,7 @@ impl Cluster {
             network: None,
             owned: false,
             disks: Vec::new(),
+            log_offsets: BTreeMap::new(),
         })
     }
 
@@ -407,6 +420,8 @@ impl Cluster {
             return Ok(false);
         }
         let command = self.node(id)?.command.clone();
+        let log_bytes = std::fs::metadata(&command.log_path).map_or(0, |m| m.len());
+        self.log_offsets.insert(id, log_bytes);
         let child = process::spawn(&command)?;
         let pid = child.id();
         self.children.insert(id, child);
@@ -486,6 +501,10 @@ impl Cluster {
         &self.state.refused
     }
 
+    pub fn repaired(&self) -> &BTreeMap<NodeId, String> {
+        &self.state.repaired
+    }
+
     /// Watches freshly restarted nodes for `START_SETTLE_MS`; a node that exits is recorded
     /// as refused (with the last line of its log) and never restarted by this cluster.
     /// Returns a line per node: "restarted" or "refused to start: ...".
@@ -507,7 +526,17 @@ impl Cluster {
                     self.save()?;
                     outcome.push((id, format!("refused to start: {reason}")));
                 } else if start.elapsed() >= settle {
-                    outcome.push((id, "restarted".to_string()));
+                    let since = self.log_offsets.get(&id).copied().unwrap_or(0);
+                    let log = &self.node(id)?.command.log_path;
+                    let note = match repair_line(log, since) {
+                        Some(line) => {
+                            self.state.repaired.insert(id, line.clone());
+                            self.save()?;
+                            format!("restarted, repaired: {line}")
+                        }
+                        None => "restarted".to_string(),
+                    };
+                    outcome.push((id, note));
                 } else {
                     still.push(id);
                 }
@@ -734,6 +763,29 @@ fn disk_backing(data: &Path) -> PathBuf {
 }
 
 /// The last non-empty line of a log (why a node exited), shortened.
+/// What a node logs when it recovers by repairing its data (kvstorage's torn-tail repair,
+/// kvnode skipping a corrupt snapshot for an older one).
+const REPAIR_MARKERS: [&str; 2] = ["torn tail repaired", "ignoring a corrupt snapshot"];
+
+/// The last line of `path` after byte `since` that reports a repair, without its timestamp
+/// and level.
+fn repair_line(path: &Path, since: u64) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).ok()?;
+    file.seek(SeekFrom::Start(since)).ok()?;
+    let mut bytes = Vec::new();
+    file.take(REPAIR_LOG_BYTES_MAX)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    let text = String::from_utf8_lossy(&bytes);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| REPAIR_MARKERS.iter().any(|marker| l.contains(marker)))?;
+    let message = line.split_once(": ").map_or(line, |(_, rest)| rest);
+    Some(message.trim().chars().take(REASON_CHARS_MAX).collect())
+}
+
 fn last_log_line(path: &Path) -> String {
     use std::io::{Read, Seek, SeekFrom};
     let mut text = String::new();
@@ -804,6 +856,7 @@ fn initial_state(spec: &ClusterSpec) -> ClusterState {
         netns: (spec.backend == BackendKind::Netns).then(|| spec.netns.clone()),
         nodes,
         refused: BTreeMap::new(),
+        repaired: BTreeMap::new(),
     }
 }
 

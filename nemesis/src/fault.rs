@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +20,11 @@ pub const NEMESIS_PROCESS: &str = "nemesis";
 /// How long the disks of a power cut's targets complete no fsync before the targets die
 /// together (see `Nemesis::begin`).
 const POWER_CUT_FREEZE_MS: u64 = 500;
+/// How long a `disk-fsync-error` fault waits for each target's next fsync (the one that fails).
+const FSYNC_ERROR_WAIT_MS: u64 = 2_000;
+/// How long a target gets to stop by itself after its failed fsync before it is killed.
+const FSYNC_ERROR_STOP_MS: u64 = 100;
+const FSYNC_ERROR_POLL_MS: u64 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FaultError {
@@ -468,6 +473,9 @@ impl Nemesis {
                 for id in &targets {
                     notes.push(format!("n{id}: {}", self.begin_disk(kind, *id)?));
                 }
+                if kind == DiskFault::FsyncError {
+                    notes.append(&mut self.watch_fsync_errors(&targets)?);
+                }
                 (targets, None)
             }
         };
@@ -585,29 +593,89 @@ impl Nemesis {
         Ok(self.cluster.disk_request(id, request)?)
     }
 
-    /// Restarts the targets, then watches them start. fsync-error: first notes whether each
-    /// target stopped by itself, and kills the ones that did not all at once before any
-    /// restarts (one restarted early would copy back from a live peer what the others lost,
-    /// hiding a node that acknowledged past its failed fsync).
+    /// Whether the fsync error armed on `id` was injected (one is armed per fault: none left
+    /// means it was).
+    fn fsync_error_injected(&mut self, id: NodeId) -> Result<bool, FaultError> {
+        match self.disk(id, &DiskRequest::Status)? {
+            DiskReply::Status(status) => Ok(status.fsync_errors_armed == 0),
+            _ => Err(FaultError::DiskReply(id)),
+        }
+    }
+
+    /// After arming fsync errors: waits up to `FSYNC_ERROR_WAIT_MS` for each target's failed
+    /// fsync, then gives it `FSYNC_ERROR_STOP_MS` to stop by itself. A target still running
+    /// then is killed: it carried on past a failed fsync, and killing it before a snapshot or
+    /// a peer's copy covers what the failed fsync dropped lets the checker see what it
+    /// acknowledged without it. Returns a note per target whose error was injected.
+    fn watch_fsync_errors(&mut self, targets: &[NodeId]) -> Result<Vec<String>, FaultError> {
+        let start = Instant::now();
+        let wait = Duration::from_millis(FSYNC_ERROR_WAIT_MS);
+        let grace = Duration::from_millis(FSYNC_ERROR_STOP_MS);
+        let mut injected_at: BTreeMap<NodeId, Instant> = BTreeMap::new();
+        let mut watching: Vec<NodeId> = targets.to_vec();
+        let mut notes = Vec::new();
+        while !watching.is_empty() {
+            let now = Instant::now();
+            let mut due = Vec::new();
+            let mut still = Vec::new();
+            for id in watching {
+                let Some(at) = injected_at.get(&id).copied() else {
+                    if self.fsync_error_injected(id)? {
+                        injected_at.insert(id, now);
+                        still.push(id);
+                    } else if now.duration_since(start) < wait {
+                        still.push(id);
+                    }
+                    // Not injected within the wait: left armed, `end_disk` looks again.
+                    continue;
+                };
+                let since = now.duration_since(at);
+                if self.cluster.running_pid(id)?.is_none() {
+                    notes.push(format!("n{id}: stopped after its failed fsync"));
+                } else if since >= grace {
+                    due.push(id);
+                } else {
+                    still.push(id);
+                }
+            }
+            if !due.is_empty() {
+                self.cluster.kill_together(&due, None)?;
+                for id in due {
+                    notes.push(format!(
+                        "n{id}: still running {FSYNC_ERROR_STOP_MS} ms after its failed fsync \
+                         (killed)"
+                    ));
+                }
+            }
+            watching = still;
+            std::thread::sleep(Duration::from_millis(FSYNC_ERROR_POLL_MS));
+        }
+        Ok(notes)
+    }
+
+    /// Restarts the targets, then watches them start. fsync-error: a target whose error came
+    /// only after `watch_fsync_errors` gave up is noted and, if still running, killed (all
+    /// at once, before any restart: one restarted early would copy back from a live peer
+    /// what the others lost); a target whose error never came is disarmed and left running.
     fn end_disk(&mut self, kind: DiskFault, targets: &[NodeId]) -> Result<Vec<String>, FaultError> {
         let mut notes = Vec::new();
         if kind == DiskFault::FsyncError {
+            let mut late = Vec::new();
             for id in targets {
-                // One error is armed per fault: none left means it was injected.
-                let injected = match self.disk(*id, &DiskRequest::Status)? {
-                    DiskReply::Status(status) => status.fsync_errors_armed == 0,
-                    _ => return Err(FaultError::DiskReply(*id)),
-                };
-                self.disk(*id, &DiskRequest::Disarm)?;
                 let running = self.cluster.running_pid(*id)?.is_some();
-                let note = match (injected, running) {
-                    (false, _) => "no fsync during the fault",
-                    (true, false) => "stopped after the failed fsync",
-                    (true, true) => "still running after the failed fsync (killed now)",
+                let injected = running && self.fsync_error_injected(*id)?;
+                self.disk(*id, &DiskRequest::Disarm)?;
+                let note = match (running, injected) {
+                    (false, _) => continue,
+                    (true, false) => "no fsync failed during the fault",
+                    (true, true) => "still running after a late failed fsync (killed now)",
                 };
                 notes.push(format!("n{id}: {note}"));
+                if injected {
+                    late.push(*id);
+                }
             }
-            self.cluster.kill_together(targets, None)?;
+            self.cluster.kill_together(&late, None)?;
         }
         for id in targets {
             self.cluster.restart(*id)?;

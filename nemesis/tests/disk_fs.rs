@@ -2,7 +2,8 @@
 //! `nemesis fs serve` process (root only; each test mounts its own and unmounts on drop).
 //! One test per command: synced data survives every fault, unsynced data does not survive
 //! lose-unsynced, a torn write keeps only a whole-sector prefix, corrupt flips one bit of a
-//! sealed segment or snapshot, a failed fsync drops the unsynced data and fails with EIO.
+//! sealed segment or snapshot, a failed fsync drops the unsynced data and fails with EIO, a
+//! frozen disk holds fsyncs back (they make nothing durable) until they are released.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -229,4 +230,43 @@ fn disk_fsync_error_fails_with_eio_and_drops_the_unsynced_data() {
     assert_eq!(content.len(), 4608);
     assert!(content[..4096].iter().all(|b| *b == b'S'));
     assert!(content[4096..].iter().all(|b| *b == b'L'));
+}
+
+#[test]
+fn disk_freeze_holds_fsyncs_back_until_release_and_they_make_nothing_durable() {
+    let Some(m) = mount() else { return };
+    write_synced(&m, "segment", &[b'S'; 4096]);
+    let file = open_rw(&m.path("segment"));
+    file.write_all_at(&[b'U'; 512], 4096).unwrap();
+    assert_eq!(m.send(&DiskRequest::Freeze), DiskReply::Done);
+    // A real process fdatasyncs the file (coreutils `sync --data FILE`): it blocks.
+    let mut syncer = std::process::Command::new("sync")
+        .arg("--data")
+        .arg(m.path("segment"))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        syncer.try_wait().unwrap().is_none(),
+        "the fsync completed while frozen"
+    );
+    // The power cut: SIGKILL, then the held fsync is answered so the process can go.
+    syncer.kill().unwrap();
+    assert_eq!(
+        m.send(&DiskRequest::Release),
+        DiskReply::Released { fsyncs: 1 }
+    );
+    let status = syncer.wait().unwrap();
+    assert!(!status.success(), "{status}");
+    drop(file);
+    let report = crashed(m.send(&DiskRequest::LoseUnsynced));
+    assert_eq!(report.files_reverted, 1, "{report:?}");
+    assert_eq!(fs::read(m.path("segment")).unwrap(), vec![b'S'; 4096]);
+    // The crash thaws the disk: fsyncs complete again.
+    let file = open_rw(&m.path("segment"));
+    file.write_all_at(&[b'L'; 512], 4096).unwrap();
+    file.sync_data().unwrap();
+    drop(file);
+    crashed(m.send(&DiskRequest::LoseUnsynced));
+    assert_eq!(fs::read(m.path("segment")).unwrap().len(), 4608);
 }

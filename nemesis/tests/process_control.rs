@@ -52,6 +52,7 @@ fn sleeping_cluster(dir: &Path) -> std::path::PathBuf {
         netns: None,
         nodes,
         refused: std::collections::BTreeMap::new(),
+        repaired: std::collections::BTreeMap::new(),
     };
     state.save(&state_path).unwrap();
     state_path

@@ -112,9 +112,13 @@ pub(crate) struct Ran {
     pub samples: Vec<Sample>,
     pub start_unix_ms: u64,
     pub events: u64,
-    pub recovery_ms: u64,
+    /// How long the healed cluster took to take a write; `None`: it did not within
+    /// `--recovery-timeout` (the history is checked all the same, the run is not valid).
+    pub recovery_ms: Option<u64>,
     /// Nodes that refused to start (corrupt data), with the reason from their log.
     pub refused: std::collections::BTreeMap<u64, String>,
+    /// Nodes that restarted by repairing their data, with the last repair from their log.
+    pub repaired: std::collections::BTreeMap<u64, String>,
 }
 
 /// Runs one campaign.
@@ -131,8 +135,22 @@ pub fn run(settings: &CampaignSettings) -> Result<CampaignOutcome, CampaignError
     copy_logs(&spec, &run_dir);
     let ran = result?;
     crate::report::write_files(settings, &ran, &run_dir)?;
-    let checked = check(settings, &run_dir)?;
-    let summary = summary_json(settings, &ran, &checked);
+    let mut checked = check(settings, &run_dir)?;
+    let mut verdict = checked.verdict_line();
+    if ran.recovery_ms.is_none() {
+        // A cluster that does not come back is a failed run whatever the history shows;
+        // anomalies found in the history still make it invalid.
+        let timeout_ms = (settings.recovery_timeout_s * 1000.0) as u64;
+        let reason = CampaignError::NoRecovery(timeout_ms).to_string();
+        if checked.valid == checker::Validity::Valid {
+            checked.valid = checker::Validity::Unknown;
+            checked.unknown_reason = Some(reason);
+            verdict = checked.verdict_line();
+        } else {
+            verdict = format!("{verdict}; {reason}");
+        }
+    }
+    let summary = summary_json(settings, &ran, &checked, &verdict);
     write_json(&run_dir.join("summary.json"), &summary)?;
     crate::report::render_run(&run_dir)
         .map_err(|e| CampaignError::Io(format!("report.html: {e}")))?;
@@ -142,7 +160,7 @@ pub fn run(settings: &CampaignSettings) -> Result<CampaignOutcome, CampaignError
     Ok(CampaignOutcome {
         run_dir,
         valid: checked.valid,
-        verdict: checked.verdict_line(),
+        verdict,
         ops: ran.report.stats.answered + ran.report.stats.errors,
         faults: ran.records.len(),
     })
@@ -223,6 +241,7 @@ fn drive(
     let (report, driven, recovery_ms) = result?;
     cluster = driven.nemesis.into_cluster();
     let refused = cluster.refused().clone();
+    let repaired = cluster.repaired().clone();
     cluster.cleanup()?;
     let events = recorder.finish()?.events;
     Ok(Ran {
@@ -234,6 +253,7 @@ fn drive(
         events,
         recovery_ms,
         refused,
+        repaired,
     })
 }
 
@@ -245,7 +265,7 @@ async fn connect(config: ClientConfig) -> Result<Client, CampaignError> {
     Ok(client)
 }
 
-type Loaded = (LoadReport, DriverResult, u64);
+type Loaded = (LoadReport, DriverResult, Option<u64>);
 
 fn load_with_faults(
     settings: &CampaignSettings,
@@ -291,8 +311,15 @@ fn load_with_faults(
         ticker.stop();
     }
     let mut driven = driver.finish().ok_or(CampaignError::NemesisPanicked)?;
-    let recovery_ms = recover(settings, runtime, client, &mut driven.nemesis, recorder)?;
-    let report = runtime.block_on(timed.final_reads(Target::Kv(client), &workload, recorder));
+    let recovery_ms = match recover(settings, runtime, client, &mut driven.nemesis, recorder) {
+        Ok(ms) => Some(ms),
+        Err(CampaignError::NoRecovery(_)) => None,
+        Err(error) => return Err(error),
+    };
+    let report = match recovery_ms {
+        Some(_) => runtime.block_on(timed.final_reads(Target::Kv(client), &workload, recorder)),
+        None => timed.without_final_reads(),
+    };
     Ok((report, driven, recovery_ms))
 }
 
@@ -371,6 +398,7 @@ fn summary_json(
     settings: &CampaignSettings,
     ran: &Ran,
     checked: &checker::Report,
+    verdict: &str,
 ) -> serde_json::Value {
     let stats = &ran.report.stats;
     serde_json::json!({
@@ -390,8 +418,9 @@ fn summary_json(
         "fault_errors": &ran.fault_errors,
         "recovery_ms": ran.recovery_ms,
         "nodes_refused": &ran.refused,
+        "nodes_repaired": &ran.repaired,
         "valid": checked.valid,
-        "verdict": checked.verdict_line(),
+        "verdict": verdict,
         "anomaly_types": checked.anomalies.iter().map(|a| a.kind.clone()).collect::<Vec<_>>(),
     })
 }

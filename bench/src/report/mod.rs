@@ -294,16 +294,19 @@ fn verdict_section(data: &RunData, counterexample: bool) -> String {
     }
     let s = &data.summary;
     let number = |value: &Value| value.as_u64().unwrap_or(0);
+    let recovery = match s["recovery_ms"].as_u64() {
+        Some(ms) => format!("recovery after heal {ms} ms"),
+        None => "no recovery after heal".to_string(),
+    };
     let _ = write!(
         html,
         "<br>{} operations ({} ok, {} failed or unknown), {:.0} ops/s, {} faults injected, \
-         recovery after heal {} ms, final reads {} ok / {} failed.",
+         {recovery}, final reads {} ok / {} failed.",
         number(&s["ops"]),
         number(&s["ops_ok"]),
         number(&s["ops_failed"]),
         s["ops_per_s"].as_f64().unwrap_or(0.0),
         number(&s["faults_injected"]),
-        number(&s["recovery_ms"]),
         number(&s["final_reads"]["ok"]),
         number(&s["final_reads"]["failed"])
     );
@@ -563,16 +566,29 @@ fn faults_section(data: &RunData) -> String {
     html
 }
 
-/// The nodes' state at the end: all serving, or which refused to start and why (a node may
+/// The nodes' state at the end: all serving, which started by repairing their data (a torn
+/// WAL tail ended, a corrupt snapshot skipped) and which refused to start and why (a node may
 /// refuse on corrupt data, proto-docs/storage.md; the history is still checked).
 fn node_state(summary: &Value) -> String {
     let Some(refused) = summary["nodes_refused"].as_object() else {
         return String::new();
     };
-    if refused.is_empty() {
+    let empty = serde_json::Map::new();
+    let repaired = summary["nodes_repaired"].as_object().unwrap_or(&empty);
+    if refused.is_empty() && repaired.is_empty() {
         return "<p>Node state at the end: every node started and served.</p>".to_string();
     }
-    let mut html = String::from("<p>Node state at the end (refused nodes stay down):</p><ul>");
+    let mut html = String::from(
+        "<p>Node state at the end (refused nodes stay down; repaired ones serve on):</p><ul>",
+    );
+    for (node, line) in repaired {
+        let _ = write!(
+            html,
+            "<li>n{}: repaired (last repair): {}</li>",
+            escape(node),
+            escape(line.as_str().unwrap_or(""))
+        );
+    }
     for (node, reason) in refused {
         let _ = write!(
             html,
