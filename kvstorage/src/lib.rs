@@ -2,5 +2,6 @@
 //! data directory (`datadir`). Testable and benchmarkable without the network: nothing here
 //! links QUIC, TLS or an async runtime. Durability rules: `proto-docs/storage.md`.
 pub mod datadir;
+pub mod paced;
 pub mod snapshot;
 pub mod wal;

@@ -15,6 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Bytes of a received snapshot written before it is fdatasynced (as kvstorage's
+/// `WRITEBACK_SYNC_BYTES`: the node's WAL must not queue behind a large flush).
+const SNAPSHOT_WRITEBACK_SYNC_BYTES: u64 = 4 << 20;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::codec;
@@ -227,6 +231,7 @@ async fn write_verified(
     let mut buffer = vec![0u8; shared.limits.snapshot_chunk_bytes];
     let mut hasher = crc32fast::Hasher::new();
     let mut received = 0u64;
+    let mut unsynced_bytes = 0u64;
     loop {
         // Fill the whole buffer before writing: QUIC hands out packet-sized pieces, and each
         // tokio::fs write is a trip to the blocking pool.
@@ -245,6 +250,12 @@ async fn write_verified(
         file.write_all(&buffer[..filled])
             .await
             .map_err(|e| format!("write: {e}"))?;
+        // Paced writeback: no large dirty backlog for the WAL's fdatasync to queue behind.
+        unsynced_bytes += filled as u64;
+        if unsynced_bytes >= SNAPSHOT_WRITEBACK_SYNC_BYTES {
+            file.sync_data().await.map_err(|e| format!("fsync: {e}"))?;
+            unsynced_bytes = 0;
+        }
     }
     if received != header.total_bytes {
         return Err(format!("got {received} of {} bytes", header.total_bytes));

@@ -211,6 +211,7 @@ impl SnapshotStore {
             path,
             file,
             received_bytes: 0,
+            unsynced_bytes: 0,
             header: None,
             prefix: Vec::new(),
         })
@@ -348,7 +349,7 @@ fn write_unverified(
     out.write_all(&file::encode_header(&meta_encoded, 0, 0))
         .map_err(io)?;
     let mut body = Checksummed {
-        inner: io::BufWriter::with_capacity(IO_CHUNK_BYTES, &out),
+        inner: io::BufWriter::with_capacity(IO_CHUNK_BYTES, crate::paced::PacedFile::new(&out)),
         hasher: crc32fast::Hasher::new(),
         bytes: 0,
     };
@@ -394,6 +395,8 @@ pub struct SnapshotWriter {
     path: PathBuf,
     file: File,
     received_bytes: u64,
+    /// Bytes written since the last fdatasync (paced writeback, `crate::paced`).
+    unsynced_bytes: u64,
     header: Option<SnapshotHeader>,
     /// The first bytes, kept until the header and meta can be parsed.
     prefix: Vec<u8>,
@@ -420,6 +423,11 @@ impl SnapshotWriter {
             source,
         };
         self.file.write_all(chunk).map_err(io)?;
+        self.unsynced_bytes += chunk.len() as u64;
+        if self.unsynced_bytes >= crate::paced::WRITEBACK_SYNC_BYTES {
+            self.file.sync_data().map_err(io)?;
+            self.unsynced_bytes = 0;
+        }
         self.received_bytes = end;
         Ok(())
     }

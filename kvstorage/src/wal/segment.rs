@@ -134,7 +134,7 @@ pub fn create_spare(path: &Path, size_bytes: u64) -> Result<Spare, WalError> {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
@@ -143,9 +143,10 @@ pub fn create_spare(path: &Path, size_bytes: u64) -> Result<Spare, WalError> {
         .map_err(io)?;
     let zeros = vec![0u8; ZERO_CHUNK_BYTES];
     let mut written = 0;
+    let mut paced = crate::paced::PacedFile::new(&file);
     while written < size_bytes {
         let chunk = (size_bytes - written).min(ZERO_CHUNK_BYTES as u64) as usize;
-        file.write_all(&zeros[..chunk]).map_err(io)?;
+        paced.write_all(&zeros[..chunk]).map_err(io)?;
         written += chunk as u64;
     }
     file.sync_all().map_err(io)?;
