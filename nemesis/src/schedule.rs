@@ -62,7 +62,6 @@ pub enum ScheduleError {
         "unknown fault kind '{0}': use kill, pause, partition, disk-lose-unsynced, disk-torn, \
          disk-corrupt or disk-fsync-error"
     )]
-         disk-corrupt or disk-fsync-error"
     )]
     Kind(String),
     #[error("target {target} does not apply to {kind}")]
