@@ -58,10 +58,8 @@ impl FaultKind {
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
     #[error(
-    #[error(
         "unknown fault kind '{0}': use kill, pause, partition, disk-lose-unsynced, disk-torn, \
          disk-corrupt or disk-fsync-error"
-    )]
     )]
     Kind(String),
     #[error("target {target} does not apply to {kind}")]
