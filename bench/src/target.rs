@@ -18,7 +18,7 @@ impl Target<'_> {
         match self {
             Target::Kv(client) => TargetSession::Kv(client.session()),
             #[cfg(feature = "etcd")]
-            Target::Etcd(etcd) => TargetSession::Etcd(etcd.session()),
+            Target::Etcd(etcd) => TargetSession::Etcd(Box::new(etcd.session())),
         }
     }
 }
@@ -27,7 +27,7 @@ impl Target<'_> {
 pub enum TargetSession {
     Kv(Session),
     #[cfg(feature = "etcd")]
-    Etcd(crate::etcd::EtcdSession),
+    Etcd(Box<crate::etcd::EtcdSession>),
 }
 
 impl TargetSession {
