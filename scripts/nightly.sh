@@ -30,21 +30,27 @@ row() {
   fi
   table+=("$name|$(field ops)|$(field faults_injected)|$(field verdict)|$(field recovery_ms)")
 }
+# campaign NAME ARGS...: runs one campaign, prints its output, records its row.
+campaign() {
+  local name="$1"
+  shift
+  echo "=== campaign $name ($time_limit, seed $seed)"
+  out=$("$bench" campaign "$@" --time-limit "$time_limit" --interval 5s --clients 16 \
+    --seed "$seed" --quiet 2>&1)
+  code=$?
+  echo "$out"
+  echo "=== exit $code"
+  row "$name (seed $seed)" "$out"
+  [ $code = 0 ] || failed=1
+  seed=$((seed + 1))
+}
 for workload in register list-append; do
   for faults in kill pause partition kill,pause,partition; do
     if [ "$backend" = local ] && [[ "$faults" == *partition* ]]; then
       echo "SKIPPED $workload/$faults: partitions need root (netns backend)"
       continue
     fi
-    echo "=== campaign $workload / $faults ($time_limit, seed $seed, $backend)"
-    out=$("$bench" campaign --workload "$workload" --faults "$faults" --time-limit "$time_limit" \
-      --interval 5s --clients 16 --seed "$seed" --backend "$backend" --quiet 2>&1)
-    code=$?
-    echo "$out"
-    echo "=== exit $code"
-    row "$workload/$faults (seed $seed)" "$out"
-    [ $code = 0 ] || failed=1
-    seed=$((seed + 1))
+    campaign "$workload/$faults" --workload "$workload" --faults "$faults" --backend "$backend"
   done
 done
 # workload|faults|target (empty: drawn per fault from the seed)
@@ -64,15 +70,8 @@ for entry in "${disk_campaigns[@]}"; do
   fi
   target_args=()
   [ -n "$target" ] && target_args=(--target "$target")
-  echo "=== campaign $workload / $faults ${target:+@$target} ($time_limit, seed $seed, local)"
-  out=$("$bench" campaign --workload "$workload" --faults "$faults" "${target_args[@]}" \
-    --time-limit "$time_limit" --interval 5s --clients 16 --seed "$seed" --quiet 2>&1)
-  code=$?
-  echo "$out"
-  echo "=== exit $code"
-  row "$workload/$faults${target:+@$target} (seed $seed)" "$out"
-  [ $code = 0 ] || failed=1
-  seed=$((seed + 1))
+  campaign "$workload/$faults${target:+@$target}" --workload "$workload" --faults "$faults" \
+    "${target_args[@]}"
 done
 "$bench" index --results results
 echo

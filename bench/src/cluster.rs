@@ -136,7 +136,8 @@ fn free_udp_port() -> Result<u16, ClusterError> {
     Ok(socket.port())
 }
 
-fn free_tcp_port() -> Result<u16, ClusterError> {
+/// A TCP port on 127.0.0.1 free now (the OS picks it; a race with other binders is possible).
+pub fn free_tcp_port() -> Result<u16, ClusterError> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|listener| listener.local_addr())
         .map_err(|e| ClusterError::Setup(format!("free TCP port: {e}")))?;

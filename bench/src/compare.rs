@@ -9,7 +9,6 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -27,6 +26,8 @@ pub const ETCD_MEMBERS: usize = 3;
 const ETCD_START_TIMEOUT_MS: u64 = 20_000;
 /// fdatasync samples for the single-client floor.
 const FSYNC_SAMPLES: u32 = 2_000;
+/// How long one request waits for an answer in the compared runs (as `bench`'s default).
+const REQUEST_TIMEOUT_MS: u64 = 2_000;
 /// Bytes appended before each sampled fdatasync (a WAL record of a 256-byte put).
 const FSYNC_APPEND_BYTES: usize = 4096;
 /// QUIC round trips sampled (a status request to one node).
@@ -281,7 +282,7 @@ fn run_settings(
         json: false,
         seed,
         results: dir.join(format!("{}-{}", case.name(), target.name())),
-        timeout_ms: 2_000,
+        timeout_ms: REQUEST_TIMEOUT_MS,
         threads: 1,
         quiet: true,
         disk_fs: false,
@@ -565,8 +566,8 @@ impl Drop for EtcdCluster {
 }
 
 fn free_port() -> Result<u16, CompareError> {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .map_err(io("free TCP port"))
+    crate::cluster::free_tcp_port().map_err(|e| CompareError::Io {
+        what: "free TCP port".into(),
+        source: std::io::Error::other(e.to_string()),
+    })
 }

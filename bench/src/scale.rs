@@ -14,7 +14,7 @@
 //! `<results>/scale/<date-time>/scale.json`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -218,19 +218,13 @@ impl Sampler {
 
     fn finish(self) -> (Vec<Sample>, Vec<(u64, u64)>) {
         self.stop.store(true, Ordering::Relaxed);
-        let samples_of = self.samples.clone();
         let _ = self.thread.join();
-        let samples = samples_of
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let peaks = self
-            .peak_rss
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        (samples, peaks)
+        (take_all(&self.samples), take_all(&self.peak_rss))
     }
+}
+
+fn take_all<T>(shared: &Mutex<Vec<T>>) -> Vec<T> {
+    std::mem::take(&mut *shared.lock().unwrap_or_else(PoisonError::into_inner))
 }
 
 /// A process's peak resident set (`VmHWM`), in bytes.
@@ -261,13 +255,12 @@ pub fn run(args: &ScaleArgs, seed: u64) -> Result<(PathBuf, ScaleReport), ScaleE
     spec.validate()
         .map_err(|e| ScaleError::Usage(e.to_string()))?;
     let mut cluster = Cluster::start(&spec)?;
-    let result = drive(args, seed, &mut cluster, &dir);
-    let copied = copy_logs(&work_dir, &dir);
+    let result = drive(args, seed, &mut cluster);
     let cleaned = cluster.cleanup();
-    let _ = std::fs::remove_dir_all(&work_dir);
+    // Copies the node logs into the results and removes the work directory.
+    crate::campaign::copy_logs(&spec, &dir);
     let report = result?;
     cleaned?;
-    copied?;
     let json = serde_json::to_vec_pretty(&report).map_err(|e| ScaleError::Io {
         what: "scale.json".into(),
         source: std::io::Error::other(e),
@@ -277,25 +270,7 @@ pub fn run(args: &ScaleArgs, seed: u64) -> Result<(PathBuf, ScaleReport), ScaleE
     Ok((dir, report))
 }
 
-fn copy_logs(work_dir: &Path, dir: &Path) -> Result<(), ScaleError> {
-    let logs = work_dir.join("logs");
-    let Ok(entries) = std::fs::read_dir(&logs) else {
-        return Ok(());
-    };
-    let into = dir.join("logs");
-    std::fs::create_dir_all(&into).map_err(io(into.display().to_string()))?;
-    for entry in entries.flatten() {
-        let _ = std::fs::copy(entry.path(), into.join(entry.file_name()));
-    }
-    Ok(())
-}
-
-fn drive(
-    args: &ScaleArgs,
-    seed: u64,
-    cluster: &mut Cluster,
-    dir: &Path,
-) -> Result<ScaleReport, ScaleError> {
+fn drive(args: &ScaleArgs, seed: u64, cluster: &mut Cluster) -> Result<ScaleReport, ScaleError> {
     let timeout = Duration::from_millis(LEADER_TIMEOUT_MS);
     cluster.wait_for_stable_leader(timeout)?;
     let config = ClusterConfig::load(cluster.config_path())?;
@@ -362,16 +337,7 @@ fn drive(
         .find(|&id| id != leader)
         .unwrap_or(1);
     cluster.kill(wiped)?;
-    let data = config.node_data_dir(wiped);
-    let data = if data.is_absolute() {
-        data
-    } else {
-        cluster
-            .config_path()
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join(data)
-    };
+    let data = cluster.node_data_dir(wiped)?;
     std::fs::remove_dir_all(&data).map_err(io(data.display().to_string()))?;
     let leader_commit = commit_index(cluster, leader)?;
     cluster.restart(wiped)?;
@@ -381,16 +347,13 @@ fn drive(
         "scale: n{wiped} wiped and restarted; it must apply up to index {leader_commit} \
          (the leader's commit at the restart)"
     );
-    let catch_up_load = runtime.block_on(async {
-        let load_task = runner::run_timed(
-            Target::Kv(&client),
-            workload(),
-            &load,
-            Recorder::discard(),
-            Arc::new(Progress::default()),
-        );
-        load_task.await
-    });
+    let catch_up_load = runtime.block_on(runner::run_timed(
+        Target::Kv(&client),
+        workload(),
+        &load,
+        Recorder::discard(),
+        Arc::new(Progress::default()),
+    ));
     let caught_up = wait_caught_up(&sampler, wiped, leader_commit, restarted_at, args)?;
     let catch_up_s = caught_up.saturating_sub(restarted_at).as_secs_f64();
     let catch_up_seconds = catch_up_s.ceil() as usize;
@@ -401,7 +364,6 @@ fn drive(
     let (_, peaks) = sampler.finish();
     let state_bytes = args.keys * (KEY_BYTES + args.value_size as u64);
     let peak = peaks.iter().map(|(_, bytes)| *bytes).max().unwrap_or(0);
-    let _ = dir;
     Ok(ScaleReport {
         keys: args.keys,
         value_size: args.value_size,

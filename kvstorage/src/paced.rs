@@ -11,36 +11,45 @@ use std::io::{self, Write};
 /// Bytes a background writer may leave unsynced before it fdatasyncs.
 pub const WRITEBACK_SYNC_BYTES: u64 = 4 << 20;
 
-/// A file writer that fdatasyncs every `WRITEBACK_SYNC_BYTES` written through it.
-#[derive(Debug)]
-pub struct PacedFile<'a> {
-    file: &'a File,
+/// Counts bytes written to one file since its last fdatasync and syncs when the backlog is
+/// full: for writers that own their file (and `PacedFile` for those that borrow it).
+#[derive(Debug, Default)]
+pub struct Writeback {
     unsynced_bytes: u64,
 }
 
-impl<'a> PacedFile<'a> {
-    pub fn new(file: &'a File) -> PacedFile<'a> {
-        PacedFile {
-            file,
-            unsynced_bytes: 0,
-        }
-    }
-
-    /// Counts `bytes` written to the file by other means; syncs if the backlog is full.
-    pub fn wrote(&mut self, bytes: u64) -> io::Result<()> {
+impl Writeback {
+    /// Counts `bytes` just written to `file`; fdatasyncs it if the backlog is full.
+    pub fn wrote(&mut self, file: &File, bytes: u64) -> io::Result<()> {
         self.unsynced_bytes += bytes;
         if self.unsynced_bytes >= WRITEBACK_SYNC_BYTES {
-            self.file.sync_data()?;
+            file.sync_data()?;
             self.unsynced_bytes = 0;
         }
         Ok(())
     }
 }
 
+/// A file writer that fdatasyncs every `WRITEBACK_SYNC_BYTES` written through it.
+#[derive(Debug)]
+pub struct PacedFile<'a> {
+    file: &'a File,
+    writeback: Writeback,
+}
+
+impl<'a> PacedFile<'a> {
+    pub fn new(file: &'a File) -> PacedFile<'a> {
+        PacedFile {
+            file,
+            writeback: Writeback::default(),
+        }
+    }
+}
+
 impl Write for PacedFile<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let written = (&mut &*self.file).write(buf)?;
-        self.wrote(written as u64)?;
+        self.writeback.wrote(self.file, written as u64)?;
         Ok(written)
     }
 
@@ -63,7 +72,7 @@ mod tests {
         for _ in 0..9 {
             paced.write_all(&chunk).unwrap();
         }
-        assert_eq!(paced.unsynced_bytes, 1 << 20);
+        assert_eq!(paced.writeback.unsynced_bytes, 1 << 20);
         assert_eq!(std::fs::read(&path).unwrap().len(), 9 << 20);
     }
 }

@@ -360,7 +360,8 @@ fn recover(
     Ok(started.elapsed().as_millis() as u64)
 }
 
-fn copy_logs(spec: &ClusterSpec, run_dir: &Path) {
+/// Copies every node's log into `run_dir/logs`, then removes the cluster's work directory.
+pub(crate) fn copy_logs(spec: &ClusterSpec, run_dir: &Path) {
     let logs = run_dir.join("logs");
     if let Err(error) = std::fs::create_dir_all(&logs) {
         eprintln!("bench: warning: {}: {error}", logs.display());

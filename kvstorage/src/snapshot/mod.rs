@@ -211,7 +211,7 @@ impl SnapshotStore {
             path,
             file,
             received_bytes: 0,
-            unsynced_bytes: 0,
+            writeback: crate::paced::Writeback::default(),
             header: None,
             prefix: Vec::new(),
         })
@@ -395,8 +395,8 @@ pub struct SnapshotWriter {
     path: PathBuf,
     file: File,
     received_bytes: u64,
-    /// Bytes written since the last fdatasync (paced writeback, `crate::paced`).
-    unsynced_bytes: u64,
+    /// Paced writeback (`crate::paced`).
+    writeback: crate::paced::Writeback,
     header: Option<SnapshotHeader>,
     /// The first bytes, kept until the header and meta can be parsed.
     prefix: Vec<u8>,
@@ -423,11 +423,9 @@ impl SnapshotWriter {
             source,
         };
         self.file.write_all(chunk).map_err(io)?;
-        self.unsynced_bytes += chunk.len() as u64;
-        if self.unsynced_bytes >= crate::paced::WRITEBACK_SYNC_BYTES {
-            self.file.sync_data().map_err(io)?;
-            self.unsynced_bytes = 0;
-        }
+        self.writeback
+            .wrote(&self.file, chunk.len() as u64)
+            .map_err(io)?;
         self.received_bytes = end;
         Ok(())
     }

@@ -125,6 +125,13 @@ impl DiskFs {
         }
     }
 
+    fn attr_reply(&self, result: io::Result<Metadata>, reply: ReplyAttr) {
+        match result {
+            Ok(metadata) => reply.attr(&TTL, &self.attr(&metadata)),
+            Err(error) => reply.error(Errno::from(error)),
+        }
+    }
+
     fn entry(&self, result: io::Result<Metadata>, reply: ReplyEntry) {
         match result {
             Ok(metadata) => reply.entry(&TTL, &self.attr(&metadata), Generation(0)),
@@ -147,10 +154,8 @@ impl Filesystem for DiskFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.model().metadata(self.backing(ino), fh.map(|h| h.0)) {
-            Ok(metadata) => reply.attr(&TTL, &self.attr(&metadata)),
-            Err(error) => reply.error(Errno::from(error)),
-        }
+        let result = self.model().metadata(self.backing(ino), fh.map(|h| h.0));
+        self.attr_reply(result, reply);
     }
 
     fn setattr(
@@ -185,10 +190,7 @@ impl Filesystem for DiskFs {
             }
             model.metadata(inode, handle)
         })();
-        match result {
-            Ok(metadata) => reply.attr(&TTL, &self.attr(&metadata)),
-            Err(error) => reply.error(Errno::from(error)),
-        }
+        self.attr_reply(result, reply);
     }
 
     fn mkdir(
