@@ -220,6 +220,41 @@ fn wal_compaction_drops_whole_segments_and_keeps_the_hard_state() {
     assert_eq!(segment_files(dir.path()).len(), 1);
 }
 
+/// "wal: group commit: compacted segments are deleted off the writer thread, all of them by the
+/// time the WAL is closed"
+#[test]
+fn wal_group_commit_compaction_deletes_segments_by_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(4096);
+    let (sender, reports) = mpsc::channel();
+    let callback = Box::new(move |report: Result<Durable, WalError>| {
+        let _ = sender.send(report.map(|durable| durable.last_index));
+    });
+    let (wal, _) = Wal::open(dir.path(), config.clone(), callback).unwrap();
+    for first in (1..=60).step_by(3) {
+        wal.submit(batch(entries(first, 3, 1, 200), None)).unwrap();
+        assert_eq!(reports.recv().unwrap().unwrap(), first + 2);
+    }
+    let segments_before = segment_files(dir.path()).len();
+    assert!(segments_before > 3, "the entries span several segments");
+    wal.compact(40).unwrap();
+    wal.submit(batch(vec![entry(61, 1, 8)], None)).unwrap();
+    // The compaction and the next batch are durable in order (one or two reports).
+    while reports.recv().unwrap().unwrap() < 61 {}
+    wal.close().unwrap();
+    let segments_after = segment_files(dir.path()).len();
+    assert!(
+        segments_after < segments_before,
+        "{segments_after} segments after the compaction, {segments_before} before"
+    );
+    let (_, recovered) = WalWriter::open(dir.path(), config).unwrap();
+    assert_eq!(recovered.compacted_index, 40);
+    assert_eq!(recovered.first_index, 41);
+    let mut expected = entries(41, 20, 1, 200);
+    expected.push(entry(61, 1, 8));
+    assert_eq!(recovered.entries, expected);
+}
+
 /// "wal: a vote alone is durable"
 #[test]
 fn wal_a_hard_state_only_batch_is_durable() {

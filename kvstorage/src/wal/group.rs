@@ -6,6 +6,7 @@
 //!
 //! Segment rolls do not stall the group: a second thread keeps one zero-filled, synced spare
 //! segment ready (like etcd's `filePipeline`), and the writer only writes a header over it.
+//! Compactions do not stall it either: a third thread deletes the compacted segments.
 //!
 //! Any error is fatal: it is reported to the callback once and the thread stops (later submits
 //! get `SubmitError::Closed`). A failed fdatasync is never retried (PostgreSQL "fsyncgate":
@@ -30,6 +31,10 @@ pub type DurableCallback = Box<dyn FnMut(Result<Durable, WalError>) + Send>;
 
 const THREAD_NAME: &str = "wal-writer";
 const PREALLOCATOR_THREAD_NAME: &str = "wal-preallocator";
+const REAPER_THREAD_NAME: &str = "wal-reaper";
+/// Compactions whose segments may wait for the reaper; beyond that the writer deletes them
+/// itself (as without a reaper).
+const REAPER_QUEUE_COMPACTIONS_MAX: usize = 16;
 
 #[derive(Debug)]
 enum Command {
@@ -55,6 +60,7 @@ pub struct Wal {
     sender: Option<SyncSender<Command>>,
     thread: Option<JoinHandle<Result<(), WalError>>>,
     preallocator: Option<JoinHandle<()>>,
+    reaper: Option<JoinHandle<()>>,
     queue_batches_max: usize,
 }
 
@@ -80,6 +86,13 @@ impl Wal {
             .name(PREALLOCATOR_THREAD_NAME.to_string())
             .spawn(move || preallocate(spare_dir, spare_bytes, spare_sender))
             .map_err(spawn_error)?;
+        let (reap_sender, reap_receiver) = mpsc::sync_channel(REAPER_QUEUE_COMPACTIONS_MAX);
+        writer.set_reaper(reap_sender);
+        let reap_dir = dir.to_path_buf();
+        let reaper = thread::Builder::new()
+            .name(REAPER_THREAD_NAME.to_string())
+            .spawn(move || reap(reap_dir, reap_receiver))
+            .map_err(spawn_error)?;
         let (sender, receiver) = mpsc::sync_channel(queue_batches_max);
         let thread = thread::Builder::new()
             .name(THREAD_NAME.to_string())
@@ -89,6 +102,7 @@ impl Wal {
             sender: Some(sender),
             thread: Some(thread),
             preallocator: Some(preallocator),
+            reaper: Some(reaper),
             queue_batches_max,
         };
         Ok((wal, recovered))
@@ -137,6 +151,10 @@ impl Wal {
         // The writer (and its spare receiver) is gone: the preallocator's next send fails.
         if let Some(preallocator) = self.preallocator.take() {
             let _ = preallocator.join();
+        }
+        // The writer's reaper sender is gone too: the reaper deletes what is queued and ends.
+        if let Some(reaper) = self.reaper.take() {
+            let _ = reaper.join();
         }
         result
     }
@@ -199,6 +217,32 @@ fn execute(
         }
     }
     writer.sync()
+}
+
+/// Deletes compacted segments until the writer goes away, then syncs the directory once per
+/// compaction. A failure only leaves a segment behind (recovery skips what a compaction marker
+/// covers), so it is logged, not fatal.
+fn reap(dir: PathBuf, compactions: Receiver<Vec<PathBuf>>) {
+    while let Ok(paths) = compactions.recv() {
+        for path in &paths {
+            match fs::remove_file(path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    tracing::warn!(
+                        "wal: deleting compacted segment {}: {error}",
+                        path.display()
+                    )
+                }
+            }
+        }
+        if let Err(error) = segment::sync_dir(&dir) {
+            tracing::warn!(
+                "wal: syncing {} after deleting segments: {error}",
+                dir.display()
+            );
+        }
+    }
 }
 
 /// Keeps one spare segment ready until the writer goes away. On an error it stops: the writer
