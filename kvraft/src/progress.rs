@@ -156,6 +156,31 @@ impl Progress {
         }
     }
 
+    /// Whether a rejection is of a probe at our match index for the follower, from a follower
+    /// whose log ends (`follower_last`) below it. Either the follower lost entries it had
+    /// acknowledged (a wiped or rolled-back disk: Raft assumes it never happens, but without
+    /// starting over from what the follower has, the leader would probe at its match index
+    /// forever, since `maybe_decrease_to` never goes below it), or the rejection is a stale
+    /// answer to an older append that arrived out of order. Starting over (`restart_from`) is
+    /// right for the first and harmless for the second: the follower acknowledges again what it
+    /// has (commit never goes back), at the cost of a resend.
+    pub fn rejected_at_match(&self, rejected: Index, follower_last: Index) -> bool {
+        self.state == ProgressState::Probe
+            && self.next_index.checked_sub(1) == Some(rejected)
+            && rejected <= self.match_index
+            && follower_last < self.match_index
+    }
+
+    /// Starts over as if the follower had just joined with a log matching ours up to `index`:
+    /// probe from there (the snapshot follows if our log no longer reaches it).
+    pub fn restart_from(&mut self, index: Index) {
+        self.match_index = index;
+        self.next_index = index + 1;
+        self.state = ProgressState::Probe;
+        self.probe_sent = false;
+        self.inflights.reset();
+    }
+
     /// The follower rejected an append at `rejected`; `hint` is where the leader's log can match
     /// it at best. Returns false for a stale rejection (an answer to an older message).
     pub fn maybe_decrease_to(&mut self, rejected: Index, hint: Index) -> bool {

@@ -767,6 +767,13 @@ impl Raft {
         };
         if let Some(hint) = reject {
             let (hint_index, _) = self.log.find_conflict_by_term(hint.index, hint.term);
+            if progress.rejected_at_match(index, hint.index) {
+                // Our log may be compacted below the follower's: `hint_index` is then our
+                // snapshot, which the follower does not have.
+                progress.restart_from(hint.index.min(hint_index));
+                self.send_append(from, true);
+                return;
+            }
             if progress.maybe_decrease_to(index, hint_index) {
                 self.send_append(from, true);
             }

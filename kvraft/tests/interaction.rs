@@ -14,7 +14,8 @@
 //! `tick ID [N]`, `tick-all [N]`, `propose ID DATA`, `read-index ID CTX`,
 //! `transfer-leader FROM TO`, `process-ready ID...`, `deliver-msgs ID [from=ID] [type=NAME]`,
 //! `drop-msgs ID [from=ID] [type=NAME]`, `stabilize`, `isolate ID`, `heal`, `crash ID`,
-//! `restart ID`, `compact ID INDEX`, `status`, `raft-log ID`.
+//! `restart ID`, `wipe ID` (crash and lose all storage), `compact ID INDEX`, `status`,
+//! `raft-log ID`.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -413,6 +414,12 @@ impl Env {
                 self.in_flight.retain(|m| m.to != node);
             }
             "restart" => self.start(id(args[0])),
+            "wipe" => {
+                let node = id(args[0]);
+                self.node(node).raw = None;
+                self.node(node).storage = Storage::default();
+                self.in_flight.retain(|m| m.to != node);
+            }
             "compact" => {
                 let node = id(args[0]);
                 let index: u64 = args[1].parse().expect("index");
