@@ -15,7 +15,8 @@ pub struct CoreConfig {
     /// one node serves, so it only bites when commits stall.
     pub requests_pending_max: usize,
     /// Take a snapshot (and compact the log) every this many applied entries. Larger values
-    /// snapshot less often but keep more log in memory and replay more at restart.
+    /// snapshot less often but keep more log in memory and replay more at restart. The voters
+    /// take turns (see `NodeCore::maybe_snapshot`), so the log may reach twice this.
     pub snapshot_entries: u64,
     /// Snapshots received from leaders and held (decoded) until the leader's InstallSnapshot
     /// message arrives; older ones are discarded. Each costs the whole state in memory.

@@ -8,8 +8,8 @@
 
 use bytes::Bytes;
 use kvraft::{
-    Config as RaftConfig, Entry, EntryKind, Membership, Message, MessageBody, NodeId, ProposeError,
-    RawNode, ReadIndexError, Ready, Role, SnapshotMeta, Status,
+    Config as RaftConfig, Entry, EntryKind, Index, Membership, Message, MessageBody, NodeId,
+    ProposeError, RawNode, ReadIndexError, Ready, Role, SnapshotMeta, Status,
 };
 use kvstate::client_proto::{
     decode_request, ClientError, ClientRequest, ClientResponse, NodeRole, NodeStatus, RequestKind,
@@ -460,10 +460,19 @@ impl<T> NodeCore<T> {
     /// Every `snapshot_entries` applied entries: hand a clone of the state machine to the
     /// driver to write; the log is compacted once the file is durable
     /// (`handle_snapshot_taken`).
+    ///
+    /// The voters take turns: writing a large snapshot takes the disk and a core for seconds,
+    /// and if every node wrote at once, every quorum would include a node that is writing. So
+    /// each cycle of `snapshot_entries` indexes is cut into one window per voter, and a node
+    /// that is due waits for its window (the same on every node: it depends only on the index).
     fn maybe_snapshot(&mut self) {
         let applied = self.sm.applied_index();
         let snapshot_index = self.raw.status().snapshot_index;
-        if self.snapshots.taking || applied < snapshot_index + self.config.snapshot_entries {
+        let every = self.config.snapshot_entries;
+        if self.snapshots.taking || applied < snapshot_index + every {
+            return;
+        }
+        if !snapshot_turn(applied, every, self.id, &self.raw.membership().voters) {
             return;
         }
         let Some(last_term) = self.raw.log_term(applied) else {
@@ -605,5 +614,48 @@ fn read_response(sm: &StateMachine, op: &Op) -> ClientResponse {
     match sm.read_local(op) {
         Ok(result) => ClientResponse::Ok(result),
         Err(error) => ClientResponse::Err(error.into()),
+    }
+}
+
+/// Whether `applied` falls in `id`'s window of its snapshot cycle (see
+/// `NodeCore::maybe_snapshot`). A node that is not a voter, or a cycle too short to cut, has
+/// no window: any index is its turn.
+fn snapshot_turn(applied: Index, every: u64, id: NodeId, voters: &[NodeId]) -> bool {
+    let Some(position) = voters.iter().position(|&voter| voter == id) else {
+        return true;
+    };
+    let window = every / voters.len() as u64;
+    if window == 0 {
+        return true;
+    }
+    // The remainder of an uneven cut belongs to the last voter.
+    let slot = ((applied % every) / window).min(voters.len() as u64 - 1);
+    slot == position as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snapshot_turn;
+
+    #[test]
+    fn voters_take_turns_at_snapshots() {
+        let voters = [1, 2, 3];
+        let turns = |applied| -> Vec<u64> {
+            (1..=3)
+                .filter(|&id| snapshot_turn(applied, 90, id, &voters))
+                .collect()
+        };
+        assert_eq!(turns(0), vec![1]);
+        assert_eq!(turns(29), vec![1]);
+        assert_eq!(turns(30), vec![2]);
+        assert_eq!(turns(60), vec![3]);
+        assert_eq!(turns(89), vec![3]);
+        assert_eq!(turns(90 * 7 + 31), vec![2]);
+        // An uneven cut: the remainder (index 99 of 100 = 3 x 33 + 1) is the last voter's.
+        assert!(snapshot_turn(99, 100, 3, &voters));
+        assert!(!snapshot_turn(99, 100, 1, &voters));
+        // No window to cut, or not a voter: always its turn.
+        assert!(snapshot_turn(1, 2, 1, &voters) && snapshot_turn(1, 2, 2, &voters));
+        assert!(snapshot_turn(5, 90, 9, &voters));
     }
 }

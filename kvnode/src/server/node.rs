@@ -5,7 +5,8 @@
 //! simulator drives too.
 //!
 //! Threads: this task on one single-threaded runtime; the WAL's writer thread (fsync); snapshot
-//! file writes on `spawn_blocking`.
+//! files written and decoded on threads of their own at a lower CPU priority
+//! (`spawn_background`).
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -76,6 +77,37 @@ pub(super) struct Node {
     received_files: Vec<(SnapshotMeta, PathBuf)>,
     metrics: m::NodeMetrics,
     _data_dir: kvstorage::datadir::DataDir,
+}
+
+/// The nice value of the snapshot threads: encoding or decoding a large state takes a core for
+/// seconds, and the node's runtime (heartbeats, appends, answers) must come first.
+const BACKGROUND_NICE: i32 = 10;
+
+/// Runs `work` on a thread of its own at nice `BACKGROUND_NICE` (Linux: the nice value is per
+/// thread). Priority is best effort: if it cannot be lowered, or the thread cannot be started,
+/// the work runs anyway (on tokio's blocking pool).
+fn spawn_background(name: &str, work: impl FnOnce() + Send + 'static) {
+    let work = Arc::new(Mutex::new(Some(work)));
+    let ours = Arc::clone(&work);
+    let spawned = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            // PRIO_PROCESS with no pid: on Linux, the calling thread only.
+            if let Err(error) = rustix::process::setpriority_process(None, BACKGROUND_NICE) {
+                tracing::debug!("cannot lower the priority of a snapshot thread: {error}");
+            }
+            if let Some(work) = ours.lock().ok().and_then(|mut slot| slot.take()) {
+                work();
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::warn!("cannot start a snapshot thread ({error}): using the blocking pool");
+        tokio::task::spawn_blocking(move || {
+            if let Some(work) = work.lock().ok().and_then(|mut slot| slot.take()) {
+                work();
+            }
+        });
+    }
 }
 
 fn respond(reply: Reply, response: &ClientResponse, metrics: &mut m::NodeMetrics) {
@@ -205,7 +237,7 @@ impl Node {
     fn on_snapshot_received(&mut self, meta: SnapshotMeta, path: PathBuf) {
         let store = Arc::clone(&self.snapshots);
         let loaded = self.snapshot_loaded_tx.clone();
-        tokio::task::spawn_blocking(move || {
+        spawn_background("snapshot-loader", move || {
             let state = load_state_machine(&store, &path);
             let _ = loaded.send((meta, path, state));
         });
@@ -362,7 +394,7 @@ impl Node {
         metrics::gauge!(m::RAFT_SNAPSHOT_IN_PROGRESS).set(1.0);
         let store = Arc::clone(&self.snapshots);
         let done = self.snapshot_done_tx.clone();
-        tokio::task::spawn_blocking(move || {
+        spawn_background("snapshot-writer", move || {
             let result = write_snapshot(&store, &meta, &state).map(|()| meta);
             let _ = done.send(result);
         });
