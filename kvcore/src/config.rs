@@ -16,7 +16,7 @@ pub struct CoreConfig {
     pub requests_pending_max: usize,
     /// Take a snapshot (and compact the log) every this many applied entries. Larger values
     /// snapshot less often but keep more log in memory and replay more at restart. The voters
-    /// take turns (see `NodeCore::maybe_snapshot`), so the log may reach twice this.
+    /// take turns (see `NodeCore::maybe_snapshot`): the log may hold this plus a share of it.
     pub snapshot_entries: u64,
     /// Snapshots received from leaders and held (decoded) until the leader's InstallSnapshot
     /// message arrives; older ones are discarded. Each costs the whole state in memory.

@@ -463,16 +463,14 @@ impl<T> NodeCore<T> {
     ///
     /// The voters take turns: writing a large snapshot takes the disk and a core for seconds,
     /// and if every node wrote at once, every quorum would include a node that is writing. So
-    /// each cycle of `snapshot_entries` indexes is cut into one window per voter, and a node
-    /// that is due waits for its window (the same on every node: it depends only on the index).
+    /// each cycle of `snapshot_entries` indexes is cut into one window per voter (the same on
+    /// every node: it depends only on the index), and a node snapshots in its own window.
     fn maybe_snapshot(&mut self) {
         let applied = self.sm.applied_index();
         let snapshot_index = self.raw.status().snapshot_index;
         let every = self.config.snapshot_entries;
-        if self.snapshots.taking || applied < snapshot_index + every {
-            return;
-        }
-        if !snapshot_turn(applied, every, self.id, &self.raw.membership().voters) {
+        let voters = &self.raw.membership().voters;
+        if self.snapshots.taking || !snapshot_due(applied, snapshot_index, every, self.id, voters) {
             return;
         }
         let Some(last_term) = self.raw.log_term(applied) else {
@@ -617,45 +615,64 @@ fn read_response(sm: &StateMachine, op: &Op) -> ClientResponse {
     }
 }
 
-/// Whether `applied` falls in `id`'s window of its snapshot cycle (see
-/// `NodeCore::maybe_snapshot`). A node that is not a voter, or a cycle too short to cut, has
-/// no window: any index is its turn.
-fn snapshot_turn(applied: Index, every: u64, id: NodeId, voters: &[NodeId]) -> bool {
-    let Some(position) = voters.iter().position(|&voter| voter == id) else {
-        return true;
+/// Whether a node that applied up to `applied` and last snapshotted at `snapshot_index` takes
+/// a snapshot now (see `NodeCore::maybe_snapshot`): in its own window of the cycle, and once at
+/// least a cycle less a window has gone by, so snapshots come once per cycle and the log holds
+/// at most about `every` plus a window of entries. A node that is not a voter, or a cycle too
+/// short to cut, has no window: it snapshots every `every` entries.
+fn snapshot_due(
+    applied: Index,
+    snapshot_index: Index,
+    every: u64,
+    id: NodeId,
+    voters: &[NodeId],
+) -> bool {
+    let since = applied.saturating_sub(snapshot_index);
+    let position = voters.iter().position(|&voter| voter == id);
+    let window = every / voters.len().max(1) as u64;
+    let (Some(position), true) = (position, window > 0) else {
+        return since >= every;
     };
-    let window = every / voters.len() as u64;
-    if window == 0 {
-        return true;
-    }
     // The remainder of an uneven cut belongs to the last voter.
     let slot = ((applied % every) / window).min(voters.len() as u64 - 1);
-    slot == position as u64
+    since >= every - window && slot == position as u64
 }
 
 #[cfg(test)]
 mod tests {
-    use super::snapshot_turn;
+    use super::snapshot_due;
 
     #[test]
     fn voters_take_turns_at_snapshots() {
         let voters = [1, 2, 3];
-        let turns = |applied| -> Vec<u64> {
+        // Who snapshots at `applied`, each having last snapshotted a cycle (90) earlier.
+        let turns = |applied: u64| -> Vec<u64> {
             (1..=3)
-                .filter(|&id| snapshot_turn(applied, 90, id, &voters))
+                .filter(|&id| snapshot_due(applied, applied.saturating_sub(90), 90, id, &voters))
                 .collect()
         };
-        assert_eq!(turns(0), vec![1]);
-        assert_eq!(turns(29), vec![1]);
-        assert_eq!(turns(30), vec![2]);
-        assert_eq!(turns(60), vec![3]);
-        assert_eq!(turns(89), vec![3]);
+        assert_eq!(turns(90), vec![1]);
+        assert_eq!(turns(119), vec![1]);
+        assert_eq!(turns(120), vec![2]);
+        assert_eq!(turns(150), vec![3]);
+        assert_eq!(turns(179), vec![3]);
         assert_eq!(turns(90 * 7 + 31), vec![2]);
+        // Not before a cycle less a window (60) since the last one: node 2 snapshotted at 120.
+        assert!(!snapshot_due(179, 120, 90, 2, &voters));
+        assert!(snapshot_due(210, 120, 90, 2, &voters));
+        // The first snapshots: node 3 at 60 (its window starts a cycle less a window in), then
+        // node 1 at 90 and node 2 at 120.
+        let first = |id: u64| (1..1000).find(|&a| snapshot_due(a, 0, 90, id, &voters));
+        assert_eq!(
+            [first(1), first(2), first(3)],
+            [Some(90), Some(120), Some(60)]
+        );
         // An uneven cut: the remainder (index 99 of 100 = 3 x 33 + 1) is the last voter's.
-        assert!(snapshot_turn(99, 100, 3, &voters));
-        assert!(!snapshot_turn(99, 100, 1, &voters));
-        // No window to cut, or not a voter: always its turn.
-        assert!(snapshot_turn(1, 2, 1, &voters) && snapshot_turn(1, 2, 2, &voters));
-        assert!(snapshot_turn(5, 90, 9, &voters));
+        assert!(snapshot_due(199, 100, 100, 3, &voters));
+        assert!(!snapshot_due(199, 100, 100, 1, &voters));
+        // No window to cut, or not a voter: every `every` entries.
+        assert!(snapshot_due(3, 1, 2, 1, &voters) && snapshot_due(3, 1, 2, 2, &voters));
+        assert!(!snapshot_due(3, 2, 2, 1, &voters));
+        assert!(snapshot_due(95, 5, 90, 9, &voters) && !snapshot_due(94, 5, 90, 9, &voters));
     }
 }
