@@ -388,6 +388,12 @@ impl RawNode {
         &self.raft.membership
     }
 
+    /// The configuration in force at `index` (the newest configuration entry at or below it,
+    /// else the snapshot's) and the index of the entry that made it.
+    pub fn membership_at(&self, index: Index) -> (Membership, Index) {
+        self.raft.membership_at(index)
+    }
+
     /// The index of the entry that made `membership()` (0: bootstrap).
     pub fn membership_index(&self) -> Index {
         self.raft.membership_index
