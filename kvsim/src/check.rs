@@ -59,6 +59,10 @@ pub(super) struct Checker {
     /// elected while a newer term commits.
     commit_terms: BTreeMap<Index, Term>,
     commit_recorded: Vec<Index>,
+    /// The configuration in force on the leader each time its commit index advanced: the
+    /// quorum that made those entries committed (its entry may since have been lost from every
+    /// log, if it was appended on the leader alone and the leader crashed).
+    commit_configs: BTreeMap<Index, Membership>,
     /// State machine safety: what was applied at each index.
     applied: HashMap<Index, (Term, u64)>,
 }
@@ -168,12 +172,21 @@ impl Checker {
         Ok(())
     }
 
+    /// A leader's Ready carried commit index `commit` while `membership` was in force on it.
+    pub fn record_leader_commit(&mut self, commit: Index, membership: &Membership) {
+        if self.commit_configs.contains_key(&commit) {
+            return;
+        }
+        self.commit_configs.insert(commit, membership.clone());
+    }
+
     /// Committed entries are durable on a quorum (so no crash can lose them): a quorum of the
-    /// configuration that committed the newest committed entry. That is the configuration in
-    /// force at the entry, or the next one after it (a change may be appended, and become the
-    /// leader's configuration, before earlier entries commit; the one after that waits for it
-    /// to commit). Both are read from the logs of live nodes that hold the entry; a joint
-    /// configuration needs a majority of each half.
+    /// configuration that committed the newest committed entry, as recorded when a leader's
+    /// commit index reached it. Without a record (the leader stepped down in the same step),
+    /// the configuration in force at the entry or the next one after it (a change may be
+    /// appended, and become the leader's configuration, before earlier entries commit; the
+    /// one after that waits for it to commit), read from the logs of live nodes holding the
+    /// entry. A joint configuration needs a majority of each half.
     pub fn check_durable(&self, nodes: &[NodeView<'_>]) -> Result<(), String> {
         let Some((&index, &term)) = self.committed.last_key_value() else {
             return Ok(());
@@ -183,7 +196,10 @@ impl Checker {
         };
         let holder_ids: Vec<NodeId> = nodes.iter().filter(|n| holds(n)).map(|n| n.id).collect();
         let mut configs: Vec<Membership> = Vec::new();
-        for raw in nodes.iter().filter_map(|n| n.raw) {
+        configs.extend(self.commit_configs.get(&index).cloned());
+        let recorded = !configs.is_empty();
+        let live = nodes.iter().filter_map(|n| n.raw);
+        for raw in live.filter(|_| !recorded) {
             if raw.log_term(index) != Some(term) {
                 continue;
             }

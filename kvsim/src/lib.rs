@@ -345,6 +345,9 @@ impl Sim {
                 }
                 errors.extend(checker.check_appended(Some(raw), &ready.entries).err());
                 if let Some(hard_state) = ready.hard_state {
+                    if raw.status().role == Role::Leader {
+                        checker.record_leader_commit(hard_state.commit, raw.membership());
+                    }
                     let result = checker.record_commit(index, hard_state.commit, Some(raw));
                     errors.extend(result.err());
                 }
