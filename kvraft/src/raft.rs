@@ -114,9 +114,21 @@ impl Raft {
         }
     }
 
-    /// Only voters campaign; learners and nodes outside the configuration never do.
+    /// Voters campaign; learners and nodes outside the configuration do not. One exception:
+    /// a node removed by an entry it does not know to be committed (thesis §4.2.2). The others
+    /// may still be in the configuration before it and need this node, whose log may be the
+    /// only complete one (a removed leader deposed before its C_new committed): it may
+    /// campaign, counting votes in its own configuration, where it has no vote. Once it
+    /// learns the entry committed, it stays quiet for good.
     fn promotable(&self) -> bool {
-        self.membership.contains(self.id)
+        if self.membership.contains(self.id) {
+            return true;
+        }
+        self.membership_index > self.log.committed
+            && self
+                .membership_at(self.membership_index - 1)
+                .0
+                .contains(self.id)
     }
 
     /// The voters to ask for votes (both halves of a joint configuration).
@@ -216,15 +228,37 @@ impl Raft {
             return;
         }
         let id = self.id;
-        let membership = &self.membership;
-        self.progress
-            .retain(|&peer, _| peer == id || membership.is_member(peer));
+        self.release_removed();
         if self.membership.is_joint() {
             let next = self.membership.leave_joint();
             self.append_entries(vec![(EntryKind::Config, Bytes::from(next.encode()))]);
             self.broadcast_append();
         } else if !self.membership.contains(id) {
             self.step_down_removed();
+        }
+    }
+
+    /// Leader: nodes that the committed configuration removed are forgotten once they hold its
+    /// entry. Their last message is a heartbeat whose commit index covers that entry, so they
+    /// learn that their removal is final and never campaign again (see `promotable`).
+    fn release_removed(&mut self) {
+        if self.role != Role::Leader || self.membership_index > self.log.committed {
+            return;
+        }
+        let (id, at) = (self.id, self.membership_index);
+        let done: Vec<(NodeId, Index)> = self
+            .progress
+            .iter()
+            .filter(|(&peer, p)| {
+                peer != id && !self.membership.is_member(peer) && p.match_index >= at
+            })
+            .map(|(&peer, p)| (peer, p.match_index))
+            .collect();
+        for (peer, matched) in done {
+            let commit = self.log.committed.min(matched);
+            let read_round = 0;
+            self.send(peer, MessageBody::Heartbeat { commit, read_round });
+            self.progress.remove(&peer);
         }
     }
 
@@ -962,6 +996,9 @@ impl Raft {
             && self.progress.get(&from).map(|p| p.match_index) == Some(self.log.last_index())
         {
             self.send(from, MessageBody::TimeoutNow);
+        }
+        if !self.membership.is_member(from) {
+            self.release_removed();
         }
     }
 
