@@ -23,9 +23,14 @@ impl Sim {
         })
     }
 
-    /// The voters a configuration keeps at least: two of three, three of five.
+    /// The voters a configuration keeps at least: a majority of the nodes, and never fewer
+    /// than three without pre-vote. Two voters need each other for every election; without
+    /// pre-vote the one with the shorter log keeps raising the term and can starve the other
+    /// of its vote for hundreds of ticks (seed 11933 before this rule), a liveness limit of
+    /// two-voter clusters, not a bug of configuration changes.
     fn voters_min(&self) -> usize {
-        self.nodes.len() / 2 + 1
+        let floor = if self.config.pre_vote { 2 } else { 3 };
+        (self.nodes.len() / 2 + 1).max(floor)
     }
 
     /// Proposes one change on the leader: during the faults, any change; afterwards
