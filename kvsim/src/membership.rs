@@ -112,6 +112,17 @@ impl Sim {
         if choices.is_empty() {
             return Ok(());
         }
+        // Changes of two voters at once are where a core without joint consensus breaks:
+        // weigh them three times as likely as the others.
+        let two_voters: Vec<ConfChange> = choices
+            .iter()
+            .filter(|c| c.ops.iter().filter(|op| changes_voters(op)).count() >= 2)
+            .cloned()
+            .collect();
+        for change in two_voters {
+            choices.push(change.clone());
+            choices.push(change);
+        }
         let mut change = choices.swap_remove(self.rng.below(choices.len() as u64) as usize);
         if change.mode == ConfChangeMode::Simple && self.rng.chance(200_000) {
             change.mode = ConfChangeMode::Joint;
@@ -177,4 +188,10 @@ impl Sim {
             && self.nodes.iter().all(|n| membership.contains(n.id))
             && status.membership_index <= status.commit_index
     }
+}
+
+/// Whether an operation adds or removes a voter (removing a learner does not; the simulator
+/// only removes voters).
+fn changes_voters(op: &ConfChangeOp) -> bool {
+    matches!(op, ConfChangeOp::Promote(_) | ConfChangeOp::Remove(_))
 }
