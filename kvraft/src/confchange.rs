@@ -259,8 +259,14 @@ mod tests {
         let refuse = |ops: Vec<ConfChangeOp>| ConfChange::joint(ops).apply(&c).unwrap_err();
         assert_eq!(refuse(vec![]), ConfChangeError::Empty);
         assert_eq!(refuse(vec![AddLearner(0)]), ConfChangeError::ZeroId);
-        assert_eq!(refuse(vec![AddLearner(2)]), ConfChangeError::AlreadyMember(2));
-        assert_eq!(refuse(vec![AddLearner(4)]), ConfChangeError::AlreadyMember(4));
+        assert_eq!(
+            refuse(vec![AddLearner(2)]),
+            ConfChangeError::AlreadyMember(2)
+        );
+        assert_eq!(
+            refuse(vec![AddLearner(4)]),
+            ConfChangeError::AlreadyMember(4)
+        );
         assert_eq!(refuse(vec![Promote(1)]), ConfChangeError::NotLearner(1));
         assert_eq!(refuse(vec![Promote(9)]), ConfChangeError::NotLearner(9));
         assert_eq!(refuse(vec![Remove(9)]), ConfChangeError::NotMember(9));

@@ -294,7 +294,10 @@ impl RawNode {
 
     /// Proposes a configuration change (leader only); returns the (index, term) its entry will
     /// have. Joint changes leave their joint configuration by themselves once it commits.
-    pub fn propose_conf_change(&mut self, change: &ConfChange) -> Result<(Index, Term), ProposeError> {
+    pub fn propose_conf_change(
+        &mut self,
+        change: &ConfChange,
+    ) -> Result<(Index, Term), ProposeError> {
         self.raft.propose_conf_change(change)
     }
 

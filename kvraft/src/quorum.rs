@@ -66,7 +66,10 @@ pub fn committed_index(membership: &Membership, index_of: impl Fn(NodeId) -> Ind
 }
 
 /// The outcome of a vote (or of an acknowledgement round) in `membership`.
-pub fn vote_result(membership: &Membership, vote_of: impl Fn(NodeId) -> Option<bool>) -> VoteResult {
+pub fn vote_result(
+    membership: &Membership,
+    vote_of: impl Fn(NodeId) -> Option<bool>,
+) -> VoteResult {
     if membership.voters.is_empty() && membership.voters_outgoing.is_empty() {
         return VoteResult::Pending;
     }
@@ -143,24 +146,45 @@ mod tests {
         };
         let simple = joint(&[1, 2, 3], &[]);
         let v = votes(&[1, 2], &[]);
-        assert_eq!(vote_result(&simple, |id| v.get(&id).copied()), VoteResult::Won);
+        assert_eq!(
+            vote_result(&simple, |id| v.get(&id).copied()),
+            VoteResult::Won
+        );
         let v = votes(&[1], &[2]);
-        assert_eq!(vote_result(&simple, |id| v.get(&id).copied()), VoteResult::Pending);
+        assert_eq!(
+            vote_result(&simple, |id| v.get(&id).copied()),
+            VoteResult::Pending
+        );
         let v = votes(&[1], &[2, 3]);
-        assert_eq!(vote_result(&simple, |id| v.get(&id).copied()), VoteResult::Lost);
+        assert_eq!(
+            vote_result(&simple, |id| v.get(&id).copied()),
+            VoteResult::Lost
+        );
 
         let both = joint(&[3, 4, 5], &[1, 2, 3]);
         // A majority of C_old alone is not enough.
         let v = votes(&[1, 2], &[]);
-        assert_eq!(vote_result(&both, |id| v.get(&id).copied()), VoteResult::Pending);
+        assert_eq!(
+            vote_result(&both, |id| v.get(&id).copied()),
+            VoteResult::Pending
+        );
         let v = votes(&[1, 2, 4, 5], &[]);
-        assert_eq!(vote_result(&both, |id| v.get(&id).copied()), VoteResult::Won);
+        assert_eq!(
+            vote_result(&both, |id| v.get(&id).copied()),
+            VoteResult::Won
+        );
         // Losing one half loses the election.
         let v = votes(&[1, 2, 3], &[4, 5]);
-        assert_eq!(vote_result(&both, |id| v.get(&id).copied()), VoteResult::Lost);
+        assert_eq!(
+            vote_result(&both, |id| v.get(&id).copied()),
+            VoteResult::Lost
+        );
         // Votes from non-voters are ignored.
         let v = votes(&[6, 7, 8], &[]);
-        assert_eq!(vote_result(&simple, |id| v.get(&id).copied()), VoteResult::Pending);
+        assert_eq!(
+            vote_result(&simple, |id| v.get(&id).copied()),
+            VoteResult::Pending
+        );
         assert!(!has_quorum(&Membership::default(), |_| true));
         assert!(has_quorum(&both, |id| id != 3));
         assert!(!has_quorum(&both, |id| id >= 3));

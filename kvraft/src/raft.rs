@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use super::config::Config;
 use super::confchange::ConfChange;
+use super::config::Config;
 use super::log::RaftLog;
 use super::message::{
     Entry, EntryKind, HardState, Index, Membership, Message, MessageBody, NodeId, RejectHint,

@@ -191,9 +191,8 @@ impl Checker {
         let Some((&index, &term)) = self.committed.last_key_value() else {
             return Ok(());
         };
-        let holds = |n: &NodeView<'_>| {
-            n.disk.snapshot_index() >= index || n.disk.term(index) == Some(term)
-        };
+        let holds =
+            |n: &NodeView<'_>| n.disk.snapshot_index() >= index || n.disk.term(index) == Some(term);
         let holder_ids: Vec<NodeId> = nodes.iter().filter(|n| holds(n)).map(|n| n.id).collect();
         let mut configs: Vec<Membership> = Vec::new();
         configs.extend(self.commit_configs.get(&index).cloned());

@@ -75,8 +75,7 @@ impl Sim {
             });
         }
         if !restore {
-            let removable: Vec<NodeId> = if self.rng.chance(self.config.target_leader_per_million)
-            {
+            let removable: Vec<NodeId> = if self.rng.chance(self.config.target_leader_per_million) {
                 vec![leader_id]
             } else {
                 voters.clone()
@@ -143,8 +142,7 @@ impl Sim {
         };
         let mut result = core.propose_conf_change(&change);
         let mut mode = format!("{:?}", change.mode);
-        if let Err(ProposeError::ConfChange(ConfChangeError::SimpleChangesTooMany { .. })) =
-            result
+        if let Err(ProposeError::ConfChange(ConfChangeError::SimpleChangesTooMany { .. })) = result
         {
             // The core refused an unsafe single-step change of several voters: go joint.
             self.stats.conf_changes_refused_unsafe += 1;
