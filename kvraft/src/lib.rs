@@ -433,3 +433,55 @@ impl RawNode {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(entries: Vec<Entry>) -> Message {
+        Message {
+            from: 1,
+            to: 2,
+            term: 1,
+            body: MessageBody::Append {
+                prev_log_index: 0,
+                prev_log_term: 0,
+                entries,
+                commit: 0,
+            },
+        }
+    }
+
+    fn config_entry(data: Vec<u8>) -> Entry {
+        Entry {
+            term: 1,
+            index: 1,
+            kind: EntryKind::Config,
+            data: Bytes::from(data),
+        }
+    }
+
+    #[test]
+    fn a_follower_refuses_an_append_with_an_undecodable_configuration() {
+        let bootstrap = Membership::new(vec![1, 2, 3]);
+        let mut node = RawNode::new(Config::new(2), bootstrap, Restored::default(), 7).unwrap();
+        node.step(append(vec![config_entry(vec![0xff, 0xff, 0xff])]))
+            .unwrap();
+        let ready = node.ready();
+        assert!(ready.entries.is_empty() && ready.persisted_messages.is_empty());
+        assert_eq!(node.membership().voters, vec![1, 2, 3]);
+        // The same entry with a real configuration is appended and in force at once.
+        let next = Membership {
+            voters: vec![1, 2, 3],
+            voters_outgoing: Vec::new(),
+            learners: vec![4],
+        };
+        node.step(append(vec![config_entry(next.encode())]))
+            .unwrap();
+        let ready = node.ready();
+        assert_eq!(ready.entries.len(), 1);
+        assert_eq!(ready.persisted_messages.len(), 1);
+        assert_eq!(node.membership(), &next);
+        assert_eq!(node.membership_index(), 1);
+    }
+}

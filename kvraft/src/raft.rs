@@ -724,6 +724,13 @@ impl Raft {
         commit: Index,
     ) {
         let term = self.term;
+        let bad_config =
+            |e: &Entry| e.kind == EntryKind::Config && Membership::decode(&e.data).is_err();
+        if entries.iter().any(bad_config) {
+            // Not a configuration any leader of ours writes: refuse the whole message rather
+            // than run with a configuration that differs from the leader's.
+            return;
+        }
         if prev_index < self.log.committed {
             let body = MessageBody::AppendResponse {
                 index: self.log.committed,
