@@ -77,7 +77,7 @@ mutate a-session-dedup-disabled \
   kvstate/src/state.rs "        if let Some(session) = self.sessions.get(&key) {" \
   "        if let Some(session) = self.sessions.get(&key).filter(|_| false) {"
 mutate b-read-index-without-heartbeat-round \
-  kvraft/src/raft.rs "        if self.quorum() == 1 {
+  kvraft/src/raft.rs "        if quorum::has_quorum(&self.membership, |peer| peer == id) {
             self.read_states.push(ReadState { index, context });" "        if true {
             self.read_states.push(ReadState { index, context });"
 mutate c-follower-applies-beyond-leader-commit \
@@ -94,4 +94,7 @@ mutate d-snapshot-install-keeps-sessions \
     }
 
     /// The index of the last entry applied (or of the snapshot restored)."
+mutate e-simple-change-of-two-voters \
+  kvraft/src/confchange.rs "pub const SIMPLE_VOTERS_CHANGED_MAX: usize = 1;" \
+  "pub const SIMPLE_VOTERS_CHANGED_MAX: usize = usize::MAX;"
 exit $missed

@@ -1,7 +1,7 @@
 //! What the node core asks its driver to do (`Action`), and what it reports for logs and
 //! metrics only (`Observation`).
 
-use kvraft::{Entry, HardState, Index, Message, NodeId, Role, SnapshotMeta, Term};
+use kvraft::{Entry, HardState, Index, Membership, Message, NodeId, Role, SnapshotMeta, Term};
 use kvstate::client_proto::ClientResponse;
 use kvstate::StateMachine;
 
@@ -89,6 +89,11 @@ pub enum Observation {
     /// not match what the leader asked for).
     SnapshotDiscarded {
         index: Index,
+    },
+    /// A configuration entry was applied (it took effect when appended).
+    MembershipChanged {
+        index: Index,
+        membership: Membership,
     },
     /// Recovery dropped WAL entries above the snapshot that do not follow it.
     RecoveryDiscarded {

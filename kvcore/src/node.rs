@@ -8,8 +8,8 @@
 
 use bytes::Bytes;
 use kvraft::{
-    Config as RaftConfig, Entry, EntryKind, Index, Membership, Message, MessageBody, NodeId,
-    ProposeError, RawNode, ReadIndexError, Ready, Role, SnapshotMeta, Status,
+    ConfChange, Config as RaftConfig, Entry, EntryKind, Index, Membership, Message, MessageBody,
+    NodeId, ProposeError, RawNode, ReadIndexError, Ready, Role, SnapshotMeta, Status, Term,
 };
 use kvstate::client_proto::{
     decode_request, ClientError, ClientRequest, ClientResponse, NodeRole, NodeStatus, RequestKind,
@@ -214,6 +214,17 @@ impl<T> NodeCore<T> {
         self.observations.push(Observation::SnapshotTaken { index });
     }
 
+    /// Proposes a configuration change on the leader; it goes out with the next `drive`.
+    /// Returns the (index, term) of its entry. The configuration takes effect when the entry
+    /// is appended; `membership()` shows the one in force, `Observation::MembershipChanged`
+    /// reports each one as it is applied.
+    pub fn propose_conf_change(
+        &mut self,
+        change: &ConfChange,
+    ) -> Result<(Index, Term), ProposeError> {
+        self.raw.propose_conf_change(change)
+    }
+
     /// One tick of the logical clock: Raft timers and request deadlines.
     pub fn tick(&mut self) {
         self.ticks += 1;
@@ -394,6 +405,17 @@ impl<T> NodeCore<T> {
                     self.sm.apply_empty(entry.index);
                     None
                 }
+                // The Raft core acted on it when it was appended; the state machine only
+                // advances its applied index.
+                EntryKind::Config => {
+                    self.sm.apply_empty(entry.index);
+                    if let Ok(membership) = Membership::decode(&entry.data) {
+                        let index = entry.index;
+                        self.observations
+                            .push(Observation::MembershipChanged { index, membership });
+                    }
+                    None
+                }
             };
             let (ours, replaced) = self.requests.applied(entry.index, entry.term);
             if let Some(token) = ours {
@@ -473,13 +495,9 @@ impl<T> NodeCore<T> {
         if self.snapshots.taking || !snapshot_due(applied, snapshot_index, every, self.id, voters) {
             return;
         }
-        let Some(last_term) = self.raw.log_term(applied) else {
+        // The configuration in force at `applied`, which may differ from the newest one.
+        let Some(meta) = self.raw.snapshot_meta(applied) else {
             return;
-        };
-        let meta = SnapshotMeta {
-            last_index: applied,
-            last_term,
-            membership: self.raw.membership().clone(),
         };
         // O(1): the clone shares the map's nodes (see `StateMachine`).
         let state = Box::new(self.sm.clone());
@@ -540,11 +558,12 @@ impl<T> NodeCore<T> {
             return None;
         }
         let id = self.id;
+        let membership = self.raw.membership();
         let target = self
             .raw
             .progress()
             .into_iter()
-            .filter(|(peer, ..)| *peer != id)
+            .filter(|(peer, ..)| *peer != id && membership.contains(*peer))
             .max_by_key(|(_, matched, ..)| *matched)
             .map(|(peer, ..)| peer)?;
         self.raw.transfer_leader(target).ok()?;
@@ -571,6 +590,11 @@ impl<T> NodeCore<T> {
 
     pub fn status(&self) -> Status {
         self.raw.status()
+    }
+
+    /// The configuration in force (possibly not committed yet).
+    pub fn membership(&self) -> &Membership {
+        self.raw.membership()
     }
 
     /// The Raft core, for checks and status displays.

@@ -188,6 +188,7 @@ fn node_core_recovery_commands_are_counted() {
         last_index: 5,
         last_term: 1,
         membership: Membership::new(vec![1, 2, 3]),
+        membership_index: 0,
     };
     let disk = DiskState {
         hard_state: HardState {

@@ -17,11 +17,37 @@
 //!         5. serve rd.read_states once applied >= their index; fail rd.dropped_reads
 //! }
 //! ```
+//!
+//! ## Configuration changes
+//!
+//! The configuration (`Membership`: voters, learners and, during a joint change, the outgoing
+//! voters) is data in the log. The node layer:
+//!
+//! - proposes a change on the leader with `propose_conf_change(ConfChange)`: add learners,
+//!   promote learners, remove nodes, any combination as a joint change (C_old,new, left
+//!   automatically once it commits), or one voter at a time as a simple change. One change at a
+//!   time: a second is refused with `ProposeError::ConfChangePending` until the first commits.
+//! - learns the configuration in force from `membership()` / `membership_index()` at any time,
+//!   and sees each change go by as a committed entry of kind `EntryKind::Config` whose data is
+//!   the whole new configuration (`Membership::decode`). The state machine ignores such entries
+//!   (they still advance its applied index).
+//! - builds snapshot metadata with `snapshot_meta(index)`, which carries the configuration in
+//!   force at that index and the index of the entry that made it; recovery restores it from the
+//!   snapshot and the log entries after it (no separate record is needed in the hard state).
+//! - starts a node joining an existing cluster with an empty bootstrap configuration
+//!   (`Membership::default()`): it cannot campaign and learns its configuration from the
+//!   leader's log or snapshot once it has been added as a learner.
+//!
+//! A configuration takes effect on a node when its entry is appended to that node's log (Raft
+//! thesis §4.1), not when it commits; it reverts if the entry is truncated. See
+//! `proto-docs/raft.md`, "Configuration changes".
 
+pub mod confchange;
 pub mod config;
 pub mod log;
 pub mod message;
 pub mod progress;
+pub mod quorum;
 #[allow(clippy::module_inception)]
 pub mod raft;
 pub mod read_only;
@@ -29,10 +55,11 @@ pub mod rng;
 
 use bytes::Bytes;
 
+pub use confchange::{ConfChange, ConfChangeError, ConfChangeMode, ConfChangeOp};
 pub use config::{Config, ConfigError};
 pub use message::{
-    Entry, EntryKind, HardState, Index, Membership, Message, MessageBody, NodeId, SnapshotMeta,
-    Term,
+    Entry, EntryKind, HardState, Index, Membership, MembershipError, Message, MessageBody, NodeId,
+    SnapshotMeta, Term,
 };
 pub use raft::Role;
 pub use read_only::{ReadContext, ReadState};
@@ -59,6 +86,14 @@ pub enum ProposeError {
     TooLarge { bytes: u64, max: u64 },
     #[error("too many uncommitted bytes: back off and retry")]
     Busy,
+    /// A new leader must commit an entry of its own term before it changes the configuration
+    /// (its no-op does so in one round trip); retry shortly.
+    #[error("leader has not yet committed an entry in its term")]
+    NoCommitInTerm,
+    #[error("configuration change at index {index} is not committed yet; retry once it is")]
+    ConfChangePending { index: Index },
+    #[error("configuration change refused: {0}")]
+    ConfChange(#[from] ConfChangeError),
 }
 
 /// Why a ReadIndex request was refused.
@@ -155,6 +190,8 @@ pub struct Status {
     pub last_term: Term,
     pub stable_index: Index,
     pub snapshot_index: Index,
+    /// The index of the entry that made the configuration in force (0: bootstrap).
+    pub membership_index: Index,
 }
 
 /// The node's whole Raft state machine, with the bookkeeping that turns it into `Ready`s.
@@ -166,8 +203,9 @@ pub struct RawNode {
 }
 
 impl RawNode {
-    /// Builds a node from its durable state. `bootstrap` is the initial membership, used when no
-    /// snapshot carries one.
+    /// Builds a node from its durable state. `bootstrap` is the initial configuration, used when
+    /// neither the snapshot nor the log carries one; a node joining an existing cluster passes
+    /// an empty one (`Membership::default()`) and learns its configuration from the leader.
     pub fn new(
         config: Config,
         bootstrap: Membership,
@@ -175,18 +213,23 @@ impl RawNode {
         seed: u64,
     ) -> Result<RawNode, ConfigError> {
         config.validate()?;
-        let snapshot = restored.snapshot.unwrap_or_default();
-        let membership = if snapshot.last_index > 0 {
-            snapshot.membership.clone()
-        } else {
-            bootstrap
-        };
-        if membership.voters.is_empty() {
-            return Err(ConfigError::Invalid("membership has no voters"));
+        if bootstrap.validate().is_err() {
+            return Err(ConfigError::Invalid(
+                "bootstrap membership is not a valid configuration",
+            ));
+        }
+        let mut snapshot = restored.snapshot.unwrap_or_default();
+        if snapshot.last_index == 0 {
+            snapshot.membership = bootstrap;
+            snapshot.membership_index = 0;
         }
         let hard_state = restored.hard_state;
         let log = RaftLog::restore_from_storage(snapshot, restored.entries, hard_state.commit);
-        let raft = Raft::new(config, hard_state, log, membership, seed);
+        let mut raft = Raft::new(config, hard_state, log, (Membership::default(), 0), seed);
+        // The newest configuration entry in the log, else the snapshot's.
+        let (membership, index) = raft.membership_at(raft.log.last_index());
+        raft.membership = membership;
+        raft.membership_index = index;
         let previous_hard_state = raft.hard_state();
         let previous_soft_state = SoftState {
             leader: 0,
@@ -247,6 +290,15 @@ impl RawNode {
 
     pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), ProposeError> {
         self.raft.transfer_leader(to)
+    }
+
+    /// Proposes a configuration change (leader only); returns the (index, term) its entry will
+    /// have. Joint changes leave their joint configuration by themselves once it commits.
+    pub fn propose_conf_change(
+        &mut self,
+        change: &ConfChange,
+    ) -> Result<(Index, Term), ProposeError> {
+        self.raft.propose_conf_change(change)
     }
 
     pub fn report_snapshot(&mut self, to: NodeId, success: bool) {
@@ -330,11 +382,37 @@ impl RawNode {
             last_term: raft.log.last_term(),
             stable_index: raft.log.stable,
             snapshot_index: raft.log.snapshot().last_index,
+            membership_index: raft.membership_index,
         }
     }
 
+    /// The configuration in force on this node (possibly not yet committed).
     pub fn membership(&self) -> &Membership {
         &self.raft.membership
+    }
+
+    /// The configuration in force at `index` (the newest configuration entry at or below it,
+    /// else the snapshot's) and the index of the entry that made it.
+    pub fn membership_at(&self, index: Index) -> (Membership, Index) {
+        self.raft.membership_at(index)
+    }
+
+    /// The index of the entry that made `membership()` (0: bootstrap).
+    pub fn membership_index(&self) -> Index {
+        self.raft.membership_index
+    }
+
+    /// The metadata of a snapshot at `index` (applied, not compacted): its term and the
+    /// configuration in force there. `None` if `index` is not in the log.
+    pub fn snapshot_meta(&self, index: Index) -> Option<SnapshotMeta> {
+        let last_term = self.raft.log.term(index)?;
+        let (membership, membership_index) = self.raft.membership_at(index);
+        Some(SnapshotMeta {
+            last_index: index,
+            last_term,
+            membership,
+            membership_index,
+        })
     }
 
     /// The entries held in memory (the log after the snapshot). For checks and tests.
@@ -353,5 +431,57 @@ impl RawNode {
             .iter()
             .map(|(&id, p)| (id, p.match_index, p.next_index, format!("{:?}", p.state)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(entries: Vec<Entry>) -> Message {
+        Message {
+            from: 1,
+            to: 2,
+            term: 1,
+            body: MessageBody::Append {
+                prev_log_index: 0,
+                prev_log_term: 0,
+                entries,
+                commit: 0,
+            },
+        }
+    }
+
+    fn config_entry(data: Vec<u8>) -> Entry {
+        Entry {
+            term: 1,
+            index: 1,
+            kind: EntryKind::Config,
+            data: Bytes::from(data),
+        }
+    }
+
+    #[test]
+    fn a_follower_refuses_an_append_with_an_undecodable_configuration() {
+        let bootstrap = Membership::new(vec![1, 2, 3]);
+        let mut node = RawNode::new(Config::new(2), bootstrap, Restored::default(), 7).unwrap();
+        node.step(append(vec![config_entry(vec![0xff, 0xff, 0xff])]))
+            .unwrap();
+        let ready = node.ready();
+        assert!(ready.entries.is_empty() && ready.persisted_messages.is_empty());
+        assert_eq!(node.membership().voters, vec![1, 2, 3]);
+        // The same entry with a real configuration is appended and in force at once.
+        let next = Membership {
+            voters: vec![1, 2, 3],
+            voters_outgoing: Vec::new(),
+            learners: vec![4],
+        };
+        node.step(append(vec![config_entry(next.encode())]))
+            .unwrap();
+        let ready = node.ready();
+        assert_eq!(ready.entries.len(), 1);
+        assert_eq!(ready.persisted_messages.len(), 1);
+        assert_eq!(node.membership(), &next);
+        assert_eq!(node.membership_index(), 1);
     }
 }

@@ -22,6 +22,10 @@ pub enum EntryKind {
     /// The empty entry a new leader appends to commit entries of earlier terms (Raft §5.4.2).
     /// `data` is empty.
     Noop,
+    /// A configuration change: `data` is the whole configuration in force from this entry on
+    /// (`Membership::encode`), not a delta, so the configuration at any index is the newest
+    /// such entry at or below it (or the snapshot's). Nothing for the state machine.
+    Config,
 }
 
 /// One log entry.
@@ -56,28 +60,144 @@ pub struct HardState {
     pub commit: Index,
 }
 
-/// The voting members of the cluster. Membership changes arrive in a later issue; until then the
-/// configuration is fixed at bootstrap and carried in snapshots.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A cluster configuration (Raft thesis §4.3, etcd-io/raft's `ConfState`): who votes, who only
+/// receives the log.
+///
+/// Outside a change `voters_outgoing` is empty. During a joint change (C_old,new) `voters` is
+/// C_new and `voters_outgoing` is C_old: every decision (commit, election, check-quorum,
+/// ReadIndex) then needs a majority of both. Learners receive the log and snapshots but count
+/// in no quorum and never campaign. A node is in at most one of `voters` ∪ `voters_outgoing`
+/// and `learners`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Membership {
     /// Sorted, without duplicates.
     pub voters: Vec<NodeId>,
+    /// The outgoing voters of a joint configuration; empty otherwise. Sorted, no duplicates.
+    pub voters_outgoing: Vec<NodeId>,
+    /// Non-voting members. Sorted, no duplicates, disjoint from both voter sets.
+    pub learners: Vec<NodeId>,
+}
+
+/// Bytes a `Membership` may take encoded in a log entry (a few bytes per member); anything
+/// longer is refused as corrupt.
+pub const MEMBERSHIP_BYTES_MAX: usize = 64 * 1024;
+
+/// Why a configuration entry's data is not a configuration.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MembershipError {
+    #[error("configuration entry does not decode: {0}")]
+    Decode(String),
+    #[error("configuration is invalid: {0}")]
+    Invalid(&'static str),
+}
+
+fn sorted(mut ids: Vec<NodeId>) -> Vec<NodeId> {
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 impl Membership {
-    pub fn new(mut voters: Vec<NodeId>) -> Membership {
-        voters.sort_unstable();
-        voters.dedup();
-        Membership { voters }
+    /// A simple configuration of `voters` and no learners.
+    pub fn new(voters: Vec<NodeId>) -> Membership {
+        Membership {
+            voters: sorted(voters),
+            ..Membership::default()
+        }
     }
 
+    /// Whether `id` votes (in either half of a joint configuration).
     pub fn contains(&self, id: NodeId) -> bool {
-        self.voters.binary_search(&id).is_ok()
+        self.voters.binary_search(&id).is_ok() || self.voters_outgoing.binary_search(&id).is_ok()
     }
 
-    /// Votes (or acknowledgements) needed for a majority.
-    pub fn quorum(&self) -> usize {
-        self.voters.len() / 2 + 1
+    pub fn is_learner(&self, id: NodeId) -> bool {
+        self.learners.binary_search(&id).is_ok()
+    }
+
+    /// Whether `id` is in the configuration at all (voter or learner).
+    pub fn is_member(&self, id: NodeId) -> bool {
+        self.contains(id) || self.is_learner(id)
+    }
+
+    pub fn is_joint(&self) -> bool {
+        !self.voters_outgoing.is_empty()
+    }
+
+    /// Every member, voters and learners, sorted.
+    pub fn members(&self) -> Vec<NodeId> {
+        let mut all = self.voters.clone();
+        all.extend_from_slice(&self.voters_outgoing);
+        all.extend_from_slice(&self.learners);
+        sorted(all)
+    }
+
+    /// The configuration after leaving a joint one: C_new alone.
+    pub fn leave_joint(&self) -> Membership {
+        Membership {
+            voters: self.voters.clone(),
+            voters_outgoing: Vec::new(),
+            learners: self.learners.clone(),
+        }
+    }
+
+    /// Checks the structural rules: sorted sets, no id 0, learners disjoint from voters, and at
+    /// least one voter unless the configuration is empty (a node that has not yet learned one).
+    pub fn validate(&self) -> Result<(), MembershipError> {
+        let is_set = |ids: &[NodeId]| ids.windows(2).all(|w| w[0] < w[1]);
+        if !is_set(&self.voters) || !is_set(&self.voters_outgoing) || !is_set(&self.learners) {
+            return Err(MembershipError::Invalid("member lists must be sorted sets"));
+        }
+        if self.members().first() == Some(&0) {
+            return Err(MembershipError::Invalid("node id 0 is not a member"));
+        }
+        if self.learners.iter().any(|&id| self.contains(id)) {
+            return Err(MembershipError::Invalid("a node is both voter and learner"));
+        }
+        let empty = self.voters.is_empty() && self.voters_outgoing.is_empty();
+        if self.voters.is_empty() && !(empty && self.learners.is_empty()) {
+            return Err(MembershipError::Invalid("configuration has no voters"));
+        }
+        Ok(())
+    }
+
+    /// The bytes of a `EntryKind::Config` entry.
+    pub fn encode(&self) -> Vec<u8> {
+        // Encoding three vectors of integers into a Vec cannot fail.
+        bincode::serde::encode_to_vec(self, bincode::config::standard()).unwrap_or_default()
+    }
+
+    /// Decodes and validates a `EntryKind::Config` entry's data.
+    pub fn decode(bytes: &[u8]) -> Result<Membership, MembershipError> {
+        let config = bincode::config::standard().with_limit::<MEMBERSHIP_BYTES_MAX>();
+        let (membership, used): (Membership, usize) =
+            bincode::serde::decode_from_slice(bytes, config)
+                .map_err(|e| MembershipError::Decode(e.to_string()))?;
+        if used != bytes.len() {
+            return Err(MembershipError::Decode("trailing bytes".to_string()));
+        }
+        membership.validate()?;
+        Ok(membership)
+    }
+}
+
+impl std::fmt::Display for Membership {
+    /// `voters=1,2,3 learners=4` or, joint, `voters=1,2,4 outgoing=1,2,3`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |ids: &[NodeId]| {
+            ids.iter()
+                .map(|id| id.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        write!(f, "voters={}", list(&self.voters))?;
+        if self.is_joint() {
+            write!(f, " outgoing={}", list(&self.voters_outgoing))?;
+        }
+        if !self.learners.is_empty() {
+            write!(f, " learners={}", list(&self.learners))?;
+        }
+        Ok(())
     }
 }
 
@@ -86,7 +206,10 @@ impl Membership {
 pub struct SnapshotMeta {
     pub last_index: Index,
     pub last_term: Term,
+    /// The configuration in force at `last_index`.
     pub membership: Membership,
+    /// The index of the entry that made `membership` (0: the bootstrap configuration).
+    pub membership_index: Index,
 }
 
 /// A message between two Raft nodes.

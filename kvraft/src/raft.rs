@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
+use super::confchange::ConfChange;
 use super::config::Config;
 use super::log::RaftLog;
 use super::message::{
@@ -13,6 +14,7 @@ use super::message::{
     SnapshotMeta, Term,
 };
 use super::progress::{Progress, ProgressState};
+use super::quorum::{self, VoteResult};
 use super::read_only::{ReadContext, ReadOnly, ReadState};
 use super::rng::Rng;
 use super::{ProposeError, ReadIndexError};
@@ -34,8 +36,16 @@ pub struct Raft {
     pub(crate) leader: NodeId,
     pub(crate) role: Role,
     pub(crate) log: RaftLog,
+    /// The configuration in force: the newest `EntryKind::Config` entry in the log, else the
+    /// snapshot's, else the bootstrap one. It takes effect when appended (thesis §4.1), so it
+    /// may be uncommitted, and it reverts if that entry is truncated.
     pub(crate) membership: Membership,
-    /// Leader only: one entry per voter, this node included.
+    /// The index of the entry that made `membership` (0: bootstrap). A change is pending while
+    /// it is above the commit index.
+    pub(crate) membership_index: Index,
+    /// Leader only: one entry per member (voters and learners), this node included, plus nodes
+    /// removed by a change that has not committed yet (they still get the log, so that they
+    /// learn of their removal, but count in no quorum).
     pub(crate) progress: BTreeMap<NodeId, Progress>,
     /// Candidate and pre-candidate: the votes received.
     votes: BTreeMap<NodeId, bool>,
@@ -63,9 +73,10 @@ impl Raft {
         config: Config,
         hard_state: HardState,
         log: RaftLog,
-        membership: Membership,
+        membership: (Membership, Index),
         seed: u64,
     ) -> Raft {
+        let (membership, membership_index) = membership;
         let mut raft = Raft {
             id: config.id,
             term: hard_state.term,
@@ -74,6 +85,7 @@ impl Raft {
             role: Role::Follower,
             log,
             membership,
+            membership_index,
             progress: BTreeMap::new(),
             votes: BTreeMap::new(),
             election_elapsed: 0,
@@ -102,21 +114,170 @@ impl Raft {
         }
     }
 
-    fn quorum(&self) -> usize {
-        self.membership.quorum()
-    }
-
+    /// Voters campaign; learners and nodes outside the configuration do not. One exception:
+    /// a node removed by an entry it does not know to be committed (thesis §4.2.2). The others
+    /// may still be in the configuration before it and need this node, whose log may be the
+    /// only complete one (a removed leader deposed before its C_new committed): it may
+    /// campaign, counting votes in its own configuration, where it has no vote. Once it
+    /// learns the entry committed, it stays quiet for good.
     fn promotable(&self) -> bool {
-        self.membership.contains(self.id)
+        if self.membership.contains(self.id) {
+            return true;
+        }
+        self.membership_index > self.log.committed
+            && self
+                .membership_at(self.membership_index - 1)
+                .0
+                .contains(self.id)
     }
 
+    /// The voters to ask for votes (both halves of a joint configuration).
+    fn voter_peers(&self) -> Vec<NodeId> {
+        let mut voters = self.membership.voters.clone();
+        voters.extend_from_slice(&self.membership.voters_outgoing);
+        voters.sort_unstable();
+        voters.dedup();
+        voters.retain(|&id| id != self.id);
+        voters
+    }
+
+    /// Leader: everyone it replicates to (voters, learners, nodes being removed).
     fn peers(&self) -> Vec<NodeId> {
-        self.membership
+        let id = self.id;
+        self.progress.keys().copied().filter(|&p| p != id).collect()
+    }
+
+    fn new_progress(&self) -> Progress {
+        let mut progress = Progress::new(
+            self.log.last_index() + 1,
+            self.config.inflight_messages_max,
+            self.config.inflight_bytes_max,
+        );
+        // Counted as heard from: a new member gets its first append (or snapshot) at once, and
+        // check-quorum gives it a full election timeout.
+        progress.recent_active = true;
+        progress
+    }
+
+    // ---------------------------------------------------------------- configuration
+
+    /// The configuration in force at `index` and the index of the entry that made it.
+    pub(crate) fn membership_at(&self, index: Index) -> (Membership, Index) {
+        let snapshot = self.log.snapshot();
+        let mut at = index.min(self.log.last_index());
+        while at > snapshot.last_index {
+            if let Some(entry) = self.log.entry(at) {
+                if entry.kind == EntryKind::Config {
+                    if let Ok(membership) = Membership::decode(&entry.data) {
+                        return (membership, at);
+                    }
+                }
+            }
+            at -= 1;
+        }
+        (snapshot.membership.clone(), snapshot.membership_index)
+    }
+
+    /// Entries from `first` on were just appended (replacing any suffix from there): the
+    /// configuration is the newest config entry among them, or, if the entry that made ours
+    /// was replaced, the newest one before `first`.
+    fn on_log_appended(&mut self, first: Index) {
+        let last = self.log.last_index();
+        let newest = (first..=last).rev().find_map(|index| {
+            let entry = self.log.entry(index)?;
+            let membership = (entry.kind == EntryKind::Config)
+                .then(|| Membership::decode(&entry.data).ok())
+                .flatten()?;
+            Some((membership, index))
+        });
+        if let Some((membership, index)) = newest {
+            self.set_membership(membership, index);
+        } else if self.membership_index >= first {
+            let (membership, index) = self.membership_at(first - 1);
+            self.set_membership(membership, index);
+        }
+    }
+
+    fn set_membership(&mut self, membership: Membership, index: Index) {
+        self.membership = membership;
+        self.membership_index = index;
+        match self.role {
+            Role::Leader => {
+                for id in self.membership.members() {
+                    if !self.progress.contains_key(&id) {
+                        let progress = self.new_progress();
+                        self.progress.insert(id, progress);
+                    }
+                }
+                if self.transferee != 0 && !self.membership.contains(self.transferee) {
+                    self.transferee = 0;
+                }
+            }
+            Role::Candidate | Role::PreCandidate if !self.promotable() => {
+                self.become_follower(self.term, 0);
+            }
+            _ => {}
+        }
+    }
+
+    /// Leader: the commit index moved. Once the configuration's entry is committed, nodes
+    /// outside it are forgotten, a joint configuration is left (auto-leave: C_new is appended),
+    /// and a leader that is no longer a voter hands over and steps down (thesis §4.2.2).
+    fn on_commit_advanced(&mut self) {
+        if self.role != Role::Leader || self.membership_index > self.log.committed {
+            return;
+        }
+        let id = self.id;
+        self.release_removed();
+        if self.membership.is_joint() {
+            let next = self.membership.leave_joint();
+            self.append_entries(vec![(EntryKind::Config, Bytes::from(next.encode()))]);
+            self.broadcast_append();
+        } else if !self.membership.contains(id) {
+            self.step_down_removed();
+        }
+    }
+
+    /// Leader: nodes that the committed configuration removed are forgotten once they hold its
+    /// entry. Their last message is a heartbeat whose commit index covers that entry, so they
+    /// learn that their removal is final and never campaign again (see `promotable`).
+    fn release_removed(&mut self) {
+        if self.role != Role::Leader || self.membership_index > self.log.committed {
+            return;
+        }
+        let (id, at) = (self.id, self.membership_index);
+        let done: Vec<(NodeId, Index)> = self
+            .progress
+            .iter()
+            .filter(|(&peer, p)| {
+                peer != id && !self.membership.is_member(peer) && p.match_index >= at
+            })
+            .map(|(&peer, p)| (peer, p.match_index))
+            .collect();
+        for (peer, matched) in done {
+            let commit = self.log.committed.min(matched);
+            let read_round = 0;
+            self.send(peer, MessageBody::Heartbeat { commit, read_round });
+            self.progress.remove(&peer);
+        }
+    }
+
+    /// A leader removed from the configuration: the most caught-up voter campaigns at once
+    /// (TimeoutNow) rather than after an election timeout; then this node follows no one.
+    fn step_down_removed(&mut self) {
+        let last = self.log.last_index();
+        let target = self
+            .membership
             .voters
             .iter()
-            .copied()
-            .filter(|&id| id != self.id)
-            .collect()
+            .filter_map(|&peer| self.progress.get(&peer).map(|p| (p.match_index, peer)))
+            .max();
+        if let Some((matched, peer)) = target {
+            if matched == last {
+                self.send(peer, MessageBody::TimeoutNow);
+            }
+        }
+        self.become_follower(self.term, 0);
     }
 
     fn reset_randomized_election_timeout(&mut self) {
@@ -197,18 +358,14 @@ impl Raft {
         self.reset(term);
         self.role = Role::Leader;
         self.leader = self.id;
-        let next = self.log.last_index() + 1;
-        for id in self.membership.voters.clone() {
-            let mut progress = Progress::new(
-                next,
-                self.config.inflight_messages_max,
-                self.config.inflight_bytes_max,
-            );
+        let mut members = self.membership.members();
+        members.push(self.id);
+        for id in members {
+            let mut progress = self.new_progress();
             if id == self.id {
                 progress.match_index = self.log.stable;
                 progress.state = ProgressState::Replicate;
             }
-            progress.recent_active = true;
             self.progress.insert(id, progress);
         }
         // Raft §5.4.2 / Figure 8: entries of earlier terms are committed only indirectly, by
@@ -253,17 +410,18 @@ impl Raft {
         }
     }
 
-    /// Check-quorum: did a majority (this node included) talk to us since the last check?
+    /// Check-quorum: did a quorum of the configuration (this node included if it votes) talk
+    /// to us since the last check? In a joint configuration, a majority of each half.
     fn quorum_active(&mut self) -> bool {
         let id = self.id;
-        let mut active = 0;
-        for (&peer, progress) in self.progress.iter_mut() {
-            if peer == id || progress.recent_active {
-                active += 1;
-            }
+        let progress = &self.progress;
+        let active = quorum::has_quorum(&self.membership, |peer| {
+            peer == id || progress.get(&peer).is_some_and(|p| p.recent_active)
+        });
+        for progress in self.progress.values_mut() {
             progress.recent_active = false;
         }
-        active >= self.quorum()
+        active
     }
 
     // ---------------------------------------------------------------- elections
@@ -289,7 +447,7 @@ impl Raft {
         }
         let last_log_index = self.log.last_index();
         let last_log_term = self.log.last_term();
-        for peer in self.peers() {
+        for peer in self.voter_peers() {
             let body = MessageBody::VoteRequest {
                 pre_vote,
                 last_log_index,
@@ -310,12 +468,18 @@ impl Raft {
         }
     }
 
+    /// Votes count only from voters of our configuration; in a joint one, both halves must
+    /// grant a majority.
+    fn vote_result(&self) -> VoteResult {
+        quorum::vote_result(&self.membership, |id| self.votes.get(&id).copied())
+    }
+
     fn votes_won(&self) -> bool {
-        self.votes.values().filter(|&&granted| granted).count() >= self.quorum()
+        self.vote_result() == VoteResult::Won
     }
 
     fn votes_lost(&self) -> bool {
-        self.votes.values().filter(|&&granted| !granted).count() >= self.quorum()
+        self.vote_result() == VoteResult::Lost
     }
 
     fn on_election_won(&mut self, pre_vote: bool, transfer: bool) {
@@ -336,7 +500,7 @@ impl Raft {
         let last_log_index = self.log.last_index();
         let last_log_term = self.log.last_term();
         let term = self.term;
-        for peer in self.peers() {
+        for peer in self.voter_peers() {
             let body = MessageBody::VoteRequest {
                 pre_vote: false,
                 last_log_index,
@@ -417,10 +581,11 @@ impl Raft {
     }
 
     /// Term bookkeeping common to all roles (Raft §5.1). Returns whether to go on with `m`.
+    ///
+    /// Messages from nodes outside our configuration are stepped too: a leader may know a
+    /// configuration we have not received yet (we may be a new learner with none at all), and
+    /// a node we removed may need to hear its new term. What they say counts in no quorum.
     fn step_term(&mut self, m: &Message) -> bool {
-        if !self.membership.contains(m.from) {
-            return false;
-        }
         if m.term > self.term {
             return self.step_higher_term(m);
         }
@@ -559,6 +724,13 @@ impl Raft {
         commit: Index,
     ) {
         let term = self.term;
+        let bad_config =
+            |e: &Entry| e.kind == EntryKind::Config && Membership::decode(&e.data).is_err();
+        if entries.iter().any(bad_config) {
+            // Not a configuration any leader of ours writes: refuse the whole message rather
+            // than run with a configuration that differs from the leader's.
+            return;
+        }
         if prev_index < self.log.committed {
             let body = MessageBody::AppendResponse {
                 index: self.log.committed,
@@ -588,6 +760,7 @@ impl Raft {
             );
             let start = (conflict - prev_index - 1) as usize;
             self.log.append(&entries[start..]);
+            self.on_log_appended(conflict);
         }
         self.log.commit_to(commit.min(last_new));
         let body = MessageBody::AppendResponse {
@@ -607,8 +780,8 @@ impl Raft {
             meta.last_index
         } else {
             let index = meta.last_index;
-            self.membership = meta.membership.clone();
             self.log.restore(meta.clone());
+            self.set_membership(meta.membership.clone(), meta.membership_index);
             self.pending_snapshot = Some(meta);
             index
         };
@@ -640,7 +813,9 @@ impl Raft {
             })
             .collect();
         self.uncommitted_bytes += entries.iter().map(Entry::size_bytes).sum::<u64>();
+        let first = self.log.last_index() + 1;
         self.log.append(&entries);
+        self.on_log_appended(first);
         // A single-node cluster commits as soon as its own persist is reported.
         index
     }
@@ -674,6 +849,36 @@ impl Raft {
                 .map(|d| (EntryKind::Normal, d))
                 .collect(),
         );
+        self.broadcast_append();
+        Ok((last, self.term))
+    }
+
+    /// Proposes a configuration change (module `confchange`). Refused unless this leader has
+    /// committed an entry of its term (the fix to the single-server change bug, thesis §4.1 /
+    /// raft-dev 2015) and the previous change is committed. The configuration takes effect on
+    /// this leader as soon as the entry is appended.
+    pub fn propose_conf_change(
+        &mut self,
+        change: &ConfChange,
+    ) -> Result<(Index, Term), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader_hint: self.leader_hint(),
+            });
+        }
+        if self.transferee != 0 {
+            return Err(ProposeError::TransferInProgress);
+        }
+        if self.log.term(self.log.committed) != Some(self.term) {
+            return Err(ProposeError::NoCommitInTerm);
+        }
+        if self.membership_index > self.log.committed || self.membership.is_joint() {
+            return Err(ProposeError::ConfChangePending {
+                index: self.membership_index,
+            });
+        }
+        let next = change.apply(&self.membership)?;
+        let last = self.append_entries(vec![(EntryKind::Config, Bytes::from(next.encode()))]);
         self.broadcast_append();
         Ok((last, self.term))
     }
@@ -806,6 +1011,9 @@ impl Raft {
         {
             self.send(from, MessageBody::TimeoutNow);
         }
+        if !self.membership.is_member(from) {
+            self.release_removed();
+        }
     }
 
     fn handle_heartbeat_response(&mut self, from: NodeId, read_round: u64) {
@@ -823,19 +1031,23 @@ impl Raft {
             }
         }
         if read_round > 0 && self.read_only.pending_count() > 0 {
-            let ready = self.read_only.ack(from, read_round, self.quorum());
+            let membership = &self.membership;
+            let ready = self.read_only.ack(from, read_round, |acks| {
+                quorum::has_quorum(membership, |id| acks.contains(&id))
+            });
             self.read_states.extend(ready);
         }
     }
 
     /// Advances the commit index to the highest index a majority has durably stored, if that
     /// entry is of the current term (Raft §5.4.2). Returns whether it moved.
+    /// The quorum is the configuration's (both halves when joint); a leader that is not a
+    /// voter of it does not count itself.
     pub(crate) fn maybe_commit(&mut self) -> bool {
-        let mut matched: Vec<Index> = self.progress.values().map(|p| p.match_index).collect();
-        matched.sort_unstable_by(|a, b| b.cmp(a));
-        let Some(&candidate) = matched.get(self.quorum() - 1) else {
-            return false;
-        };
+        let progress = &self.progress;
+        let candidate = quorum::committed_index(&self.membership, |id| {
+            progress.get(&id).map_or(0, |p| p.match_index)
+        });
         if candidate <= self.log.committed || self.log.term(candidate) != Some(self.term) {
             return false;
         }
@@ -846,6 +1058,7 @@ impl Raft {
             .map(Entry::size_bytes)
             .sum();
         self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(freed);
+        self.on_commit_advanced();
         true
     }
 
@@ -878,7 +1091,8 @@ impl Raft {
             return Err(ReadIndexError::Busy);
         }
         let index = self.log.committed;
-        if self.quorum() == 1 {
+        let id = self.id;
+        if quorum::has_quorum(&self.membership, |peer| peer == id) {
             self.read_states.push(ReadState { index, context });
             return Ok(());
         }

@@ -56,8 +56,15 @@ impl ReadOnly {
         self.round
     }
 
-    /// A heartbeat response for `round` from `from`. Returns the reads now safe to serve.
-    pub fn ack(&mut self, from: NodeId, round: u64, quorum: usize) -> Vec<ReadState> {
+    /// A heartbeat response for `round` from `from`; `is_quorum` tells whether a set of nodes
+    /// is a quorum of the configuration in force (joint or simple). Returns the reads now safe
+    /// to serve.
+    pub fn ack(
+        &mut self,
+        from: NodeId,
+        round: u64,
+        is_quorum: impl Fn(&BTreeSet<NodeId>) -> bool,
+    ) -> Vec<ReadState> {
         let mut confirmed = 0;
         for (r, acks) in self.acks.iter_mut() {
             // An answer to round r proves leadership at the time round r started, and so for
@@ -65,7 +72,7 @@ impl ReadOnly {
             if *r <= round {
                 acks.insert(from);
             }
-            if acks.len() >= quorum {
+            if is_quorum(acks) {
                 confirmed = confirmed.max(*r);
             }
         }

@@ -10,7 +10,10 @@
 //! separated by blank lines. `REWRITE=1 cargo test -p kvraft --test interaction` rewrites the
 //! expected output from the actual one, to be reviewed as a diff.
 //!
-//! Commands: `add-nodes N [pre-vote=b] [check-quorum=b] [batch-bytes=n]`, `campaign ID`,
+//! Commands: `add-nodes N [voters=1,2,3] [pre-vote=b] [check-quorum=b] [batch-bytes=n]` (nodes
+//! not in `voters`, default all, start with an empty configuration, as a joining node does),
+//! `propose-conf-change ID [mode=simple|joint] OP...` with OP `lN` (add learner N), `vN`
+//! (promote N), `rN` (remove N), `conf` (every node's configuration), `campaign ID`,
 //! `tick ID [N]`, `tick-all [N]`, `propose ID DATA`, `read-index ID CTX`,
 //! `transfer-leader FROM TO`, `process-ready ID...`, `deliver-msgs ID [from=ID] [type=NAME]`,
 //! `drop-msgs ID [from=ID] [type=NAME]`, `stabilize`, `isolate ID`, `heal`, `crash ID`,
@@ -23,8 +26,8 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use kvraft::{
-    Config, Entry, EntryKind, HardState, Membership, Message, MessageBody, NodeId, RawNode,
-    Restored, SnapshotMeta,
+    ConfChange, ConfChangeMode, ConfChangeOp, Config, Entry, EntryKind, HardState, Membership,
+    Message, MessageBody, NodeId, RawNode, Restored, SnapshotMeta,
 };
 
 #[derive(Default, Clone)]
@@ -123,6 +126,10 @@ fn describe(m: &Message) -> String {
 fn describe_entry(e: &Entry) -> String {
     match e.kind {
         EntryKind::Noop => format!("{}/{} noop", e.index, e.term),
+        EntryKind::Config => match Membership::decode(&e.data) {
+            Ok(membership) => format!("{}/{} conf {membership}", e.index, e.term),
+            Err(error) => format!("{}/{} conf ({error})", e.index, e.term),
+        },
         EntryKind::Normal => {
             format!(
                 "{}/{} {}",
@@ -166,7 +173,10 @@ impl Env {
         if let Some(bytes) = arg(args, "batch-bytes") {
             config.append_batch_bytes_max = bytes.parse().expect("batch-bytes");
         }
-        self.membership = Membership::new((1..=count).collect());
+        self.membership = match arg(args, "voters") {
+            Some(list) => Membership::new(list.split(',').map(id).collect()),
+            None => Membership::new((1..=count).collect()),
+        };
         self.config = Some(config);
         for _ in 0..count {
             self.nodes.push(Node {
@@ -190,7 +200,11 @@ impl Env {
             snapshot: storage.snapshot.clone(),
             entries: storage.entries.clone(),
         };
-        let membership = self.membership.clone();
+        let membership = if self.membership.contains(node) {
+            self.membership.clone()
+        } else {
+            Membership::default()
+        };
         // Seed = node id: election timeouts differ per node, and replay is exact.
         let raw = RawNode::new(config, membership, restored, node).expect("valid config");
         let applied = storage.snapshot.as_ref().map_or(0, |s| s.last_index);
@@ -424,18 +438,50 @@ impl Env {
                 let node = id(args[0]);
                 let index: u64 = args[1].parse().expect("index");
                 let raw = self.raw(node);
-                let term = raw.log_term(index).expect("index in log");
-                let meta = SnapshotMeta {
-                    last_index: index,
-                    last_term: term,
-                    membership: raw.membership().clone(),
-                };
+                let meta = raw.snapshot_meta(index).expect("index in log");
                 raw.compact(meta.clone());
                 let storage = &mut self.node(node).storage;
                 storage.entries.retain(|e| e.index > index);
                 storage.snapshot = Some(meta);
             }
             "status" => out = self.status(),
+            "propose-conf-change" => {
+                let mode = match arg(args, "mode") {
+                    Some("simple") => ConfChangeMode::Simple,
+                    _ => ConfChangeMode::Joint,
+                };
+                let ops = args[1..]
+                    .iter()
+                    .filter(|a| !a.contains('='))
+                    .map(|op| {
+                        let node = id(&op[1..]);
+                        match &op[..1] {
+                            "l" => ConfChangeOp::AddLearner(node),
+                            "v" => ConfChangeOp::Promote(node),
+                            "r" => ConfChangeOp::Remove(node),
+                            other => panic!("unknown conf change op {other:?}"),
+                        }
+                    })
+                    .collect();
+                let change = ConfChange { ops, mode };
+                out = match self.raw(id(args[0])).propose_conf_change(&change) {
+                    Ok((index, term)) => format!("ok index={index} term={term}"),
+                    Err(error) => format!("error: {error}"),
+                };
+            }
+            "conf" => {
+                for node in 1..=self.nodes.len() as u64 {
+                    let line = match &self.node(node).raw {
+                        None => format!("{node}: down"),
+                        Some(raw) => format!(
+                            "{node}: {} (index {})",
+                            raw.membership(),
+                            raw.membership_index()
+                        ),
+                    };
+                    let _ = writeln!(out, "{line}");
+                }
+            }
             "raft-log" => {
                 let raw = self.raw(id(args[0]));
                 let entries: Vec<String> = raw.log_entries().iter().map(describe_entry).collect();

@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 
 use crate::disk::Image;
-use kvraft::{Entry, Index, NodeId, RawNode, Term};
+use kvraft::quorum::has_quorum;
+use kvraft::{Entry, EntryKind, Index, Membership, NodeId, RawNode, Term};
 use kvstate::StateMachine;
 
 /// A broken invariant, with the seed that replays it.
@@ -29,6 +30,9 @@ impl std::fmt::Display for Violation {
 }
 
 pub(super) struct NodeView<'a> {
+    pub id: NodeId,
+    /// `None` while the node is down.
+    pub raw: Option<&'a RawNode>,
     /// `None` while the node is down.
     pub sm: Option<&'a StateMachine>,
     pub disk: &'a Image,
@@ -55,6 +59,10 @@ pub(super) struct Checker {
     /// elected while a newer term commits.
     commit_terms: BTreeMap<Index, Term>,
     commit_recorded: Vec<Index>,
+    /// The configuration in force on the leader each time its commit index advanced: the
+    /// quorum that made those entries committed (its entry may since have been lost from every
+    /// log, if it was appended on the leader alone and the leader crashed).
+    commit_configs: BTreeMap<Index, Membership>,
     /// State machine safety: what was applied at each index.
     applied: HashMap<Index, (Term, u64)>,
 }
@@ -164,16 +172,53 @@ impl Checker {
         Ok(())
     }
 
-    /// Committed entries are durable on a majority (so no crash can lose them).
-    pub fn check_durable(&self, nodes: &[NodeView<'_>], quorum: usize) -> Result<(), String> {
+    /// A leader's Ready carried commit index `commit` while `membership` was in force on it.
+    pub fn record_leader_commit(&mut self, commit: Index, membership: &Membership) {
+        if self.commit_configs.contains_key(&commit) {
+            return;
+        }
+        self.commit_configs.insert(commit, membership.clone());
+    }
+
+    /// Committed entries are durable on a quorum (so no crash can lose them): a quorum of the
+    /// configuration that committed the newest committed entry, as recorded when a leader's
+    /// commit index reached it. Without a record (the leader stepped down in the same step),
+    /// the configuration in force at the entry or the next one after it (a change may be
+    /// appended, and become the leader's configuration, before earlier entries commit; the
+    /// one after that waits for it to commit), read from the logs of live nodes holding the
+    /// entry. A joint configuration needs a majority of each half.
+    pub fn check_durable(&self, nodes: &[NodeView<'_>]) -> Result<(), String> {
         let Some((&index, &term)) = self.committed.last_key_value() else {
             return Ok(());
         };
-        let holders = nodes
-            .iter()
-            .filter(|n| n.disk.snapshot_index() >= index || n.disk.term(index) == Some(term))
-            .count();
-        if holders < quorum {
+        let holds =
+            |n: &NodeView<'_>| n.disk.snapshot_index() >= index || n.disk.term(index) == Some(term);
+        let holder_ids: Vec<NodeId> = nodes.iter().filter(|n| holds(n)).map(|n| n.id).collect();
+        let mut configs: Vec<Membership> = Vec::new();
+        configs.extend(self.commit_configs.get(&index).cloned());
+        let recorded = !configs.is_empty();
+        let live = nodes.iter().filter_map(|n| n.raw);
+        for raw in live.filter(|_| !recorded) {
+            if raw.log_term(index) != Some(term) {
+                continue;
+            }
+            configs.push(raw.membership_at(index).0);
+            let next = raw
+                .log_entries()
+                .iter()
+                .find(|e| e.index > index && e.kind == EntryKind::Config)
+                .and_then(|e| Membership::decode(&e.data).ok());
+            configs.extend(next);
+        }
+        if configs.is_empty()
+            || configs
+                .iter()
+                .any(|c| has_quorum(c, |id| holder_ids.contains(&id)))
+        {
+            return Ok(());
+        }
+        let holders = holder_ids.len();
+        {
             let disks: Vec<String> = nodes
                 .iter()
                 .map(|n| {
@@ -186,12 +231,14 @@ impl Checker {
                     )
                 })
                 .collect();
-            return Err(format!(
-                "committed entry {index} (term {term}) is durable on only {holders} nodes: {}",
+            let configs: Vec<String> = configs.iter().map(|c| c.to_string()).collect();
+            Err(format!(
+                "committed entry {index} (term {term}) is durable on only {holders} nodes \
+                 ({holder_ids:?}), not a quorum of its configuration ({}): {}",
+                configs.join(" or "),
                 disks.join(" ")
-            ));
+            ))
         }
-        Ok(())
     }
 
     pub fn check_apply(&mut self, entry: &Entry) -> Result<(), String> {

@@ -60,6 +60,9 @@ pub struct SimConfig {
     /// Chance that a node is killed while a write of its term or vote is in flight, and
     /// restarted shortly after: the window in which an unsynced vote is lost.
     pub crash_during_vote_per_million: u64,
+    /// Per time unit: chance of a configuration change proposed on the leader (the membership
+    /// fault, `membership.rs`). Zero in about a third of the seeds.
+    pub conf_change_per_million: u64,
     pub clients: ClientConfig,
 }
 
@@ -92,6 +95,7 @@ impl SimConfig {
             target_leader_per_million: rng.between(0, 800_000),
             crash_new_leader_per_million: rng.between(0, 300_000),
             crash_during_vote_per_million: rng.between(0, 100_000),
+            conf_change_per_million: 0,
             clients: ClientConfig {
                 clients: rng.between(4, 16) as usize,
                 attempt_timeout_units: rng.between(5, 40) * TICK_UNITS,
@@ -125,6 +129,10 @@ impl SimConfig {
             config.request_timeout_ticks = rng.between(80, 150);
             config.clients.clients = rng.between(8, 16) as usize;
             config.clients.attempt_timeout_units = rng.between(20, 40) * TICK_UNITS;
+        }
+        // Drawn last, so that the other knobs of a seed are what they were before it existed.
+        if rng.chance(666_667) {
+            config.conf_change_per_million = rng.between(300, 2_000);
         }
         config
     }

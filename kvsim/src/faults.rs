@@ -47,6 +47,9 @@ impl Sim {
         if self.rng.chance(self.config.flap_per_million) {
             self.flap();
         }
+        if self.rng.chance(self.config.conf_change_per_million) {
+            self.conf_change(false)?;
+        }
         Ok(())
     }
 

@@ -19,6 +19,7 @@ mod disk;
 mod event;
 mod faults;
 mod lists;
+mod membership;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -61,6 +62,12 @@ pub struct SimStats {
     /// Histories the bounded black-box search could not decide (the exact white-box check
     /// still ran).
     pub histories_unknown: u64,
+    /// Configuration changes proposed (and accepted by the leader's core).
+    pub conf_changes: u64,
+    /// Changes the core refused (one pending, not yet committed in the term, ...).
+    pub conf_changes_refused: u64,
+    /// Single-step changes of two voters the core refused as unsafe (retried as joint).
+    pub conf_changes_refused_unsafe: u64,
 }
 
 struct Node {
@@ -206,6 +213,10 @@ impl Sim {
         let deadline = self.now + liveness_ticks * TICK_UNITS;
         while self.now < deadline {
             self.step_time(false)?;
+            // Bring every node back as a voter, one change at a time.
+            if self.now.is_multiple_of(TICK_UNITS) && !self.full_membership() {
+                self.conf_change(true)?;
+            }
             if self.now.is_multiple_of(TICK_UNITS) && self.converged() {
                 return self.finish();
             }
@@ -334,6 +345,9 @@ impl Sim {
                 }
                 errors.extend(checker.check_appended(Some(raw), &ready.entries).err());
                 if let Some(hard_state) = ready.hard_state {
+                    if raw.status().role == Role::Leader {
+                        checker.record_leader_commit(hard_state.commit, raw.membership());
+                    }
                     let result = checker.record_commit(index, hard_state.commit, Some(raw));
                     errors.extend(result.err());
                 }
@@ -359,7 +373,7 @@ impl Sim {
             }
         }
         self.checker
-            .check_durable(&self.nodes_view(), self.membership.quorum())
+            .check_durable(&self.nodes_view())
             .map_err(|what| self.violation(what))
     }
 
@@ -569,7 +583,7 @@ impl Sim {
                     && !c.is_taking_snapshot()
             }) && !n.disk.has_unsynced()
         });
-        caught_up && self.clients.busy() == 0
+        caught_up && self.clients.busy() == 0 && self.full_membership()
     }
 
     fn backlog_entries(&self) -> u64 {
@@ -601,6 +615,8 @@ impl Sim {
         self.nodes
             .iter()
             .map(|n| check::NodeView {
+                id: n.id,
+                raw: n.core.as_ref().map(|c| c.raw()),
                 sm: n.core.as_ref().map(|c| c.state_machine()),
                 disk: &n.disk.image,
             })
@@ -734,6 +750,9 @@ fn add_stats(total: &mut SimStats, stats: &SimStats) {
     total.final_commit += stats.final_commit;
     total.history_lines += stats.history_lines;
     total.histories_unknown += stats.histories_unknown;
+    total.conf_changes += stats.conf_changes;
+    total.conf_changes_refused += stats.conf_changes_refused;
+    total.conf_changes_refused_unsafe += stats.conf_changes_refused_unsafe;
 }
 
 impl std::fmt::Display for SimStats {
@@ -742,7 +761,8 @@ impl std::fmt::Display for SimStats {
             f,
             "{} events, {} crashes, {} pauses, {} partitions, {} elections, {} snapshots \
              installed, {} writes acked, {} writes unknown, {} writes failed, {} reads, {} history \
-             lines, {} histories undecided by the search",
+             lines, {} histories undecided by the search, {} configuration changes ({} refused, \
+             {} unsafe single-step changes refused)",
             self.events,
             self.crashes,
             self.pauses,
@@ -754,7 +774,10 @@ impl std::fmt::Display for SimStats {
             self.writes_failed,
             self.reads_ok,
             self.history_lines,
-            self.histories_unknown
+            self.histories_unknown,
+            self.conf_changes,
+            self.conf_changes_refused,
+            self.conf_changes_refused_unsafe
         )
     }
 }

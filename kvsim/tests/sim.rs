@@ -66,6 +66,17 @@ fn sim_seeds_with_faults_keep_every_invariant() {
         "too few reads: {}",
         totals.reads_ok
     );
+    // Configuration changes interleave with the other faults (about two seeds in three).
+    assert!(
+        totals.conf_changes > passed,
+        "too few configuration changes: {}",
+        totals.conf_changes
+    );
+    assert!(
+        totals.conf_changes_refused_unsafe > passed / 20,
+        "too few unsafe single-step changes tried: {}",
+        totals.conf_changes_refused_unsafe
+    );
     let failed: Vec<u64> = summary.failures.iter().map(|v| v.seed).collect();
     assert!(failed.is_empty(), "failing seeds: {failed:?}");
 }

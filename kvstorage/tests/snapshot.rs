@@ -14,6 +14,7 @@ fn meta(last_index: u64, last_term: u64) -> SnapshotMeta {
         last_index,
         last_term,
         membership: Membership::new(vec![1, 2, 3]),
+        membership_index: 0,
     }
 }
 

@@ -495,6 +495,7 @@ async fn transport_snapshot_file_streams_and_arrives_identical() {
         last_index: 42,
         last_term: 3,
         membership: Membership::new(vec![1, 2]),
+        membership_index: 0,
     };
     n1.send_snapshot(2, meta.clone(), source);
 

@@ -533,6 +533,9 @@ fn log_observation(id: NodeId, observation: &Observation) {
         Observation::SnapshotDiscarded { index } => {
             tracing::info!(node = id, index, "discarded a received snapshot");
         }
+        Observation::MembershipChanged { index, membership } => {
+            tracing::info!(node = id, index, "configuration changed: {membership}");
+        }
         Observation::RecoveryDiscarded {
             entries,
             snapshot_index,

@@ -8,7 +8,11 @@
 //!     16     8  body_bytes u64 LE
 //!     24     4  body_crc u32 LE   CRC32 of the body
 //!     28     4  header_crc u32 LE CRC32 of bytes 0..28 and of the meta
-//!     32     m  meta: SnapshotMeta (last index, last term, membership), bincode 2 standard
+//!     32     m  meta: SnapshotMeta (last index, last term, membership, membership index),
+//!                  bincode 2 standard
+//!
+//! Version 2 added learners, outgoing voters and the membership index to the meta (issue 15).
+//! Version 1 files (voters only) are still read: their configuration has index 0.
 //!   32+m     n  body: the state machine's own serialization, opaque here
 //! ```
 //! The file is exactly `32 + m + n` bytes long.
@@ -22,7 +26,17 @@ use kvraft::message::SnapshotMeta;
 use super::SnapshotError;
 
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"RKVSNAP1";
-pub const SNAPSHOT_VERSION: u32 = 1;
+pub const SNAPSHOT_VERSION: u32 = 2;
+/// The oldest version still read.
+pub const SNAPSHOT_VERSION_MIN: u32 = 1;
+
+/// The meta of a version 1 file.
+#[derive(serde::Deserialize)]
+struct SnapshotMetaV1 {
+    last_index: u64,
+    last_term: u64,
+    voters: Vec<u64>,
+}
 pub const SNAPSHOT_HEADER_BYTES: usize = 32;
 /// The encoded meta is a few bytes per voter; anything larger is corruption.
 pub const META_BYTES_MAX: usize = 1 << 20;
@@ -85,7 +99,7 @@ pub fn parse_fixed(bytes: &[u8]) -> Result<Option<(u64, u64, u32, u32)>, String>
         return Err("bad snapshot magic".into());
     }
     let version = u32::from_le_bytes(word(bytes, 8));
-    if version != SNAPSHOT_VERSION {
+    if !(SNAPSHOT_VERSION_MIN..=SNAPSHOT_VERSION).contains(&version) {
         return Err(format!("unsupported snapshot version {version}"));
     }
     let meta_bytes = u64::from(u32::from_le_bytes(word(bytes, 12)));
@@ -116,11 +130,25 @@ pub fn parse_header(bytes: &[u8]) -> Result<Option<SnapshotHeader>, String> {
         return Err("snapshot header checksum mismatch".into());
     }
     let config = bincode::config::standard().with_limit::<META_BYTES_MAX>();
-    let (meta, used) = bincode::serde::decode_from_slice::<SnapshotMeta, _>(
-        &bytes[SNAPSHOT_HEADER_BYTES..meta_end],
-        config,
-    )
-    .map_err(|error| format!("snapshot meta does not decode: {error}"))?;
+    let encoded = &bytes[SNAPSHOT_HEADER_BYTES..meta_end];
+    let decoded = if u32::from_le_bytes(word(bytes, 8)) == 1 {
+        bincode::serde::decode_from_slice::<SnapshotMetaV1, _>(encoded, config).map(|(v1, used)| {
+            let meta = SnapshotMeta {
+                last_index: v1.last_index,
+                last_term: v1.last_term,
+                membership: kvraft::message::Membership::new(v1.voters),
+                membership_index: 0,
+            };
+            (meta, used)
+        })
+    } else {
+        bincode::serde::decode_from_slice::<SnapshotMeta, _>(encoded, config)
+    };
+    let (meta, used) =
+        decoded.map_err(|error| format!("snapshot meta does not decode: {error}"))?;
+    if meta.membership.validate().is_err() {
+        return Err("snapshot meta holds an invalid configuration".into());
+    }
     if used as u64 != meta_bytes {
         return Err("snapshot meta has trailing bytes".into());
     }
@@ -177,4 +205,50 @@ pub fn verify(path: &Path) -> Result<SnapshotHeader, SnapshotError> {
         )));
     }
     Ok(header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvraft::message::Membership;
+
+    #[test]
+    fn version_2_meta_round_trips_with_learners_and_joint_voters() {
+        let meta = SnapshotMeta {
+            last_index: 42,
+            last_term: 3,
+            membership: Membership {
+                voters: vec![1, 4],
+                voters_outgoing: vec![1, 2, 3],
+                learners: vec![5],
+            },
+            membership_index: 40,
+        };
+        let encoded = encode_meta(&meta).unwrap();
+        let header = encode_header(&encoded, 7, 0xabcd);
+        let parsed = parse_header(&header).unwrap().unwrap();
+        assert_eq!(parsed.meta, meta);
+        assert_eq!(parsed.body_bytes, 7);
+    }
+
+    #[test]
+    fn version_1_files_are_still_read() {
+        // What version 1 wrote: last index, last term, voters.
+        let v1 = (42u64, 3u64, vec![1u64, 2, 3]);
+        let encoded = bincode::serde::encode_to_vec(v1, bincode::config::standard()).unwrap();
+        let mut header = encode_header(&encoded, 7, 0xabcd);
+        header[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&header[..28]);
+        hasher.update(&encoded);
+        let crc = hasher.finalize().to_le_bytes();
+        header[28..32].copy_from_slice(&crc);
+        let parsed = parse_header(&header).unwrap().unwrap();
+        assert_eq!(parsed.meta.last_index, 42);
+        assert_eq!(parsed.meta.membership, Membership::new(vec![1, 2, 3]));
+        assert_eq!(parsed.meta.membership_index, 0);
+        // An unknown version is refused.
+        header[8..12].copy_from_slice(&3u32.to_le_bytes());
+        assert!(parse_header(&header).is_err());
+    }
 }

@@ -41,6 +41,8 @@ pub enum RecordKind {
     Compact = 5,
     /// The segment ends here; the log continues in the next segment.
     SegmentEnd = 6,
+    /// A configuration entry (`EntryKind::Config`): the payload is the encoded `Membership`.
+    EntryConfig = 7,
 }
 
 impl RecordKind {
@@ -53,6 +55,7 @@ impl RecordKind {
             RecordKind::Truncate => "truncate",
             RecordKind::Compact => "compact",
             RecordKind::SegmentEnd => "segment end",
+            RecordKind::EntryConfig => "configuration entry",
         }
     }
 
@@ -64,6 +67,7 @@ impl RecordKind {
             4 => Some(RecordKind::Truncate),
             5 => Some(RecordKind::Compact),
             6 => Some(RecordKind::SegmentEnd),
+            7 => Some(RecordKind::EntryConfig),
             _ => None,
         }
     }
@@ -134,6 +138,7 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
             let kind = match entry.kind {
                 EntryKind::Normal => RecordKind::EntryNormal,
                 EntryKind::Noop => RecordKind::EntryNoop,
+                EntryKind::Config => RecordKind::EntryConfig,
             };
             (kind, entry.index, entry.term, &entry.data)
         }
@@ -272,7 +277,7 @@ fn check_fields(view: &View<'_>) -> Result<(), DecodeError> {
     let kind = view.kind;
     let payload_bytes = view.payload.len();
     let expected_bytes = match kind {
-        RecordKind::EntryNormal | RecordKind::EntryNoop => return Ok(()),
+        RecordKind::EntryNormal | RecordKind::EntryNoop | RecordKind::EntryConfig => return Ok(()),
         RecordKind::HardState => HARD_STATE_PAYLOAD_BYTES,
         RecordKind::Truncate | RecordKind::Compact | RecordKind::SegmentEnd => 0,
     };
@@ -304,6 +309,7 @@ fn build(view: &View<'_>) -> Record {
     match view.kind {
         RecordKind::EntryNormal => entry(EntryKind::Normal),
         RecordKind::EntryNoop => entry(EntryKind::Noop),
+        RecordKind::EntryConfig => entry(EntryKind::Config),
         RecordKind::HardState => {
             let vote = read_u64(view.payload, 0);
             Record::HardState(HardState {
@@ -351,6 +357,13 @@ mod tests {
             index: 8,
             kind: EntryKind::Noop,
             data,
+        }));
+        let membership = kvraft::message::Membership::new(vec![1, 2, 3]);
+        round_trip(Record::Entry(Entry {
+            term: 3,
+            index: 9,
+            kind: EntryKind::Config,
+            data: Bytes::from(membership.encode()),
         }));
         round_trip(Record::HardState(HardState {
             term: 4,
