@@ -174,6 +174,7 @@ fn cluster_spec(settings: &CampaignSettings) -> Result<ClusterSpec, CampaignErro
     let work_dir = std::env::temp_dir().join(format!("kvcampaign-{}", std::process::id()));
     let mut spec = ClusterSpec::new(backend, settings.nodes, &work_dir);
     spec.base_port = settings.base_port;
+    spec.hosts = settings.hosts.clone();
     spec.netns.prefix = args::NETNS_PREFIX.to_string();
     spec.netns.subnet = args::NETNS_SUBNET;
     if settings.disk() {
