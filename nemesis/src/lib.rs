@@ -25,6 +25,7 @@ pub mod rng;
 pub mod schedule;
 pub mod spec;
 pub mod ssh;
+pub mod testbed;
 
 /// Raft node id, as in `kvraft::message::NodeId`.
 pub type NodeId = u64;
