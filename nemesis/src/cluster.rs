@@ -463,11 +463,10 @@ impl Cluster {
             return Ok(false);
         }
         let command = self.node(id)?.command.clone();
-        let host = self.host(id)?;
-        let log_bytes = host.log_len(&command.log_path)?;
-        self.log_offsets.insert(id, log_bytes);
-        let (pid, child) = host.spawn(&command)?;
-        if let Some(child) = child {
+        let spawned = self.host(id)?.spawn(&command)?;
+        let pid = spawned.pid;
+        self.log_offsets.insert(id, spawned.log_offset);
+        if let Some(child) = spawned.child {
             self.children.insert(id, child);
         }
         let node = self.node_mut(id)?;
@@ -696,36 +695,60 @@ impl Cluster {
         }
     }
 
+    /// Every node's status; on the ssh backend the hosts are asked in parallel.
     pub fn status(&self) -> Vec<NodeStatus> {
-        let timeout = Duration::from_millis(metrics::SCRAPE_TIMEOUT_MS);
-        let mut statuses = Vec::new();
-        for node in &self.state.nodes {
-            let running = self.running(node.id).ok().flatten();
-            let pid = running.map(|(pid, _)| pid);
-            let paused = running.is_some_and(|(_, state)| state == 'T');
-            let refused = self.state.refused.get(&node.id);
-            let (raft, error) = match (pid, paused) {
-                (None, _) if refused.is_some() => {
-                    let reason = refused.map_or(String::new(), |r| format!("refused: {r}"));
-                    (None, Some(reason))
-                }
-                (None, _) => (None, Some("not running".to_string())),
-                (Some(_), true) => (None, Some("paused".to_string())),
-                (Some(_), false) => match metrics::raft_state(node.metrics_address, timeout) {
-                    Ok(raft) => (Some(raft), None),
-                    Err(error) => (None, Some(error.to_string())),
-                },
-            };
-            statuses.push(NodeStatus {
-                id: node.id,
-                pid,
-                running: pid.is_some(),
-                paused,
-                raft,
-                error,
-            });
+        if self.backend() != BackendKind::Ssh {
+            return self.state.nodes.iter().map(|n| self.node_status(n)).collect();
         }
-        statuses
+        std::thread::scope(|scope| {
+            let threads: Vec<_> = (self.state.nodes.iter())
+                .map(|node| scope.spawn(|| self.node_status(node)))
+                .collect();
+            (self.state.nodes.iter().zip(threads))
+                .map(|(node, thread)| {
+                    thread.join().unwrap_or_else(|_| NodeStatus {
+                        id: node.id,
+                        pid: None,
+                        running: false,
+                        paused: false,
+                        raft: None,
+                        error: Some("status thread panicked".to_string()),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn node_status(&self, node: &NodeRecord) -> NodeStatus {
+        let timeout = Duration::from_millis(metrics::SCRAPE_TIMEOUT_MS);
+        // An unreachable host says why (its ssh error), like an unreachable metrics endpoint.
+        let (running, unreachable) = match self.running(node.id) {
+            Ok(running) => (running, None),
+            Err(error) => (None, Some(error.to_string())),
+        };
+        let pid = running.map(|(pid, _)| pid);
+        let paused = running.is_some_and(|(_, state)| state == 'T');
+        let refused = self.state.refused.get(&node.id);
+        let (raft, error) = match (pid, paused) {
+            (None, _) if refused.is_some() => {
+                let reason = refused.map_or(String::new(), |r| format!("refused: {r}"));
+                (None, Some(reason))
+            }
+            (None, _) => (None, unreachable.or(Some("not running".to_string()))),
+            (Some(_), true) => (None, Some("paused".to_string())),
+            (Some(_), false) => match metrics::raft_state(node.metrics_address, timeout) {
+                Ok(raft) => (Some(raft), None),
+                Err(error) => (None, Some(error.to_string())),
+            },
+        };
+        NodeStatus {
+            id: node.id,
+            pid,
+            running: pid.is_some(),
+            paused,
+            raft,
+            error,
+        }
     }
 
     /// The leader with the highest term among the nodes that answer, if any.
@@ -814,10 +837,8 @@ impl Cluster {
                 first_error.get_or_insert(error.into());
             }
         }
-        for node in &self.state.nodes {
-            if let Err(error) = teardown_remote(node) {
-                first_error.get_or_insert(error);
-            }
+        if let Some(error) = teardown_remotes(&self.state.nodes).into_iter().next() {
+            first_error.get_or_insert(error);
         }
         if let Some(path) = &self.state_path {
             let _ = std::fs::remove_file(path);
@@ -969,9 +990,11 @@ fn setup_hosts(spec: &ClusterSpec) -> Result<Vec<RemoteNode>, ClusterError> {
     std::fs::create_dir_all(&staged).map_err(io(&staged))?;
     let config = staged.join(ssh::REMOTE_CONFIG);
     std::fs::write(&config, spec.remote_config_toml()?).map_err(io(&config))?;
+    let binary = staged.join(ssh::REMOTE_BINARY);
+    stage_binary(&spec.node_binary, &binary).map_err(io(&binary))?;
     let results: Vec<Result<RemoteNode, ClusterError>> = std::thread::scope(|scope| {
         let threads: Vec<_> = (remotes.iter())
-            .map(|(id, remote)| scope.spawn(|| setup_host(spec, *id, remote, &config)))
+            .map(|(id, remote)| scope.spawn(|| setup_host(spec, *id, remote, &[&binary, &config])))
             .collect();
         threads
             .into_iter()
@@ -1001,11 +1024,29 @@ fn setup_hosts(spec: &ClusterSpec) -> Result<Vec<RemoteNode>, ClusterError> {
     Ok(nodes)
 }
 
+/// The binary uploaded to the hosts: `kvnode` without its debug sections (`objcopy
+/// --strip-debug`: a release build with debuginfo shrinks about six-fold, symbols stay, so
+/// backtraces keep their function names), or a plain copy where objcopy is missing or fails.
+fn stage_binary(binary: &Path, staged: &Path) -> std::io::Result<()> {
+    let stripped = std::process::Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(binary)
+        .arg(staged)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !stripped {
+        std::fs::copy(binary, staged)?;
+    }
+    Ok(())
+}
+
 fn setup_host(
     spec: &ClusterSpec,
     id: NodeId,
     remote: &ssh::Remote,
-    config: &Path,
+    files: &[&Path],
 ) -> Result<RemoteNode, ClusterError> {
     let dir = remote.make_dir(&remote.host.dir_for(id))?;
     let node = RemoteNode {
@@ -1028,11 +1069,7 @@ fn setup_host(
     remote.remove_chain()?;
     remote.clear_work_dir(&node.dir)?;
     let certs = node.path(ssh::REMOTE_CERTS);
-    remote.sh(
-        &format!("mkdir -p {}", ssh::quote(&certs)),
-        "mkdir certs",
-    )?;
-    remote.upload(&[&spec.node_binary, config], &node.dir)?;
+    remote.upload(files, &node.dir)?;
     let name = spec::node_name(id);
     let certs_dir = spec.certs_dir();
     let files = [
@@ -1049,17 +1086,21 @@ fn setup_host(
 /// (a pid file from a crashed run; only pids from the host's own pid file are touched).
 fn kill_remote_leftover(record: &NodeRecord, node: &RemoteNode) -> Result<bool, ClusterError> {
     let remote = node.remote();
-    let Some(pid) = remote.pid_from_file(&node.pid_file())? else {
-        return Ok(false);
-    };
-    let host = NodeHost::of(Some(node));
-    if host.process_state(pid, &record.command)?.is_none() {
-        return Ok(false);
-    }
-    let _ = host.signal(pid, Signal::CONT);
-    host.signal(pid, Signal::KILL)?;
-    host.wait_gone(pid, STOP_TIMEOUT)?;
-    Ok(true)
+    Ok(remote.kill_from_pid_file(&node.pid_file(), &record.command.argv, STOP_TIMEOUT)?)
+}
+
+/// `teardown_remote` for every node, the hosts in parallel. Returns the errors.
+fn teardown_remotes(nodes: &[NodeRecord]) -> Vec<ClusterError> {
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (nodes.iter())
+            .filter(|node| node.remote.is_some())
+            .map(|node| scope.spawn(|| teardown_remote(node)))
+            .collect();
+        threads
+            .into_iter()
+            .filter_map(|thread| thread.join().unwrap_or(Err(ClusterError::Interrupted)).err())
+            .collect()
+    })
 }
 
 /// The ssh backend's teardown of one node (nothing for other backends): kills what its pid
@@ -1114,10 +1155,12 @@ pub fn cleanup(state_path: &Path, prefix: &str) -> Result<Vec<String>, ClusterEr
                 removed.push(format!("killed n{} (pid {pid})", node.id));
             }
         }
+        if let Some(error) = teardown_remotes(&state.nodes).into_iter().next() {
+            return Err(error);
+        }
         for node in &state.nodes {
-            if node.remote.is_some() {
-                teardown_remote(node)?;
-                removed.push(format!("n{}: host cleaned", node.id));
+            if let Some(remote) = &node.remote {
+                removed.push(format!("n{}: {} cleaned", node.id, remote.host.name()));
             }
         }
         if let Some(layout) = &state.netns {

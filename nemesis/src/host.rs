@@ -49,6 +49,15 @@ impl RemoteNode {
     }
 }
 
+/// A started node.
+pub struct Spawned {
+    pub pid: u32,
+    /// The log's length before the start.
+    pub log_offset: u64,
+    /// Our child, on this machine (reaped after a kill).
+    pub child: Option<Child>,
+}
+
 /// How to reach one node's process.
 pub enum NodeHost {
     Here,
@@ -103,29 +112,30 @@ impl NodeHost {
         }
     }
 
-    /// Starts the node; on this machine also returns the child to reap later.
-    pub fn spawn(&self, command: &NodeCommand) -> Result<(u32, Option<Child>), HostError> {
+    /// Starts the node. Returns its pid, the log's length before the start (what the node
+    /// logs from now on starts there) and, on this machine, the child to reap later.
+    pub fn spawn(&self, command: &NodeCommand) -> Result<Spawned, HostError> {
         match self {
             NodeHost::Here => {
+                let log_offset = std::fs::metadata(&command.log_path).map_or(0, |m| m.len());
                 let child = process::spawn(command)?;
-                Ok((child.id(), Some(child)))
+                Ok(Spawned {
+                    pid: child.id(),
+                    log_offset,
+                    child: Some(child),
+                })
             }
             NodeHost::Ssh(node) => {
                 let cwd = command.cwd.to_string_lossy();
                 let log = command.log_path.to_string_lossy();
-                let pid = node
-                    .remote()
-                    .spawn(&command.argv, &cwd, &log, &node.pid_file())?;
-                Ok((pid, None))
+                let (pid, log_offset) =
+                    (node.remote()).spawn(&command.argv, &cwd, &log, &node.pid_file())?;
+                Ok(Spawned {
+                    pid,
+                    log_offset,
+                    child: None,
+                })
             }
-        }
-    }
-
-    /// The log's length in bytes (0 when it does not exist yet).
-    pub fn log_len(&self, path: &Path) -> Result<u64, HostError> {
-        match self {
-            NodeHost::Here => Ok(std::fs::metadata(path).map_or(0, |m| m.len())),
-            NodeHost::Ssh(node) => Ok(node.remote().file_len(&path.to_string_lossy())?),
         }
     }
 

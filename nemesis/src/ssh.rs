@@ -37,8 +37,8 @@ pub const CONTROL_PERSIST_S: u64 = 600;
 pub const HOSTS_MAX: usize = crate::spec::NODE_COUNT_MAX as usize;
 /// Longest hosts file read.
 pub const HOSTS_FILE_BYTES_MAX: u64 = 64 << 10;
-/// Poll interval while waiting for a remote process to go.
-const REMOTE_POLL_MS: u64 = 25;
+/// Poll interval on the host while waiting for a process to go.
+const REMOTE_POLL_MS: u64 = 10;
 /// Longest stderr kept in an error message.
 const STDERR_CHARS_MAX: usize = 400;
 
@@ -467,20 +467,22 @@ impl Remote {
         Ok(path)
     }
 
-    /// Starts `argv` detached (own session, stdio to `log`), writes its pid to `pid_file`,
-    /// and returns once the pid shows `argv` (exec done) or has exited.
+    /// Starts `argv` detached (own session, stdio appended to `log`), writes its pid to
+    /// `pid_file`, and returns once the pid shows `argv` (exec done) or has exited: the pid and
+    /// the log's length before the start (one round trip).
     pub fn spawn(
         &self,
         argv: &[String],
         cwd: &str,
         log: &str,
         pid_file: &str,
-    ) -> Result<u32, SshError> {
+    ) -> Result<(u32, u64), SshError> {
         let command: Vec<String> = argv.iter().map(|a| quote(a)).collect();
         // A background job of a non-interactive sh is not a process group leader, so setsid
         // does not fork: `$!` is the node's own pid.
         let script = format!(
             "cd {cwd} || exit 1\n\
+             size=$(stat -c %s {log} 2>/dev/null || echo 0)\n\
              setsid {command} >>{log} 2>&1 </dev/null &\n\
              pid=$!\n\
              echo $pid > {pid_file}\n\
@@ -489,7 +491,7 @@ impl Remote {
                [ \"$(tr '\\0' ' ' </proc/$pid/cmdline 2>/dev/null)\" != {expected} ]; do\n\
                sleep 0.01; i=$((i+1))\n\
              done\n\
-             echo $pid",
+             echo $size $pid",
             cwd = quote(cwd),
             command = command.join(" "),
             log = quote(log),
@@ -498,7 +500,10 @@ impl Remote {
         );
         let out = self.sh(&script, "start kvnode")?;
         let text = String::from_utf8_lossy(&out).trim().to_string();
-        text.parse().map_err(|_| SshError::Answer {
+        let parsed = text
+            .split_once(' ')
+            .and_then(|(size, pid)| Some((pid.parse().ok()?, size.parse().ok()?)));
+        parsed.ok_or_else(|| SshError::Answer {
             host: self.name(),
             what: "start kvnode".to_string(),
             answer: text,
@@ -516,31 +521,54 @@ impl Remote {
         Ok(parse_process(&out))
     }
 
-    /// The pid recorded in `pid_file`, if the file holds one.
-    pub fn pid_from_file(&self, pid_file: &str) -> Result<Option<u32>, SshError> {
-        let out = self.sh(&format!("cat {} 2>/dev/null; true", quote(pid_file)), "pid file")?;
-        Ok(String::from_utf8_lossy(&out).trim().parse().ok())
-    }
-
     pub fn signal(&self, pid: u32, signal: &str) -> Result<(), SshError> {
         self.sh(&format!("kill -s {signal} {pid}"), &format!("kill -s {signal}"))
             .map(|_| ())
     }
 
-    /// Polls until `pid` is gone or a zombie.
+    /// Waits until `pid` is gone or a zombie; the polling runs on the host (one round trip).
     pub fn wait_gone(&self, pid: u32, timeout: Duration) -> Result<(), SshError> {
         let start = Instant::now();
-        while self.process(pid)?.is_some() {
-            if start.elapsed() >= timeout {
-                return Err(SshError::NotGone {
-                    host: self.name(),
-                    pid,
-                    waited_ms: start.elapsed().as_millis() as u64,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(REMOTE_POLL_MS));
+        let out = self.sh(&wait_gone_script(pid, timeout), "wait for exit")?;
+        if String::from_utf8_lossy(&out).trim() == "gone" {
+            return Ok(());
         }
-        Ok(())
+        Err(SshError::NotGone {
+            host: self.name(),
+            pid,
+            waited_ms: start.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// SIGKILLs the process `pid_file` names if its command line is still `argv` (a node a
+    /// crashed run left; nothing else is ever signalled), and waits for it to go. Returns
+    /// whether it killed one.
+    pub fn kill_from_pid_file(
+        &self,
+        pid_file: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<bool, SshError> {
+        let script = format!(
+            "pid=$(cat {pid_file} 2>/dev/null) || exit 0\n\
+             case \"$pid\" in ''|*[!0-9]*) exit 0;; esac\n\
+             [ \"$(tr '\\0' ' ' </proc/$pid/cmdline 2>/dev/null)\" = {expected} ] || exit 0\n\
+             kill -s CONT $pid; kill -s KILL $pid\n\
+             {wait}",
+            pid_file = quote(pid_file),
+            expected = quote(&format!("{} ", argv.join(" "))),
+            wait = wait_gone_script_for("$pid", timeout),
+        );
+        let out = self.sh(&script, "kill leftover node")?;
+        match String::from_utf8_lossy(&out).trim() {
+            "" => Ok(false),
+            "gone" => Ok(true),
+            _ => Err(SshError::NotGone {
+                host: self.name(),
+                pid: 0,
+                waited_ms: timeout.as_millis() as u64,
+            }),
+        }
     }
 
     /// Size of a remote file (0 when it does not exist).
@@ -631,6 +659,25 @@ impl Remote {
         );
         self.sh(&script, "remove work dir").map(|_| ())
     }
+}
+
+/// Prints `gone` once `pid` has no /proc entry or is a zombie, `alive` after `timeout`.
+fn wait_gone_script(pid: u32, timeout: Duration) -> String {
+    wait_gone_script_for(&pid.to_string(), timeout)
+}
+
+fn wait_gone_script_for(pid: &str, timeout: Duration) -> String {
+    let rounds = (timeout.as_millis() as u64 / REMOTE_POLL_MS).max(1);
+    format!(
+        "i=0\n\
+         while [ $i -lt {rounds} ]; do\n\
+           s=$(cat /proc/{pid}/stat 2>/dev/null) || {{ echo gone; exit 0; }}\n\
+           case \"${{s##*) }}\" in Z*) echo gone; exit 0;; esac\n\
+           sleep {sleep}; i=$((i+1))\n\
+         done\n\
+         echo alive",
+        sleep = REMOTE_POLL_MS as f64 / 1000.0
+    )
 }
 
 /// Removes, in the current directory, exactly what setup creates there.

@@ -116,6 +116,9 @@ impl Testbed {
             let address = layout.node_ip(*id);
             let namespace = layout.namespace(*id);
             let config = dir.join(format!("sshd-n{id}.conf"));
+            // `SetEnv SHLVL=2`: bash (root's login shell) sources ~/.bashrc for ssh commands
+            // only when SHLVL < 2, and a bashrc that runs tools (pyenv init on the machine
+            // this was written on: ~200 ms) would otherwise be timed instead of the backend.
             let text = format!(
                 "ListenAddress {address}:{SSH_PORT_DEFAULT}\n\
                  HostKey {host_key}\n\
@@ -127,7 +130,8 @@ impl Testbed {
                  KbdInteractiveAuthentication no\n\
                  UsePAM no\n\
                  StrictModes no\n\
-                 Subsystem sftp {SFTP_SERVER}\n",
+                 Subsystem sftp {SFTP_SERVER}\n\
+                 SetEnv SHLVL=2\n",
                 host_key = host_key.display(),
                 authorized = authorized.display(),
             );
