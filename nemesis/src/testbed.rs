@@ -87,6 +87,7 @@ impl Testbed {
                 return Err(TestbedError::Missing(binary));
             }
         }
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
         let ids: Vec<NodeId> = (1..=count).collect();
         let network = Network::create(layout, &ids)?;
         let made_privsep_dir = !Path::new(SSHD_PRIVSEP_DIR).is_dir();

@@ -128,8 +128,9 @@ pub struct CampaignSettings {
     pub seed: u64,
     pub backend: BackendArg,
     pub nodes: u64,
-    /// The ssh backend's hosts (node k on host k); empty on the other backends.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// The ssh backend's hosts (node k on host k); empty on the other backends. summary.json
+    /// names them under `hosts` (keys and paths stay out of the results).
+    #[serde(skip)]
     pub hosts: Vec<nemesis::ssh::SshHost>,
     pub keys: u64,
     pub rate: Option<f64>,

@@ -421,10 +421,23 @@ fn summary_json(
         "recovery_ms": ran.recovery_ms,
         "nodes_refused": &ran.refused,
         "nodes_repaired": &ran.repaired,
+        "hosts": hosts_by_node(settings),
         "valid": checked.valid,
         "verdict": verdict,
         "anomaly_types": checked.anomalies.iter().map(|a| a.kind.clone()).collect::<Vec<_>>(),
     })
+}
+
+/// The ssh backend's hosts by node id (`{"1": "root@10.0.0.1:22"}`), `null` on the others:
+/// report.html and index.html name nodes by their host.
+fn hosts_by_node(settings: &CampaignSettings) -> serde_json::Value {
+    if settings.hosts.is_empty() {
+        return serde_json::Value::Null;
+    }
+    let map: serde_json::Map<String, serde_json::Value> = (settings.hosts.iter().enumerate())
+        .map(|(index, host)| ((index + 1).to_string(), host.name().into()))
+        .collect();
+    serde_json::Value::Object(map)
 }
 
 pub(crate) fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), CampaignError> {
