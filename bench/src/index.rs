@@ -122,7 +122,8 @@ pub fn render_index(results: &Path) -> String {
             write!(
             html,
             "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-             <td>{}</td><td>{main} <a href=\"{}\">summary.json</a> <a href=\"{}/\">files</a></td></tr>",
+             <td>{}</td><td>{main} <a href=\"{}\">summary.json</a> \
+             <a href=\"{}/\">files</a></td></tr>",
             class.replace(' ', "-"),
             escape(if run.stamp.is_empty() { "-" } else { &run.stamp }),
             escape(&run.name),
@@ -197,6 +198,9 @@ mod tests {
         let pause = html.find("list-append-pause").unwrap();
         assert!(pause < html.find("register-kill").unwrap());
         assert!(html.contains("class=\"invalid\"") && html.contains("class=\"unknown\""));
-        assert!(html.contains("<td>root@10.0.0.1:22, kv@10.0.0.2:22</td>"), "{html}");
+        assert!(
+            html.contains("<td>root@10.0.0.1:22, kv@10.0.0.2:22</td>"),
+            "{html}"
+        );
     }
 }

@@ -91,7 +91,11 @@ fn ssh_campaign_with_kill_and_partition_is_valid_and_leaves_nothing_on_the_hosts
     for id in 1..=3 {
         let log = run.join(format!("logs/n{id}.log"));
         let text = std::fs::read_to_string(&log).unwrap();
-        assert!(text.contains("kvnode"), "{} holds no node log", log.display());
+        assert!(
+            text.contains("kvnode"),
+            "{} holds no node log",
+            log.display()
+        );
     }
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
@@ -99,12 +103,21 @@ fn ssh_campaign_with_kill_and_partition_is_valid_and_leaves_nothing_on_the_hosts
     let kinds: Vec<&str> = (summary["faults"].as_array().unwrap().iter())
         .filter_map(|f| f["fault"].as_str())
         .collect();
-    assert!(kinds.contains(&"kill") && kinds.contains(&"partition"), "{kinds:?}");
+    assert!(
+        kinds.contains(&"kill") && kinds.contains(&"partition"),
+        "{kinds:?}"
+    );
     assert_eq!(summary["hosts"]["2"], testbed.hosts[1].name());
     let report = std::fs::read_to_string(run.join("report.html")).unwrap();
-    assert!(report.contains("n2@10.77.214.2"), "the report names nodes by host");
+    assert!(
+        report.contains("n2@10.77.214.2"),
+        "the report names nodes by host"
+    );
     let index = std::fs::read_to_string(results.join("index.html")).unwrap();
-    assert!(index.contains(&testbed.hosts[0].name()), "the index names the hosts");
+    assert!(
+        index.contains(&testbed.hosts[0].name()),
+        "the index names the hosts"
+    );
 }
 
 /// A wrong key and a host that does not answer: the campaign fails before any load, its
@@ -134,8 +147,15 @@ fn ssh_failures_end_the_campaign_early(testbed: &Testbed, dir: &Path, results: &
         let output = campaign(&hosts, results, &args);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{stderr}");
-        assert!(started.elapsed() < EARLY_FAILURE_MAX, "{:?}", started.elapsed());
-        assert!(stderr.contains(&bad.name()) && stderr.contains(needle), "{stderr}");
+        assert!(
+            started.elapsed() < EARLY_FAILURE_MAX,
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            stderr.contains(&bad.name()) && stderr.contains(needle),
+            "{stderr}"
+        );
         assert_hosts_clean(testbed);
     }
 }

@@ -581,8 +581,7 @@ impl Cluster {
                 } else if start.elapsed() >= settle {
                     let since = self.log_offsets.get(&id).copied().unwrap_or(0);
                     let path = &self.node(id)?.command.log_path;
-                    let log =
-                        (self.host(id)?).read_log(path, Some(since), REPAIR_LOG_BYTES_MAX)?;
+                    let log = (self.host(id)?).read_log(path, Some(since), REPAIR_LOG_BYTES_MAX)?;
                     let note = match repair_line(&log) {
                         Some(line) => {
                             self.state.repaired.insert(id, line.clone());
@@ -666,7 +665,10 @@ impl Cluster {
         if self.backend() == BackendKind::Ssh {
             for (node, blocked) in grudge {
                 let peers: Vec<_> = (blocked.iter())
-                    .map(|other| self.node(*other).map(|n| (n.address.ip(), n.address.port())))
+                    .map(|other| {
+                        self.node(*other)
+                            .map(|n| (n.address.ip(), n.address.port()))
+                    })
                     .collect::<Result<_, _>>()?;
                 let record = self.node(*node)?;
                 if let Some(remote) = &record.remote {
@@ -698,7 +700,12 @@ impl Cluster {
     /// Every node's status; on the ssh backend the hosts are asked in parallel.
     pub fn status(&self) -> Vec<NodeStatus> {
         if self.backend() != BackendKind::Ssh {
-            return self.state.nodes.iter().map(|n| self.node_status(n)).collect();
+            return self
+                .state
+                .nodes
+                .iter()
+                .map(|n| self.node_status(n))
+                .collect();
         }
         std::thread::scope(|scope| {
             let threads: Vec<_> = (self.state.nodes.iter())
@@ -998,11 +1005,7 @@ fn setup_hosts(spec: &ClusterSpec) -> Result<Vec<RemoteNode>, ClusterError> {
             .collect();
         threads
             .into_iter()
-            .map(|thread| {
-                thread
-                    .join()
-                    .unwrap_or(Err(ClusterError::Interrupted))
-            })
+            .map(|thread| thread.join().unwrap_or(Err(ClusterError::Interrupted)))
             .collect()
     });
     let mut nodes = Vec::new();
@@ -1098,7 +1101,12 @@ fn teardown_remotes(nodes: &[NodeRecord]) -> Vec<ClusterError> {
             .collect();
         threads
             .into_iter()
-            .filter_map(|thread| thread.join().unwrap_or(Err(ClusterError::Interrupted)).err())
+            .filter_map(|thread| {
+                thread
+                    .join()
+                    .unwrap_or(Err(ClusterError::Interrupted))
+                    .err()
+            })
             .collect()
     })
 }
@@ -1189,10 +1197,7 @@ pub fn cleanup(state_path: &Path, prefix: &str) -> Result<Vec<String>, ClusterEr
 /// node n<k>), kills the node its pid file names if it still runs, removes the iptables chain
 /// and the work directory (logs are fetched to `logs_dir/n<k>.log` first). Returns a line per
 /// host.
-pub fn cleanup_hosts(
-    hosts: &[ssh::SshHost],
-    logs_dir: &Path,
-) -> Result<Vec<String>, ClusterError> {
+pub fn cleanup_hosts(hosts: &[ssh::SshHost], logs_dir: &Path) -> Result<Vec<String>, ClusterError> {
     let mut removed = Vec::new();
     for (index, host) in hosts.iter().enumerate() {
         let id = index as NodeId + 1;

@@ -83,7 +83,11 @@ impl NodeHost {
 
     /// The process state letter (`R`, `S`, `T` stopped, ...) if `pid` is alive and runs
     /// `command` (pids are reused: a pid running something else is not our node).
-    pub fn process_state(&self, pid: u32, command: &NodeCommand) -> Result<Option<char>, HostError> {
+    pub fn process_state(
+        &self,
+        pid: u32,
+        command: &NodeCommand,
+    ) -> Result<Option<char>, HostError> {
         match self {
             NodeHost::Here => Ok(process::runs(pid, command)
                 .then(|| process::state(pid))

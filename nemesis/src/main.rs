@@ -28,8 +28,8 @@ const FAULT_POLL_MS: u64 = 50;
         campaign). Without a state file they act on the `kvnode run` processes found on this \
         machine (e.g. a cluster from `just cluster up`), reading addresses from their config.\n\n\
         Targets: n<k> (a node), leader, one (random), minority (random), all. Random choices \
-        use --seed. Partitions need the netns backend (`nemesis up --backend netns`, as root) or the ssh \
-        backend (`nemesis up --backend ssh --hosts hosts.txt`).\n\n\
+        use --seed. Partitions need the netns backend (`nemesis up --backend netns`, as \
+        root) or the ssh backend (`nemesis up --backend ssh --hosts hosts.txt`).\n\n\
         Examples:\n  nemesis up --backend netns --nodes 3 --dir /tmp/kv\n  nemesis status\n  \
         nemesis kill leader --restart-after 2s\n  nemesis pause n1 --for 5s\n  \
         nemesis partition isolate-leader --for 10s\n  nemesis heal\n  \
@@ -111,6 +111,27 @@ enum Command {
     /// The fault-injecting filesystem itself (`serve` runs one mount in the foreground).
     #[command(subcommand)]
     Fs(FsCommand),
+    /// Hosts for the ssh backend without real machines (root): a network namespace per host,
+    /// each running its own sshd with a key generated into --dir. Writes <dir>/hosts.txt,
+    /// runs until Ctrl-C, then removes the namespaces. Try:
+    /// `bench campaign --backend ssh --hosts <dir>/hosts.txt`.
+    Testbed(TestbedArgs),
+}
+
+#[derive(clap::Args)]
+struct TestbedArgs {
+    /// Hosts to start.
+    #[arg(long, default_value_t = 3)]
+    hosts: u64,
+    /// Folder for keys, sshd configs and logs, hosts.txt and each host's work directory.
+    #[arg(long, default_value = "data/nemesis-testbed")]
+    dir: PathBuf,
+    /// Namespace name prefix (namespaces <prefix>-n1.., bridge <prefix>br0).
+    #[arg(long, default_value = "kvtb")]
+    prefix: String,
+    /// The namespaces' /24 as three octets.
+    #[arg(long, default_value = "10.77.50", value_parser = parse_subnet)]
+    subnet: [u8; 3],
 }
 
 #[derive(Subcommand)]
@@ -259,8 +280,37 @@ fn run(cli: Cli) -> CliResult {
             };
             Ok(nemesis::fs::control::serve(&options)?)
         }
+        Command::Testbed(args) => testbed(args),
         command => fault_command(&cli.state, seed, command),
     }
+}
+
+fn testbed(args: TestbedArgs) -> CliResult {
+    let layout = NetnsLayout {
+        prefix: args.prefix,
+        subnet: args.subnet,
+    };
+    layout.validate()?;
+    if args.hosts == 0 || args.hosts > spec::NODE_COUNT_MAX {
+        return Err(format!("--hosts must be in 1..={}", spec::NODE_COUNT_MAX).into());
+    }
+    let interrupted = cluster::interrupt_flag()?;
+    let dir = std::path::absolute(&args.dir)?;
+    let testbed = nemesis::testbed::Testbed::start(&layout, args.hosts, &dir)?;
+    let hosts = dir.join("hosts.txt");
+    std::fs::write(&hosts, testbed.hosts_file())?;
+    println!(
+        "{} sshd host(s) up; hosts file: {}",
+        args.hosts,
+        hosts.display()
+    );
+    println!("running; Ctrl-C stops the sshds and removes the namespaces");
+    while !interrupted.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(FAULT_POLL_MS));
+    }
+    drop(testbed);
+    println!("testbed removed");
+    Ok(())
 }
 
 fn up(state_path: &std::path::Path, args: UpArgs) -> CliResult {

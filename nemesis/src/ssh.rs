@@ -293,7 +293,7 @@ impl Remote {
             format!("ServerAliveCountMax={SERVER_ALIVE_COUNT_MAX}"),
             // Trust on first use: a host seen before must keep its key.
             "StrictHostKeyChecking=accept-new".to_string(),
-            format!("ControlPath={}/%C", self.control_dir.display()),
+            format!("ControlPath={}", self.control_path()),
             "ControlMaster=auto".to_string(),
             "LogLevel=ERROR".to_string(),
         ]
@@ -311,6 +311,25 @@ impl Remote {
             ]);
         }
         options
+    }
+
+    /// `<control_dir>/<hash of key and known hosts>-%C` (%C: ssh's hash of local host, remote
+    /// host, port and user): a connection opened with one key is never reused for a hosts
+    /// line that names another, so a wrong key always fails at `connect`.
+    fn control_path(&self) -> String {
+        let show = |path: &Option<PathBuf>| path.as_ref().map(|p| p.display().to_string());
+        let identity = format!(
+            "{}|{}",
+            show(&self.host.key).unwrap_or_default(),
+            show(&self.host.known_hosts).unwrap_or_default()
+        );
+        // FNV-1a: a stable short name, not a security boundary (the directory is 0700).
+        let hash = identity
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+                (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+            });
+        format!("{}/{hash:016x}-%C", self.control_dir.display())
     }
 
     fn destination(&self) -> String {
@@ -351,8 +370,18 @@ impl Remote {
     }
 
     /// Opens the master connection (and fails, naming the host, when the host is down or
-    /// refuses the key). Later commands ride on it.
+    /// refuses the key), or reuses a live one for the same host, user and key. Later commands
+    /// ride on it.
     pub fn connect(&self) -> Result<(), SshError> {
+        let mut check = self.ssh();
+        check
+            .args(["-O", "check", &self.destination()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if check.status().is_ok_and(|status| status.success()) {
+            return Ok(());
+        }
         std::fs::create_dir_all(&self.control_dir).map_err(|source| SshError::Spawn {
             program: format!("mkdir {}", self.control_dir.display()),
             source,
@@ -522,8 +551,11 @@ impl Remote {
     }
 
     pub fn signal(&self, pid: u32, signal: &str) -> Result<(), SshError> {
-        self.sh(&format!("kill -s {signal} {pid}"), &format!("kill -s {signal}"))
-            .map(|_| ())
+        self.sh(
+            &format!("kill -s {signal} {pid}"),
+            &format!("kill -s {signal}"),
+        )
+        .map(|_| ())
     }
 
     /// Waits until `pid` is gone or a zombie; the polling runs on the host (one round trip).
@@ -573,7 +605,10 @@ impl Remote {
 
     /// Size of a remote file (0 when it does not exist).
     pub fn file_len(&self, path: &str) -> Result<u64, SshError> {
-        let out = self.sh(&format!("stat -c %s {} 2>/dev/null; true", quote(path)), "stat")?;
+        let out = self.sh(
+            &format!("stat -c %s {} 2>/dev/null; true", quote(path)),
+            "stat",
+        )?;
         Ok(String::from_utf8_lossy(&out).trim().parse().unwrap_or(0))
     }
 
@@ -639,13 +674,20 @@ impl Remote {
     pub fn rules(&self) -> Result<String, SshError> {
         let ipt = format!("{} -w", self.iptables());
         let chain = IPTABLES_CHAIN;
-        let out = self.sh_root(&format!("{ipt} -S {chain} 2>/dev/null; true"), "iptables -S")?;
+        let out = self.sh_root(
+            &format!("{ipt} -S {chain} 2>/dev/null; true"),
+            "iptables -S",
+        )?;
         Ok(String::from_utf8_lossy(&out).into_owned())
     }
 
     /// Removes what setup puts in the work directory (a crashed run's leftovers).
     pub fn clear_work_dir(&self, dir: &str) -> Result<(), SshError> {
-        let script = format!("cd {} 2>/dev/null || exit 0\n{}", quote(dir), clear_script());
+        let script = format!(
+            "cd {} 2>/dev/null || exit 0\n{}",
+            quote(dir),
+            clear_script()
+        );
         self.sh(&script, "clear work dir").map(|_| ())
     }
 
@@ -738,7 +780,10 @@ mod tests {
         ];
         for (text, needle) in cases {
             let error = parse_hosts(text).unwrap_err().to_string();
-            assert!(error.contains(needle) && error.contains("line"), "{text}: {error}");
+            assert!(
+                error.contains(needle) && error.contains("line"),
+                "{text}: {error}"
+            );
         }
     }
 

@@ -41,7 +41,9 @@ pub enum TestbedError {
     Missing(&'static str),
     #[error("`{command}` failed: {stderr}")]
     Failed { command: String, stderr: String },
-    #[error("sshd in {namespace} did not accept connections within {SSHD_READY_TIMEOUT_MS} ms: {log}")]
+    #[error(
+        "sshd in {namespace} did not accept connections within {SSHD_READY_TIMEOUT_MS} ms: {log}"
+    )]
     NotReady { namespace: String, log: String },
 }
 
@@ -64,7 +66,16 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TestbedError {
 
 fn keygen(path: &Path) -> Result<(), TestbedError> {
     let output = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "kvnemesis-testbed", "-f"])
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "kvnemesis-testbed",
+            "-f",
+        ])
         .arg(path)
         .stdin(Stdio::null())
         .output()
@@ -149,7 +160,11 @@ impl Testbed {
                 .spawn()
                 .map_err(io(Path::new("ip netns exec sshd")))?;
             self.sshds.push(child);
-            wait_listening(SocketAddr::from((address, SSH_PORT_DEFAULT)), &namespace, &log_path)?;
+            wait_listening(
+                SocketAddr::from((address, SSH_PORT_DEFAULT)),
+                &namespace,
+                &log_path,
+            )?;
             self.hosts.push(SshHost {
                 address: address.into(),
                 user: "root".to_string(),

@@ -302,7 +302,10 @@ mod tests {
             (&["--workload", "put"], "--workload"),
             (&["--faults", "partition"], "netns"),
             (&["--backend", "ssh"], "--hosts"),
-            (&["--backend", "ssh", "--hosts", "/nonexistent/hosts.txt"], "hosts.txt"),
+            (
+                &["--backend", "ssh", "--hosts", "/nonexistent/hosts.txt"],
+                "hosts.txt",
+            ),
             (&["--hosts", "h.txt"], "--backend ssh"),
             (&["--faults", "explode"], "--faults"),
             (&["--clients", "0"], "--clients"),

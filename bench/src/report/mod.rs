@@ -149,7 +149,11 @@ fn load(run_dir: &Path, summary: Value) -> Result<RunData, String> {
     let since = |unix_ms: u64| unix_ms.saturating_sub(start_unix_ms) as f64 / 1000.0;
     let bands = summary["faults"]
         .as_array()
-        .map(|faults| (faults.iter()).map(|f| fault_band(f, &summary["hosts"], &since)).collect())
+        .map(|faults| {
+            (faults.iter())
+                .map(|f| fault_band(f, &summary["hosts"], &since))
+                .collect()
+        })
         .unwrap_or_default();
     let last_op = ops.iter().map(|op| op.done_s).fold(0.0, f64::max);
     let last_sample = samples.last().map_or(0.0, |s| since(s.unix_ms));
@@ -690,7 +694,10 @@ mod tests {
     #[test]
     fn nodes_are_named_by_their_host_on_the_ssh_backend() {
         let hosts = serde_json::json!({"1": "root@10.0.0.1:22", "3": "kv@[fd00::3]:2222"});
-        assert_eq!(node_names(&serde_json::json!([1, 2, 3]), &hosts), "n1@10.0.0.1,n2,n3@fd00::3");
+        assert_eq!(
+            node_names(&serde_json::json!([1, 2, 3]), &hosts),
+            "n1@10.0.0.1,n2,n3@fd00::3"
+        );
         assert_eq!(node_label(2, &Value::Null), "n2");
     }
 
