@@ -7,12 +7,10 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::path::Path;
 use std::time::Duration;
 
 use nemesis::cluster::Cluster;
 use nemesis::spec::{self, ClusterSpec, NetnsLayout};
-use nemesis::ssh::SshHost;
 use nemesis::testbed::Testbed;
 use nemesis::{BackendKind, Fault, Nemesis, PartitionKind, Target};
 
