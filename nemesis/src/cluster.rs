@@ -1010,21 +1010,35 @@ fn setup_hosts(spec: &ClusterSpec) -> Result<Vec<RemoteNode>, ClusterError> {
     });
     let mut nodes = Vec::new();
     let mut first_error = None;
-    for result in results {
+    for (result, (id, _)) in results.into_iter().zip(&remotes) {
         match result {
-            Ok(node) => nodes.push(node),
+            Ok(node) => nodes.push((*id, node)),
             Err(error) => {
                 first_error.get_or_insert(error);
             }
         }
     }
     if let Some(error) = first_error {
+        // The hosts that were set up are torn down again (a failed host cleaned up after
+        // itself in `setup_host`); teardown also closes their connections.
+        for (id, node) in &nodes {
+            let record = NodeRecord {
+                id: *id,
+                pid: None,
+                command: remote_command(node, *id),
+                address: spec.node_address(*id),
+                metrics_address: spec.metrics_address(*id),
+                pid_file: None,
+                remote: Some(node.clone()),
+            };
+            let _ = teardown_remote(&record);
+        }
         for (_, remote) in &remotes {
             remote.disconnect();
         }
         return Err(error);
     }
-    Ok(nodes)
+    Ok(nodes.into_iter().map(|(_, node)| node).collect())
 }
 
 /// The binary uploaded to the hosts: `kvnode` without its debug sections (`objcopy
@@ -1068,10 +1082,26 @@ fn setup_host(
         pid_file: None,
         remote: Some(node.clone()),
     };
-    kill_remote_leftover(&record, &node)?;
+    let filled = fill_host(spec, id, remote, files, &record, &node);
+    if filled.is_err() {
+        // Best effort: the error to report is the first one.
+        let _ = remote.remove_work_dir(&node.dir);
+    }
+    filled.map(|()| node)
+}
+
+/// Stops a crashed run's node, removes its rules and files, uploads this run's.
+fn fill_host(
+    spec: &ClusterSpec,
+    id: NodeId,
+    remote: &ssh::Remote,
+    files: &[&Path],
+    record: &NodeRecord,
+    node: &RemoteNode,
+) -> Result<(), ClusterError> {
+    kill_remote_leftover(record, node)?;
     remote.remove_chain()?;
-    remote.clear_work_dir(&node.dir)?;
-    let certs = node.path(ssh::REMOTE_CERTS);
+    remote.reset_work_dir(&node.dir)?;
     remote.upload(files, &node.dir)?;
     let name = spec::node_name(id);
     let certs_dir = spec.certs_dir();
@@ -1081,8 +1111,8 @@ fn setup_host(
         certs_dir.join(format!("{name}.key")),
     ];
     let files: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
-    remote.upload(&files, &certs)?;
-    Ok(node)
+    remote.upload(&files, &node.path(ssh::REMOTE_CERTS))?;
+    Ok(())
 }
 
 /// SIGKILLs the process named in the host's pid file if it still runs this node's command

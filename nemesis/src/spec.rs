@@ -423,6 +423,24 @@ mod tests {
     }
 
     #[test]
+    fn ssh_spec_takes_addresses_from_hosts_and_refuses_a_mismatch_and_disks() {
+        let hosts = crate::ssh::parse_hosts("root@10.1.0.5\nroot@10.1.0.6\n").unwrap();
+        let mut spec = ClusterSpec::new(BackendKind::Ssh, 2, Path::new("/tmp/x"));
+        spec.hosts = hosts;
+        spec.validate().unwrap();
+        assert_eq!(spec.node_address(2), "10.1.0.6:50052".parse().unwrap());
+        let remote = spec.remote_config_toml().unwrap();
+        assert!(remote.contains("data_dir = \"data\""), "{remote}");
+        assert!(remote.contains("\"10.1.0.5:50051\""), "{remote}");
+        let mut bad = spec.clone();
+        bad.node_count = 3;
+        assert!(matches!(bad.validate(), Err(SpecError::Hosts(_))));
+        let mut bad = spec;
+        bad.disk = true;
+        assert!(matches!(bad.validate(), Err(SpecError::DiskOverSsh)));
+    }
+
+    #[test]
     fn local_spec_uses_loopback_and_validates_limits() {
         let spec = ClusterSpec::new(BackendKind::Local, 3, Path::new("/tmp/x"));
         assert_eq!(spec.node_address(3), "127.0.0.1:50053".parse().unwrap());

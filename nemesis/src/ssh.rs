@@ -681,14 +681,15 @@ impl Remote {
         Ok(String::from_utf8_lossy(&out).into_owned())
     }
 
-    /// Removes what setup puts in the work directory (a crashed run's leftovers).
-    pub fn clear_work_dir(&self, dir: &str) -> Result<(), SshError> {
+    /// Removes what setup puts in the work directory (a crashed run's leftovers) and creates
+    /// its empty `certs/`.
+    pub fn reset_work_dir(&self, dir: &str) -> Result<(), SshError> {
         let script = format!(
-            "cd {} 2>/dev/null || exit 0\n{}",
+            "cd {} || exit 1\n{} && mkdir {REMOTE_CERTS}",
             quote(dir),
             clear_script()
         );
-        self.sh(&script, "clear work dir").map(|_| ())
+        self.sh(&script, "reset work dir").map(|_| ())
     }
 
     /// `clear_work_dir`, then removes the directory itself (only if nothing else is left in
