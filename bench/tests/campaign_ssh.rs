@@ -110,7 +110,7 @@ fn ssh_campaign_with_kill_and_partition_is_valid_and_leaves_nothing_on_the_hosts
     assert_eq!(summary["hosts"]["2"], testbed.hosts[1].name());
     let report = std::fs::read_to_string(run.join("report.html")).unwrap();
     assert!(
-        report.contains("n2@10.77.214.2"),
+        report.contains("n2@10.77.214.2") && report.contains("n3: root@10.77.214.3:22"),
         "the report names nodes by host"
     );
     let index = std::fs::read_to_string(results.join("index.html")).unwrap();

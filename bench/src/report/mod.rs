@@ -631,6 +631,12 @@ fn config_section(data: &RunData) -> String {
     if let Some(config) = s["config"].as_object() {
         rows.extend(config.iter().map(|(k, v)| (k.clone(), plain(v))));
     }
+    if let Some(hosts) = s["hosts"].as_object() {
+        let names: Vec<String> = (hosts.iter())
+            .map(|(id, host)| format!("n{id}: {}", host.as_str().unwrap_or("-")))
+            .collect();
+        rows.push(("hosts".into(), names.join(", ")));
+    }
     if let Some(machine) = s["machine"].as_object() {
         rows.extend(
             machine
