@@ -562,8 +562,16 @@ impl Remote {
     pub fn wait_gone(&self, pid: u32, timeout: Duration) -> Result<(), SshError> {
         let start = Instant::now();
         let out = self.sh(&wait_gone_script(pid, timeout), "wait for exit")?;
-        if String::from_utf8_lossy(&out).trim() == "gone" {
+        let answer = String::from_utf8_lossy(&out).trim().to_string();
+        if answer == "gone" {
             return Ok(());
+        }
+        if !answer.starts_with("alive") {
+            return Err(SshError::Answer {
+                host: self.name(),
+                what: "wait for exit".to_string(),
+                answer,
+            });
         }
         Err(SshError::NotGone {
             host: self.name(),
@@ -592,13 +600,23 @@ impl Remote {
             wait = wait_gone_script_for("$pid", timeout),
         );
         let out = self.sh(&script, "kill leftover node")?;
-        match String::from_utf8_lossy(&out).trim() {
-            "" => Ok(false),
-            "gone" => Ok(true),
-            _ => Err(SshError::NotGone {
+        let answer = String::from_utf8_lossy(&out).trim().to_string();
+        if answer.is_empty() {
+            return Ok(false);
+        }
+        if answer == "gone" {
+            return Ok(true);
+        }
+        match answer.strip_prefix("alive ").map(str::parse) {
+            Some(Ok(pid)) => Err(SshError::NotGone {
                 host: self.name(),
-                pid: 0,
+                pid,
                 waited_ms: timeout.as_millis() as u64,
+            }),
+            _ => Err(SshError::Answer {
+                host: self.name(),
+                what: "kill leftover node".to_string(),
+                answer,
             }),
         }
     }
@@ -704,7 +722,7 @@ impl Remote {
     }
 }
 
-/// Prints `gone` once `pid` has no /proc entry or is a zombie, `alive` after `timeout`.
+/// Prints `gone` once `pid` has no /proc entry or is a zombie, `alive <pid>` after `timeout`.
 fn wait_gone_script(pid: u32, timeout: Duration) -> String {
     wait_gone_script_for(&pid.to_string(), timeout)
 }
@@ -718,7 +736,7 @@ fn wait_gone_script_for(pid: &str, timeout: Duration) -> String {
            case \"${{s##*) }}\" in Z*) echo gone; exit 0;; esac\n\
            sleep {sleep}; i=$((i+1))\n\
          done\n\
-         echo alive",
+         echo alive {pid}",
         sleep = REMOTE_POLL_MS as f64 / 1000.0
     )
 }
