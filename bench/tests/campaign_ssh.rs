@@ -6,8 +6,8 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nemesis::spec::NetnsLayout;
@@ -16,16 +16,22 @@ use nemesis::testbed::{host_line, Testbed};
 /// An ssh failure must end the campaign within this (connect timeout plus setup).
 const EARLY_FAILURE_MAX: Duration = Duration::from_secs(15);
 
-fn campaign(hosts: &Path, results: &Path, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bench"))
+/// Runs a campaign; returns its output and the control-node work dir it used
+/// (`<tmp>/kvcampaign-<pid>`, bench/src/campaign/mod.rs).
+fn campaign(hosts: &Path, results: &Path, extra: &[&str]) -> (Output, PathBuf) {
+    let child = Command::new(env!("CARGO_BIN_EXE_bench"))
         .args(["campaign", "--backend", "ssh", "--hosts"])
         .arg(hosts)
         .arg("--results")
         .arg(results)
         .args(["--clients", "8", "--quiet"])
         .args(extra)
-        .output()
-        .unwrap()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let work_dir = std::env::temp_dir().join(format!("kvcampaign-{}", child.id()));
+    (child.wait_with_output().unwrap(), work_dir)
 }
 
 /// True if some live process's command line mentions `needle` (the hosts share this
@@ -76,11 +82,12 @@ fn ssh_campaign_with_kill_and_partition_is_valid_and_leaves_nothing_on_the_hosts
 
     let args = ["--workload", "register", "--faults", "kill,partition"];
     let shape = ["--time-limit", "20s", "--interval", "3s", "--seed", "23"];
-    let output = campaign(&hosts, &results, &[&args[..], &shape[..]].concat());
+    let (output, work_dir) = campaign(&hosts, &results, &[&args[..], &shape[..]].concat());
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
     assert_hosts_clean(&testbed);
+    assert!(!work_dir.exists(), "{} left", work_dir.display());
 
     let run = std::fs::read_dir(results.join("register-kill+partition"))
         .unwrap()
@@ -144,7 +151,7 @@ fn ssh_failures_end_the_campaign_early(testbed: &Testbed, dir: &Path, results: &
         std::fs::write(&hosts, lines.join("\n")).unwrap();
         let started = Instant::now();
         let args = ["--faults", "kill", "--time-limit", "5s", "--seed", "1"];
-        let output = campaign(&hosts, results, &args);
+        let (output, work_dir) = campaign(&hosts, results, &args);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{stderr}");
         assert!(
@@ -157,5 +164,7 @@ fn ssh_failures_end_the_campaign_early(testbed: &Testbed, dir: &Path, results: &
             "{stderr}"
         );
         assert_hosts_clean(testbed);
+        // Nor on the control node: the config and certificates made for the run are gone.
+        assert!(!work_dir.exists(), "{} left", work_dir.display());
     }
 }

@@ -204,6 +204,8 @@ impl Testbed {
         }
         self.sshds.clear();
         self.network.destroy()?;
+        // The ssh client's control sockets' directory, if no connection is left in it.
+        let _ = std::fs::remove_dir(crate::ssh::default_control_dir());
         if self.made_privsep_dir {
             let _ = std::fs::remove_dir(SSHD_PRIVSEP_DIR);
             self.made_privsep_dir = false;

@@ -128,7 +128,14 @@ pub fn run(settings: &CampaignSettings) -> Result<CampaignOutcome, CampaignError
     let run_dir = create_run_dir(&settings.results.join(&settings.name), &stamp)?;
     nemesis::cluster::cleanup_on_interrupt(spec.state_path.clone(), spec.netns.prefix.clone())
         .map_err(|e| CampaignError::Io(format!("signal handler: {e}")))?;
-    let cluster = Cluster::start(&spec)?;
+    let cluster = match Cluster::start(&spec) {
+        Ok(cluster) => cluster,
+        Err(error) => {
+            // Nothing ran: the config and certificates made for it are not results.
+            let _ = std::fs::remove_dir_all(&spec.work_dir);
+            return Err(error.into());
+        }
+    };
     cluster.wait_for_stable_leader(Duration::from_millis(STARTUP_LEADER_TIMEOUT_MS))?;
     let result = drive(settings, cluster, &run_dir);
     // Logs are copied whatever happened: they explain a failed run too.
