@@ -62,8 +62,8 @@ pub enum BackendKind {
     Local,
     /// One network namespace per node on a bridge (root only); partitions need it.
     Netns,
-    /// One node per host of a hosts file, driven over ssh (`nemesis::ssh`); partitions with
-    /// iptables on the hosts.
+    /// One node per host of a hosts file, driven over ssh (proto-docs/operations.md);
+    /// partitions with iptables on the hosts.
     Ssh,
 }
 
