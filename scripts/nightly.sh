@@ -4,6 +4,8 @@
 # on all nodes, lost unsynced data on drawn targets, corruption, failed fsyncs, all disk faults
 # mixed), then results/index.html. Partitions need the netns backend (root) and disk faults
 # FUSE (root); without root they are skipped with a SKIPPED line.
+# With KV_HOSTS=<hosts file> the nodes run on those hosts over ssh (the ssh backend: partitions
+# with iptables on the hosts; disk campaigns are skipped, see proto-docs/operations.md).
 # Usage: scripts/nightly.sh [time-limit] [seed]. Exit 1 if any campaign was not valid.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +18,11 @@ if [ ! -x "$bench" ] || [ ! -x target/release/kvnode ] || [ ! -x target/release/
 fi
 backend=local
 [ "$(id -u)" = 0 ] && backend=netns
+backend_args=(--backend "$backend")
+if [ -n "${KV_HOSTS:-}" ]; then
+  backend=ssh
+  backend_args=(--backend ssh --hosts "$KV_HOSTS")
+fi
 failed=0
 table=()
 # One table row from a campaign's output (its `Report:` line names the run directory).
@@ -50,7 +57,7 @@ for workload in register list-append; do
       echo "SKIPPED $workload/$faults: partitions need root (netns backend)"
       continue
     fi
-    campaign "$workload/$faults" --workload "$workload" --faults "$faults" --backend "$backend"
+    campaign "$workload/$faults" --workload "$workload" --faults "$faults" "${backend_args[@]}"
   done
 done
 # workload|faults|target (empty: drawn per fault from the seed)
@@ -66,6 +73,10 @@ for entry in "${disk_campaigns[@]}"; do
   IFS='|' read -r workload faults target <<<"$entry"
   if [ "$(id -u)" != 0 ]; then
     echo "SKIPPED $workload/$faults: disk faults need root (FUSE)"
+    continue
+  fi
+  if [ "$backend" = ssh ]; then
+    echo "SKIPPED $workload/$faults: disk faults are not supported on the ssh backend yet"
     continue
   fi
   target_args=()

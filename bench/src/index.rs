@@ -99,7 +99,7 @@ pub fn render_index(results: &Path) -> String {
          font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px}.valid{background:#d8f5d8}\
          .invalid{background:#fbd5d5}.unknown{background:#fff2c8}</style></head><body>\
          <h1>Results</h1><table><tr><th>date-time (UTC)</th><th>run</th><th>verdict</th>\
-         <th>ops</th><th>faults</th><th>seed</th><th>links</th></tr>",
+         <th>ops</th><th>faults</th><th>seed</th><th>nodes on</th><th>links</th></tr>",
     );
     for run in &runs {
         let class = validity(&run.summary);
@@ -122,7 +122,8 @@ pub fn render_index(results: &Path) -> String {
             write!(
             html,
             "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-             <td>{main} <a href=\"{}\">summary.json</a> <a href=\"{}/\">files</a></td></tr>",
+             <td>{}</td><td>{main} <a href=\"{}\">summary.json</a> \
+             <a href=\"{}/\">files</a></td></tr>",
             class.replace(' ', "-"),
             escape(if run.stamp.is_empty() { "-" } else { &run.stamp }),
             escape(&run.name),
@@ -133,12 +134,25 @@ pub fn render_index(results: &Path) -> String {
                 .as_u64()
                 .or(run.summary["config"]["seed"].as_u64())
                 .map_or("-".into(), |n| n.to_string()),
+            escape(&nodes_on(&run.summary)),
             escape(&link("summary.json")),
             escape(&relative.display().to_string())
         );
     }
     html.push_str("</table></body></html>\n");
     html
+}
+
+/// Where a run's nodes ran: its hosts (ssh backend), else the backend's name.
+fn nodes_on(summary: &Value) -> String {
+    if let Some(hosts) = summary["hosts"].as_object() {
+        let names: Vec<&str> = hosts.values().filter_map(Value::as_str).collect();
+        return names.join(", ");
+    }
+    summary["config"]["backend"]
+        .as_str()
+        .unwrap_or("-")
+        .to_string()
 }
 
 #[cfg(test)]
@@ -156,7 +170,7 @@ mod tests {
         write(
             "register-kill",
             "2026-01-01T00-00-00Z",
-            r#"{"valid":true,"ops":5}"#,
+            r#"{"valid":true,"ops":5,"hosts":{"1":"root@10.0.0.1:22","2":"kv@10.0.0.2:22"}}"#,
         );
         write(
             "list-append-pause",
@@ -184,5 +198,9 @@ mod tests {
         let pause = html.find("list-append-pause").unwrap();
         assert!(pause < html.find("register-kill").unwrap());
         assert!(html.contains("class=\"invalid\"") && html.contains("class=\"unknown\""));
+        assert!(
+            html.contains("<td>root@10.0.0.1:22, kv@10.0.0.2:22</td>"),
+            "{html}"
+        );
     }
 }

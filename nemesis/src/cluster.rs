@@ -16,10 +16,12 @@ use rustix::process::Signal;
 use serde::{Deserialize, Serialize};
 
 use crate::fs::{self as disk, DiskError, DiskHandle, DiskReply, DiskRequest};
+use crate::host::{HostError, NodeHost, RemoteNode};
 use crate::metrics::{self, RaftState, Role};
 use crate::netns::{self, Grudge, NetnsError, Network};
 use crate::process::{self, NodeCommand, ProcessError};
 use crate::spec::{self, BackendKind, ClusterSpec, ConfigFile, NetnsLayout, SpecError};
+use crate::ssh::{self, SshError};
 use crate::NodeId;
 
 /// How long a SIGKILLed process may take to disappear.
@@ -40,6 +42,10 @@ pub enum ClusterError {
     Process(#[from] ProcessError),
     #[error(transparent)]
     Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Host(#[from] HostError),
+    #[error(transparent)]
+    Ssh(#[from] SshError),
     #[error("state file {path}: {reason}")]
     State { path: PathBuf, reason: String },
     #[error("config {path}: {reason}")]
@@ -53,8 +59,13 @@ pub enum ClusterError {
         excluded: Vec<NodeId>,
         waited_ms: u64,
     },
-    #[error("{0} needs the netns backend (start the cluster with --backend netns, as root)")]
+    #[error(
+        "{0} needs the netns backend (start the cluster with --backend netns, as root) or the \
+         ssh backend"
+    )]
     NeedsNetns(&'static str),
+    #[error("{0} is not supported on the ssh backend")]
+    NotOverSsh(&'static str),
     #[error("no cluster found: no state file at {0} and no `kvnode run` process")]
     NoCluster(PathBuf),
     #[error("interrupted: cleaning up")]
@@ -76,6 +87,9 @@ pub struct NodeRecord {
     /// rewritten on restart so that tool can still stop the node.
     #[serde(default)]
     pub pid_file: Option<PathBuf>,
+    /// Set on the ssh backend: the host the node runs on and its work directory there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteNode>,
 }
 
 /// The state file's content.
@@ -174,10 +188,20 @@ impl Cluster {
         }
         let network = match spec.backend {
             BackendKind::Netns => Some(Network::create(&spec.netns, &spec.node_ids())?),
-            BackendKind::Local => None,
+            BackendKind::Local | BackendKind::Ssh => None,
         };
+        let mut state = initial_state(&spec);
+        if spec.backend == BackendKind::Ssh {
+            // Connects to every host first: a host that is down or refuses the key fails the
+            // run here, named, before anything is uploaded.
+            let remotes = setup_hosts(&spec)?;
+            for (node, remote) in state.nodes.iter_mut().zip(remotes) {
+                node.command = remote_command(&remote, node.id);
+                node.remote = Some(remote);
+            }
+        }
         let mut cluster = Cluster {
-            state: initial_state(&spec),
+            state,
             state_path: Some(spec.state_path.clone()),
             children: BTreeMap::new(),
             network,
@@ -266,6 +290,7 @@ impl Cluster {
                 address: entry.address,
                 metrics_address: entry.metrics(),
                 pid_file,
+                remote: None,
             });
         }
         let state = ClusterState {
@@ -345,12 +370,30 @@ impl Cluster {
         }
     }
 
+    /// Where node `id`'s process runs.
+    pub fn host(&self, id: NodeId) -> Result<NodeHost, ClusterError> {
+        Ok(NodeHost::of(self.node(id)?.remote.as_ref()))
+    }
+
     /// The node's pid if it is alive and still runs the recorded command.
     pub fn running_pid(&self, id: NodeId) -> Result<Option<u32>, ClusterError> {
+        Ok(self.running(id)?.map(|(pid, _)| pid))
+    }
+
+    /// The node's pid and process state letter (`T`: stopped) if it is alive and still runs
+    /// the recorded command.
+    fn running(&self, id: NodeId) -> Result<Option<(u32, char)>, ClusterError> {
         let node = self.node(id)?;
-        Ok(node
-            .pid
-            .filter(|pid| process::runs(*pid, &node.command) || self.is_child(id, *pid)))
+        let Some(pid) = node.pid else {
+            return Ok(None);
+        };
+        if let Some(state) = self.host(id)?.process_state(pid, &node.command)? {
+            return Ok(Some((pid, state)));
+        }
+        if self.is_child(id, pid) {
+            return Ok(process::state(pid).map(|state| (pid, state)));
+        }
+        Ok(None)
     }
 
     fn is_child(&self, id: NodeId, pid: u32) -> bool {
@@ -364,7 +407,7 @@ impl Cluster {
         let Some(pid) = self.running_pid(id)? else {
             return Ok(false);
         };
-        process::send_signal(pid, Signal::KILL)?;
+        self.host(id)?.signal(pid, Signal::KILL)?;
         self.reap(id, pid)?;
         self.node_mut(id)?.pid = None;
         self.save()?;
@@ -384,7 +427,7 @@ impl Cluster {
         let mut killed = Vec::new();
         for id in ids {
             if let Some(pid) = self.running_pid(*id)? {
-                process::send_signal(pid, Signal::KILL)?;
+                self.host(*id)?.signal(pid, Signal::KILL)?;
                 killed.push((*id, pid));
             }
         }
@@ -406,7 +449,7 @@ impl Cluster {
                 let _ = child.wait();
                 Ok(())
             }
-            _ => Ok(process::wait_gone(pid, STOP_TIMEOUT)?),
+            _ => Ok(self.host(id)?.wait_gone(pid, STOP_TIMEOUT)?),
         }
     }
 
@@ -420,11 +463,12 @@ impl Cluster {
             return Ok(false);
         }
         let command = self.node(id)?.command.clone();
-        let log_bytes = std::fs::metadata(&command.log_path).map_or(0, |m| m.len());
-        self.log_offsets.insert(id, log_bytes);
-        let child = process::spawn(&command)?;
-        let pid = child.id();
-        self.children.insert(id, child);
+        let spawned = self.host(id)?.spawn(&command)?;
+        let pid = spawned.pid;
+        self.log_offsets.insert(id, spawned.log_offset);
+        if let Some(child) = spawned.child {
+            self.children.insert(id, child);
+        }
         let node = self.node_mut(id)?;
         node.pid = Some(pid);
         if let Some(pid_file) = &node.pid_file {
@@ -440,20 +484,20 @@ impl Cluster {
     /// SIGSTOP: the process stays, its sockets stay open, it does nothing.
     pub fn pause(&mut self, id: NodeId) -> Result<(), ClusterError> {
         let pid = self.running_pid(id)?.ok_or(ClusterError::NotRunning(id))?;
-        Ok(process::send_signal(pid, Signal::STOP)?)
+        Ok(self.host(id)?.signal(pid, Signal::STOP)?)
     }
 
     /// SIGCONT. Resuming a node that is not paused does nothing.
     pub fn resume(&mut self, id: NodeId) -> Result<(), ClusterError> {
         let pid = self.running_pid(id)?.ok_or(ClusterError::NotRunning(id))?;
-        Ok(process::send_signal(pid, Signal::CONT)?)
+        Ok(self.host(id)?.signal(pid, Signal::CONT)?)
     }
 
     /// Resumes every paused node and restarts every dead one.
     pub fn revive_all(&mut self) -> Result<(), ClusterError> {
         for id in self.node_ids() {
-            match self.running_pid(id)? {
-                Some(pid) if process::is_stopped(pid) => self.resume(id)?,
+            match self.running(id)? {
+                Some((_, 'T')) => self.resume(id)?,
                 Some(_) => {}
                 None => {
                     self.restart(id)?;
@@ -468,10 +512,14 @@ impl Cluster {
         let Some(pid) = self.running_pid(id)? else {
             return Ok(());
         };
-        let _ = process::send_signal(pid, Signal::CONT);
-        let _ = process::send_signal(pid, Signal::TERM);
-        if process::wait_gone(pid, Duration::from_millis(TERM_GRACE_MS)).is_err() {
-            process::send_signal(pid, Signal::KILL)?;
+        let host = self.host(id)?;
+        let _ = host.signal(pid, Signal::CONT);
+        let _ = host.signal(pid, Signal::TERM);
+        if host
+            .wait_gone(pid, Duration::from_millis(TERM_GRACE_MS))
+            .is_err()
+        {
+            host.signal(pid, Signal::KILL)?;
         }
         self.reap(id, pid)?;
         self.node_mut(id)?.pid = None;
@@ -519,7 +567,12 @@ impl Cluster {
                 if self.state.refused.contains_key(&id) {
                     outcome.push((id, "refused to start (earlier)".to_string()));
                 } else if self.running_pid(id)?.is_none() {
-                    let reason = last_log_line(&self.node(id)?.command.log_path);
+                    let log = self.host(id)?.read_log(
+                        &self.node(id)?.command.log_path,
+                        None,
+                        LOG_TAIL_BYTES,
+                    )?;
+                    let reason = last_log_line(&log);
                     self.node_mut(id)?.pid = None;
                     self.children.remove(&id);
                     self.state.refused.insert(id, reason.clone());
@@ -527,8 +580,9 @@ impl Cluster {
                     outcome.push((id, format!("refused to start: {reason}")));
                 } else if start.elapsed() >= settle {
                     let since = self.log_offsets.get(&id).copied().unwrap_or(0);
-                    let log = &self.node(id)?.command.log_path;
-                    let note = match repair_line(log, since) {
+                    let path = &self.node(id)?.command.log_path;
+                    let log = (self.host(id)?).read_log(path, Some(since), REPAIR_LOG_BYTES_MAX)?;
+                    let note = match repair_line(&log) {
                         Some(line) => {
                             self.state.repaired.insert(id, line.clone());
                             self.save()?;
@@ -554,6 +608,9 @@ impl Cluster {
     /// node, renames its data directory to a sibling backing directory, mounts over the old
     /// path, starts the node again. The mount outlives this process (`nemesis disk unmount`).
     pub fn mount_disk(&mut self, id: NodeId, binary: &Path) -> Result<bool, ClusterError> {
+        if self.backend() == BackendKind::Ssh {
+            return Err(ClusterError::NotOverSsh("disk mount"));
+        }
         let data = self.node_data_dir(id)?;
         if disk::control::find_disk(&data).is_some() {
             return Ok(false);
@@ -605,6 +662,21 @@ impl Cluster {
     }
 
     pub fn block(&mut self, grudge: &Grudge) -> Result<(), ClusterError> {
+        if self.backend() == BackendKind::Ssh {
+            for (node, blocked) in grudge {
+                let peers: Vec<_> = (blocked.iter())
+                    .map(|other| {
+                        self.node(*other)
+                            .map(|n| (n.address.ip(), n.address.port()))
+                    })
+                    .collect::<Result<_, _>>()?;
+                let record = self.node(*node)?;
+                if let Some(remote) = &record.remote {
+                    remote.remote().block(record.address.port(), &peers)?;
+                }
+            }
+            return Ok(());
+        }
         let network = self
             .network
             .as_ref()
@@ -614,41 +686,76 @@ impl Cluster {
 
     /// Removes every partition rule. On the local backend there is nothing to heal.
     pub fn heal(&mut self) -> Result<(), ClusterError> {
+        for node in &self.state.nodes {
+            if let Some(remote) = &node.remote {
+                remote.remote().heal()?;
+            }
+        }
         match &self.network {
             Some(network) => Ok(network.heal()?),
             None => Ok(()),
         }
     }
 
+    /// Every node's status; on the ssh backend the hosts are asked in parallel.
     pub fn status(&self) -> Vec<NodeStatus> {
-        let timeout = Duration::from_millis(metrics::SCRAPE_TIMEOUT_MS);
-        let mut statuses = Vec::new();
-        for node in &self.state.nodes {
-            let pid = self.running_pid(node.id).ok().flatten();
-            let paused = pid.is_some_and(process::is_stopped);
-            let refused = self.state.refused.get(&node.id);
-            let (raft, error) = match (pid, paused) {
-                (None, _) if refused.is_some() => {
-                    let reason = refused.map_or(String::new(), |r| format!("refused: {r}"));
-                    (None, Some(reason))
-                }
-                (None, _) => (None, Some("not running".to_string())),
-                (Some(_), true) => (None, Some("paused".to_string())),
-                (Some(_), false) => match metrics::raft_state(node.metrics_address, timeout) {
-                    Ok(raft) => (Some(raft), None),
-                    Err(error) => (None, Some(error.to_string())),
-                },
-            };
-            statuses.push(NodeStatus {
-                id: node.id,
-                pid,
-                running: pid.is_some(),
-                paused,
-                raft,
-                error,
-            });
+        if self.backend() != BackendKind::Ssh {
+            return self
+                .state
+                .nodes
+                .iter()
+                .map(|n| self.node_status(n))
+                .collect();
         }
-        statuses
+        std::thread::scope(|scope| {
+            let threads: Vec<_> = (self.state.nodes.iter())
+                .map(|node| scope.spawn(|| self.node_status(node)))
+                .collect();
+            (self.state.nodes.iter().zip(threads))
+                .map(|(node, thread)| {
+                    thread.join().unwrap_or_else(|_| NodeStatus {
+                        id: node.id,
+                        pid: None,
+                        running: false,
+                        paused: false,
+                        raft: None,
+                        error: Some("status thread panicked".to_string()),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn node_status(&self, node: &NodeRecord) -> NodeStatus {
+        let timeout = Duration::from_millis(metrics::SCRAPE_TIMEOUT_MS);
+        // An unreachable host says why (its ssh error), like an unreachable metrics endpoint.
+        let (running, unreachable) = match self.running(node.id) {
+            Ok(running) => (running, None),
+            Err(error) => (None, Some(error.to_string())),
+        };
+        let pid = running.map(|(pid, _)| pid);
+        let paused = running.is_some_and(|(_, state)| state == 'T');
+        let refused = self.state.refused.get(&node.id);
+        let (raft, error) = match (pid, paused) {
+            (None, _) if refused.is_some() => {
+                let reason = refused.map_or(String::new(), |r| format!("refused: {r}"));
+                (None, Some(reason))
+            }
+            (None, _) => (None, unreachable.or(Some("not running".to_string()))),
+            (Some(_), true) => (None, Some("paused".to_string())),
+            (Some(_), false) => match metrics::raft_state(node.metrics_address, timeout) {
+                Ok(raft) => (Some(raft), None),
+                Err(error) => (None, Some(error.to_string())),
+            },
+        };
+        NodeStatus {
+            id: node.id,
+            pid,
+            running: pid.is_some(),
+            paused,
+            raft,
+            error,
+        }
     }
 
     /// The leader with the highest term among the nodes that answer, if any.
@@ -737,6 +844,9 @@ impl Cluster {
                 first_error.get_or_insert(error.into());
             }
         }
+        if let Some(error) = teardown_remotes(&self.state.nodes).into_iter().next() {
+            first_error.get_or_insert(error);
+        }
         if let Some(path) = &self.state_path {
             let _ = std::fs::remove_file(path);
         }
@@ -762,22 +872,13 @@ fn disk_backing(data: &Path) -> PathBuf {
     parent.join(format!(".{}.kvdisk", name.unwrap_or_default()))
 }
 
-/// The last non-empty line of a log (why a node exited), shortened.
 /// What a node logs when it recovers by repairing its data (kvstorage's torn-tail repair,
 /// kvnode skipping a corrupt snapshot for an older one).
 const REPAIR_MARKERS: [&str; 2] = ["torn tail repaired", "ignoring a corrupt snapshot"];
 
-/// The last line of `path` after byte `since` that reports a repair, without its timestamp
-/// and level.
-fn repair_line(path: &Path, since: u64) -> Option<String> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut file = std::fs::File::open(path).ok()?;
-    file.seek(SeekFrom::Start(since)).ok()?;
-    let mut bytes = Vec::new();
-    file.take(REPAIR_LOG_BYTES_MAX)
-        .read_to_end(&mut bytes)
-        .ok()?;
-    let text = String::from_utf8_lossy(&bytes);
+/// The last line of `text` (a log read from where the node was restarted) that reports a
+/// repair, without its timestamp and level.
+fn repair_line(text: &str) -> Option<String> {
     let line = text
         .lines()
         .rev()
@@ -786,16 +887,8 @@ fn repair_line(path: &Path, since: u64) -> Option<String> {
     Some(message.trim().chars().take(REASON_CHARS_MAX).collect())
 }
 
-fn last_log_line(path: &Path) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut text = String::new();
-    if let Ok(mut file) = std::fs::File::open(path) {
-        let size = file.metadata().map_or(0, |m| m.len());
-        let _ = file.seek(SeekFrom::Start(size.saturating_sub(LOG_TAIL_BYTES)));
-        let mut bytes = Vec::new();
-        let _ = file.take(LOG_TAIL_BYTES).read_to_end(&mut bytes);
-        text = String::from_utf8_lossy(&bytes).into_owned();
-    }
+/// The last non-empty line of a log's tail (why a node exited), shortened.
+fn last_log_line(text: &str) -> String {
     let line = text
         .lines()
         .rev()
@@ -847,6 +940,7 @@ fn initial_state(spec: &ClusterSpec) -> ClusterState {
                 address: spec.node_address(id),
                 metrics_address: spec.metrics_address(id),
                 pid_file: None,
+                remote: None,
             }
         })
         .collect();
@@ -858,6 +952,221 @@ fn initial_state(spec: &ClusterSpec) -> ClusterState {
         refused: BTreeMap::new(),
         repaired: BTreeMap::new(),
     }
+}
+
+/// The command that starts node `id` from its work directory on the host. The binary's
+/// absolute path makes the command line differ between hosts that share one process table.
+pub fn remote_command(remote: &RemoteNode, id: NodeId) -> NodeCommand {
+    let argv = [
+        remote.path(ssh::REMOTE_BINARY),
+        "run".to_string(),
+        "--config".to_string(),
+        remote.path(ssh::REMOTE_CONFIG),
+        "--id".to_string(),
+        spec::node_name(id),
+    ];
+    NodeCommand {
+        argv: argv.to_vec(),
+        cwd: PathBuf::from(&remote.dir),
+        namespace: None,
+        log_path: PathBuf::from(remote.path(ssh::REMOTE_LOG)),
+    }
+}
+
+/// The ssh backend's setup: opens a connection to every host (failing early, naming the host),
+/// then on each host in parallel: creates the work directory, stops and removes what a crashed
+/// earlier run left there, uploads `kvnode`, the node's config and its certificates.
+fn setup_hosts(spec: &ClusterSpec) -> Result<Vec<RemoteNode>, ClusterError> {
+    let control_dir = ssh::default_control_dir();
+    let mut remotes = Vec::new();
+    for (id, host) in spec.node_ids().into_iter().zip(&spec.hosts) {
+        let remote = ssh::Remote::new(host.clone(), control_dir.clone());
+        if let Err(error) = remote.connect() {
+            for (_, connected) in &remotes {
+                ssh::Remote::disconnect(connected);
+            }
+            return Err(error.into());
+        }
+        remotes.push((id, remote));
+    }
+    let staged = spec.work_dir.join("remote");
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SpecError::Io { path, source }
+    };
+    std::fs::create_dir_all(&staged).map_err(io(&staged))?;
+    let config = staged.join(ssh::REMOTE_CONFIG);
+    std::fs::write(&config, spec.remote_config_toml()?).map_err(io(&config))?;
+    let binary = staged.join(ssh::REMOTE_BINARY);
+    stage_binary(&spec.node_binary, &binary).map_err(io(&binary))?;
+    let results: Vec<Result<RemoteNode, ClusterError>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (remotes.iter())
+            .map(|(id, remote)| scope.spawn(|| setup_host(spec, *id, remote, &[&binary, &config])))
+            .collect();
+        threads
+            .into_iter()
+            .map(|thread| thread.join().unwrap_or(Err(ClusterError::Interrupted)))
+            .collect()
+    });
+    let mut nodes = Vec::new();
+    let mut first_error = None;
+    for (result, (id, _)) in results.into_iter().zip(&remotes) {
+        match result {
+            Ok(node) => nodes.push((*id, node)),
+            Err(error) => {
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    if let Some(error) = first_error {
+        // The hosts that were set up are torn down again (a failed host cleaned up after
+        // itself in `setup_host`); teardown also closes their connections.
+        for (id, node) in &nodes {
+            let record = NodeRecord {
+                id: *id,
+                pid: None,
+                command: remote_command(node, *id),
+                address: spec.node_address(*id),
+                metrics_address: spec.metrics_address(*id),
+                pid_file: None,
+                remote: Some(node.clone()),
+            };
+            let _ = teardown_remote(&record);
+        }
+        for (_, remote) in &remotes {
+            remote.disconnect();
+        }
+        return Err(error);
+    }
+    Ok(nodes.into_iter().map(|(_, node)| node).collect())
+}
+
+/// The binary uploaded to the hosts: `kvnode` without its debug sections (`objcopy
+/// --strip-debug`: a release build with debuginfo shrinks about six-fold, symbols stay, so
+/// backtraces keep their function names), or a plain copy where objcopy is missing or fails.
+fn stage_binary(binary: &Path, staged: &Path) -> std::io::Result<()> {
+    let stripped = std::process::Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(binary)
+        .arg(staged)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !stripped {
+        std::fs::copy(binary, staged)?;
+    }
+    Ok(())
+}
+
+fn setup_host(
+    spec: &ClusterSpec,
+    id: NodeId,
+    remote: &ssh::Remote,
+    files: &[&Path],
+) -> Result<RemoteNode, ClusterError> {
+    let dir = remote.make_dir(&remote.host.dir_for(id))?;
+    let node = RemoteNode {
+        host: remote.host.clone(),
+        dir,
+        local_log: spec.node_log(id),
+        control_dir: remote.control_dir.clone(),
+        port: spec.node_address(id).port(),
+    };
+    let record = NodeRecord {
+        id,
+        pid: None,
+        command: remote_command(&node, id),
+        address: spec.node_address(id),
+        metrics_address: spec.metrics_address(id),
+        pid_file: None,
+        remote: Some(node.clone()),
+    };
+    let filled = fill_host(spec, id, remote, files, &record, &node);
+    if filled.is_err() {
+        // Best effort: the error to report is the first one.
+        let _ = remote.remove_work_dir(&node.dir);
+    }
+    filled.map(|()| node)
+}
+
+/// Stops a crashed run's node, removes its rules and files, uploads this run's.
+fn fill_host(
+    spec: &ClusterSpec,
+    id: NodeId,
+    remote: &ssh::Remote,
+    files: &[&Path],
+    record: &NodeRecord,
+    node: &RemoteNode,
+) -> Result<(), ClusterError> {
+    kill_remote_leftover(record, node)?;
+    remote.remove_chain()?;
+    remote.reset_work_dir(&node.dir)?;
+    remote.upload(files, &node.dir)?;
+    let name = spec::node_name(id);
+    let certs_dir = spec.certs_dir();
+    let files = [
+        certs_dir.join("ca.pem"),
+        certs_dir.join(format!("{name}.pem")),
+        certs_dir.join(format!("{name}.key")),
+    ];
+    let files: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    remote.upload(&files, &node.path(ssh::REMOTE_CERTS))?;
+    Ok(())
+}
+
+/// SIGKILLs the process named in the host's pid file if it still runs this node's command
+/// (a pid file from a crashed run; only pids from the host's own pid file are touched).
+fn kill_remote_leftover(record: &NodeRecord, node: &RemoteNode) -> Result<bool, ClusterError> {
+    let remote = node.remote();
+    Ok(remote.kill_from_pid_file(&node.pid_file(), &record.command.argv, STOP_TIMEOUT)?)
+}
+
+/// `teardown_remote` for every node, the hosts in parallel. Returns the errors.
+fn teardown_remotes(nodes: &[NodeRecord]) -> Vec<ClusterError> {
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (nodes.iter())
+            .filter(|node| node.remote.is_some())
+            .map(|node| scope.spawn(|| teardown_remote(node)))
+            .collect();
+        threads
+            .into_iter()
+            .filter_map(|thread| {
+                thread
+                    .join()
+                    .unwrap_or(Err(ClusterError::Interrupted))
+                    .err()
+            })
+            .collect()
+    })
+}
+
+/// The ssh backend's teardown of one node (nothing for other backends): kills what its pid
+/// file names if that still runs, removes its iptables chain, fetches its log to
+/// `local_log`, removes its work directory and closes the connection.
+fn teardown_remote(record: &NodeRecord) -> Result<(), ClusterError> {
+    let Some(node) = &record.remote else {
+        return Ok(());
+    };
+    let remote = node.remote();
+    let result = (|| {
+        kill_remote_leftover(record, node)?;
+        remote.remove_chain()?;
+        let log = node.path(ssh::REMOTE_LOG);
+        if remote.find_dir(&node.dir)?.is_some() && remote.file_len(&log)? > 0 {
+            if let Some(parent) = node.local_log.parent() {
+                std::fs::create_dir_all(parent).map_err(|source| SpecError::Io {
+                    path: parent.to_path_buf(),
+                    source,
+                })?;
+            }
+            remote.download(&log, &node.local_log)?;
+        }
+        remote.remove_work_dir(&node.dir)?;
+        Ok(())
+    })();
+    remote.disconnect();
+    result
 }
 
 fn load_config(path: &Path) -> Result<ConfigFile, ClusterError> {
@@ -876,11 +1185,20 @@ pub fn cleanup(state_path: &Path, prefix: &str) -> Result<Vec<String>, ClusterEr
     let mut removed = Vec::new();
     if state_path.exists() {
         let state = ClusterState::load(state_path)?;
-        for node in &state.nodes {
+        // Nodes on ssh hosts are handled by `teardown_remote` below, through their host.
+        for node in state.nodes.iter().filter(|n| n.remote.is_none()) {
             if let Some(pid) = node.pid.filter(|pid| process::runs(*pid, &node.command)) {
                 let _ = process::send_signal(pid, Signal::KILL);
                 process::wait_gone(pid, STOP_TIMEOUT)?;
                 removed.push(format!("killed n{} (pid {pid})", node.id));
+            }
+        }
+        if let Some(error) = teardown_remotes(&state.nodes).into_iter().next() {
+            return Err(error);
+        }
+        for node in &state.nodes {
+            if let Some(remote) = &node.remote {
+                removed.push(format!("n{}: {} cleaned", node.id, remote.host.name()));
             }
         }
         if let Some(layout) = &state.netns {
@@ -902,6 +1220,43 @@ pub fn cleanup(state_path: &Path, prefix: &str) -> Result<Vec<String>, ClusterEr
         removed.extend(netns::remove_leftovers(prefix)?);
     }
     removed.extend(disk::cleanup_disks()?);
+    Ok(removed)
+}
+
+/// `nemesis cleanup --backend ssh --hosts FILE` without a state file: on each host (line k:
+/// node n<k>), kills the node its pid file names if it still runs, removes the iptables chain
+/// and the work directory (logs are fetched to `logs_dir/n<k>.log` first). Returns a line per
+/// host.
+pub fn cleanup_hosts(hosts: &[ssh::SshHost], logs_dir: &Path) -> Result<Vec<String>, ClusterError> {
+    let mut removed = Vec::new();
+    for (index, host) in hosts.iter().enumerate() {
+        let id = index as NodeId + 1;
+        let remote = ssh::Remote::new(host.clone(), ssh::default_control_dir());
+        let Some(dir) = remote.find_dir(&host.dir_for(id))? else {
+            remote.remove_chain()?;
+            remote.disconnect();
+            removed.push(format!("{}: no work directory", host.name()));
+            continue;
+        };
+        let node = RemoteNode {
+            host: host.clone(),
+            dir: dir.clone(),
+            local_log: logs_dir.join(format!("{}.log", spec::node_name(id))),
+            control_dir: ssh::default_control_dir(),
+            port: 0,
+        };
+        let record = NodeRecord {
+            id,
+            pid: None,
+            command: remote_command(&node, id),
+            address: std::net::SocketAddr::new(host.address, 0),
+            metrics_address: std::net::SocketAddr::new(host.address, 0),
+            pid_file: None,
+            remote: Some(node),
+        };
+        teardown_remote(&record)?;
+        removed.push(format!("{}: removed {dir}", host.name()));
+    }
     Ok(removed)
 }
 

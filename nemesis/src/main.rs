@@ -28,7 +28,8 @@ const FAULT_POLL_MS: u64 = 50;
         campaign). Without a state file they act on the `kvnode run` processes found on this \
         machine (e.g. a cluster from `just cluster up`), reading addresses from their config.\n\n\
         Targets: n<k> (a node), leader, one (random), minority (random), all. Random choices \
-        use --seed. Partitions need the netns backend (`nemesis up --backend netns`, as root).\n\n\
+        use --seed. Partitions need the netns backend (`nemesis up --backend netns`, as \
+        root) or the ssh backend (`nemesis up --backend ssh --hosts hosts.txt`).\n\n\
         Examples:\n  nemesis up --backend netns --nodes 3 --dir /tmp/kv\n  nemesis status\n  \
         nemesis kill leader --restart-after 2s\n  nemesis pause n1 --for 5s\n  \
         nemesis partition isolate-leader --for 10s\n  nemesis heal\n  \
@@ -75,7 +76,7 @@ enum Command {
     },
     /// SIGCONT a paused node (or `all`).
     Resume { target: String },
-    /// Cut links with iptables inside the node namespaces (netns backend only).
+    /// Cut links with iptables inside the node namespaces (netns) or on the hosts (ssh).
     Partition {
         #[arg(value_enum)]
         kind: PartitionKind,
@@ -90,6 +91,17 @@ enum Command {
     Cleanup {
         #[arg(long, default_value = "kv")]
         prefix: String,
+        /// With `--backend ssh --hosts FILE` and no state file: clean the hosts of FILE (kill
+        /// the node named by each host's pid file, remove the iptables chain and the work
+        /// directory; logs are fetched to --dir/logs first).
+        #[arg(long, value_enum)]
+        backend: Option<BackendKind>,
+        /// The hosts file (ssh backend).
+        #[arg(long)]
+        hosts: Option<PathBuf>,
+        /// Where the hosts' logs are fetched to (ssh backend without a state file).
+        #[arg(long, default_value = "data/nemesis-cluster")]
+        dir: PathBuf,
     },
     /// Disk faults through the fault-injecting filesystem under each node's data (as root).
     Disk {
@@ -99,6 +111,27 @@ enum Command {
     /// The fault-injecting filesystem itself (`serve` runs one mount in the foreground).
     #[command(subcommand)]
     Fs(FsCommand),
+    /// Hosts for the ssh backend without real machines (root): a network namespace per host,
+    /// each running its own sshd with a key generated into --dir. Writes <dir>/hosts.txt,
+    /// runs until Ctrl-C, then removes the namespaces. Try:
+    /// `bench campaign --backend ssh --hosts <dir>/hosts.txt`.
+    Testbed(TestbedArgs),
+}
+
+#[derive(clap::Args)]
+struct TestbedArgs {
+    /// Hosts to start.
+    #[arg(long, default_value_t = 3)]
+    hosts: u64,
+    /// Folder for keys, sshd configs and logs, hosts.txt and each host's work directory.
+    #[arg(long, default_value = "data/nemesis-testbed")]
+    dir: PathBuf,
+    /// Namespace name prefix (namespaces <prefix>-n1.., bridge <prefix>br0).
+    #[arg(long, default_value = "kvtb")]
+    prefix: String,
+    /// The namespaces' /24 as three octets.
+    #[arg(long, default_value = "10.77.50", value_parser = parse_subnet)]
+    subnet: [u8; 3],
 }
 
 #[derive(Subcommand)]
@@ -152,10 +185,17 @@ enum FsCommand {
 
 #[derive(clap::Args)]
 struct UpArgs {
+    /// local: processes on 127.0.0.1; netns: a namespace per node (root); ssh: one node per
+    /// host of --hosts.
     #[arg(long, value_enum, default_value = "local")]
     backend: BackendKind,
+    /// Nodes (ssh backend: one per host of --hosts).
     #[arg(long, default_value_t = 3)]
     nodes: u64,
+    /// Hosts file of the ssh backend: `[user@]address[:port] [key=PATH] [dir=PATH]
+    /// [known-hosts=PATH]` per line (see proto-docs/operations.md).
+    #[arg(long)]
+    hosts: Option<PathBuf>,
     /// Folder for cluster.toml, certs/, data/ and logs/.
     #[arg(long, default_value = "data/nemesis-cluster")]
     dir: PathBuf,
@@ -210,8 +250,20 @@ fn run(cli: Cli) -> CliResult {
             Ok(())
         }
         Command::Status { json } => status(&Cluster::attach_or_discover(&cli.state)?, json),
-        Command::Cleanup { prefix } => {
-            let removed = cluster::cleanup(&cli.state, &prefix)?;
+        Command::Cleanup {
+            prefix,
+            backend,
+            hosts,
+            dir,
+        } => {
+            let mut removed = Vec::new();
+            if cli.state.exists() || backend != Some(BackendKind::Ssh) {
+                removed = cluster::cleanup(&cli.state, &prefix)?;
+            } else {
+                let path = hosts.ok_or("--backend ssh needs --hosts FILE (no state file)")?;
+                let hosts = nemesis::ssh::load_hosts(&path)?;
+                removed.extend(cluster::cleanup_hosts(&hosts, &dir.join("logs"))?);
+            }
             removed.iter().for_each(|line| println!("{line}"));
             println!("cleanup done ({} removed)", removed.len());
             Ok(())
@@ -228,8 +280,37 @@ fn run(cli: Cli) -> CliResult {
             };
             Ok(nemesis::fs::control::serve(&options)?)
         }
+        Command::Testbed(args) => testbed(args),
         command => fault_command(&cli.state, seed, command),
     }
+}
+
+fn testbed(args: TestbedArgs) -> CliResult {
+    let layout = NetnsLayout {
+        prefix: args.prefix,
+        subnet: args.subnet,
+    };
+    layout.validate()?;
+    if args.hosts == 0 || args.hosts > spec::NODE_COUNT_MAX {
+        return Err(format!("--hosts must be in 1..={}", spec::NODE_COUNT_MAX).into());
+    }
+    let interrupted = cluster::interrupt_flag()?;
+    let dir = std::path::absolute(&args.dir)?;
+    let testbed = nemesis::testbed::Testbed::start(&layout, args.hosts, &dir)?;
+    let hosts = dir.join("hosts.txt");
+    std::fs::write(&hosts, testbed.hosts_file())?;
+    println!(
+        "{} sshd host(s) up; hosts file: {}",
+        args.hosts,
+        hosts.display()
+    );
+    println!("running; Ctrl-C stops the sshds and removes the namespaces");
+    while !interrupted.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(FAULT_POLL_MS));
+    }
+    drop(testbed);
+    println!("testbed removed");
+    Ok(())
 }
 
 fn up(state_path: &std::path::Path, args: UpArgs) -> CliResult {
@@ -244,6 +325,11 @@ fn up(state_path: &std::path::Path, args: UpArgs) -> CliResult {
         spec.node_binary = binary;
     }
     spec.disk = args.disk;
+    if args.backend == BackendKind::Ssh {
+        let path = args.hosts.ok_or("--backend ssh needs --hosts FILE")?;
+        spec.hosts = nemesis::ssh::load_hosts(&path)?;
+        spec.node_count = spec.hosts.len() as u64;
+    }
     if state_path.exists() {
         return Err(format!(
             "{} exists: a cluster is recorded already (`nemesis down` or `nemesis cleanup`)",

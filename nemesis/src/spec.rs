@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use kvtransport::tls::{generate_certs, NodeCertSpec, TlsError};
 use serde::{Deserialize, Serialize};
 
+use crate::ssh::SshHost;
 use crate::NodeId;
 
 /// Largest cluster the tool builds. The netns layout gives node k the address `<subnet>.k`, and
@@ -45,6 +46,13 @@ pub enum SpecError {
     DiskBinary(PathBuf),
     #[error("disk faults mount FUSE filesystems: they need root")]
     DiskNeedsRoot,
+    #[error(
+        "disk faults are not supported on the ssh backend yet (they need FUSE as root on every \
+         host): use --backend local or netns"
+    )]
+    DiskOverSsh,
+    #[error("the ssh backend needs hosts (--hosts FILE): {0}")]
+    Hosts(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -54,6 +62,20 @@ pub enum BackendKind {
     Local,
     /// One network namespace per node on a bridge (root only); partitions need it.
     Netns,
+    /// One node per host of a hosts file, driven over ssh (proto-docs/operations.md);
+    /// partitions with iptables on the hosts.
+    Ssh,
+}
+
+impl BackendKind {
+    /// As typed on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Local => "local",
+            BackendKind::Netns => "netns",
+            BackendKind::Ssh => "ssh",
+        }
+    }
 }
 
 /// Names and addresses of the netns backend. Every object carries the prefix so that cleanup
@@ -139,6 +161,8 @@ pub struct ClusterSpec {
     pub disk: bool,
     /// The `nemesis` binary that serves those mounts (`nemesis fs serve`).
     pub disk_binary: PathBuf,
+    /// The ssh backend's hosts: node k runs on `hosts[k - 1]`.
+    pub hosts: Vec<SshHost>,
 }
 
 /// The cluster TOML as `kvclient::config::ClusterConfig::load` reads it.
@@ -229,6 +253,7 @@ impl ClusterSpec {
             wal_segment_bytes: None,
             disk: false,
             disk_binary: default_nemesis_binary(),
+            hosts: Vec::new(),
         }
     }
 
@@ -239,6 +264,18 @@ impl ClusterSpec {
         let top = u64::from(self.base_port) + self.node_count + u64::from(METRICS_PORT_OFFSET);
         if top > u64::from(u16::MAX) || self.base_port == 0 {
             return Err(SpecError::Port(self.base_port, self.node_count));
+        }
+        if self.backend == BackendKind::Ssh {
+            if self.hosts.len() as u64 != self.node_count {
+                return Err(SpecError::Hosts(format!(
+                    "{} host(s) listed for {} node(s)",
+                    self.hosts.len(),
+                    self.node_count
+                )));
+            }
+            if self.disk {
+                return Err(SpecError::DiskOverSsh);
+            }
         }
         self.netns.validate()
     }
@@ -251,6 +288,8 @@ impl ClusterSpec {
         match self.backend {
             BackendKind::Local => IpAddr::V4(Ipv4Addr::LOCALHOST),
             BackendKind::Netns => IpAddr::V4(self.netns.node_ip(id)),
+            BackendKind::Ssh => (self.hosts.get((id as usize).wrapping_sub(1)))
+                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |host| host.address),
         }
     }
 
@@ -322,6 +361,14 @@ impl ClusterSpec {
         Ok(toml::to_string(&self.config_file())?)
     }
 
+    /// The cluster TOML a node on an ssh host reads: data and certificates next to it.
+    pub fn remote_config_toml(&self) -> Result<String, SpecError> {
+        let mut config = self.config_file();
+        config.data_dir = PathBuf::from(crate::ssh::REMOTE_DATA);
+        config.certs_dir = PathBuf::from(crate::ssh::REMOTE_CERTS);
+        Ok(toml::to_string(&config)?)
+    }
+
     /// Makes `work_dir` absolute, creates its folders, writes cluster.toml and the certificates
     /// (node certificates carry the node's IP for either backend).
     pub fn prepare(&mut self) -> Result<(), SpecError> {
@@ -373,6 +420,24 @@ mod tests {
         for name in ["ca.pem", "n1.pem", "n3.key", "client1.pem"] {
             assert!(spec.certs_dir().join(name).exists(), "{name}");
         }
+    }
+
+    #[test]
+    fn ssh_spec_takes_addresses_from_hosts_and_refuses_a_mismatch_and_disks() {
+        let hosts = crate::ssh::parse_hosts("root@10.1.0.5\nroot@10.1.0.6\n").unwrap();
+        let mut spec = ClusterSpec::new(BackendKind::Ssh, 2, Path::new("/tmp/x"));
+        spec.hosts = hosts;
+        spec.validate().unwrap();
+        assert_eq!(spec.node_address(2), "10.1.0.6:50052".parse().unwrap());
+        let remote = spec.remote_config_toml().unwrap();
+        assert!(remote.contains("data_dir = \"data\""), "{remote}");
+        assert!(remote.contains("\"10.1.0.5:50051\""), "{remote}");
+        let mut bad = spec.clone();
+        bad.node_count = 3;
+        assert!(matches!(bad.validate(), Err(SpecError::Hosts(_))));
+        let mut bad = spec;
+        bad.disk = true;
+        assert!(matches!(bad.validate(), Err(SpecError::DiskOverSsh)));
     }
 
     #[test]

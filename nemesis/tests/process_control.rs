@@ -42,6 +42,7 @@ fn sleeping_cluster(dir: &Path) -> std::path::PathBuf {
             address,
             metrics_address: address,
             pid_file: None,
+            remote: None,
         });
         // Dropping a Child neither kills nor waits: the process runs on, like a detached node.
         drop(child);

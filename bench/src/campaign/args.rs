@@ -25,6 +25,7 @@ pub const KEYS_DEFAULT: u64 = 8;
 pub enum BackendArg {
     Local,
     Netns,
+    Ssh,
 }
 
 impl BackendArg {
@@ -33,6 +34,7 @@ impl BackendArg {
         match self {
             BackendArg::Local => "local",
             BackendArg::Netns => "netns",
+            BackendArg::Ssh => "ssh",
         }
     }
 
@@ -40,6 +42,7 @@ impl BackendArg {
         match self {
             BackendArg::Local => BackendKind::Local,
             BackendArg::Netns => BackendKind::Netns,
+            BackendArg::Ssh => BackendKind::Ssh,
         }
     }
 }
@@ -50,9 +53,10 @@ pub struct CampaignArgs {
     /// (transactions, Elle-style serializability).
     #[arg(long, default_value = "register", value_parser = checked_workload())]
     pub workload: WorkloadKind,
-    /// Fault kinds, comma-separated: kill, pause, partition (needs --backend netns),
-    /// disk-lose-unsynced, disk-torn, disk-corrupt, disk-fsync-error (need root: every node's
-    /// data then lives on the fault-injecting filesystem, nemesis/src/fs).
+    /// Fault kinds, comma-separated: kill, pause, partition (needs --backend netns or ssh),
+    /// disk-lose-unsynced, disk-torn, disk-corrupt, disk-fsync-error (need root and the local
+    /// or netns backend: every node's data then lives on the fault-injecting filesystem,
+    /// nemesis/src/fs).
     #[arg(long, default_value = "kill,pause")]
     pub faults: String,
     /// Every kill, pause and disk fault hits this target (one, minority, leader, all) instead
@@ -81,13 +85,18 @@ pub struct CampaignArgs {
     /// Seed of the workload and the fault schedule (default: from the clock).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Where the nodes run: local processes on loopback, or one network namespace per node
-    /// (root; needed for partitions).
+    /// Where the nodes run: local processes on loopback, one network namespace per node
+    /// (root; partitions), or one node per host of --hosts over ssh (partitions with iptables
+    /// on the hosts).
     #[arg(long, value_enum, default_value_t = BackendArg::Local)]
     pub backend: BackendArg,
-    /// Nodes in the cluster.
+    /// Nodes in the cluster (ssh backend: one per host of --hosts).
     #[arg(long, default_value_t = 3)]
     pub nodes: u64,
+    /// Hosts file of the ssh backend, one host per line: `[user@]address[:port] [key=PATH]
+    /// [dir=PATH] [known-hosts=PATH]` (proto-docs/operations.md).
+    #[arg(long)]
+    pub hosts: Option<PathBuf>,
     /// Directory name under --results (default: `<workload>-<faults>`).
     #[arg(long)]
     pub name: Option<String>,
@@ -119,6 +128,10 @@ pub struct CampaignSettings {
     pub seed: u64,
     pub backend: BackendArg,
     pub nodes: u64,
+    /// The ssh backend's hosts (node k on host k); empty on the other backends. summary.json
+    /// names them under `hosts` (keys and paths stay out of the results).
+    #[serde(skip)]
+    pub hosts: Vec<nemesis::ssh::SshHost>,
     pub keys: u64,
     pub rate: Option<f64>,
     pub results: PathBuf,
@@ -146,12 +159,30 @@ pub fn settings(args: CampaignArgs, clock_seed: u64) -> Result<CampaignSettings,
         return Err("--workload must be register or list-append".into());
     }
     let faults = parse_fault_kinds(&args.faults).map_err(|e| format!("--faults: {e}"))?;
-    if faults.contains(&FaultKind::Partition) && args.backend != BackendArg::Netns {
-        return Err("--faults partition needs --backend netns (run as root)".into());
+    if faults.contains(&FaultKind::Partition) && args.backend == BackendArg::Local {
+        return Err("--faults partition needs --backend netns (run as root) or ssh".into());
     }
-    if faults.iter().any(|f| f.disk().is_some()) && !nemesis::netns::is_root() {
+    let disk = faults.iter().any(|f| f.disk().is_some());
+    if disk && args.backend == BackendArg::Ssh {
+        return Err(
+            "--faults disk-* are not supported on the ssh backend yet (FUSE on every host): \
+             use --backend local or netns"
+                .into(),
+        );
+    }
+    if disk && !nemesis::netns::is_root() {
         return Err("--faults disk-* mount FUSE filesystems: run as root".into());
     }
+    let (hosts, nodes) = match (args.backend, &args.hosts) {
+        (BackendArg::Ssh, Some(path)) => {
+            let hosts = nemesis::ssh::load_hosts(path).map_err(|e| format!("--hosts: {e}"))?;
+            let count = hosts.len() as u64;
+            (hosts, count)
+        }
+        (BackendArg::Ssh, None) => return Err("--backend ssh needs --hosts FILE".into()),
+        (_, Some(_)) => return Err("--hosts is for --backend ssh".into()),
+        (_, None) => (Vec::new(), args.nodes),
+    };
     let target = match args.target.as_deref() {
         None => None,
         Some(text) => Some(match text.parse::<Target>() {
@@ -184,7 +215,7 @@ pub fn settings(args: CampaignArgs, clock_seed: u64) -> Result<CampaignSettings,
     if fault_duration.is_zero() {
         return Err("--fault-duration must be > 0".into());
     }
-    if args.nodes == 0 || args.nodes > nemesis::spec::NODE_COUNT_MAX {
+    if nodes == 0 || nodes > nemesis::spec::NODE_COUNT_MAX {
         return Err(format!(
             "--nodes must be in 1..={}",
             nemesis::spec::NODE_COUNT_MAX
@@ -223,7 +254,8 @@ pub fn settings(args: CampaignArgs, clock_seed: u64) -> Result<CampaignSettings,
         fault_duration_s: fault_duration.as_secs_f64(),
         seed: args.seed.unwrap_or(clock_seed),
         backend: args.backend,
-        nodes: args.nodes,
+        nodes,
+        hosts,
         keys,
         rate,
         results: args.results,
@@ -266,14 +298,21 @@ mod tests {
         let settings = parse(&["--workload", "list-append", "--faults", "kill,pause"]).unwrap();
         assert_eq!(settings.name, "list-append-kill+pause");
         assert_eq!((settings.seed, settings.fault_duration_s), (7, 5.0));
-        let cases: [(&[&str], &str); 5] = [
+        let cases: [(&[&str], &str); 8] = [
             (&["--workload", "put"], "--workload"),
             (&["--faults", "partition"], "netns"),
+            (&["--backend", "ssh"], "--hosts"),
+            (
+                &["--backend", "ssh", "--hosts", "/nonexistent/hosts.txt"],
+                "hosts.txt",
+            ),
+            (&["--hosts", "h.txt"], "--backend ssh"),
             (&["--faults", "explode"], "--faults"),
             (&["--clients", "0"], "--clients"),
             (&["--name", "../x"], "--name"),
         ];
         for (args, needle) in cases {
+            let args: &[&str] = args;
             let error = parse(args).unwrap_err();
             assert!(error.contains(needle), "{args:?}: {error}");
         }

@@ -128,7 +128,14 @@ pub fn run(settings: &CampaignSettings) -> Result<CampaignOutcome, CampaignError
     let run_dir = create_run_dir(&settings.results.join(&settings.name), &stamp)?;
     nemesis::cluster::cleanup_on_interrupt(spec.state_path.clone(), spec.netns.prefix.clone())
         .map_err(|e| CampaignError::Io(format!("signal handler: {e}")))?;
-    let cluster = Cluster::start(&spec)?;
+    let cluster = match Cluster::start(&spec) {
+        Ok(cluster) => cluster,
+        Err(error) => {
+            // Nothing ran: the config and certificates made for it are not results.
+            let _ = std::fs::remove_dir_all(&spec.work_dir);
+            return Err(error.into());
+        }
+    };
     cluster.wait_for_stable_leader(Duration::from_millis(STARTUP_LEADER_TIMEOUT_MS))?;
     let result = drive(settings, cluster, &run_dir);
     // Logs are copied whatever happened: they explain a failed run too.
@@ -174,6 +181,7 @@ fn cluster_spec(settings: &CampaignSettings) -> Result<ClusterSpec, CampaignErro
     let work_dir = std::env::temp_dir().join(format!("kvcampaign-{}", std::process::id()));
     let mut spec = ClusterSpec::new(backend, settings.nodes, &work_dir);
     spec.base_port = settings.base_port;
+    spec.hosts = settings.hosts.clone();
     spec.netns.prefix = args::NETNS_PREFIX.to_string();
     spec.netns.subnet = args::NETNS_SUBNET;
     if settings.disk() {
@@ -420,10 +428,23 @@ fn summary_json(
         "recovery_ms": ran.recovery_ms,
         "nodes_refused": &ran.refused,
         "nodes_repaired": &ran.repaired,
+        "hosts": hosts_by_node(settings),
         "valid": checked.valid,
         "verdict": verdict,
         "anomaly_types": checked.anomalies.iter().map(|a| a.kind.clone()).collect::<Vec<_>>(),
     })
+}
+
+/// The ssh backend's hosts by node id (`{"1": "root@10.0.0.1:22"}`), `null` on the others:
+/// report.html and index.html name nodes by their host.
+fn hosts_by_node(settings: &CampaignSettings) -> serde_json::Value {
+    if settings.hosts.is_empty() {
+        return serde_json::Value::Null;
+    }
+    let map: serde_json::Map<String, serde_json::Value> = (settings.hosts.iter().enumerate())
+        .map(|(index, host)| ((index + 1).to_string(), host.name().into()))
+        .collect();
+    serde_json::Value::Object(map)
 }
 
 pub(crate) fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), CampaignError> {

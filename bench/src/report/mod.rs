@@ -149,7 +149,11 @@ fn load(run_dir: &Path, summary: Value) -> Result<RunData, String> {
     let since = |unix_ms: u64| unix_ms.saturating_sub(start_unix_ms) as f64 / 1000.0;
     let bands = summary["faults"]
         .as_array()
-        .map(|faults| faults.iter().map(|f| fault_band(f, &since)).collect())
+        .map(|faults| {
+            (faults.iter())
+                .map(|f| fault_band(f, &summary["hosts"], &since))
+                .collect()
+        })
         .unwrap_or_default();
     let last_op = ops.iter().map(|op| op.done_s).fold(0.0, f64::max);
     let last_sample = samples.last().map_or(0.0, |s| since(s.unix_ms));
@@ -164,7 +168,7 @@ fn load(run_dir: &Path, summary: Value) -> Result<RunData, String> {
     })
 }
 
-fn fault_band(fault: &Value, since: &dyn Fn(u64) -> f64) -> Band {
+fn fault_band(fault: &Value, hosts: &Value, since: &dyn Fn(u64) -> f64) -> Band {
     let kind = fault["fault"].as_str().unwrap_or("?");
     let color = match kind {
         "kill" => "#d62728",
@@ -174,7 +178,7 @@ fn fault_band(fault: &Value, since: &dyn Fn(u64) -> f64) -> Band {
     };
     let start = fault["start_unix_ms"].as_u64().unwrap_or(0);
     let end = fault["end_unix_ms"].as_u64().unwrap_or(start);
-    let targets = node_names(&fault["targets"]);
+    let targets = node_names(&fault["targets"], hosts);
     Band {
         from_s: since(start),
         to_s: since(end),
@@ -186,12 +190,27 @@ fn fault_band(fault: &Value, since: &dyn Fn(u64) -> f64) -> Band {
     }
 }
 
-/// `[1, 3]` as `n1,n3`.
-fn node_names(ids: &Value) -> String {
+/// `[1, 3]` as `n1,n3` (ssh backend: `n1@10.0.0.1,n3@10.0.0.3`).
+fn node_names(ids: &Value, hosts: &Value) -> String {
     let names: Vec<String> = (ids.as_array().into_iter().flatten())
-        .map(|id| format!("n{id}"))
+        .map(|id| node_label(id.as_u64().unwrap_or(0), hosts))
         .collect();
     names.join(",")
+}
+
+/// A node as the report names it: `n2`, or `n2@<host address>` on the ssh backend (summary
+/// `hosts`: node id -> `user@address:port`).
+fn node_label(id: u64, hosts: &Value) -> String {
+    let host = hosts[id.to_string()].as_str();
+    let address = host.map(|h| {
+        let after_user = h.rsplit_once('@').map_or(h, |(_, rest)| rest);
+        let without_port = after_user.rsplit_once(':').map_or(after_user, |(a, _)| a);
+        without_port.trim_start_matches('[').trim_end_matches(']')
+    });
+    match address {
+        Some(address) => format!("n{id}@{address}"),
+        None => format!("n{id}"),
+    }
 }
 
 /// Pairs invocations with completions per process (nemesis lines are skipped). An op counts
@@ -492,10 +511,14 @@ fn role_plot(data: &RunData) -> String {
             let term = sample
                 .term
                 .map_or("unknown".to_string(), |term| term.to_string());
-            let title = format!("n{node} {role}, term {term}, at {from:.1} s");
+            let title = format!(
+                "{} {role}, term {term}, at {from:.1} s",
+                node_label(*node, &data.summary["hosts"])
+            );
             plot.rect(from, to, top - 0.8, top - 0.2, color, &title);
             plot.legend_entry(role, color);
         }
+        // The lane keeps the short name (the margin is narrow); the title names the host.
         plot.text_left(top - 0.5, &format!("n{node}"));
     }
     plot.render(false)
@@ -521,7 +544,7 @@ fn node_line_plot(data: &RunData, what: &str, value: fn(&Sample) -> Option<u64>)
             &points,
             palette[i % palette.len()],
             dash,
-            &format!("n{node}"),
+            &node_label(*node, &data.summary["hosts"]),
         );
     }
     plot.render(true)
@@ -545,7 +568,7 @@ fn faults_section(data: &RunData) -> String {
             i + 1,
             escape(fault["fault"].as_str().unwrap_or("")),
             escape(fault["detail"].as_str().unwrap_or("")),
-            escape(&node_names(&fault["targets"])),
+            escape(&node_names(&fault["targets"], &data.summary["hosts"])),
             band.from_s,
             band.to_s,
             escape(&notes.join("; "))
@@ -608,6 +631,12 @@ fn config_section(data: &RunData) -> String {
     if let Some(config) = s["config"].as_object() {
         rows.extend(config.iter().map(|(k, v)| (k.clone(), plain(v))));
     }
+    if let Some(hosts) = s["hosts"].as_object() {
+        let names: Vec<String> = (hosts.iter())
+            .map(|(id, host)| format!("n{id}: {}", host.as_str().unwrap_or("-")))
+            .collect();
+        rows.push(("hosts".into(), names.join(", ")));
+    }
     if let Some(machine) = s["machine"].as_object() {
         rows.extend(
             machine
@@ -667,6 +696,16 @@ fn role_color(role: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nodes_are_named_by_their_host_on_the_ssh_backend() {
+        let hosts = serde_json::json!({"1": "root@10.0.0.1:22", "3": "kv@[fd00::3]:2222"});
+        assert_eq!(
+            node_names(&serde_json::json!([1, 2, 3]), &hosts),
+            "n1@10.0.0.1,n2,n3@fd00::3"
+        );
+        assert_eq!(node_label(2, &Value::Null), "n2");
+    }
 
     #[test]
     fn client_ops_pair_by_process_and_skip_the_nemesis() {
