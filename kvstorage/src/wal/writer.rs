@@ -389,7 +389,8 @@ impl WalWriter {
     /// thread: unlinking a 16 MiB segment costs milliseconds of file-system work (measured
     /// here: about 3.5 ms each), which would stall the group commit. Deleting a compacted
     /// segment is only space reclamation: the compaction marker is durable before, and
-    /// recovery skips segments it covers (`wal_recovery_crash_before_compacted_segments_were_deleted`).
+    /// recovery skips segments it covers
+    /// (`wal_recovery_crash_before_compacted_segments_were_deleted`).
     pub fn set_reaper(&mut self, reaper: SyncSender<Vec<PathBuf>>) {
         self.reaper = Some(reaper);
     }
