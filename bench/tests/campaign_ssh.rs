@@ -34,32 +34,9 @@ fn campaign(hosts: &Path, results: &Path, extra: &[&str]) -> (Output, PathBuf) {
     (child.wait_with_output().unwrap(), work_dir)
 }
 
-/// True if some live process's command line mentions `needle` (the hosts share this
-/// machine's process table).
-fn process_mentions(needle: &str) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    entries.flatten().any(|entry| {
-        let pid = entry.file_name().to_string_lossy().parse::<u32>().ok();
-        pid.and_then(nemesis::process::cmdline)
-            .is_some_and(|args| args.iter().any(|a| a.contains(needle)))
-    })
-}
-
 fn assert_hosts_clean(testbed: &Testbed) {
-    for id in 1..=3 {
-        let dir = testbed.work_dir(id);
-        assert!(!dir.exists(), "{} left on host n{id}", dir.display());
-        let dir_text = dir.display().to_string();
-        assert!(!process_mentions(&dir_text), "a kvnode still runs on n{id}");
-        let namespace = testbed.network().layout.namespace(id);
-        let rules = nemesis::netns::run_in(&namespace, "iptables", &["-w", "-S"]).unwrap();
-        assert!(
-            !rules.contains("KVNEMESIS") && !rules.contains("DROP"),
-            "rules left on n{id}: {rules}"
-        );
-    }
+    let left = testbed.leftovers();
+    assert!(left.is_empty(), "{}", left.join("\n"));
 }
 
 #[test]

@@ -196,6 +196,57 @@ impl Testbed {
         &self.network
     }
 
+    /// Host k's iptables rules (`iptables -S` in its namespace).
+    pub fn rules(&self, id: NodeId) -> Result<String, NetnsError> {
+        netns::run_in(
+            &self.network.layout.namespace(id),
+            "iptables",
+            &["-w", "-S"],
+        )
+    }
+
+    /// Whether a process started from host k's work directory runs (the hosts share this
+    /// machine's process table).
+    pub fn runs_from(&self, id: NodeId) -> bool {
+        let needle = self.work_dir(id).display().to_string();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return false;
+        };
+        entries.flatten().any(|entry| {
+            let pid = entry.file_name().to_string_lossy().parse::<u32>().ok();
+            pid.and_then(crate::process::cmdline)
+                .is_some_and(|args| args.iter().any(|arg| arg.contains(&needle)))
+        })
+    }
+
+    /// What a run left on the hosts, one line each: a work directory, a process started from
+    /// one, partition rules. Empty once teardown or cleanup did its job.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        for id in 1..=self.hosts.len() as NodeId {
+            let dir = self.work_dir(id);
+            if dir.exists() {
+                left.push(format!("n{id}: {} is left", dir.display()));
+            }
+            if self.runs_from(id) {
+                left.push(format!(
+                    "n{id}: a process from {} still runs",
+                    dir.display()
+                ));
+            }
+            match self.rules(id) {
+                Ok(rules)
+                    if rules.contains(crate::ssh::IPTABLES_CHAIN) || rules.contains("DROP") =>
+                {
+                    left.push(format!("n{id}: iptables rules are left: {rules}"))
+                }
+                Ok(_) => {}
+                Err(error) => left.push(format!("n{id}: iptables rules unreadable: {error}")),
+            }
+        }
+        left
+    }
+
     /// Stops the sshds, removes the network (and every process left in its namespaces).
     pub fn stop(&mut self) -> Result<(), TestbedError> {
         for child in &mut self.sshds {

@@ -16,38 +16,13 @@ use nemesis::{BackendKind, Fault, Nemesis, PartitionKind, Target};
 
 const LEADER_WAIT: Duration = Duration::from_secs(20);
 
-/// True if some live process's command line mentions `needle` (the hosts share this machine's
-/// process table, so a kvnode left on any host shows here).
-pub fn process_mentions(needle: &str) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    entries.flatten().any(|entry| {
-        let pid = entry.file_name().to_string_lossy().parse::<u32>().ok();
-        pid.and_then(nemesis::process::cmdline)
-            .is_some_and(|args| args.iter().any(|a| a.contains(needle)))
-    })
-}
-
 fn rules(testbed: &Testbed, id: u64) -> String {
-    let namespace = testbed.network().layout.namespace(id);
-    nemesis::netns::run_in(&namespace, "iptables", &["-w", "-S"]).unwrap()
+    testbed.rules(id).unwrap()
 }
 
 fn assert_hosts_clean(testbed: &Testbed) {
-    for id in 1..=3 {
-        let dir = testbed.work_dir(id);
-        assert!(!dir.exists(), "{} left", dir.display());
-        assert!(
-            !process_mentions(&dir.display().to_string()),
-            "n{id} still runs"
-        );
-        let rules = rules(testbed, id);
-        assert!(
-            !rules.contains("KVNEMESIS") && !rules.contains("DROP"),
-            "{rules}"
-        );
-    }
+    let left = testbed.leftovers();
+    assert!(left.is_empty(), "{}", left.join("\n"));
 }
 
 #[test]
@@ -78,6 +53,9 @@ fn ssh_cluster_pause_partition_kill_over_ssh_and_teardown_leaves_nothing() {
         );
     }
     let (leader, _) = cluster.wait_for_stable_leader(LEADER_WAIT).unwrap();
+    // The leftover check sees a running cluster (so its "nothing left" later means something).
+    let running = testbed.leftovers();
+    assert_eq!(running.len(), 6, "{running:?}"); // a work dir and a process on each host
     let mut nemesis = Nemesis::new(cluster, 3);
 
     let pause = Fault::Pause {
@@ -137,7 +115,7 @@ fn ssh_cluster_pause_partition_kill_over_ssh_and_teardown_leaves_nothing() {
 fn crashed_run_is_cleaned_up(testbed: &Testbed, spec: &ClusterSpec) {
     let cluster = Cluster::start(spec).unwrap();
     cluster.detach();
-    assert!(process_mentions(&testbed.work_dir(2).display().to_string()));
+    assert!(testbed.runs_from(2));
     let output = std::process::Command::new(spec::default_nemesis_binary())
         .arg("--state")
         .arg(&spec.state_path)
