@@ -189,6 +189,11 @@ impl<T> NodeCore<T> {
         }
     }
 
+    /// The transport saw `peer` come back as a new process (it may have lost its disk).
+    pub fn handle_peer_restarted(&mut self, peer: NodeId) {
+        self.raw.report_restarted(peer);
+    }
+
     /// The snapshot stream to `to` finished (`ok`) or failed.
     pub fn handle_snapshot_sent(&mut self, to: NodeId, ok: bool) {
         let message = self.snapshots.release(to);

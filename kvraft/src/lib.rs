@@ -305,6 +305,11 @@ impl RawNode {
         self.raft.report_snapshot(to, success);
     }
 
+    /// `peer` came back as a new process (the transport tells): see `Raft::report_restarted`.
+    pub fn report_restarted(&mut self, peer: NodeId) {
+        self.raft.report_restarted(peer);
+    }
+
     /// The caller took a durable snapshot at `meta.last_index` (at most the applied index):
     /// drop the log up to it. Followers too far behind will be sent this snapshot.
     pub fn compact(&mut self, meta: SnapshotMeta) {

@@ -1102,6 +1102,25 @@ impl Raft {
     }
 
     /// The transport's outcome of streaming a snapshot to `to`.
+    /// The transport saw `peer` come back as a new process. It may have lost its disk (and with
+    /// it entries it acknowledged): probe it at its match index, whose rejection makes us start
+    /// over (`Progress::rejected_at_match`). Without this, a wiped follower of an idle leader
+    /// is only noticed at the next write: heartbeats do not check logs. A follower that kept
+    /// its disk just acknowledges the probe.
+    pub fn report_restarted(&mut self, peer: NodeId) {
+        if self.role != Role::Leader || peer == self.id {
+            return;
+        }
+        let Some(progress) = self.progress.get_mut(&peer) else {
+            return;
+        };
+        if matches!(progress.state, ProgressState::Snapshot { .. }) {
+            return;
+        }
+        progress.become_probe();
+        self.send_append(peer, true);
+    }
+
     pub fn report_snapshot(&mut self, to: NodeId, success: bool) {
         if self.role != Role::Leader {
             return;

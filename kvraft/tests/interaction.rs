@@ -17,8 +17,8 @@
 //! `tick ID [N]`, `tick-all [N]`, `propose ID DATA`, `read-index ID CTX`,
 //! `transfer-leader FROM TO`, `process-ready ID...`, `deliver-msgs ID [from=ID] [type=NAME]`,
 //! `drop-msgs ID [from=ID] [type=NAME]`, `stabilize`, `isolate ID`, `heal`, `crash ID`,
-//! `restart ID`, `wipe ID` (crash and lose all storage), `compact ID INDEX`, `status`,
-//! `raft-log ID`.
+//! `restart ID`, `wipe ID` (crash and lose all storage), `report-restarted ID PEER` (the
+//! transport saw PEER come back as a new process), `compact ID INDEX`, `status`, `raft-log ID`.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -428,6 +428,10 @@ impl Env {
                 self.in_flight.retain(|m| m.to != node);
             }
             "restart" => self.start(id(args[0])),
+            "report-restarted" => {
+                let peer = id(args[1]);
+                self.raw(id(args[0])).report_restarted(peer);
+            }
             "wipe" => {
                 let node = id(args[0]);
                 self.node(node).raw = None;

@@ -159,6 +159,11 @@ async fn greet(
             .is_some_and(|p| p.saw_incarnation(claim.incarnation));
         if restarted {
             tracing::info!(peer = %claim.name, "peer restarted: replacing our connection to it");
+            // The node may be shutting down (receiver gone): nothing to tell then.
+            let _ = shared
+                .inbound
+                .send(Inbound::PeerRestarted { peer: id })
+                .await;
         }
     }
     Ok((Caller { identity, node_id }, send))

@@ -376,6 +376,9 @@ pub enum Inbound {
         meta: SnapshotMeta,
         ok: bool,
     },
+    /// A peer node connected as a new process (a new incarnation: it restarted, and may have
+    /// lost its disk).
+    PeerRestarted { peer: NodeId },
     /// One client request; send the response through `reply` (dropping it resets the stream).
     /// `request` holds part of its connection's in-flight budget
     /// (`client_inflight_bytes_per_connection_max`) until its last handle is dropped: decode

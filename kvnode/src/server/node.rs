@@ -223,6 +223,7 @@ impl Node {
                 self.core.handle_client(token, &client, &request);
             }
             Inbound::Snapshot { meta, path, .. } => self.on_snapshot_received(meta, path),
+            Inbound::PeerRestarted { peer } => self.core.handle_peer_restarted(peer),
             Inbound::SnapshotSent { to, ok, .. } => {
                 if ok {
                     self.metrics.snapshot_sent(to);
