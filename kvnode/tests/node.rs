@@ -111,6 +111,24 @@ impl Cluster {
         self.conns.remove(&id);
     }
 
+    /// Waits until node `id` installed a snapshot from its leader; on timeout fails showing
+    /// node `log_of`'s log.
+    fn wait_snapshot_installed(&self, id: u64, log_of: u64) {
+        let deadline = Instant::now() + WAIT_MAX;
+        while self
+            .metric(id, "raft_snapshots_installed_total")
+            .unwrap_or(0.0)
+            < 1.0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "n{id} installed no snapshot; n{log_of}'s log:\n{}",
+                self.log(log_of)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn log(&self, id: u64) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("n{id}.log"))).unwrap_or_default()
     }
@@ -388,19 +406,7 @@ async fn node_lagging_follower_catches_up_by_streamed_snapshot() {
             .await;
     }
     cluster.start(follower);
-    let deadline = Instant::now() + WAIT_MAX;
-    while cluster
-        .metric(follower, "raft_snapshots_installed_total")
-        .unwrap_or(0.0)
-        < 1.0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no snapshot installed; log:\n{}",
-            cluster.log(follower)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    cluster.wait_snapshot_installed(follower, follower);
     for key in 0..7 {
         let key = format!("k{key}");
         cluster.wait_converged(&key).await;
@@ -425,19 +431,7 @@ async fn node_wiped_follower_is_caught_up_by_the_same_leader() {
     let data = cluster.dir.path().join("data").join(format!("n{follower}"));
     std::fs::remove_dir_all(&data).unwrap();
     cluster.start(follower);
-    let deadline = Instant::now() + WAIT_MAX;
-    while cluster
-        .metric(follower, "raft_snapshots_installed_total")
-        .unwrap_or(0.0)
-        < 1.0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the wiped follower got no snapshot; leader log:\n{}",
-            cluster.log(leader)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    cluster.wait_snapshot_installed(follower, leader);
     cluster.write(Op::put("k0", "after-wipe")).await;
     let value = cluster.wait_converged("k0").await;
     assert_eq!(value, Some(Value::Bytes(Bytes::from("after-wipe"))));
