@@ -111,6 +111,20 @@ impl Cluster {
         self.conns.remove(&id);
     }
 
+    /// Elects a leader, writes 100 values over keys k0..k9 and waits until every node holds
+    /// them (with a small `snapshot_entries`, the log is compacted meanwhile). Returns the
+    /// leader and one follower.
+    async fn fill_and_pick_follower(&mut self) -> (u64, u64) {
+        let leader = self.wait_for_one_leader();
+        for i in 0..100 {
+            self.write(Op::put(format!("k{}", i % 10), format!("v{i}")))
+                .await;
+        }
+        let follower = (1..=NODES).find(|&id| id != leader).unwrap();
+        self.wait_converged("k9").await;
+        (leader, follower)
+    }
+
     /// Waits until node `id` installed a snapshot from its leader; on timeout fails showing
     /// node `log_of`'s log.
     fn wait_snapshot_installed(&self, id: u64, log_of: u64) {
@@ -360,14 +374,7 @@ async fn node_kill9_of_the_leader_loses_no_acknowledged_write() {
 #[tokio::test(flavor = "current_thread")]
 async fn node_restarted_follower_recovers_from_wal_and_snapshot() {
     let mut cluster = Cluster::new(52120, 40);
-    let leader = cluster.wait_for_one_leader();
-    for i in 0..100 {
-        cluster
-            .write(Op::put(format!("k{}", i % 10), format!("v{i}")))
-            .await;
-    }
-    let follower = (1..=NODES).find(|&id| id != leader).unwrap();
-    cluster.wait_converged("k9").await;
+    let (leader, follower) = cluster.fill_and_pick_follower().await;
     cluster.kill9(follower);
     cluster.start(follower);
     cluster.write(Op::put("k0", "after-restart")).await;
@@ -419,14 +426,7 @@ async fn node_lagging_follower_catches_up_by_streamed_snapshot() {
 #[tokio::test(flavor = "current_thread")]
 async fn node_wiped_follower_is_caught_up_by_the_same_leader() {
     let mut cluster = Cluster::new(52190, 30);
-    let leader = cluster.wait_for_one_leader();
-    for i in 0..100 {
-        cluster
-            .write(Op::put(format!("k{}", i % 10), format!("v{i}")))
-            .await;
-    }
-    let follower = (1..=NODES).find(|&id| id != leader).unwrap();
-    cluster.wait_converged("k9").await;
+    let (leader, follower) = cluster.fill_and_pick_follower().await;
     cluster.kill9(follower);
     let data = cluster.dir.path().join("data").join(format!("n{follower}"));
     std::fs::remove_dir_all(&data).unwrap();
