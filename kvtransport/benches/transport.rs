@@ -2,7 +2,8 @@
 //!
 //! The node side (a transport plus an echo loop) runs on its own thread with a current-thread
 //! runtime, as a node does; the client side runs 64 tasks sharing one `ClientConn` on a second
-//! current-thread runtime. Each request is 64 bytes and one bidirectional stream.
+//! current-thread runtime. Each request is 64 bytes; all travel on the connection's session
+//! stream. Prints the CPU both sides used per request (all threads of the process).
 //!
 //! Run: `cargo bench -p kvtransport --bench transport`. Prints requests/s and latency percentiles.
 
@@ -25,6 +26,21 @@ const REQUEST_BYTES: usize = 64;
 const WARMUP_REQUESTS_PER_TASK: usize = 500;
 const REQUESTS_PER_TASK: usize = 5_000;
 const REQUEST_TIMEOUT_MS: u64 = 10_000;
+
+/// On-CPU time of every thread of this process so far (Linux schedstat, nanoseconds).
+fn process_cpu_ns() -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let path = task.unwrap().path().join("schedstat");
+        let stat = std::fs::read_to_string(path).unwrap_or_default();
+        total += stat
+            .split_whitespace()
+            .next()
+            .and_then(|ns| ns.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
+}
 
 fn current_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -101,8 +117,10 @@ fn main() {
         let client = Arc::new(ClientConn::connect(addr, "n1", &tls).await.unwrap());
         run_tasks(&client, WARMUP_REQUESTS_PER_TASK).await;
         let start = Instant::now();
+        let cpu_start = process_cpu_ns();
         let histogram = run_tasks(&client, REQUESTS_PER_TASK).await;
         let elapsed = start.elapsed();
+        let cpu_ns = process_cpu_ns().saturating_sub(cpu_start);
         let requests = (TASKS * REQUESTS_PER_TASK) as f64;
         println!(
             "transport client requests: {TASKS} tasks x {REQUESTS_PER_TASK} x {REQUEST_BYTES} B, \
@@ -111,6 +129,10 @@ fn main() {
         println!(
             "  throughput: {:.0} requests/s",
             requests / elapsed.as_secs_f64()
+        );
+        println!(
+            "  CPU (node and client together): {:.1} us per request",
+            cpu_ns as f64 / 1000.0 / requests
         );
         println!(
             "  latency us: p50 {} p99 {} p99.9 {} max {}",

@@ -9,8 +9,9 @@
 //!    |          connections_refused_identity_limit_total (per-identity cap)
 //! ```
 //!
-//! Client request streams are admitted against the connection's in-flight byte budget
-//! (`admission.rs`) before their payload is read.
+//! Client requests (one per request stream, or many on a session stream: `session.rs`) are
+//! admitted against the connection's in-flight byte budget (`admission.rs`) before their
+//! payload is read.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +26,7 @@ use super::codec::{self, CodecError};
 use super::stats::TransportStats;
 use super::tls::Identity;
 use super::wire::{self, Hello, HelloReply};
-use super::{snapshot, Inbound, Shared};
+use super::{session, snapshot, ClientReply, Inbound, Shared};
 use kvraft::message::{Message, NodeId};
 
 /// Read buffer of a raft stream: large enough that a burst of small frames is one read.
@@ -73,8 +74,8 @@ fn refuse_full(shared: &Shared, incoming: quinn::Incoming, open: usize) {
 
 /// Who is on the other end of an accepted, greeted connection.
 #[derive(Clone, Debug)]
-struct Caller {
-    identity: Identity,
+pub(crate) struct Caller {
+    pub(crate) identity: Identity,
     /// `Some` once the hello claimed, and the certificate proved, this node id.
     node_id: Option<NodeId>,
 }
@@ -256,7 +257,7 @@ async fn serve_connection(
 
 /// Counts a frame error and returns the stream code to refuse the stream with (`None`: the
 /// connection itself failed, nothing to count).
-fn frame_error(shared: &Shared, caller: &Caller, error: &CodecError) -> Option<u32> {
+pub(crate) fn frame_error(shared: &Shared, caller: &Caller, error: &CodecError) -> Option<u32> {
     let (counter, code) = match error {
         CodecError::Oversize { .. } => {
             (&shared.stats.frames_oversize_total, wire::STREAM_TOO_LARGE)
@@ -291,6 +292,9 @@ async fn serve_bi(
     };
     match (tag, caller.node_id) {
         (wire::STREAM_TAG_CLIENT, _) => serve_client(&shared, send, recv, &caller, &budget).await,
+        (wire::STREAM_TAG_SESSION, _) => {
+            session::serve(&shared, send, recv, &caller, &budget).await
+        }
         (wire::STREAM_TAG_SNAPSHOT, Some(from)) => {
             snapshot::receive(&shared, from, send, recv).await
         }
@@ -411,7 +415,7 @@ async fn serve_client(
         .send(Inbound::Client {
             client,
             request,
-            reply,
+            reply: ClientReply::stream(reply),
         })
         .await
         .is_err()

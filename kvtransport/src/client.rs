@@ -1,20 +1,29 @@
 //! The dialing side: the hello round trip every connection starts with, and `ClientConn`, a
-//! client's connection to one node carrying one bidirectional stream per request.
+//! client's connection to one node carrying its requests on one session stream.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::Semaphore;
+use tokio::io::BufReader;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
 
 use super::codec::{self, CodecError};
+use super::session;
 use super::tls::{TlsError, TlsMaterial};
 use super::wire::{self, Hello, HelloReply};
 use super::{TransportError, TransportLimits};
 
 /// How long `ClientConn::connect` waits for the handshake and the hello round trip.
 pub const CLIENT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Request frames gathered into one write on a session stream.
+const SESSION_WRITE_BATCH_MAX: usize = 256;
+/// Read buffer of a session stream's answers.
+const SESSION_READ_BUFFER_BYTES: usize = 16 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -166,20 +175,179 @@ pub async fn dial(
         .map_err(|_| ClientError::Timeout)?
 }
 
-/// A client's connection to one node. `request` may be called from many tasks at once; each
-/// request is a bidirectional stream of its own.
+/// A client's connection to one node. `request` may be called from many tasks at once; all
+/// requests travel on one session stream (`session.rs`), tagged with ids, and their answers
+/// come back in any order. A writer task and a reader task serve the stream.
 ///
 /// Requests wait (within their timeout) for room in `client_inflight_bytes_per_connection_max`
-/// before they are sent, a budget released when their answer arrives. The node keeps the same
-/// budget per connection for bytes it has not yet decoded and refuses, unread, a request over
-/// it (`wire::STREAM_BUSY`); since the node releases its charge before it answers, a client
-/// that keeps its own budget never reaches the node's.
+/// before they are sent, a budget released when their answer arrives (or the request times
+/// out). The node keeps the same budget per connection for bytes it has not yet decoded and
+/// refuses, unread, a request over it (`wire::STREAM_BUSY`); since the node releases its charge
+/// before it answers, a client that keeps its own budget never reaches the node's.
 pub struct ClientConn {
     endpoint: quinn::Endpoint,
     connection: quinn::Connection,
-    response_bytes_max: u32,
     request_bytes_max: u32,
     inflight: Arc<Semaphore>,
+    session: Arc<SessionState>,
+    outgoing: mpsc::UnboundedSender<Outgoing>,
+    tasks: [JoinHandle<()>; 2],
+}
+
+/// Why the session ended: every later request fails with it.
+#[derive(Clone, Debug)]
+enum Closed {
+    Connection(quinn::ConnectionError),
+    Reset(u64),
+    Other(String),
+}
+
+impl Closed {
+    fn error(&self) -> ClientError {
+        match self {
+            Closed::Connection(e) => connection_error(e.clone()),
+            Closed::Reset(code) => ClientError::Rejected { code: *code },
+            Closed::Other(reason) => ClientError::Stream(reason.clone()),
+        }
+    }
+
+    fn from_codec(e: CodecError) -> Closed {
+        match codec_error(e) {
+            ClientError::Connection(e) => Closed::Connection(e),
+            ClientError::Rejected { code } => Closed::Reset(code),
+            other => Closed::Other(other.to_string()),
+        }
+    }
+}
+
+/// A request waiting for its answer, with its share of the in-flight budget once written.
+struct Waiting {
+    answer: oneshot::Sender<Result<Bytes, ClientError>>,
+    _charge: Option<OwnedSemaphorePermit>,
+}
+
+#[derive(Default)]
+struct Pending {
+    waiting: HashMap<u64, Waiting>,
+    closed: Option<Closed>,
+}
+
+#[derive(Default)]
+struct SessionState {
+    pending: Mutex<Pending>,
+    next_id: AtomicU64,
+}
+
+impl SessionState {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        // Every update is a single map operation: a poisoned lock is still consistent.
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Ends the session: every waiting request, and every later one, fails with `why`.
+    fn close(&self, why: Closed) {
+        let mut pending = self.lock();
+        if pending.closed.is_none() {
+            pending.closed = Some(why.clone());
+        }
+        for (_, waiting) in pending.waiting.drain() {
+            let _ = waiting.answer.send(Err(why.error()));
+        }
+    }
+}
+
+/// A request frame for the writer task, with its charge (held until the answer arrives).
+struct Outgoing {
+    id: u64,
+    request: Bytes,
+    charge: OwnedSemaphorePermit,
+}
+
+/// Forgets a request that stopped waiting (its timeout fired): a late answer is dropped.
+struct Forget<'a> {
+    session: &'a SessionState,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.session.lock().waiting.remove(&self.id);
+    }
+}
+
+/// Writes request frames as they are queued, many per write. A frame is written whole even
+/// when its request stopped waiting meanwhile, so framing is never cut.
+async fn write_requests(
+    mut send: quinn::SendStream,
+    mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
+    session: Arc<SessionState>,
+) {
+    let mut batch = Vec::with_capacity(SESSION_WRITE_BATCH_MAX);
+    let mut chunks = Vec::with_capacity(2 * SESSION_WRITE_BATCH_MAX);
+    while outgoing
+        .recv_many(&mut batch, SESSION_WRITE_BATCH_MAX)
+        .await
+        > 0
+    {
+        for queued in &batch {
+            // `request` checked the length against `request_bytes_max` (a u32).
+            let header = session::request_header(queued.id, queued.request.len() as u32);
+            chunks.push(Bytes::copy_from_slice(&header));
+            chunks.push(queued.request.clone());
+        }
+        if let Err(e) = send.write_all_chunks(&mut chunks).await {
+            let why = match ClientError::from(e) {
+                ClientError::Connection(e) => Closed::Connection(e),
+                ClientError::Rejected { code } => Closed::Reset(code),
+                other => Closed::Other(other.to_string()),
+            };
+            return session.close(why);
+        }
+        chunks.clear();
+        let mut pending = session.lock();
+        for queued in batch.drain(..) {
+            if let Some(waiting) = pending.waiting.get_mut(&queued.id) {
+                waiting._charge = Some(queued.charge);
+            }
+        }
+    }
+    let _ = send.finish();
+}
+
+/// Reads answers and hands each to its waiting request until the stream ends.
+async fn read_answers(recv: quinn::RecvStream, session: Arc<SessionState>, response_max: u32) {
+    let mut reader = BufReader::with_capacity(SESSION_READ_BUFFER_BYTES, recv);
+    let why = loop {
+        let (id, code, len) = match session::read_answer_header(&mut reader).await {
+            Ok(Some(header)) => header,
+            Ok(None) => break Closed::Other("the node ended the session".to_string()),
+            Err(e) => break Closed::from_codec(e),
+        };
+        let answer = if len > response_max {
+            if let Err(e) = session::skip_bytes(&mut reader, len as usize).await {
+                break Closed::from_codec(e);
+            }
+            Err(ClientError::TooLarge)
+        } else {
+            let mut body = Vec::new();
+            if let Err(e) = codec::read_payload_into(&mut reader, len as usize, &mut body).await {
+                break Closed::from_codec(e);
+            }
+            match code {
+                0 => Ok(Bytes::from(body)),
+                code if code == wire::STREAM_TOO_LARGE => Err(ClientError::TooLarge),
+                code => Err(ClientError::Rejected {
+                    code: u64::from(code),
+                }),
+            }
+        };
+        if let Some(waiting) = session.lock().waiting.remove(&id) {
+            let _ = waiting.answer.send(answer);
+        }
+    };
+    session.close(why);
 }
 
 impl ClientConn {
@@ -212,16 +380,26 @@ impl ClientConn {
         let timeout = Duration::from_millis(CLIENT_CONNECT_TIMEOUT_MS);
         let (connection, _reply) =
             dial(&endpoint, config, addr, server_name, &hello, timeout).await?;
+        let (mut send, recv) = connection.open_bi().await.map_err(connection_error)?;
+        // Opening a stream sends nothing: the tag goes out with the first request.
+        send.write_all(&[wire::STREAM_TAG_SESSION]).await?;
         // Validated: at least the largest request, at most `Semaphore::MAX_PERMITS`.
         let inflight = usize::try_from(limits.client_inflight_bytes_per_connection_max)
             .unwrap_or(Semaphore::MAX_PERMITS)
             .min(Semaphore::MAX_PERMITS);
+        let session = Arc::new(SessionState::default());
+        let (outgoing, queued) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(write_requests(send, queued, session.clone()));
+        let response_max = limits.client_response_bytes_max;
+        let reader = tokio::spawn(read_answers(recv, session.clone(), response_max));
         Ok(ClientConn {
             endpoint,
             connection,
-            response_bytes_max: limits.client_response_bytes_max,
             request_bytes_max: limits.client_request_bytes_max,
             inflight: Arc::new(Semaphore::new(inflight)),
+            session,
+            outgoing,
+            tasks: [writer, reader],
         })
     }
 
@@ -232,37 +410,50 @@ impl ClientConn {
             return Err(ClientError::TooLarge);
         }
         let exchange = self.exchange(request);
-        let response = tokio::time::timeout(timeout, exchange).await;
-        let response = response.map_err(|_| ClientError::Timeout)?;
-        match response {
-            Err(ClientError::Rejected { code }) if code == u64::from(wire::STREAM_TOO_LARGE) => {
-                Err(ClientError::TooLarge)
-            }
-            other => other,
-        }
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| ClientError::Timeout)?
     }
 
     async fn exchange(&self, request: Bytes) -> Result<Bytes, ClientError> {
         // `request` checked its length against `request_bytes_max` (a u32).
-        let charge = self.inflight.acquire_many(request.len() as u32).await;
+        let charge = self
+            .inflight
+            .clone()
+            .acquire_many_owned(request.len() as u32)
+            .await;
         // The semaphore is never closed.
-        let _charge = charge.map_err(|e| ClientError::Stream(e.to_string()))?;
-        let (mut send, mut recv) = self.connection.open_bi().await.map_err(connection_error)?;
-        let header = (request.len() as u32).to_le_bytes();
-        let tag = [wire::STREAM_TAG_CLIENT];
-        let mut chunks = [
-            Bytes::copy_from_slice(&tag),
-            Bytes::copy_from_slice(&header),
+        let charge = charge.map_err(|e| ClientError::Stream(e.to_string()))?;
+        let id = self.session.next_id.fetch_add(1, Ordering::Relaxed);
+        let (answer, answered) = oneshot::channel();
+        {
+            let mut pending = self.session.lock();
+            if let Some(closed) = &pending.closed {
+                return Err(closed.error());
+            }
+            let waiting = Waiting {
+                answer,
+                _charge: None,
+            };
+            pending.waiting.insert(id, waiting);
+        }
+        let _forget = Forget {
+            session: &self.session,
+            id,
+        };
+        let queued = Outgoing {
+            id,
             request,
-        ];
-        send.write_all_chunks(&mut chunks).await?;
-        send.finish()
-            .map_err(|e| ClientError::Stream(e.to_string()))?;
-        match codec::read_raw_frame(&mut recv, self.response_bytes_max).await {
-            Ok(Some(response)) => Ok(response),
-            Ok(None) => Err(ClientError::Codec(CodecError::Truncated)),
-            Err(CodecError::Oversize { .. }) => Err(ClientError::TooLarge),
-            Err(e) => Err(codec_error(e)),
+            charge,
+        };
+        if self.outgoing.send(queued).is_err() {
+            return Err(ClientError::Stream("the session writer ended".to_string()));
+        }
+        match answered.await {
+            Ok(answer) => answer,
+            // Closing drains every waiting request with an error first: not reached, but
+            // an answer channel dropped without one is a lost session all the same.
+            Err(_) => Err(ClientError::Stream("the session ended".to_string())),
         }
     }
 
@@ -278,5 +469,15 @@ impl ClientConn {
             .close(wire::CLOSE_SHUTDOWN.into(), b"client done");
         let wait = Duration::from_millis(CLIENT_CONNECT_TIMEOUT_MS);
         let _ = tokio::time::timeout(wait, self.endpoint.wait_idle()).await;
+    }
+}
+
+impl Drop for ClientConn {
+    /// The session's tasks end with the connection; abort them now rather than leave them to
+    /// a connection that may linger until its idle timeout.
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }

@@ -16,6 +16,7 @@ mod admission;
 pub mod client;
 pub mod codec;
 mod peer;
+mod session;
 mod snapshot;
 mod stats;
 pub mod tls;
@@ -48,6 +49,9 @@ pub const PEER_QUEUE_BYTES_MAX_DEFAULT: u64 = 64 << 20;
 pub const INBOUND_QUEUE_MESSAGES_MAX_DEFAULT: usize = 4096;
 /// Default concurrent bidirectional streams per connection (client requests in flight).
 pub const CLIENT_STREAMS_MAX_DEFAULT: u32 = 256;
+/// Default requests read and not yet answered on one session stream (`session.rs`): with
+/// `client_streams_max`, what bounds the answers a connection can pin (see `TransportLimits`).
+pub const CLIENT_SESSION_REQUESTS_INFLIGHT_MAX_DEFAULT: u32 = 256;
 /// Room for the largest command the state machine accepts (kv::limits::COMMAND_BYTES_MAX,
 /// 4 MiB) plus framing; the server asserts the relation at compile time.
 pub const CLIENT_REQUEST_BYTES_MAX_DEFAULT: u32 = 5 << 20;
@@ -123,10 +127,12 @@ const INCOMING_BUFFER_BYTES_TOTAL_MAX: u64 = 4 << 20;
 /// too grow only with bytes received. A peer node is trusted with that much (16 MiB x 8).
 ///
 /// Not bounded here: responses. The node makes them (up to `client_response_bytes_max`) and
-/// each waits in its stream task until quinn's send window takes it, so a client that asks for
-/// large values and reads nothing (without stopping its streams) can pin up to
-/// `client_streams_max` responses per connection: 256 x the largest value read (4 MiB), in
-/// theory 256 x 16 MiB. Bounding them needs the node's help (a response budget it checks
+/// each waits in its stream task (or its session's queue) until quinn's send window takes it,
+/// so a client that asks for large values and reads nothing (without stopping its streams) can
+/// pin up to `client_streams_max` responses per connection, and
+/// `client_session_requests_inflight_max` more per session stream (each session is one of the
+/// `client_streams_max` streams): 256 x the largest value read (4 MiB) each, in theory
+/// 256 x 16 MiB. Bounding them needs the node's help (a response budget it checks
 /// before it builds a large answer); a stopped stream frees its response at once.
 ///
 /// # Sizing the in-flight budget (Little's law)
@@ -155,6 +161,9 @@ pub struct TransportLimits {
     pub client_streams_max: u32,
     pub client_request_bytes_max: u32,
     pub client_response_bytes_max: u32,
+    /// Requests read and not yet answered on one session stream; beyond it a request is
+    /// refused unread (`wire::STREAM_BUSY`). Bounds the answers queued for one session.
+    pub client_session_requests_inflight_max: u32,
     /// Client request bytes one connection may have announced, being read, or waiting for the
     /// node, summed over its streams. Trade-off: per-connection request throughput (Little's
     /// law above) against the memory each connection can pin. Must be >=
@@ -202,6 +211,7 @@ impl Default for TransportLimits {
             client_streams_max: CLIENT_STREAMS_MAX_DEFAULT,
             client_request_bytes_max: CLIENT_REQUEST_BYTES_MAX_DEFAULT,
             client_response_bytes_max: CLIENT_RESPONSE_BYTES_MAX_DEFAULT,
+            client_session_requests_inflight_max: CLIENT_SESSION_REQUESTS_INFLIGHT_MAX_DEFAULT,
             client_inflight_bytes_per_connection_max:
                 CLIENT_INFLIGHT_BYTES_PER_CONNECTION_MAX_DEFAULT,
             connections_max: CONNECTIONS_MAX_DEFAULT,
@@ -288,6 +298,9 @@ impl TransportLimits {
         }
         if self.client_streams_max == 0 || self.uni_streams_max == 0 {
             return config_error("client_streams_max / uni_streams_max", "must be > 0");
+        }
+        if self.client_session_requests_inflight_max == 0 {
+            return config_error("client_session_requests_inflight_max", "must be > 0");
         }
         if self.stream_receive_window_bytes == 0
             || self.stream_receive_window_bytes > self.connection_receive_window_bytes
@@ -379,15 +392,52 @@ pub enum Inbound {
     /// A peer node connected as a new process (a new incarnation: it restarted, and may have
     /// lost its disk).
     PeerRestarted { peer: NodeId },
-    /// One client request; send the response through `reply` (dropping it resets the stream).
+    /// One client request; send the response through `reply` (dropping it tells the client
+    /// the node dropped the request: `wire::STREAM_UNAVAILABLE`).
     /// `request` holds part of its connection's in-flight budget
     /// (`client_inflight_bytes_per_connection_max`) until its last handle is dropped: decode
     /// it and drop it, do not keep slices of it.
     Client {
         client: String,
         request: Bytes,
-        reply: oneshot::Sender<Bytes>,
+        reply: ClientReply,
     },
+}
+
+/// Where the answer to one client request goes: its request stream, or its session stream
+/// (`session.rs`). Dropped unanswered, it tells the client the node dropped the request.
+#[derive(Debug)]
+pub struct ClientReply(ReplyTo);
+
+#[derive(Debug)]
+enum ReplyTo {
+    Stream(oneshot::Sender<Bytes>),
+    Session(session::SessionReply),
+}
+
+impl ClientReply {
+    pub(crate) fn stream(sender: oneshot::Sender<Bytes>) -> ClientReply {
+        ClientReply(ReplyTo::Stream(sender))
+    }
+
+    pub(crate) fn session(reply: session::SessionReply) -> ClientReply {
+        ClientReply(ReplyTo::Session(reply))
+    }
+
+    /// A reply whose answer arrives on the returned receiver: for driving a node without a
+    /// network (tests, tools).
+    pub fn channel() -> (ClientReply, oneshot::Receiver<Bytes>) {
+        let (sender, receiver) = oneshot::channel();
+        (ClientReply::stream(sender), receiver)
+    }
+
+    /// Sends the answer; `Err` gives it back when the client is gone.
+    pub fn send(self, response: Bytes) -> Result<(), Bytes> {
+        match self.0 {
+            ReplyTo::Stream(sender) => sender.send(response),
+            ReplyTo::Session(reply) => reply.send(response),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

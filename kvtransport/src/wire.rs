@@ -8,7 +8,11 @@
 //! uni RAFT      -> Message Message Message ...             (node -> node, long-lived)
 //! bi  SNAPSHOT  -> SnapshotHeader, raw file bytes          <- SnapshotAck
 //! bi  CLIENT    -> raw request frame                       <- raw response frame
+//! bi  SESSION   -> [id][len][request] ...                  <- [id][code][len][response] ...
 //! ```
+//!
+//! `ClientConn` uses one SESSION stream per connection (`session.rs`); a CLIENT stream per
+//! request stays for simple tools.
 //!
 //! A refused connection is closed with `CLOSE_REFUSED` and a reason; a refused stream is reset
 //! (and stopped) with one of the `STREAM_*` codes.
@@ -25,6 +29,7 @@ pub const STREAM_TAG_HELLO: u8 = 1;
 pub const STREAM_TAG_RAFT: u8 = 2;
 pub const STREAM_TAG_SNAPSHOT: u8 = 3;
 pub const STREAM_TAG_CLIENT: u8 = 4;
+pub const STREAM_TAG_SESSION: u8 = 5;
 
 /// Hello and hello-reply frames are tiny; anything longer is refused before allocation.
 pub const HELLO_BYTES_MAX: u32 = 64 << 10;

@@ -14,8 +14,8 @@ use kvraft::message::{Membership, Message, MessageBody, NodeId, SnapshotMeta};
 use kvtransport::tls::quinn_client_config;
 use kvtransport::wire::{self, Hello};
 use kvtransport::{
-    codec, generate_certs, ClientConn, ClientError, Inbound, NodeCertSpec, Peer, TlsMaterial,
-    Transport, TransportConfig, TransportError, TransportLimits, TransportStats,
+    codec, generate_certs, ClientConn, ClientError, ClientReply, Inbound, NodeCertSpec, Peer,
+    TlsMaterial, Transport, TransportConfig, TransportError, TransportLimits, TransportStats,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -703,5 +703,182 @@ async fn transport_inflight_budget_refuses_unread_and_client_conn_stays_within_i
         1,
         "a client within its budget is never refused"
     );
+    n1.shutdown().await;
+}
+
+/// Hands every client request, with its reply, to the test to answer (or drop) when it likes.
+fn spawn_holder(mut rx: mpsc::Receiver<Inbound>) -> mpsc::UnboundedReceiver<(Bytes, ClientReply)> {
+    let (tx, held) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(inbound) = rx.recv().await {
+            if let Inbound::Client { request, reply, .. } = inbound {
+                let _ = tx.send((request, reply));
+            }
+        }
+    });
+    held
+}
+
+async fn next_held(
+    held: &mut mpsc::UnboundedReceiver<(Bytes, ClientReply)>,
+) -> (Bytes, ClientReply) {
+    let wait = Duration::from_millis(WAIT_MS_MAX);
+    tokio::time::timeout(wait, held.recv())
+        .await
+        .expect("no request reached the node")
+        .expect("holder ended")
+}
+
+/// All of a `ClientConn`'s requests share one session stream: answers are matched to requests
+/// by id whatever their order, a late answer to a request that timed out is dropped (the next
+/// request gets its own), and a request the node drops is answered at once, not timed out.
+#[tokio::test]
+async fn transport_session_matches_answers_by_id_in_any_order() {
+    let cluster = Cluster::new();
+    let (n1, rx1) = cluster.start(1);
+    let mut held = spawn_holder(rx1);
+    let client = ClientConn::connect(cluster.addrs[0], "n1", &cluster.tls("client1")).await;
+    let client = std::sync::Arc::new(client.unwrap());
+
+    // Two requests in flight; the node answers the second first.
+    let mut first = tokio::spawn({
+        let client = client.clone();
+        async move { client.request(Bytes::from_static(b"one"), wait()).await }
+    });
+    let (request_a, reply_a) = next_held(&mut held).await;
+    let second = tokio::spawn({
+        let client = client.clone();
+        async move { client.request(Bytes::from_static(b"two"), wait()).await }
+    });
+    let (request_b, reply_b) = next_held(&mut held).await;
+    assert_eq!((&request_a[..], &request_b[..]), (&b"one"[..], &b"two"[..]));
+    reply_b.send(Bytes::from_static(b"answer two")).unwrap();
+    assert_eq!(
+        second.await.unwrap().unwrap(),
+        Bytes::from_static(b"answer two")
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), &mut first)
+            .await
+            .is_err(),
+        "the first request got an answer that was not its own"
+    );
+    reply_a.send(Bytes::from_static(b"answer one")).unwrap();
+    assert_eq!(
+        first.await.unwrap().unwrap(),
+        Bytes::from_static(b"answer one")
+    );
+
+    // A request that times out; its late answer must not reach the next request.
+    let timed_out = client
+        .request(Bytes::from_static(b"slow"), Duration::from_millis(200))
+        .await;
+    assert!(
+        matches!(timed_out, Err(ClientError::Timeout)),
+        "{timed_out:?}"
+    );
+    let (_, slow_reply) = next_held(&mut held).await;
+    let next = tokio::spawn({
+        let client = client.clone();
+        async move { client.request(Bytes::from_static(b"next"), wait()).await }
+    });
+    let (_, next_reply) = next_held(&mut held).await;
+    slow_reply.send(Bytes::from_static(b"late")).unwrap();
+    next_reply.send(Bytes::from_static(b"mine")).unwrap();
+    assert_eq!(next.await.unwrap().unwrap(), Bytes::from_static(b"mine"));
+
+    // The node drops a request unanswered: the client hears STREAM_UNAVAILABLE at once.
+    let dropped = tokio::spawn({
+        let client = client.clone();
+        async move { client.request(Bytes::from_static(b"drop me"), wait()).await }
+    });
+    let (_, reply) = next_held(&mut held).await;
+    drop(reply);
+    let started = std::time::Instant::now();
+    let answer = dropped.await.unwrap();
+    let unavailable = u64::from(wire::STREAM_UNAVAILABLE);
+    assert!(
+        matches!(answer, Err(ClientError::Rejected { code }) if code == unavailable),
+        "{answer:?}"
+    );
+    assert!(started.elapsed() < wait() / 2, "answered, not timed out");
+    n1.shutdown().await;
+}
+
+/// A session holds at most `client_session_requests_inflight_max` requests the node has not
+/// answered; one more is refused with STREAM_BUSY (nothing executed) and the session goes on.
+#[tokio::test]
+async fn transport_session_requests_inflight_max_refuses_one_more_and_keeps_serving() {
+    let cluster = Cluster::new();
+    let mut config = cluster.config_as(1, "n1");
+    config.limits.client_session_requests_inflight_max = 2;
+    let (n1, rx1) = Transport::start(config).unwrap();
+    let stats = n1.stats();
+    let mut held = spawn_holder(rx1);
+    let client = ClientConn::connect(cluster.addrs[0], "n1", &cluster.tls("client1")).await;
+    let client = std::sync::Arc::new(client.unwrap());
+    let ask = |body: &'static [u8]| {
+        let client = client.clone();
+        tokio::spawn(async move { client.request(Bytes::from_static(body), wait()).await })
+    };
+    let first = ask(b"a");
+    let (_, reply_a) = next_held(&mut held).await;
+    let second = ask(b"b");
+    let (_, reply_b) = next_held(&mut held).await;
+    let third = ask(b"c").await.unwrap();
+    let busy = u64::from(wire::STREAM_BUSY);
+    assert!(
+        matches!(third, Err(ClientError::Rejected { code }) if code == busy),
+        "{third:?}"
+    );
+    assert_eq!(
+        TransportStats::get(&stats.client_requests_refused_inflight_total),
+        1
+    );
+    reply_a.send(Bytes::from_static(b"A")).unwrap();
+    reply_b.send(Bytes::from_static(b"B")).unwrap();
+    assert_eq!(first.await.unwrap().unwrap(), Bytes::from_static(b"A"));
+    assert_eq!(second.await.unwrap().unwrap(), Bytes::from_static(b"B"));
+    // Room again: the same session serves the next request.
+    let fourth = ask(b"d");
+    let (request, reply) = next_held(&mut held).await;
+    assert_eq!(&request[..], b"d");
+    reply.send(Bytes::from_static(b"D")).unwrap();
+    assert_eq!(fourth.await.unwrap().unwrap(), Bytes::from_static(b"D"));
+    n1.shutdown().await;
+}
+
+/// Raw session streams: a request announcing more than `client_request_bytes_max` resets the
+/// session with STREAM_TOO_LARGE, a frame cut short with STREAM_MALFORMED; both are counted and
+/// the node goes on serving other sessions.
+#[tokio::test]
+async fn transport_session_oversize_and_truncated_frames_reset_the_session() {
+    let cluster = Cluster::new();
+    let (n1, rx1) = cluster.start(1);
+    let _others = spawn_echo(rx1);
+    let stats = n1.stats();
+    let client = ClientConn::connect(cluster.addrs[0], "n1", &cluster.tls("client1")).await;
+    let client = client.unwrap();
+    let mut oversize = vec![wire::STREAM_TAG_SESSION];
+    oversize.extend_from_slice(&7u64.to_le_bytes());
+    oversize.extend_from_slice(&(512u32 << 20).to_le_bytes());
+    let error = raw_client_stream(&client, &oversize)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("reset by peer: error 3"), "{error}");
+    assert_eq!(TransportStats::get(&stats.frames_oversize_total), 1);
+    let mut truncated = vec![wire::STREAM_TAG_SESSION];
+    truncated.extend_from_slice(&7u64.to_le_bytes());
+    truncated.extend_from_slice(&10u32.to_le_bytes());
+    truncated.push(1);
+    let error = raw_client_stream(&client, &truncated)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("reset by peer: error 2"), "{error}");
+    assert_eq!(TransportStats::get(&stats.frames_malformed_total), 1);
+    let response = client.request(Bytes::from_static(b"ok?"), wait()).await;
+    assert_eq!(response.unwrap(), Bytes::from_static(b"?ko"));
     n1.shutdown().await;
 }

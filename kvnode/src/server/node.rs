@@ -38,7 +38,7 @@ type LoadedSnapshot = (SnapshotMeta, PathBuf, Result<StateMachine, String>);
 /// its operation (the metrics label, read from the frame at the edge: the core knows nothing
 /// of metrics).
 pub(super) struct Reply {
-    sender: oneshot::Sender<Bytes>,
+    sender: kvtransport::ClientReply,
     started: Instant,
     op: &'static str,
 }
