@@ -30,6 +30,11 @@ const FSYNC_SAMPLES: u32 = 2_000;
 const REQUEST_TIMEOUT_MS: u64 = 2_000;
 /// Bytes appended before each sampled fdatasync (a WAL record of a 256-byte put).
 const FSYNC_APPEND_BYTES: usize = 4096;
+/// Writers of the disk-tail probe: as many as the cluster has WALs.
+const FSYNC_TAIL_WRITERS: usize = 3;
+/// fdatasync samples per writer of the disk-tail probe, and the most time it may take.
+const FSYNC_TAIL_SAMPLES_PER_WRITER: usize = 3_000;
+const FSYNC_TAIL_MS_MAX: u64 = 10_000;
 /// QUIC round trips sampled (a status request to one node).
 const ROUND_TRIP_SAMPLES: u32 = 2_000;
 
@@ -148,6 +153,11 @@ pub struct RunFigures {
 pub struct Floor {
     pub fdatasync_p50_us: u64,
     pub quic_round_trip_p50_us: u64,
+    /// The disk's own tail with `FSYNC_TAIL_WRITERS` appenders at once (three WALs on one
+    /// disk): every put waits for two fdatasyncs (the leader's and a follower's), so a put's
+    /// tail cannot be much below this.
+    pub fdatasync_concurrent_p99_us: u64,
+    pub fdatasync_concurrent_p999_us: u64,
 }
 
 /// Runs the comparison; prints progress on stderr and the table on stdout.
@@ -165,8 +175,13 @@ pub fn run(args: &CompareArgs, seed: u64) -> Result<PathBuf, CompareError> {
     );
     let floor = measure_floor(&dir)?;
     eprintln!(
-        "compare: floor: fdatasync p50 {} us, QUIC round trip p50 {} us",
-        floor.fdatasync_p50_us, floor.quic_round_trip_p50_us
+        "compare: floor: fdatasync p50 {} us, QUIC round trip p50 {} us; {} writers at once: \
+         fdatasync p99 {} us, p99.9 {} us",
+        floor.fdatasync_p50_us,
+        floor.quic_round_trip_p50_us,
+        FSYNC_TAIL_WRITERS,
+        floor.fdatasync_concurrent_p99_us,
+        floor.fdatasync_concurrent_p999_us
     );
     let mut runs = Vec::new();
     for round in 1..=args.rounds {
@@ -390,7 +405,52 @@ pub fn table(cases: &[Case], runs: &[RunFigures], floor: &Floor) -> String {
         floor_us,
         2.0 * floor_us as f64 / 1000.0
     ));
+    text.push_str(&format!(
+        "disk tail: {} writers appending and fdatasyncing at once: p99 {:.3} ms, p99.9 {:.3} ms \
+         (every put waits for two fdatasyncs)\n",
+        FSYNC_TAIL_WRITERS,
+        floor.fdatasync_concurrent_p99_us as f64 / 1000.0,
+        floor.fdatasync_concurrent_p999_us as f64 / 1000.0
+    ));
     text
+}
+
+/// fdatasync latency percentiles (p99, p99.9, microseconds) with `FSYNC_TAIL_WRITERS` threads
+/// each appending `FSYNC_APPEND_BYTES` to a file of its own in `dir` and syncing, at once.
+fn measure_disk_tail(dir: &Path) -> Result<(u64, u64), CompareError> {
+    let deadline = Instant::now() + std::time::Duration::from_millis(FSYNC_TAIL_MS_MAX);
+    let writers: Vec<_> = (0..FSYNC_TAIL_WRITERS)
+        .map(|writer| {
+            let path = dir.join(format!("fsync-tail-probe-{writer}"));
+            std::thread::spawn(move || -> std::io::Result<Vec<u64>> {
+                let mut file = File::create(&path)?;
+                let block = vec![0x5a_u8; FSYNC_APPEND_BYTES];
+                let mut samples = Vec::with_capacity(FSYNC_TAIL_SAMPLES_PER_WRITER);
+                while samples.len() < FSYNC_TAIL_SAMPLES_PER_WRITER && Instant::now() < deadline {
+                    file.write_all(&block)?;
+                    let started = Instant::now();
+                    file.sync_data()?;
+                    samples.push(started.elapsed().as_micros() as u64);
+                }
+                drop(file);
+                std::fs::remove_file(&path)?;
+                Ok(samples)
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    for writer in writers {
+        let written = writer
+            .join()
+            .map_err(|_| io("fsync tail probe")(std::io::Error::other("writer panicked")))?;
+        samples.extend(written.map_err(io("fsync tail probe"))?);
+    }
+    samples.sort_unstable();
+    let at = |q: f64| {
+        let rank = ((samples.len() as f64 * q).ceil() as usize).saturating_sub(1);
+        samples.get(rank).copied().unwrap_or(0)
+    };
+    Ok((at(0.99), at(0.999)))
 }
 
 /// p50 of one fdatasync after a small append in `dir`, and of a status round trip to a node
@@ -410,9 +470,12 @@ fn measure_floor(dir: &Path) -> Result<Floor, CompareError> {
     let _ = std::fs::remove_file(&path);
     let fdatasync_p50_us = median(samples).unwrap_or(0.0) as u64;
     let quic_round_trip_p50_us = quic_round_trip_p50_us()?;
+    let (fdatasync_concurrent_p99_us, fdatasync_concurrent_p999_us) = measure_disk_tail(dir)?;
     Ok(Floor {
         fdatasync_p50_us,
         quic_round_trip_p50_us,
+        fdatasync_concurrent_p99_us,
+        fdatasync_concurrent_p999_us,
     })
 }
 

@@ -68,6 +68,7 @@ fn compare_prints_both_sides_and_stops_etcd() {
         "put        etcd ",
         "get-stale  kv/etcd",
         "floor of one put",
+        "disk tail: 3 writers",
     ] {
         assert!(stdout.contains(needle), "{needle:?} missing:\n{stdout}");
     }
@@ -91,6 +92,15 @@ fn compare_prints_both_sides_and_stops_etcd() {
         json["floor"]["fdatasync_p50_us"].as_u64() > Some(0),
         "{json}"
     );
+    let p99 = json["floor"]["fdatasync_concurrent_p99_us"].as_u64();
+    let p999 = json["floor"]["fdatasync_concurrent_p999_us"].as_u64();
+    assert!(p99 > Some(0) && p999 >= p99, "{json}");
+    let probes_left: Vec<_> = std::fs::read_dir(&run)
+        .expect("run directory")
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_name().to_string_lossy().contains("probe"))
+        .collect();
+    assert!(probes_left.is_empty(), "probe files left: {probes_left:?}");
     for pid in json["etcd_pids"].as_array().expect("etcd pids") {
         let pid = pid.as_u64().expect("pid");
         assert!(
