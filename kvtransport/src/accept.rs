@@ -154,8 +154,7 @@ async fn greet(
     let node_id = check_claim(shared, &identity, &hello)?;
     if let (Some(id), Some(claim)) = (node_id, &hello.node) {
         let restarted = shared
-            .peers
-            .get(&id)
+            .peer(id)
             .is_some_and(|p| p.saw_incarnation(claim.incarnation));
         if restarted {
             tracing::info!(peer = %claim.name, "peer restarted: replacing our connection to it");
@@ -203,8 +202,8 @@ fn check_claim(
     hello: &Hello,
 ) -> Result<Option<NodeId>, String> {
     let known_id = match identity {
-        Identity::Node(name) => match shared.peer_ids_by_name.get(name) {
-            Some(id) => Some(*id),
+        Identity::Node(name) => match shared.peer_id_by_name(name) {
+            Some(id) => Some(id),
             None => return Err(format!("node certificate '{name}' is not a cluster peer")),
         },
         Identity::Client(_) => None,

@@ -49,6 +49,15 @@ impl PeerHandle {
         }
     }
 
+    /// The peer left the table: close the outgoing connection (the task is aborted by the
+    /// caller) and drop what is queued.
+    pub fn retire(&self) {
+        if let Some(connection) = self.connection.borrow().as_ref() {
+            connection.close(0u32.into(), b"peer removed");
+        }
+        self.take_all();
+    }
+
     /// Records the incarnation from a hello of this peer; returns whether it restarted.
     pub fn saw_incarnation(&self, incarnation: u64) -> bool {
         self.incarnation.send_if_modified(|seen| {
