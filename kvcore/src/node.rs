@@ -57,8 +57,8 @@ struct Transfer<T> {
 /// grows along the log whoever leads.
 const MEMBER_SESSION_CLIENT_ID: u64 = 0;
 
-/// A learner is promoted only once its log is within this many entries of the leader's commit
-/// index (etcd refuses to promote a learner that is not in sync, for the same reason: a voter
+/// A learner is promoted only once it has acknowledged part of the log and its log is within
+/// this many entries of the leader's commit index (etcd refuses to promote a learner that is not in sync, for the same reason: a voter
 /// far behind weakens the quorum while it catches up).
 pub const PROMOTE_LAG_ENTRIES_MAX: u64 = 1000;
 
@@ -314,8 +314,8 @@ impl<T> NodeCore<T> {
             .into_iter()
             .find(|(peer, ..)| *peer == id)
             .map_or(0, |(_, matched, ..)| matched);
-        (matched + PROMOTE_LAG_ENTRIES_MAX < commit).then(|| {
-            ClientError::Unavailable(format!(
+        (matched == 0 || matched + PROMOTE_LAG_ENTRIES_MAX < commit).then(|| {
+            ClientError::BadRequest(format!(
                 "learner n{id} is not caught up yet (its log reaches {matched}, the commit index \
                  is {commit}); retry once it is"
             ))
@@ -423,6 +423,18 @@ impl<T> NodeCore<T> {
         {
             if let Some(transfer) = self.transfer.take() {
                 self.answer_error(transfer.token, ClientError::Timeout);
+            }
+        }
+        // Still leading, and the Raft core gave the transfer up (the target did not catch up
+        // within an election timeout).
+        if self.role == Role::Leader && self.raw.transferee() == 0 {
+            if let Some(transfer) = self.transfer.take() {
+                let to = transfer.to;
+                let reason = format!(
+                    "the transfer to n{to} was abandoned: n{to} did not catch up within an \
+                     election timeout (is it running and reachable?)"
+                );
+                self.answer_error(transfer.token, ClientError::Unavailable(reason));
             }
         }
     }

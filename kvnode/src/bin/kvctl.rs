@@ -569,7 +569,7 @@ async fn run_member(
     command: MemberCommand,
     format: Format,
 ) -> Result<(), CtlError> {
-    let (list, done) = match command {
+    let (list, done, hint) = match command {
         MemberCommand::List => {
             let list = client.members().await?;
             print_members(&list, format);
@@ -581,25 +581,28 @@ async fn run_member(
             let op = MemberOp::AddLearner { id, address };
             let list = client.member_change(op).await?;
             let name = kvclient::node_name(id);
-            let done = format!(
-                "Member {name} added to the cluster as a learner at {peer_address}\n\
-                 Start it with an empty data directory: kvnode run --config <cluster.toml> \
-                 --id {name} --join\n\
-                 Once it has caught up: kvctl member promote {name}"
+            let done = format!("Member {name} added to the cluster as a learner at {peer_address}");
+            let hint = format!(
+                "Start it with an empty data directory: kvnode run --config <cluster.toml> \
+                 --id {name} --join\nOnce it has caught up: kvctl member promote {name}"
             );
-            (list, done)
+            (list, done, Some(hint))
         }
         MemberCommand::Promote { node } => {
             let id = parse_node(&node)?;
             let list = client.member_change(MemberOp::Promote { id }).await?;
             let name = kvclient::node_name(id);
-            (list, format!("Member {name} promoted to a voter"))
+            (list, format!("Member {name} promoted to a voter"), None)
         }
         MemberCommand::Remove { node } => {
             let id = parse_node(&node)?;
             let list = client.member_change(MemberOp::Remove { id }).await?;
             let name = kvclient::node_name(id);
-            (list, format!("Member {name} removed from the cluster"))
+            (
+                list,
+                format!("Member {name} removed from the cluster"),
+                None,
+            )
         }
     };
     match format {
@@ -609,6 +612,9 @@ async fn run_member(
             print_members(&list, format);
         }
         Format::Simple => println!("{done} (configuration index {})", list.config_index),
+    }
+    if let (Some(hint), false) = (hint, format == Format::Json) {
+        println!("{hint}");
     }
     Ok(())
 }

@@ -83,6 +83,8 @@ pub(super) struct Node {
     /// When they were last resolved, and whether a member's address was missing then.
     peers_resolved_at: Instant,
     peers_unresolved: Vec<NodeId>,
+    /// The leader known when they were last resolved.
+    peers_leader: NodeId,
     _data_dir: kvstorage::datadir::DataDir,
 }
 
@@ -154,6 +156,7 @@ impl Node {
             peers_config_index: None,
             peers_resolved_at: Instant::now(),
             peers_unresolved: Vec::new(),
+            peers_leader: 0,
             _data_dir: parts.data_dir,
         }
     }
@@ -216,8 +219,9 @@ impl Node {
     }
 
     /// Makes the transport's peers follow the configuration in force: its members (voters,
-    /// learners, both halves of a joint configuration) and the nodes the leader still
-    /// replicates to (removed ones, until they know), or, while this node has no configuration
+    /// learners, both halves of a joint configuration), the nodes the leader still
+    /// replicates to (removed ones, until they know), the leader (removed, until its removal
+    /// commits), or, while this node has no configuration
     /// yet (it is joining), the config file's nodes. A member's address is the one replicated
     /// with `member add`, else the config file's. Runs when the configuration changes, every
     /// `PEERS_RESOLVE_INTERVAL_MS`, and after every drive while an address is missing (a
@@ -225,13 +229,21 @@ impl Node {
     /// applied).
     fn resolve_peers(&mut self) {
         self.peers_resolved_at = Instant::now();
-        self.peers_config_index = Some(self.core.status().membership_index);
+        let status = self.core.status();
+        self.peers_config_index = Some(status.membership_index);
+        self.peers_leader = status.leader;
         let mut ids: std::collections::BTreeSet<NodeId> =
             self.core.membership().members().into_iter().collect();
         if ids.is_empty() {
             ids.extend(self.config.nodes.iter().map(|n| n.id));
         }
         ids.extend(self.core.raw().progress().into_iter().map(|(id, ..)| id));
+        // A leader that removed itself leads until the change commits: its followers must
+        // still answer it.
+        let leader = status.leader;
+        if leader != 0 {
+            ids.insert(leader);
+        }
         ids.remove(&self.id);
         let mut peers = Vec::new();
         let mut unresolved = Vec::new();
@@ -369,8 +381,9 @@ impl Node {
             let actions = self.core.take_actions();
             self.observe();
             if actions.is_empty() {
-                let config_index = self.core.status().membership_index;
-                if self.peers_config_index != Some(config_index)
+                let status = self.core.status();
+                if self.peers_config_index != Some(status.membership_index)
+                    || self.peers_leader != status.leader
                     || !self.peers_unresolved.is_empty()
                 {
                     self.resolve_peers();
