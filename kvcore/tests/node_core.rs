@@ -307,7 +307,12 @@ fn node_core_member_change_is_answered_only_once_committed() {
         id: 4,
         address: address.clone(),
     };
-    h.client(1, 1, "admin", &member_request(RequestKind::MemberChange { op: add }));
+    h.client(
+        1,
+        1,
+        "admin",
+        &member_request(RequestKind::MemberChange { op: add }),
+    );
     assert!(h.answer(1).is_none(), "answered before anything was sent");
     h.deliver();
     h.sync(1);
@@ -318,9 +323,17 @@ fn node_core_member_change_is_answered_only_once_committed() {
     );
     // A second change while the first is not committed is refused, nothing proposed.
     let second = MemberOp::Remove { id: 2 };
-    h.client(1, 2, "admin", &member_request(RequestKind::MemberChange { op: second }));
+    h.client(
+        1,
+        2,
+        "admin",
+        &member_request(RequestKind::MemberChange { op: second }),
+    );
     assert!(
-        matches!(h.answer(2), Some(ClientResponse::Err(ClientError::Unavailable(_)))),
+        matches!(
+            h.answer(2),
+            Some(ClientResponse::Err(ClientError::Unavailable(_)))
+        ),
         "second change: {:?}",
         h.answer(2)
     );
@@ -345,9 +358,17 @@ fn node_core_member_change_is_answered_only_once_committed() {
     }
     // n4 is not running: it acknowledged nothing, so it is not promoted.
     let promote = MemberOp::Promote { id: 4 };
-    h.client(1, 3, "admin", &member_request(RequestKind::MemberChange { op: promote }));
+    h.client(
+        1,
+        3,
+        "admin",
+        &member_request(RequestKind::MemberChange { op: promote }),
+    );
     assert!(
-        matches!(h.answer(3), Some(ClientResponse::Err(ClientError::BadRequest(_)))),
+        matches!(
+            h.answer(3),
+            Some(ClientResponse::Err(ClientError::BadRequest(_)))
+        ),
         "promotion of a learner that is not caught up: {:?}",
         h.answer(3)
     );
@@ -372,14 +393,22 @@ fn node_core_member_change_is_answered_only_once_committed() {
     h.client(1, 5, "client1", &read);
     for token in [4, 5] {
         assert!(
-            matches!(h.answer(token), Some(ClientResponse::Err(ClientError::BadRequest(_)))),
+            matches!(
+                h.answer(token),
+                Some(ClientResponse::Err(ClientError::BadRequest(_)))
+            ),
             "reserved key: {:?}",
             h.answer(token)
         );
     }
     // Removing a voter: answered once committed, without it.
     let remove = MemberOp::Remove { id: 3 };
-    h.client(1, 6, "admin", &member_request(RequestKind::MemberChange { op: remove }));
+    h.client(
+        1,
+        6,
+        "admin",
+        &member_request(RequestKind::MemberChange { op: remove }),
+    );
     h.settle();
     let Some(ClientResponse::Members(list)) = h.answer(6) else {
         panic!("remove not answered: {:?}", h.answer(6));
@@ -392,13 +421,26 @@ fn node_core_member_change_is_answered_only_once_committed() {
 fn node_core_move_leader_answers_once_the_target_leads() {
     let mut h = Harness::new();
     h.elect_node_1();
-    h.client(1, 1, "admin", &member_request(RequestKind::MoveLeader { to: 9 }));
+    h.client(
+        1,
+        1,
+        "admin",
+        &member_request(RequestKind::MoveLeader { to: 9 }),
+    );
     assert!(
-        matches!(h.answer(1), Some(ClientResponse::Err(ClientError::BadRequest(_)))),
+        matches!(
+            h.answer(1),
+            Some(ClientResponse::Err(ClientError::BadRequest(_)))
+        ),
         "{:?}",
         h.answer(1)
     );
-    h.client(1, 2, "admin", &member_request(RequestKind::MoveLeader { to: 2 }));
+    h.client(
+        1,
+        2,
+        "admin",
+        &member_request(RequestKind::MoveLeader { to: 2 }),
+    );
     assert!(h.answer(2).is_none());
     for _ in 0..20 {
         h.settle();
