@@ -25,9 +25,10 @@ lint: tidy
 tidy:
     scripts/tidy.sh
 
-# A local 3-node cluster: `just cluster up`, `just cluster status`, `just cluster down`.
-cluster action="status":
-    scripts/cluster.sh {{action}}
+# A local cluster: `just cluster up`, `just cluster status`, `just cluster down`;
+# `just cluster add` (a new node joins as a learner, promoted once caught up), `just cluster remove 2`.
+cluster action="status" *node="":
+    scripts/cluster.sh {{action}} {{node}}
 
 # The load generator on an embedded 3-node cluster (extra flags pass through).
 bench *args="--clients 64 --duration 10s":
