@@ -58,8 +58,9 @@ struct Transfer<T> {
 const MEMBER_SESSION_CLIENT_ID: u64 = 0;
 
 /// A learner is promoted only once it has acknowledged part of the log and its log is within
-/// this many entries of the leader's commit index (etcd refuses to promote a learner that is not in sync, for the same reason: a voter
-/// far behind weakens the quorum while it catches up).
+/// this many entries of the leader's commit index (etcd refuses to promote a learner that is
+/// not in sync, for the same reason: a voter far behind weakens the quorum while it catches
+/// up).
 pub const PROMOTE_LAG_ENTRIES_MAX: u64 = 1000;
 
 impl<T> NodeCore<T> {

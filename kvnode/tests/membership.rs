@@ -160,10 +160,12 @@ async fn wait_voters(client: &Client, voters: &[u64], cluster: &Cluster) -> Memb
                 .filter(|m| m.role == MemberRole::Voter)
                 .map(|m| m.id)
                 .collect();
-            if ids == voters && list.members.len() == voters.len() && list.committed {
-                if list.leader.is_some_and(|l| voters.contains(&l)) {
-                    return list;
-                }
+            if ids == voters
+                && list.members.len() == voters.len()
+                && list.committed
+                && list.leader.is_some_and(|l| voters.contains(&l))
+            {
+                return list;
             }
             last = Some(list);
         }

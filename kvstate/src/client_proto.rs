@@ -166,7 +166,7 @@ impl ClientRequest {
                             max: MEMBER_ADDRESS_BYTES_MAX as u64,
                         });
                     }
-                    if address.parse::<std::net::SocketAddr>().is_err() {
+                    if !looks_like_socket_address(address) {
                         return Err(ClientError::BadRequest(format!(
                             "member address '{address}' is not IP:PORT"
                         )));
@@ -182,6 +182,16 @@ impl ClientRequest {
             }
         }
     }
+}
+
+/// `IP:PORT` as `std::net::SocketAddr` writes it (`1.2.3.4:5`, `[::1]:5`), checked without
+/// `std::net` (this crate stays free of I/O types); the node parses it for real.
+fn looks_like_socket_address(text: &str) -> bool {
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return false;
+    };
+    let host_chars = |c: char| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']');
+    !host.is_empty() && host.chars().all(host_chars) && port.parse::<u16>().is_ok_and(|p| p > 0)
 }
 
 /// Keys under `members::RESERVED_KEY_PREFIX` belong to the nodes.
@@ -449,6 +459,83 @@ mod tests {
             ("value", VALUE_BYTES_MAX as u64 + 1, VALUE_BYTES_MAX as u64)
         );
         assert_eq!(request(RequestKind::Status).validate(), Ok(()));
+    }
+
+    #[test]
+    fn member_requests_are_validated_and_named() {
+        use crate::members::{member_address_key, MemberOp};
+        let add = |address: &str| {
+            request(RequestKind::MemberChange {
+                op: MemberOp::AddLearner {
+                    id: 4,
+                    address: address.to_string(),
+                },
+            })
+        };
+        assert_eq!(add("127.0.0.1:50054").validate(), Ok(()));
+        assert_eq!(add("[::1]:50054").validate(), Ok(()));
+        for bad in [
+            "nowhere",
+            "127.0.0.1",
+            "127.0.0.1:0",
+            ":5",
+            "host:5",
+            "1.2.3.4:70000",
+        ] {
+            assert!(
+                matches!(add(bad).validate(), Err(ClientError::BadRequest(_))),
+                "{bad}"
+            );
+        }
+        let long = format!("{}:5", "1".repeat(MEMBER_ADDRESS_BYTES_MAX));
+        assert!(matches!(
+            add(&long).validate(),
+            Err(ClientError::TooLarge { .. })
+        ));
+        let zero = request(RequestKind::MemberChange {
+            op: MemberOp::Remove { id: 0 },
+        });
+        assert!(matches!(zero.validate(), Err(ClientError::BadRequest(_))));
+        let move_zero = request(RequestKind::MoveLeader { to: 0 });
+        assert!(matches!(
+            move_zero.validate(),
+            Err(ClientError::BadRequest(_))
+        ));
+        // Reserved keys: neither written nor read by clients, also inside a transaction.
+        let key = member_address_key(4);
+        let reserved = [
+            request(RequestKind::Write {
+                op: Op::put(key.clone(), "x"),
+            }),
+            request(RequestKind::Read {
+                op: Op::Txn(vec![
+                    crate::ops::KeyOp::Get { key: "k".into() },
+                    crate::ops::KeyOp::Get {
+                        key: key.clone().into(),
+                    },
+                ]),
+                stale: true,
+            }),
+        ];
+        for reserved in reserved {
+            assert!(matches!(
+                reserved.validate(),
+                Err(ClientError::BadRequest(_))
+            ));
+        }
+        for (kind, name) in [
+            (RequestKind::Members, "member_list"),
+            (
+                RequestKind::MemberChange {
+                    op: MemberOp::Promote { id: 4 },
+                },
+                "member_change",
+            ),
+            (RequestKind::MoveLeader { to: 2 }, "move_leader"),
+        ] {
+            let frame = encode_request(&request(kind)).unwrap();
+            assert_eq!(request_op_name(&frame), name);
+        }
     }
 
     #[test]
