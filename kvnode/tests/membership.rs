@@ -25,6 +25,11 @@ const LOAD_WRITES_PER_SESSION_MAX: usize = 2_000;
 const LOAD_DURATION_MAX: Duration = Duration::from_secs(40);
 /// Pause between two writes of one session: the load is steady, not saturating.
 const LOAD_PAUSE: Duration = Duration::from_millis(4);
+/// Small, so that the log is compacted before n5 joins: n5 is caught up by snapshot (and so
+/// learns n4's address from the snapshot), n4 by the log.
+const SNAPSHOT_ENTRIES: u64 = 200;
+/// Writes made between the two additions, enough for every node to have compacted.
+const WRITES_BEFORE_N5: usize = 3 * SNAPSHOT_ENTRIES as usize;
 /// How long a learner may take to catch up before its promotion is accepted.
 const PROMOTE_WITHIN: Duration = Duration::from_secs(15);
 
@@ -43,8 +48,9 @@ impl Cluster {
     /// n4 and n5 are `join = true` (not in the initial configuration).
     fn new() -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let mut text = String::from(
-            "data_dir = \"data\"\ncerts_dir = \"certs\"\nelection_timeout_ms = 1000\n",
+        let mut text = format!(
+            "data_dir = \"data\"\ncerts_dir = \"certs\"\nelection_timeout_ms = 1000\n\
+             snapshot_entries = {SNAPSHOT_ENTRIES}\n",
         );
         for id in 1..=5u64 {
             let join = if id > 3 { "join = true\n" } else { "" };
@@ -119,12 +125,28 @@ impl Cluster {
         let output = self.kvctl(args);
         assert!(
             output.status.success(),
-            "kvctl {}: {}{}",
+            "kvctl {}: {}{}\n{}",
             args.join(" "),
             stdout(&output),
-            stderr(&output)
+            stderr(&output),
+            self.logs()
         );
         stdout(&output)
+    }
+
+    /// The last lines of every node's log, for failure messages.
+    fn logs(&self) -> String {
+        let mut text = String::new();
+        for id in 1..=5 {
+            let log = self.log(id);
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(25)..];
+            text.push_str(&format!(
+                "--- n{id}.log (last lines)\n{}\n",
+                tail.join("\n")
+            ));
+        }
+        text
     }
 
     fn client_config(&self) -> ClientConfig {
@@ -244,10 +266,21 @@ async fn membership_grows_to_five_and_shrinks_to_three_under_load() {
         .map(|i| tokio::spawn(load(client.clone(), i, stop.clone())))
         .collect();
 
-    // Grow: 3 -> 5.
-    for id in [4, 5] {
-        tokio::task::block_in_place(|| grow(&mut cluster, id));
+    // Grow: 3 -> 5; n4 by the log, then the log is compacted, n5 by a snapshot.
+    tokio::task::block_in_place(|| grow(&mut cluster, 4));
+    let mut burst = client.session();
+    let mut acknowledged = Vec::new();
+    for i in 0..WRITES_BEFORE_N5 {
+        let (key, value) = (format!("burst-k{i}"), format!("v{i}"));
+        burst.put(key.clone(), value.clone()).await.unwrap();
+        acknowledged.push((key, value));
     }
+    tokio::task::block_in_place(|| grow(&mut cluster, 5));
+    assert!(
+        cluster.log(5).contains("installed snapshot from leader"),
+        "n5 was not caught up by a snapshot; its log:\n{}",
+        cluster.log(5)
+    );
     let list = wait_voters(&client, &[1, 2, 3, 4, 5], &cluster).await;
     for member in &list.members {
         assert_eq!(member.address.as_deref(), Some(address(member.id).as_str()));
@@ -268,7 +301,6 @@ async fn membership_grows_to_five_and_shrinks_to_three_under_load() {
     wait_voters(&client, &[3, 4, 5], &cluster).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
-    let mut acknowledged = Vec::new();
     let mut errors = Vec::new();
     for load in loads {
         let result = load.await.unwrap();
@@ -277,7 +309,7 @@ async fn membership_grows_to_five_and_shrinks_to_three_under_load() {
     }
     assert!(errors.is_empty(), "client errors: {errors:?}");
     assert!(
-        acknowledged.len() >= 200,
+        acknowledged.len() >= WRITES_BEFORE_N5 + 200,
         "only {} writes acknowledged",
         acknowledged.len()
     );
@@ -308,6 +340,11 @@ async fn membership_grows_to_five_and_shrinks_to_three_under_load() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let recovered = cluster.log(4);
+    assert!(
+        recovered.contains("recovered") && !recovered.contains("snapshot_index=0 "),
+        "n4 did not restart from a snapshot of its own; its log:\n{recovered}"
+    );
 
     // Every acknowledged write is there (linearizable reads, 32 keys per transaction).
     for chunk in acknowledged.chunks(32) {

@@ -274,6 +274,14 @@ impl Node {
         for peer in &peers {
             self.metrics.add_peer(peer.id);
         }
+        let names: Vec<String> = peers.iter().map(|p| p.name.clone()).collect();
+        tracing::info!(
+            node = self.id,
+            leader = status.leader,
+            config_index = status.membership_index,
+            "peers: {}",
+            names.join(", ")
+        );
         if let Err(error) = self.transport.set_peers(peers) {
             tracing::warn!(node = self.id, "cannot update the peers: {error}");
         }
