@@ -49,8 +49,8 @@ benchmarks:
     cargo bench -p kvtransport --bench transport
     cargo bench -p checker
 
-# The nightly campaign matrix (8 campaigns: kill, pause, partition and all mixed, per
-# workload; 6 disk-fault campaigns) and results/index.html. As root for partitions and disk
+# The nightly campaign matrix (10 campaigns: kill, pause, partition, all mixed, and
+# membership,kill,partition, per workload; 6 disk-fault campaigns) and results/index.html. As root for partitions and disk
 # faults (FUSE). `just nightly 20s` for a short one.
 nightly time="60s":
     cargo build --release -p kvnode -p bench -p nemesis
