@@ -84,11 +84,16 @@ impl Cluster {
     }
 
     fn start(&mut self, id: u64, join: bool) {
+        self.start_with(id, join, "cluster.toml");
+    }
+
+    /// Starts node `id` with the config file `config` (in the test's directory).
+    fn start_with(&mut self, id: u64, join: bool, config: &str) {
         let log = std::fs::File::create(self.path(&format!("n{id}.log"))).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_kvnode"));
         command
             .args(["run", "--config"])
-            .arg(self.path("cluster.toml"))
+            .arg(self.path(config))
             .args(["--id", &format!("n{id}")])
             .stdout(Stdio::null())
             .stderr(log);
@@ -315,9 +320,23 @@ async fn membership_grows_to_five_and_shrinks_to_three_under_load() {
     );
 
     // A joined node restarts with its configuration and its peers' addresses from its disk:
-    // it serves a write made after its restart from its own state.
+    // with n5 leading and a config file that does not name n5, n4 must take n5's address
+    // from its own snapshot and log (else it refuses n5's connections and learns nothing),
+    // and serves a write made after its restart from its own state.
+    tokio::task::block_in_place(|| {
+        let moved = cluster.kvctl_ok(&["move-leader", "n5"]);
+        assert!(moved.contains("to n5"), "{moved}");
+    });
     cluster.kill(4);
-    cluster.start(4, false);
+    let without_n5 = format!(
+        "data_dir = \"data\"\ncerts_dir = \"certs\"\nsnapshot_entries = {SNAPSHOT_ENTRIES}\n\
+         [[nodes]]\nid = 3\naddress = \"{}\"\n[[nodes]]\nid = 4\naddress = \"{}\"\n\
+         join = true\n",
+        address(3),
+        address(4)
+    );
+    std::fs::write(cluster.path("without-n5.toml"), without_n5).unwrap();
+    cluster.start_with(4, false, "without-n5.toml");
     let mut session = client.session();
     session.put("after-restart", "yes").await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
