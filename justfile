@@ -25,9 +25,10 @@ lint: tidy
 tidy:
     scripts/tidy.sh
 
-# A local 3-node cluster: `just cluster up`, `just cluster status`, `just cluster down`.
-cluster action="status":
-    scripts/cluster.sh {{action}}
+# A local cluster: `just cluster up`, `just cluster status`, `just cluster down`;
+# `just cluster add` (a new node joins as a learner, promoted once caught up), `just cluster remove 2`.
+cluster action="status" *node="":
+    scripts/cluster.sh {{action}} {{node}}
 
 # The load generator on an embedded 3-node cluster (extra flags pass through).
 bench *args="--clients 64 --duration 10s":
@@ -48,8 +49,8 @@ benchmarks:
     cargo bench -p kvtransport --bench transport
     cargo bench -p checker
 
-# The nightly campaign matrix (8 campaigns: kill, pause, partition and all mixed, per
-# workload; 6 disk-fault campaigns) and results/index.html. As root for partitions and disk
+# The nightly campaign matrix (10 campaigns: kill, pause, partition, all mixed, and
+# membership,kill,partition, per workload; 6 disk-fault campaigns) and results/index.html. As root for partitions and disk
 # faults (FUSE). `just nightly 20s` for a short one.
 nightly time="60s":
     cargo build --release -p kvnode -p bench -p nemesis

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The nightly campaign matrix: each fault kind x each workload, plus all kinds mixed per
-# workload (8 campaigns), then the disk campaigns (6: whole-cluster power loss and torn writes
+# The nightly campaign matrix: each fault kind x each workload, plus all kinds mixed and
+# membership changes mixed with kills and partitions per workload (10 campaigns), then the disk campaigns (6: whole-cluster power loss and torn writes
 # on all nodes, lost unsynced data on drawn targets, corruption, failed fsyncs, all disk faults
 # mixed), then results/index.html. Partitions need the netns backend (root) and disk faults
 # FUSE (root); without root they are skipped with a SKIPPED line.
@@ -52,7 +52,7 @@ campaign() {
   seed=$((seed + 1))
 }
 for workload in register list-append; do
-  for faults in kill pause partition kill,pause,partition; do
+  for faults in kill pause partition kill,pause,partition membership,kill,partition; do
     if [ "$backend" = local ] && [[ "$faults" == *partition* ]]; then
       echo "SKIPPED $workload/$faults: partitions need root (netns backend)"
       continue

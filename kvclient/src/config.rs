@@ -44,6 +44,11 @@ pub struct NodeSpec {
     /// Prometheus metrics over HTTP. Defaults to the same IP with port + 1000.
     #[serde(default)]
     pub metrics_address: Option<SocketAddr>,
+    /// Not part of the initial configuration: the node was (or will be) added to the running
+    /// cluster with `kvctl member add`, and starts as a non-member waiting to be added as a
+    /// learner (`kvnode run --join` says the same for one node).
+    #[serde(default)]
+    pub join: bool,
 }
 
 impl NodeSpec {
@@ -156,6 +161,12 @@ impl ClusterConfig {
         if ids.windows(2).any(|w| w[0] == w[1]) {
             return Err(invalid("nodes.id", "ids must be unique"));
         }
+        if self.nodes.iter().all(|n| n.join) {
+            return Err(invalid(
+                "nodes.join",
+                "at least one node must be in the initial configuration (join = false)",
+            ));
+        }
         let mut addresses: Vec<SocketAddr> = self.nodes.iter().map(|n| n.address).collect();
         addresses.sort_unstable();
         if addresses.windows(2).any(|w| w[0] == w[1]) {
@@ -190,6 +201,15 @@ impl ClusterConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The initial configuration's voters: every node not marked `join`.
+    pub fn initial_voters(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|n| !n.join)
+            .map(|n| n.id)
+            .collect()
     }
 
     /// Finds a node by `n3`, `3`.
@@ -231,6 +251,7 @@ impl ClusterConfig {
                 id,
                 address: SocketAddr::from(([127, 0, 0, 1], first_port + id as u16 - 1)),
                 metrics_address: None,
+                join: false,
             })
             .collect();
         ClusterConfig {

@@ -14,6 +14,7 @@ use super::session::Session;
 use super::{node_name, ClientConfig, ClientError, NodeStatus};
 use super::{CONNECTING_WAIT_MS, RECONNECT_INTERVAL_MS};
 use kvstate::client_proto::{self, ClientRequest, ClientResponse, RequestKind};
+use kvstate::members::{MemberList, MemberOp};
 use kvstate::route::Route;
 use kvstate::{NodeId, OpResult};
 use kvtransport::{ClientConn, TlsMaterial, TransportLimits};
@@ -68,9 +69,10 @@ enum AttemptError {
 }
 
 /// What a request ended with, before the caller maps it to its own types.
-enum Answer {
+pub(super) enum Answer {
     Ok(OpResult),
     Status,
+    Members(MemberList),
 }
 
 impl Client {
@@ -246,6 +248,68 @@ impl Client {
         start: Option<NodeId>,
         follow_leader: bool,
     ) -> Result<OpResult, ClientError> {
+        match self.call_any(frame, start, follow_leader).await? {
+            Answer::Ok(result) => Ok(result),
+            Answer::Status | Answer::Members(_) => Err(ClientError::Protocol(
+                "an operation was answered with a node status or a member list".to_string(),
+            )),
+        }
+    }
+
+    /// The configuration in force, as the leader sees it if it can be reached (with how far
+    /// each member's log matches), else as the first node that answers sees it.
+    pub async fn members(&self) -> Result<MemberList, ClientError> {
+        let list = self.member_request(RequestKind::Members, None).await?;
+        match list.leader {
+            Some(leader) if leader != list.node && self.inner.slots.contains_key(&leader) => {
+                let from_leader = self
+                    .member_request(RequestKind::Members, Some(leader))
+                    .await;
+                Ok(from_leader.unwrap_or(list))
+            }
+            _ => Ok(list),
+        }
+    }
+
+    /// Changes the membership through the leader; returns the configuration once the change
+    /// is committed and applied on the leader. A retry after a lost answer may find the change
+    /// done (`BadRequest`: already a member, or not a member).
+    pub async fn member_change(&self, op: MemberOp) -> Result<MemberList, ClientError> {
+        self.member_request(RequestKind::MemberChange { op }, None)
+            .await
+    }
+
+    /// Hands leadership to voter `to`; returns once it leads.
+    pub async fn move_leader(&self, to: NodeId) -> Result<MemberList, ClientError> {
+        self.member_request(RequestKind::MoveLeader { to }, None)
+            .await
+    }
+
+    async fn member_request(
+        &self,
+        kind: RequestKind,
+        start: Option<NodeId>,
+    ) -> Result<MemberList, ClientError> {
+        let request = ClientRequest {
+            client_id: 0,
+            seq: 0,
+            kind,
+        };
+        let frame = self.encode(&request)?;
+        match self.call_any(frame, start, true).await? {
+            Answer::Members(list) => Ok(list),
+            Answer::Ok(_) | Answer::Status => Err(ClientError::Protocol(
+                "a membership request was answered with something else".to_string(),
+            )),
+        }
+    }
+
+    async fn call_any(
+        &self,
+        frame: Bytes,
+        start: Option<NodeId>,
+        follow_leader: bool,
+    ) -> Result<Answer, ClientError> {
         let attempts_max = self.inner.config.attempts_max;
         // The leader last seen (a dead one is skipped once its dial fails or, if another node
         // is connected, after `CONNECTING_WAIT_MS`), else a connected node (it redirects).
@@ -257,11 +321,7 @@ impl Client {
             let node = route.target();
             let wait = match self.attempt(node, frame.clone(), true).await {
                 Ok(response) => match self.answer(node, response, follow_leader)? {
-                    Ok(Answer::Ok(result)) => return Ok(result),
-                    Ok(Answer::Status) => {
-                        let reason = "a request was answered with a node status".to_string();
-                        return Err(ClientError::Protocol(reason));
-                    }
+                    Ok(answer) => return Ok(answer),
                     Err(Retry::NotLeader(hint)) => {
                         let known = hint.map_or("no leader known".into(), |id| format!("n{id}"));
                         last = format!("n{node}: not the leader ({known})");
@@ -322,6 +382,15 @@ impl Client {
                 return Ok(Ok(Answer::Ok(result)));
             }
             ClientResponse::Status(_) => return Ok(Ok(Answer::Status)),
+            ClientResponse::Members(list) => {
+                if follow_leader {
+                    if let Some(leader) = list.leader.filter(|id| self.inner.slots.contains_key(id))
+                    {
+                        self.inner.leader.store(leader, Ordering::Relaxed);
+                    }
+                }
+                return Ok(Ok(Answer::Members(list)));
+            }
             ClientResponse::Err(error) => error,
         };
         let retry = match error {
@@ -488,6 +557,7 @@ fn response_name(response: &ClientResponse) -> &'static str {
         ClientResponse::Ok(_) => "an operation result",
         ClientResponse::Status(_) => "a node status",
         ClientResponse::Err(_) => "an error",
+        ClientResponse::Members(_) => "a member list",
     }
 }
 

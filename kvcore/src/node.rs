@@ -8,13 +8,15 @@
 
 use bytes::Bytes;
 use kvraft::{
-    ConfChange, Config as RaftConfig, Entry, EntryKind, Index, Membership, Message, MessageBody,
-    NodeId, ProposeError, RawNode, ReadIndexError, Ready, Role, SnapshotMeta, Status, Term,
+    ConfChange, ConfChangeOp, Config as RaftConfig, Entry, EntryKind, Index, Membership, Message,
+    MessageBody, NodeId, ProposeError, RawNode, ReadIndexError, Ready, Role, SnapshotMeta, Status,
+    Term,
 };
 use kvstate::client_proto::{
     decode_request, ClientError, ClientRequest, ClientResponse, NodeRole, NodeStatus, RequestKind,
 };
-use kvstate::{Command, Op, StateMachine};
+use kvstate::members::{member_address_key, MemberInfo, MemberList, MemberOp, MemberRole};
+use kvstate::{Command, Op, StateMachine, Value};
 
 use crate::action::{Action, Observation, WalCommand};
 use crate::config::CoreConfig;
@@ -39,7 +41,27 @@ pub struct NodeCore<T> {
     ticks: u64,
     actions: Vec<Action<T>>,
     observations: Vec<Observation>,
+    /// A `MoveLeader` request waiting for its target to lead.
+    transfer: Option<Transfer<T>>,
 }
+
+/// A `MoveLeader` request in progress.
+struct Transfer<T> {
+    to: NodeId,
+    token: T,
+    deadline_tick: u64,
+}
+
+/// The session (owner "", which no TLS identity has) under which the nodes write the peer
+/// addresses of members added at runtime. Its sequence number is the entry's log index, which
+/// grows along the log whoever leads.
+const MEMBER_SESSION_CLIENT_ID: u64 = 0;
+
+/// A learner is promoted only once it has acknowledged part of the log and its log is within
+/// this many entries of the leader's commit index (etcd refuses to promote a learner that is
+/// not in sync, for the same reason: a voter far behind weakens the quorum while it catches
+/// up).
+pub const PROMOTE_LAG_ENTRIES_MAX: u64 = 1000;
 
 impl<T> NodeCore<T> {
     /// Builds the node from its disk. The WAL commands recovery needs (realigning the WAL with
@@ -67,6 +89,7 @@ impl<T> NodeCore<T> {
             ticks: 0,
             actions: Vec::new(),
             observations: Vec::new(),
+            transfer: None,
         };
         if plan.discarded > 0 {
             core.observations.push(Observation::RecoveryDiscarded {
@@ -119,6 +142,12 @@ impl<T> NodeCore<T> {
                     deadline_tick,
                 });
             }
+            RequestKind::Members => {
+                let response = ClientResponse::Members(self.member_list());
+                self.answer(token, response);
+            }
+            RequestKind::MemberChange { op } => self.change_members(token, op),
+            RequestKind::MoveLeader { to } => self.move_leader(token, to),
             RequestKind::Write { op } => {
                 let owner = owner.to_string();
                 self.write(
@@ -230,12 +259,184 @@ impl<T> NodeCore<T> {
         self.raw.propose_conf_change(change)
     }
 
+    /// A `MemberChange` request: one operation as a simple configuration change (at most one
+    /// voter changes), answered when its entry is applied here. A node added as a learner
+    /// gets its address written to the state machine first, one entry before the change, so
+    /// that every replica knows it when it applies the change.
+    fn change_members(&mut self, token: T, op: MemberOp) {
+        if let Some(error) = self.refusal() {
+            return self.answer_error(token, error);
+        }
+        let change = ConfChange::simple(match &op {
+            MemberOp::AddLearner { id, .. } => ConfChangeOp::AddLearner(*id),
+            MemberOp::Promote { id } => ConfChangeOp::Promote(*id),
+            MemberOp::Remove { id } => ConfChangeOp::Remove(*id),
+        });
+        // What the Raft core would refuse is refused before the address goes into the log.
+        if let Err(error) = change.apply(self.raw.membership()) {
+            return self.answer_error(token, ClientError::BadRequest(error.to_string()));
+        }
+        if let MemberOp::Promote { id } = op {
+            if let Some(error) = self.promote_refusal(id) {
+                return self.answer_error(token, error);
+            }
+        }
+        if let MemberOp::AddLearner { id, address } = op {
+            let seq = self.raw.status().last_index + 1;
+            let command = Command {
+                owner: String::new(),
+                client_id: MEMBER_SESSION_CLIENT_ID,
+                seq,
+                op: Op::put(member_address_key(id), address),
+            };
+            let proposed = match command.encode() {
+                Ok(data) => self.raw.propose(Bytes::from(data)).map_err(propose_error),
+                Err(error) => Err(ClientError::BadRequest(error.to_string())),
+            };
+            if let Err(error) = proposed {
+                return self.answer_error(token, error);
+            }
+        }
+        match self.raw.propose_conf_change(&change) {
+            Ok((index, term)) => {
+                let deadline = self.deadline();
+                self.requests.proposed_one(index, term, token, deadline);
+            }
+            Err(error) => self.answer_error(token, propose_error(error)),
+        }
+    }
+
+    /// Why learner `id` cannot be promoted yet, if it cannot (`PROMOTE_LAG_ENTRIES_MAX`).
+    fn promote_refusal(&self, id: NodeId) -> Option<ClientError> {
+        let commit = self.raw.status().commit_index;
+        let matched = self
+            .raw
+            .progress()
+            .into_iter()
+            .find(|(peer, ..)| *peer == id)
+            .map_or(0, |(_, matched, ..)| matched);
+        (matched == 0 || matched + PROMOTE_LAG_ENTRIES_MAX < commit).then(|| {
+            ClientError::BadRequest(format!(
+                "learner n{id} is not caught up yet (its log reaches {matched}, the commit index \
+                 is {commit}); retry once it is"
+            ))
+        })
+    }
+
+    /// A `MoveLeader` request: leadership transfer (thesis §3.10), answered once `to` leads.
+    fn move_leader(&mut self, token: T, to: NodeId) {
+        if let Some(error) = self.refusal() {
+            return self.answer_error(token, error);
+        }
+        if to == self.id {
+            let response = ClientResponse::Members(self.member_list());
+            return self.answer(token, response);
+        }
+        let membership = self.raw.membership();
+        if !membership.voters.contains(&to) {
+            let error = format!("n{to} is not a voter (members: {membership})");
+            return self.answer_error(token, ClientError::BadRequest(error));
+        }
+        if self.transfer.is_some() {
+            let error = "a leadership transfer is already in progress; retry once it ends";
+            return self.answer_error(token, ClientError::Unavailable(error.into()));
+        }
+        match self.raw.transfer_leader(to) {
+            Ok(()) => {
+                let deadline_tick = self.deadline();
+                self.transfer = Some(Transfer {
+                    to,
+                    token,
+                    deadline_tick,
+                });
+            }
+            Err(error) => self.answer_error(token, propose_error(error)),
+        }
+    }
+
+    /// The configuration in force here, with each member's replicated address (members of
+    /// the initial configuration have none: their addresses are in the config file) and, on
+    /// the leader, how far each member's log is known to match.
+    pub fn member_list(&self) -> MemberList {
+        let membership = self.raw.membership();
+        let status = self.raw.status();
+        let progress = if status.role == Role::Leader {
+            self.raw.progress()
+        } else {
+            Vec::new()
+        };
+        let mut members: Vec<MemberInfo> = Vec::new();
+        let roles = [
+            (&membership.voters, MemberRole::Voter),
+            (&membership.voters_outgoing, MemberRole::OutgoingVoter),
+            (&membership.learners, MemberRole::Learner),
+        ];
+        for (ids, role) in roles {
+            for &id in ids.iter() {
+                if members.iter().any(|m| m.id == id) {
+                    continue;
+                }
+                let match_index = if id == self.id && status.role == Role::Leader {
+                    Some(status.last_index)
+                } else {
+                    progress
+                        .iter()
+                        .find(|(peer, ..)| *peer == id)
+                        .map(|(_, matched, ..)| *matched)
+                };
+                members.push(MemberInfo {
+                    id,
+                    role,
+                    address: self.member_address(id),
+                    match_index,
+                });
+            }
+        }
+        members.sort_by_key(|m| m.id);
+        MemberList {
+            node: self.id,
+            leader: (status.leader != 0).then_some(status.leader),
+            config_index: status.membership_index,
+            committed: status.membership_index <= status.commit_index,
+            members,
+        }
+    }
+
+    /// The peer address of node `id` as replicated with `member add`, if any.
+    pub fn member_address(&self, id: NodeId) -> Option<String> {
+        match self.sm.get_local(&member_address_key(id)) {
+            Some(Value::Bytes(address)) => String::from_utf8(address.to_vec()).ok(),
+            _ => None,
+        }
+    }
+
     /// One tick of the logical clock: Raft timers and request deadlines.
     pub fn tick(&mut self) {
         self.ticks += 1;
         self.raw.tick();
         for token in self.requests.expire(self.ticks) {
             self.answer_error(token, ClientError::Timeout);
+        }
+        if self
+            .transfer
+            .as_ref()
+            .is_some_and(|t| t.deadline_tick <= self.ticks)
+        {
+            if let Some(transfer) = self.transfer.take() {
+                self.answer_error(transfer.token, ClientError::Timeout);
+            }
+        }
+        // Still leading, and the Raft core gave the transfer up (the target did not catch up
+        // within an election timeout).
+        if self.role == Role::Leader && self.raw.transferee() == 0 {
+            if let Some(transfer) = self.transfer.take() {
+                let to = transfer.to;
+                let reason = format!(
+                    "the transfer to n{to} was abandoned: n{to} did not catch up within an \
+                     election timeout (is it running and reachable?)"
+                );
+                self.answer_error(transfer.token, ClientError::Unavailable(reason));
+            }
         }
     }
 
@@ -276,17 +477,7 @@ impl<T> NodeCore<T> {
         match self.raw.propose_batch(data) {
             Ok((last, term)) => self.requests.proposed(batch, last, term),
             Err(error) => {
-                let error = match error {
-                    ProposeError::NotLeader { leader_hint } => {
-                        ClientError::NotLeader { leader_hint }
-                    }
-                    ProposeError::TooLarge { bytes, max } => ClientError::TooLarge {
-                        what: "command".into(),
-                        bytes,
-                        max,
-                    },
-                    other => ClientError::Unavailable(other.to_string()),
-                };
+                let error = propose_error(error);
                 for (_, token, _) in batch {
                     self.answer_error(token, error.clone());
                 }
@@ -365,6 +556,18 @@ impl<T> NodeCore<T> {
             .push(Observation::RoleChanged { role, leader, term });
         self.role = role;
         self.leader = leader;
+        if role != Role::Leader && leader != 0 {
+            if let Some(transfer) = self.transfer.take() {
+                let response = if leader == transfer.to {
+                    ClientResponse::Members(self.member_list())
+                } else {
+                    let to = transfer.to;
+                    let reason = format!("leadership went to n{leader}, not n{to}");
+                    ClientResponse::Err(ClientError::Unavailable(reason))
+                };
+                self.answer(transfer.token, response);
+            }
+        }
         if role != Role::Leader {
             let error = ClientError::NotLeader {
                 leader_hint: (leader != 0).then_some(leader),
@@ -426,6 +629,10 @@ impl<T> NodeCore<T> {
             if let Some(token) = ours {
                 let response = match outcome {
                     Some(outcome) => ClientResponse::from(outcome),
+                    // A membership change: committed and applied.
+                    None if entry.kind == EntryKind::Config => {
+                        ClientResponse::Members(self.member_list())
+                    }
                     None => {
                         ClientResponse::Err(ClientError::Unavailable(LEADERSHIP_CHANGED.into()))
                     }
@@ -578,6 +785,9 @@ impl<T> NodeCore<T> {
     /// Shutdown: every waiting request is answered. Writes get `Timeout` (they may still commit
     /// under the next leader); reads are refused.
     pub fn abandon_requests(&mut self) {
+        if let Some(transfer) = self.transfer.take() {
+            self.answer_error(transfer.token, ClientError::Timeout);
+        }
         for token in self.requests.take_all() {
             self.answer_error(token, ClientError::Timeout);
         }
@@ -634,6 +844,20 @@ impl<T> NodeCore<T> {
     /// A read-only `Op` against local state, as a stale read would see it.
     pub fn read_local(&self, op: &Op) -> ClientResponse {
         read_response(&self.sm, op)
+    }
+}
+
+/// What a client is told when the Raft core refuses a proposal.
+fn propose_error(error: ProposeError) -> ClientError {
+    match error {
+        ProposeError::NotLeader { leader_hint } => ClientError::NotLeader { leader_hint },
+        ProposeError::TooLarge { bytes, max } => ClientError::TooLarge {
+            what: "command".into(),
+            bytes,
+            max,
+        },
+        ProposeError::ConfChange(error) => ClientError::BadRequest(error.to_string()),
+        other => ClientError::Unavailable(other.to_string()),
     }
 }
 

@@ -107,6 +107,18 @@ impl<T> Requests<T> {
         }
     }
 
+    /// One request whose entry was proposed on its own (a configuration change) got
+    /// `(index, term)`; it is answered like a write when that entry is applied.
+    pub fn proposed_one(&mut self, index: Index, term: Term, token: T, deadline_tick: u64) {
+        let previous = self.proposals.insert((index, term), Proposal { token });
+        assert!(
+            previous.is_none(),
+            "two proposals at index {index} term {term}"
+        );
+        self.proposal_deadlines
+            .push_back((deadline_tick, index, term));
+    }
+
     /// Starts a ReadIndex round for the new reads; returns its context, or `None` if no read
     /// waits.
     pub fn next_read_round(&self) -> Option<u64> {

@@ -76,6 +76,10 @@ impl Harness {
         while !self.network.is_empty() {
             for message in std::mem::take(&mut self.network) {
                 let to = message.to;
+                // Nodes outside the harness (a learner being added) are not running.
+                if to as usize > self.cores.len() {
+                    continue;
+                }
                 self.cores[(to - 1) as usize].handle_message(message);
                 self.drive(to);
             }
@@ -280,4 +284,179 @@ fn node_core_followers_redirect_and_garbage_is_a_bad_request() {
         h.answer(2),
         Some(ClientResponse::Err(ClientError::BadRequest(_)))
     ));
+}
+
+fn member_request(kind: RequestKind) -> ClientRequest {
+    ClientRequest {
+        client_id: 0,
+        seq: 0,
+        kind,
+    }
+}
+
+/// A membership change is answered only once its configuration entry is committed (durable on
+/// a majority) and applied on the leader, and the answer shows it committed; the new node's
+/// address reaches every replica's state machine with it.
+#[test]
+fn node_core_member_change_is_answered_only_once_committed() {
+    use kvstate::members::{MemberOp, MemberRole};
+    let mut h = Harness::new();
+    h.elect_node_1();
+    let address = "127.0.0.1:9".to_string();
+    let add = MemberOp::AddLearner {
+        id: 4,
+        address: address.clone(),
+    };
+    h.client(
+        1,
+        1,
+        "admin",
+        &member_request(RequestKind::MemberChange { op: add }),
+    );
+    assert!(h.answer(1).is_none(), "answered before anything was sent");
+    h.deliver();
+    h.sync(1);
+    h.deliver();
+    assert!(
+        h.answer(1).is_none(),
+        "answered with the change durable on the leader only"
+    );
+    // A second change while the first is not committed is refused, nothing proposed.
+    let second = MemberOp::Remove { id: 2 };
+    h.client(
+        1,
+        2,
+        "admin",
+        &member_request(RequestKind::MemberChange { op: second }),
+    );
+    assert!(
+        matches!(
+            h.answer(2),
+            Some(ClientResponse::Err(ClientError::Unavailable(_)))
+        ),
+        "second change: {:?}",
+        h.answer(2)
+    );
+    h.sync(2);
+    h.deliver();
+    let Some(ClientResponse::Members(list)) = h.answer(1) else {
+        panic!("not answered with the member list: {:?}", h.answer(1));
+    };
+    assert!(list.committed, "answered before the change committed");
+    let learner = list.members.iter().find(|m| m.id == 4).expect("n4 listed");
+    assert_eq!(learner.role, MemberRole::Learner);
+    assert_eq!(learner.address.as_deref(), Some(address.as_str()));
+    // Heartbeats carry the commit index to the followers.
+    for _ in 0..4 {
+        h.cores[0].tick();
+        h.drive(1);
+        h.settle();
+    }
+    for core in &h.cores {
+        assert_eq!(core.member_address(4).as_deref(), Some(address.as_str()));
+        assert!(core.membership().is_learner(4));
+    }
+    // n4 is not running: it acknowledged nothing, so it is not promoted.
+    let promote = MemberOp::Promote { id: 4 };
+    h.client(
+        1,
+        3,
+        "admin",
+        &member_request(RequestKind::MemberChange { op: promote }),
+    );
+    assert!(
+        matches!(
+            h.answer(3),
+            Some(ClientResponse::Err(ClientError::BadRequest(_)))
+        ),
+        "promotion of a learner that is not caught up: {:?}",
+        h.answer(3)
+    );
+    // Clients may neither write nor read the nodes' reserved keys.
+    let key = kvstate::members::member_address_key(4);
+    let write = ClientRequest {
+        client_id: 5,
+        seq: 1,
+        kind: RequestKind::Write {
+            op: Op::put(key.clone(), "evil"),
+        },
+    };
+    h.client(1, 4, "client1", &write);
+    let read = ClientRequest {
+        client_id: 5,
+        seq: 2,
+        kind: RequestKind::Read {
+            op: Op::get(key),
+            stale: true,
+        },
+    };
+    h.client(1, 5, "client1", &read);
+    for token in [4, 5] {
+        assert!(
+            matches!(
+                h.answer(token),
+                Some(ClientResponse::Err(ClientError::BadRequest(_)))
+            ),
+            "reserved key: {:?}",
+            h.answer(token)
+        );
+    }
+    // Removing a voter: answered once committed, without it.
+    let remove = MemberOp::Remove { id: 3 };
+    h.client(
+        1,
+        6,
+        "admin",
+        &member_request(RequestKind::MemberChange { op: remove }),
+    );
+    h.settle();
+    let Some(ClientResponse::Members(list)) = h.answer(6) else {
+        panic!("remove not answered: {:?}", h.answer(6));
+    };
+    assert!(list.committed && list.members.iter().all(|m| m.id != 3));
+}
+
+/// `MoveLeader` is answered once the target leads; a non-voter target is refused.
+#[test]
+fn node_core_move_leader_answers_once_the_target_leads() {
+    let mut h = Harness::new();
+    h.elect_node_1();
+    h.client(
+        1,
+        1,
+        "admin",
+        &member_request(RequestKind::MoveLeader { to: 9 }),
+    );
+    assert!(
+        matches!(
+            h.answer(1),
+            Some(ClientResponse::Err(ClientError::BadRequest(_)))
+        ),
+        "{:?}",
+        h.answer(1)
+    );
+    h.client(
+        1,
+        2,
+        "admin",
+        &member_request(RequestKind::MoveLeader { to: 2 }),
+    );
+    assert!(h.answer(2).is_none());
+    for _ in 0..20 {
+        h.settle();
+        if h.answer(2).is_some() {
+            break;
+        }
+        for core in &mut h.cores {
+            core.tick();
+        }
+        for id in 1..=3 {
+            h.drive(id);
+        }
+    }
+    let Some(ClientResponse::Members(list)) = h.answer(2) else {
+        panic!("move-leader not answered: {:?}", h.answer(2));
+    };
+    assert_eq!(list.node, 1);
+    assert_eq!(h.cores[1].role(), Role::Leader);
 }

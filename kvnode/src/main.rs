@@ -43,6 +43,13 @@ enum Command {
         /// Log filter (tracing EnvFilter syntax), e.g. `info` or `kvnode=debug`.
         #[arg(long, default_value = "info")]
         log: String,
+        /// Join a running cluster: start outside any configuration and wait to be added as
+        /// a learner (`kvctl member add`), then catch up from the leader by log or snapshot.
+        /// The same as `join = true` on the node's [[nodes]] entry; without either, a node
+        /// with an empty data directory takes the config file's nodes (those without
+        /// `join = true`) as the initial voters.
+        #[arg(long)]
+        join: bool,
     },
     /// Make a cluster CA and certificates for nodes and clients (existing files are kept).
     Certs {
@@ -67,7 +74,12 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config, id, log } => run(config, &id, &log),
+        Command::Run {
+            config,
+            id,
+            log,
+            join,
+        } => run(config, &id, &log, join),
         Command::Certs {
             dir,
             nodes,
@@ -85,7 +97,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config_path: PathBuf, id: &str, log: &str) -> anyhow::Result<()> {
+fn run(config_path: PathBuf, id: &str, log: &str, join: bool) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(log)
         .with_context(|| format!("bad --log filter '{log}'"))?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -94,8 +106,13 @@ fn run(config_path: PathBuf, id: &str, log: &str) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .init();
-    let config = ClusterConfig::load(&config_path)?;
+    let mut config = ClusterConfig::load(&config_path)?;
     let node = config.node(id)?.id;
+    if join {
+        for spec in config.nodes.iter_mut().filter(|n| n.id == node) {
+            spec.join = true;
+        }
+    }
     kvnode::server::run_until_signal(config, node)
         .with_context(|| format!("node n{node} stopped"))?;
     Ok(())

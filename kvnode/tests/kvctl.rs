@@ -66,7 +66,7 @@ fn config(path: &Path, port: u16) {
 
 #[test]
 fn kvctl_usage_errors_exit_2_with_a_clear_message() {
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 13] = [
         (&["get", "k"], "--config cluster.toml or --nodes"),
         (
             &["--config", "/nonexistent.toml", "status"],
@@ -106,6 +106,34 @@ fn kvctl_usage_errors_exit_2_with_a_clear_message() {
         (
             &["--nodes", "1=127.0.0.1:1", "txn", "append k"],
             "transaction operation",
+        ),
+        (
+            &["--nodes", "1=127.0.0.1:1", "member", "add", "n4"],
+            "--peer-address <IP:PORT>",
+        ),
+        (
+            &[
+                "--nodes",
+                "1=127.0.0.1:1",
+                "member",
+                "add",
+                "n4",
+                "--peer-address",
+                "localhost:1",
+            ],
+            "invalid socket address",
+        ),
+        (
+            &["--nodes", "1=127.0.0.1:1", "member", "promote", "x4"],
+            "node 'x4': expected a node name like n4",
+        ),
+        (
+            &["--nodes", "1=127.0.0.1:1", "member", "remove", "n0"],
+            "ids start at 1",
+        ),
+        (
+            &["--nodes", "1=127.0.0.1:1", "move-leader", "leader"],
+            "expected a node name like n4",
         ),
     ];
     for (args, needle) in cases {

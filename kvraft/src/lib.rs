@@ -402,6 +402,12 @@ impl RawNode {
         self.raft.membership_at(index)
     }
 
+    /// The voter a leadership transfer is handing over to (0: no transfer in progress; an
+    /// abandoned transfer goes back to 0).
+    pub fn transferee(&self) -> NodeId {
+        self.raft.transferee
+    }
+
     /// The index of the entry that made `membership()` (0: bootstrap).
     pub fn membership_index(&self) -> Index {
         self.raft.membership_index

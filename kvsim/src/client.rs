@@ -412,7 +412,9 @@ impl Clients {
                 Ok(Vec::new())
             }
             ClientResponse::Err(error) => self.on_error(client, op, error, now),
-            ClientResponse::Status(_) => Err("a data request was answered with a status".into()),
+            ClientResponse::Status(_) | ClientResponse::Members(_) => {
+                Err("a data request was answered with a status or a member list".into())
+            }
         }
     }
 

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::limits::CLIENT_FRAME_BYTES_MAX;
+use super::members::{is_reserved_key, MemberList, MemberOp, MEMBER_ADDRESS_BYTES_MAX};
 use super::ops::{Op, OpError, OpResult};
 use super::state::ApplyOutcome;
 use super::{Index, NodeId, Term};
@@ -29,6 +30,16 @@ pub enum RequestKind {
     Write { op: Op },
     /// The node's Raft status; needs no leader.
     Status,
+    /// The configuration in force on the node, with each member's address; needs no leader
+    /// (ask the leader for match indexes and an up-to-date answer).
+    Members,
+    /// Changes the membership (leader only). Answered with the new `MemberList` once the
+    /// configuration entry is committed and applied on the leader. Not under the session:
+    /// `seq` is not checked; a change retried after a timeout may fail with "already a
+    /// member" / "not a member" if the first attempt took effect.
+    MemberChange { op: MemberOp },
+    /// Hands leadership to voter `to` (leader only). Answered once `to` leads.
+    MoveLeader { to: NodeId },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +65,8 @@ pub enum ClientResponse {
     Ok(OpResult),
     Status(NodeStatus),
     Err(ClientError),
+    /// The answer to `Members`, `MemberChange` and `MoveLeader`.
+    Members(MemberList),
 }
 
 /// Errors a client sees. Whether a retry is safe is stated per variant.
@@ -134,12 +147,61 @@ impl ClientRequest {
                         "a read may only contain get".into(),
                     ));
                 }
+                check_unreserved(op)
+            }
+            RequestKind::Write { op } => {
+                op.validate()?;
+                check_unreserved(op)
+            }
+            RequestKind::Status | RequestKind::Members => Ok(()),
+            RequestKind::MemberChange { op } => {
+                if op.node() == 0 {
+                    return Err(ClientError::BadRequest("node id 0 is not valid".into()));
+                }
+                if let MemberOp::AddLearner { address, .. } = op {
+                    if address.len() > MEMBER_ADDRESS_BYTES_MAX {
+                        return Err(ClientError::TooLarge {
+                            what: "member address".into(),
+                            bytes: address.len() as u64,
+                            max: MEMBER_ADDRESS_BYTES_MAX as u64,
+                        });
+                    }
+                    if !looks_like_socket_address(address) {
+                        return Err(ClientError::BadRequest(format!(
+                            "member address '{address}' is not IP:PORT"
+                        )));
+                    }
+                }
                 Ok(())
             }
-            RequestKind::Write { op } => Ok(op.validate()?),
-            RequestKind::Status => Ok(()),
+            RequestKind::MoveLeader { to } => {
+                if *to == 0 {
+                    return Err(ClientError::BadRequest("node id 0 is not valid".into()));
+                }
+                Ok(())
+            }
         }
     }
+}
+
+/// `IP:PORT` as `std::net::SocketAddr` writes it (`1.2.3.4:5`, `[::1]:5`), checked without
+/// `std::net` (this crate stays free of I/O types); the node parses it for real.
+fn looks_like_socket_address(text: &str) -> bool {
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return false;
+    };
+    let host_chars = |c: char| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']');
+    !host.is_empty() && host.chars().all(host_chars) && port.parse::<u16>().is_ok_and(|p| p > 0)
+}
+
+/// Keys under `members::RESERVED_KEY_PREFIX` belong to the nodes.
+fn check_unreserved(op: &Op) -> Result<(), ClientError> {
+    if op.key_ops().iter().any(|k| is_reserved_key(k.key())) {
+        return Err(ClientError::BadRequest(
+            "keys starting with \\0kvnode/ are reserved for the cluster's own use".into(),
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -203,7 +265,7 @@ impl ClientResponse {
     /// swap included, or a status), else the error's name.
     pub fn outcome_name(&self) -> &'static str {
         match self {
-            ClientResponse::Ok(_) | ClientResponse::Status(_) => "ok",
+            ClientResponse::Ok(_) | ClientResponse::Status(_) | ClientResponse::Members(_) => "ok",
             ClientResponse::Err(error) => match error {
                 ClientError::NotLeader { .. } => "not_leader",
                 ClientError::Timeout => "timeout",
@@ -236,6 +298,9 @@ pub fn request_op_name(frame: &[u8]) -> &'static str {
         // Read { op, .. } and Write { op }: the op comes first.
         0 | 1 => {}
         2 => return "status",
+        3 => return "member_list",
+        4 => return "member_change",
+        5 => return "move_leader",
         _ => return INVALID,
     }
     match take_varint(&mut rest) {
@@ -394,6 +459,83 @@ mod tests {
             ("value", VALUE_BYTES_MAX as u64 + 1, VALUE_BYTES_MAX as u64)
         );
         assert_eq!(request(RequestKind::Status).validate(), Ok(()));
+    }
+
+    #[test]
+    fn member_requests_are_validated_and_named() {
+        use crate::members::{member_address_key, MemberOp};
+        let add = |address: &str| {
+            request(RequestKind::MemberChange {
+                op: MemberOp::AddLearner {
+                    id: 4,
+                    address: address.to_string(),
+                },
+            })
+        };
+        assert_eq!(add("127.0.0.1:50054").validate(), Ok(()));
+        assert_eq!(add("[::1]:50054").validate(), Ok(()));
+        for bad in [
+            "nowhere",
+            "127.0.0.1",
+            "127.0.0.1:0",
+            ":5",
+            "host:5",
+            "1.2.3.4:70000",
+        ] {
+            assert!(
+                matches!(add(bad).validate(), Err(ClientError::BadRequest(_))),
+                "{bad}"
+            );
+        }
+        let long = format!("{}:5", "1".repeat(MEMBER_ADDRESS_BYTES_MAX));
+        assert!(matches!(
+            add(&long).validate(),
+            Err(ClientError::TooLarge { .. })
+        ));
+        let zero = request(RequestKind::MemberChange {
+            op: MemberOp::Remove { id: 0 },
+        });
+        assert!(matches!(zero.validate(), Err(ClientError::BadRequest(_))));
+        let move_zero = request(RequestKind::MoveLeader { to: 0 });
+        assert!(matches!(
+            move_zero.validate(),
+            Err(ClientError::BadRequest(_))
+        ));
+        // Reserved keys: neither written nor read by clients, also inside a transaction.
+        let key = member_address_key(4);
+        let reserved = [
+            request(RequestKind::Write {
+                op: Op::put(key.clone(), "x"),
+            }),
+            request(RequestKind::Read {
+                op: Op::Txn(vec![
+                    crate::ops::KeyOp::Get { key: "k".into() },
+                    crate::ops::KeyOp::Get {
+                        key: key.clone().into(),
+                    },
+                ]),
+                stale: true,
+            }),
+        ];
+        for reserved in reserved {
+            assert!(matches!(
+                reserved.validate(),
+                Err(ClientError::BadRequest(_))
+            ));
+        }
+        for (kind, name) in [
+            (RequestKind::Members, "member_list"),
+            (
+                RequestKind::MemberChange {
+                    op: MemberOp::Promote { id: 4 },
+                },
+                "member_change",
+            ),
+            (RequestKind::MoveLeader { to: 2 }, "move_leader"),
+        ] {
+            let frame = encode_request(&request(kind)).unwrap();
+            assert_eq!(request_op_name(&frame), name);
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod client_proto;
 pub mod command;
 pub mod limits;
+pub mod members;
 pub mod ops;
 pub mod route;
 pub mod state;

@@ -155,8 +155,7 @@ async fn greet(
     let node_id = check_claim(shared, &identity, &hello)?;
     if let (Some(id), Some(claim)) = (node_id, &hello.node) {
         let restarted = shared
-            .peers
-            .get(&id)
+            .peer(id)
             .is_some_and(|p| p.saw_incarnation(claim.incarnation));
         if restarted {
             tracing::info!(peer = %claim.name, "peer restarted: replacing our connection to it");
@@ -204,8 +203,8 @@ fn check_claim(
     hello: &Hello,
 ) -> Result<Option<NodeId>, String> {
     let known_id = match identity {
-        Identity::Node(name) => match shared.peer_ids_by_name.get(name) {
-            Some(id) => Some(*id),
+        Identity::Node(name) => match shared.peer_id_by_name(name) {
+            Some(id) => Some(id),
             None => return Err(format!("node certificate '{name}' is not a cluster peer")),
         },
         Identity::Client(_) => None,
@@ -232,8 +231,16 @@ async fn serve_connection(
 ) {
     let budget = InflightBudget::new(shared.limits.client_inflight_bytes_per_connection_max);
     let mut streams = JoinSet::new();
+    // A peer node removed from the table (a membership change) loses this connection too.
+    let mut retired = (caller.node_id)
+        .and_then(|id| shared.peer(id))
+        .map(|peer| peer.retired());
     let closed = loop {
         tokio::select! {
+            () = wait_retired(&mut retired) => {
+                retired = None;
+                connection.close(wire::CLOSE_REFUSED.into(), b"no longer a cluster peer");
+            }
             bi = connection.accept_bi() => match bi {
                 Ok((send, recv)) => {
                     let caller = caller.clone();
@@ -253,6 +260,17 @@ async fn serve_connection(
     tracing::debug!(identity = %caller.identity, "connection closed: {closed}");
     // Stream tasks fail fast on a closed connection; wait so none outlives the transport.
     while streams.join_next().await.is_some() {}
+}
+
+/// Returns once the peer is retired; never if there is nothing to watch.
+async fn wait_retired(retired: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+    match retired {
+        // A dropped sender means the handle is gone from the table: retired too.
+        Some(receiver) => {
+            let _ = receiver.wait_for(|retired| *retired).await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Counts a frame error and returns the stream code to refuse the stream with (`None`: the

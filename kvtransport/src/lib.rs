@@ -25,7 +25,7 @@ pub mod wire;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -459,8 +459,8 @@ pub(crate) struct Shared {
     pub self_id: NodeId,
     pub limits: TransportLimits,
     pub stats: Arc<TransportStats>,
-    pub peers: HashMap<NodeId, Arc<peer::PeerHandle>>,
-    pub peer_ids_by_name: HashMap<String, NodeId>,
+    /// The peers, changed at runtime by `Transport::set_peers` (membership changes).
+    pub peers: RwLock<PeerTable>,
     pub identifier: tls::Identifier,
     /// Established connections per certificate identity.
     pub identities: Arc<admission::IdentityCounts>,
@@ -470,19 +470,38 @@ pub(crate) struct Shared {
     pub shutdown: watch::Receiver<bool>,
 }
 
+/// The known peers, by id and by certificate name.
+#[derive(Default)]
+pub(crate) struct PeerTable {
+    pub by_id: HashMap<NodeId, Arc<peer::PeerHandle>>,
+    pub ids_by_name: HashMap<String, NodeId>,
+}
+
+impl Shared {
+    pub(crate) fn peer(&self, id: NodeId) -> Option<Arc<peer::PeerHandle>> {
+        let table = self.peers.read().unwrap_or_else(PoisonError::into_inner);
+        table.by_id.get(&id).cloned()
+    }
+
+    pub(crate) fn peer_id_by_name(&self, name: &str) -> Option<NodeId> {
+        let table = self.peers.read().unwrap_or_else(PoisonError::into_inner);
+        table.ids_by_name.get(name).copied()
+    }
+}
+
 /// A running transport. Call `shutdown` to stop it cleanly; dropping it stops it abruptly.
 pub struct Transport {
     shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
     shutdown_tx: watch::Sender<bool>,
-    peer_tasks: Vec<JoinHandle<()>>,
+    peer_tasks: HashMap<NodeId, JoinHandle<()>>,
     accept_task: Option<JoinHandle<()>>,
 }
 
-fn validate_peers(cfg: &TransportConfig) -> Result<(), TransportError> {
-    let mut ids = std::collections::BTreeSet::from([cfg.self_id]);
-    let mut names = std::collections::BTreeSet::from([cfg.self_name.as_str()]);
-    for peer in &cfg.peers {
+fn validate_peers(self_id: NodeId, self_name: &str, peers: &[Peer]) -> Result<(), TransportError> {
+    let mut ids = std::collections::BTreeSet::from([self_id]);
+    let mut names = std::collections::BTreeSet::from([self_name]);
+    for peer in peers {
         if peer.id == 0 || !ids.insert(peer.id) || !names.insert(peer.name.as_str()) {
             let reason = format!(
                 "peer {} ({}): id 0, or id or name used twice",
@@ -491,7 +510,7 @@ fn validate_peers(cfg: &TransportConfig) -> Result<(), TransportError> {
             return Err(TransportError::Config(reason));
         }
     }
-    if cfg.self_id == 0 {
+    if self_id == 0 {
         return Err(TransportError::Config(
             "self_id: 0 is not a valid node id".into(),
         ));
@@ -506,7 +525,7 @@ impl Transport {
         cfg: TransportConfig,
     ) -> Result<(Transport, mpsc::Receiver<Inbound>), TransportError> {
         cfg.limits.validate()?;
-        validate_peers(&cfg)?;
+        validate_peers(cfg.self_id, &cfg.self_name, &cfg.peers)?;
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(TransportError::Config(
                 "start must run inside a tokio runtime".into(),
@@ -527,19 +546,12 @@ impl Transport {
         })?;
         let (inbound_tx, inbound_rx) = mpsc::channel(cfg.limits.inbound_queue_messages_max);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let peers: HashMap<NodeId, Arc<peer::PeerHandle>> = cfg
-            .peers
-            .iter()
-            .map(|p| (p.id, Arc::new(peer::PeerHandle::new(p.clone()))))
-            .collect();
-        let peer_ids_by_name = cfg.peers.iter().map(|p| (p.name.clone(), p.id)).collect();
         let shared = Arc::new(Shared {
             self_name: cfg.self_name,
             self_id: cfg.self_id,
             limits: cfg.limits,
             stats: Arc::new(TransportStats::default()),
-            peers,
-            peer_ids_by_name,
+            peers: RwLock::default(),
             identifier: cfg.tls.identifier()?,
             identities: Arc::default(),
             client_config,
@@ -548,19 +560,69 @@ impl Transport {
             shutdown: shutdown_rx,
         });
         let accept_task = Some(tokio::spawn(accept::run(shared.clone(), endpoint.clone())));
-        let peer_tasks = shared
-            .peers
-            .values()
-            .map(|p| tokio::spawn(peer::run(shared.clone(), endpoint.clone(), p.clone())))
-            .collect();
-        let transport = Transport {
+        let mut transport = Transport {
             shared,
             endpoint,
             shutdown_tx,
-            peer_tasks,
+            peer_tasks: HashMap::new(),
             accept_task,
         };
+        transport.set_peers(cfg.peers)?;
         Ok((transport, inbound_rx))
+    }
+
+    /// Makes `peers` the peer table (a membership change): a task is started for each new
+    /// peer; removed peers (and peers whose address changed) lose their queue, their task and
+    /// their outgoing connection, and connections from their certificates are refused from
+    /// now on. Peers that did not change keep their connections.
+    pub fn set_peers(&mut self, peers: Vec<Peer>) -> Result<(), TransportError> {
+        validate_peers(self.shared.self_id, &self.shared.self_name, &peers)?;
+        let mut started = Vec::new();
+        {
+            let mut table = (self.shared.peers.write()).unwrap_or_else(PoisonError::into_inner);
+            let stale: Vec<NodeId> = (table.by_id.iter())
+                .filter(|(id, handle)| !peers.iter().any(|p| p.id == **id && p == &handle.peer))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in stale {
+                if let Some(handle) = table.by_id.remove(&id) {
+                    table.ids_by_name.remove(&handle.peer.name);
+                    handle.retire();
+                    tracing::info!(peer = %handle.peer.name, "peer removed");
+                }
+                if let Some(task) = self.peer_tasks.remove(&id) {
+                    task.abort();
+                }
+            }
+            for peer in peers {
+                if table.by_id.contains_key(&peer.id) {
+                    continue;
+                }
+                tracing::info!(peer = %peer.name, addr = %peer.addr, "peer added");
+                let handle = Arc::new(peer::PeerHandle::new(peer.clone()));
+                table.ids_by_name.insert(peer.name.clone(), peer.id);
+                table.by_id.insert(peer.id, handle.clone());
+                started.push(handle);
+            }
+        }
+        for handle in started {
+            let id = handle.peer.id;
+            let task = tokio::spawn(peer::run(
+                self.shared.clone(),
+                self.endpoint.clone(),
+                handle,
+            ));
+            self.peer_tasks.insert(id, task);
+        }
+        Ok(())
+    }
+
+    /// The peers now in the table.
+    pub fn peers(&self) -> Vec<Peer> {
+        let table = (self.shared.peers.read()).unwrap_or_else(PoisonError::into_inner);
+        let mut peers: Vec<Peer> = table.by_id.values().map(|h| h.peer.clone()).collect();
+        peers.sort_by_key(|p| p.id);
+        peers
     }
 
     /// The address actually bound (useful with port 0).
@@ -577,7 +639,7 @@ impl Transport {
     /// retries whatever matters.
     pub fn send(&self, msg: Message) {
         let stats = &self.shared.stats;
-        let Some(peer) = self.shared.peers.get(&msg.to) else {
+        let Some(peer) = self.shared.peer(msg.to) else {
             tracing::debug!(to = msg.to, "message to unknown peer dropped");
             TransportStats::inc(&stats.messages_dropped_invalid_total);
             return;
@@ -606,7 +668,7 @@ impl Transport {
         let flush = Duration::from_millis(SHUTDOWN_FLUSH_MS_MAX);
         self.shutdown_tx.send_replace(true);
         let deadline = tokio::time::Instant::now() + flush;
-        for task in self.peer_tasks.drain(..) {
+        for (_, task) in self.peer_tasks.drain() {
             let abort = task.abort_handle();
             if tokio::time::timeout_at(deadline, task).await.is_err() {
                 tracing::warn!("peer task did not flush before the shutdown deadline");
@@ -636,7 +698,7 @@ impl Drop for Transport {
         self.shutdown_tx.send_replace(true);
         self.endpoint
             .close(wire::CLOSE_SHUTDOWN.into(), b"shutdown");
-        for task in self.peer_tasks.iter().chain(&self.accept_task) {
+        for task in self.peer_tasks.values().chain(&self.accept_task) {
             task.abort();
         }
     }

@@ -36,6 +36,8 @@ pub(crate) struct PeerHandle {
     /// The peer's process incarnation, from its hellos (0: not seen yet). A change means the
     /// peer restarted: our connection to it is dead even if QUIC has not noticed yet.
     incarnation: watch::Sender<u64>,
+    /// Set when the peer leaves the table: connections it opened to us close too.
+    retired: watch::Sender<bool>,
 }
 
 impl PeerHandle {
@@ -46,7 +48,23 @@ impl PeerHandle {
             queued: Notify::new(),
             connection: watch::channel(None).0,
             incarnation: watch::channel(0).0,
+            retired: watch::channel(false).0,
         }
+    }
+
+    /// The peer left the table: close the outgoing connection (the task is aborted by the
+    /// caller) and the connections it opened to us, and drop what is queued.
+    pub fn retire(&self) {
+        self.retired.send_replace(true);
+        if let Some(connection) = self.connection.borrow().as_ref() {
+            connection.close(0u32.into(), b"peer removed");
+        }
+        self.take_all();
+    }
+
+    /// Fires (`true`) once the peer has left the table.
+    pub fn retired(&self) -> watch::Receiver<bool> {
+        self.retired.subscribe()
     }
 
     /// Records the incarnation from a hello of this peer; returns whether it restarted.

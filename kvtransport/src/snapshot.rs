@@ -79,7 +79,7 @@ async fn checksum(path: &Path, chunk_bytes: usize) -> std::io::Result<(u64, u32)
 }
 
 async fn connection_to(shared: &Shared, to: NodeId) -> Result<quinn::Connection, String> {
-    let peer = shared.peers.get(&to).ok_or(format!("unknown peer {to}"))?;
+    let peer = shared.peer(to).ok_or(format!("unknown peer {to}"))?;
     let mut watch = peer.connection();
     // The peer task owns the connection; wait (within the transfer timeout) until it is up.
     let connection = watch

@@ -882,3 +882,69 @@ async fn transport_session_oversize_and_truncated_frames_reset_the_session() {
     assert_eq!(response.unwrap(), Bytes::from_static(b"?ko"));
     n1.shutdown().await;
 }
+
+/// Peers follow membership changes: a node that does not know n3 refuses its connections and
+/// cannot send to it; once n3 is added with `set_peers` both directions work; once removed,
+/// messages to it are dropped as to an unknown peer and its connections are refused again,
+/// while the peer that stayed keeps working.
+#[tokio::test]
+async fn transport_peers_added_and_removed_at_runtime() {
+    let cluster = Cluster::new();
+    let peer = |id: NodeId| Peer {
+        id,
+        name: NODE_NAMES[id as usize - 1].to_string(),
+        addr: cluster.addrs[id as usize - 1],
+    };
+    let mut n1_config = cluster.config_as(1, "n1");
+    n1_config.peers = vec![peer(2)];
+    let (mut n1, mut n1_rx) = Transport::start(n1_config).unwrap();
+    let (n3, mut n3_rx) = cluster.start(3);
+    let n1_stats = n1.stats();
+    // n3 knows n1, n1 does not know n3: n3's connection is refused.
+    n3.send(heartbeat(3, 1, 1));
+    wait_counter(&n1_stats.connections_refused_identity_total, 1).await;
+    n1.send(heartbeat(1, 3, 1));
+    wait_counter(&n1_stats.messages_dropped_invalid_total, 1).await;
+
+    n1.set_peers(vec![peer(2), peer(3)]).unwrap();
+    assert_eq!(n1.peers(), vec![peer(2), peer(3)]);
+    n1.send(heartbeat(1, 3, 2));
+    let message = next_raft(&mut n3_rx).await;
+    assert_eq!((message.from, message.term), (1, 2));
+    // n3 redials (backoff) and is accepted now; its queued heartbeat may have been lost.
+    for term in 2..=WAIT_MS_MAX / 100 {
+        n3.send(heartbeat(3, 1, term));
+        let wait = Duration::from_millis(100);
+        if let Ok(Some(Inbound::Raft(message))) = tokio::time::timeout(wait, n1_rx.recv()).await {
+            assert_eq!(message.from, 3);
+            break;
+        }
+        assert!(term < WAIT_MS_MAX / 100, "n3 never got through to n1");
+    }
+
+    n1.set_peers(vec![peer(2)]).unwrap();
+    assert_eq!(n1.peers(), vec![peer(2)]);
+    let dropped = TransportStats::get(&n1_stats.messages_dropped_invalid_total);
+    n1.send(heartbeat(1, 3, 3));
+    assert_eq!(
+        TransportStats::get(&n1_stats.messages_dropped_invalid_total),
+        dropped + 1
+    );
+    // n1 closed its connection to n3; n3's own connection to n1 ends with it or at the next
+    // redial, which is refused.
+    let refused = TransportStats::get(&n1_stats.connections_refused_identity_total);
+    let quiet = async {
+        for term in 100.. {
+            n3.send(heartbeat(3, 1, term));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if TransportStats::get(&n1_stats.connections_refused_identity_total) > refused {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_millis(WAIT_MS_MAX), quiet)
+        .await
+        .expect("n3 was not refused after its removal");
+    n1.shutdown().await;
+    n3.shutdown().await;
+}

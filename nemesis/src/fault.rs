@@ -51,7 +51,14 @@ pub enum FaultError {
     CorruptAll,
     #[error("unexpected reply from the disk of n{0}")]
     DiskReply(NodeId),
+    #[error("membership change failed: {0}")]
+    Membership(String),
 }
+
+/// The client certificate the membership fault uses (every cluster spec makes it).
+const MEMBERSHIP_CLIENT: &str = "client1";
+/// How long a node added back may take to catch up before its promotion gives up.
+const MEMBERSHIP_PROMOTE_WAIT_MS: u64 = 20_000;
 
 /// Which nodes a kill or pause hits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,6 +191,10 @@ pub enum Fault {
         target: Target,
         duration_ms: u64,
     },
+    /// A random voter (the leader if `leader`: replacing the leader) is removed from the
+    /// configuration (`kvctl member remove`); after `duration_ms` it is added back as a learner
+    /// and promoted once caught up. The node keeps running meanwhile.
+    Membership { leader: bool, duration_ms: u64 },
 }
 
 impl Fault {
@@ -193,6 +204,7 @@ impl Fault {
             Fault::Pause { .. } => "pause",
             Fault::Partition { .. } => "partition",
             Fault::Disk { kind, .. } => kind.name(),
+            Fault::Membership { .. } => "membership",
         }
     }
     /// How long the fault lasts between `begin` and `end`.
@@ -203,7 +215,8 @@ impl Fault {
             } => restart_after_ms,
             Fault::Pause { duration_ms, .. }
             | Fault::Partition { duration_ms, .. }
-            | Fault::Disk { duration_ms, .. } => duration_ms,
+            | Fault::Disk { duration_ms, .. }
+            | Fault::Membership { duration_ms, .. } => duration_ms,
         }
     }
     fn detail(&self) -> String {
@@ -212,6 +225,8 @@ impl Fault {
             | Fault::Pause { target, .. }
             | Fault::Disk { target, .. } => target.to_string(),
             Fault::Partition { kind, .. } => kind.name().to_string(),
+            Fault::Membership { leader: true, .. } => "leader".to_string(),
+            Fault::Membership { leader: false, .. } => "voter".to_string(),
         }
     }
 }
@@ -415,7 +430,7 @@ impl Nemesis {
             } | Fault::Partition {
                 kind: PartitionKind::OneWay,
                 ..
-            }
+            } | Fault::Membership { leader: true, .. }
         )
     }
 
@@ -478,6 +493,17 @@ impl Nemesis {
                 }
                 (targets, None)
             }
+            Fault::Membership { leader: true, .. } => {
+                let victim = leader.ok_or(FaultError::NoLeader)?;
+                notes.push(self.remove_member(victim)?);
+                (vec![victim], None)
+            }
+            Fault::Membership { leader: false, .. } => {
+                let voters = self.voters()?;
+                let victim = *self.rng.choose(&voters).ok_or(FaultError::NoLeader)?;
+                notes.push(self.remove_member(victim)?);
+                (vec![victim], None)
+            }
         };
         let record = FaultRecord {
             process: NEMESIS_PROCESS,
@@ -509,6 +535,15 @@ impl Nemesis {
                 }
             }
             Fault::Partition { .. } => self.cluster.heal()?,
+            Fault::Membership { .. } => {
+                let mut record = active.record;
+                for id in record.targets.clone() {
+                    let mut notes = self.add_back(id)?;
+                    record.notes.append(&mut notes);
+                }
+                record.end_unix_ms = Some(unix_ms_now());
+                return Ok(record);
+            }
             Fault::Disk { kind, .. } => {
                 let mut notes = self.end_disk(kind, &active.record.targets)?;
                 let mut record = active.record;
@@ -520,6 +555,99 @@ impl Nemesis {
         let mut record = active.record;
         record.end_unix_ms = Some(unix_ms_now());
         Ok(record)
+    }
+
+    /// Runs one membership request through the cluster's client (`client1`), retried by the
+    /// client library across leader changes.
+    fn members<T>(
+        &self,
+        request: impl std::future::Future<Output = Result<T, kvclient::ClientError>>,
+    ) -> Result<T, FaultError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| FaultError::Membership(e.to_string()))?;
+        runtime
+            .block_on(request)
+            .map_err(|e| FaultError::Membership(e.to_string()))
+    }
+
+    fn client(&self) -> Result<kvclient::ClientConfig, FaultError> {
+        let config = kvclient::config::ClusterConfig::load(self.cluster.config_path())
+            .map_err(|e| FaultError::Membership(e.to_string()))?;
+        Ok(kvclient::ClientConfig::from_cluster(
+            &config,
+            MEMBERSHIP_CLIENT,
+        ))
+    }
+
+    /// The voters of the configuration in force, as the leader sees it.
+    fn voters(&self) -> Result<Vec<NodeId>, FaultError> {
+        let config = self.client()?;
+        let list = self.members(async move {
+            let client = kvclient::Client::connect(config).await?;
+            client.members().await
+        })?;
+        Ok((list.members.iter())
+            .filter(|m| m.role == kvstate::members::MemberRole::Voter)
+            .map(|m| m.id)
+            .collect())
+    }
+
+    fn remove_member(&self, id: NodeId) -> Result<String, FaultError> {
+        let config = self.client()?;
+        let list = self.members(async move {
+            let client = kvclient::Client::connect(config).await?;
+            let op = kvstate::members::MemberOp::Remove { id };
+            client.member_change(op).await
+        })?;
+        Ok(format!(
+            "n{id} removed (configuration index {})",
+            list.config_index
+        ))
+    }
+
+    /// Adds `id` back as a learner at its address and promotes it once it has caught up
+    /// (within `MEMBERSHIP_PROMOTE_WAIT_MS`).
+    fn add_back(&self, id: NodeId) -> Result<Vec<String>, FaultError> {
+        let config = self.client()?;
+        let address = self.cluster.node(id)?.address.to_string();
+        let mut notes = Vec::new();
+        let added = self.members(async move {
+            let client = kvclient::Client::connect(config).await?;
+            let op = kvstate::members::MemberOp::AddLearner { id, address };
+            let added = client.member_change(op).await?;
+            let deadline =
+                tokio::time::Instant::now() + Duration::from_millis(MEMBERSHIP_PROMOTE_WAIT_MS);
+            loop {
+                let promote = kvstate::members::MemberOp::Promote { id };
+                match client.member_change(promote).await {
+                    Ok(promoted) => return Ok((added, Some(promoted))),
+                    Err(_) if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(_) => return Ok((added, None)),
+                }
+            }
+        })?;
+        let (added, promoted) = added;
+        notes.push(format!(
+            "n{id} added back as a learner (configuration index {})",
+            added.config_index
+        ));
+        match promoted {
+            Some(list) => notes.push(format!(
+                "n{id} promoted (configuration index {})",
+                list.config_index
+            )),
+            None => {
+                return Err(FaultError::Membership(format!(
+                    "n{id} did not catch up within {MEMBERSHIP_PROMOTE_WAIT_MS} ms; it stays a \
+                     learner"
+                )))
+            }
+        }
+        Ok(notes)
     }
 
     /// Targets among the nodes that still start. Corruption is kept to a minority over the

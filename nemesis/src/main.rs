@@ -572,5 +572,8 @@ fn undo_hint(fault: &Fault) -> &'static str {
             ..
         } => "armed: the node stops at its next fsync; start it with `nemesis restart <node>`",
         Fault::Disk { .. } => "left down; start again with `nemesis restart <node>`",
+        Fault::Membership { .. } => {
+            "left out of the configuration; add it back with `kvctl member add` and `promote`"
+        }
     }
 }

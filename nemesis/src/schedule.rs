@@ -15,6 +15,9 @@ pub enum FaultKind {
     Kill,
     Pause,
     Partition,
+    /// A membership change: a voter (or the leader) removed, added back as a learner and
+    /// promoted (`Fault::Membership`).
+    Membership,
     /// Disk faults through the fault-injecting filesystem (`nemesis::fs`, root only).
     DiskLoseUnsynced,
     DiskTorn,
@@ -28,6 +31,7 @@ impl FaultKind {
             FaultKind::Kill => "kill",
             FaultKind::Pause => "pause",
             FaultKind::Partition => "partition",
+            FaultKind::Membership => "membership",
             FaultKind::DiskLoseUnsynced => DiskFault::LoseUnsynced.name(),
             FaultKind::DiskTorn => DiskFault::Torn.name(),
             FaultKind::DiskCorrupt => DiskFault::Corrupt.name(),
@@ -48,7 +52,7 @@ impl FaultKind {
     /// rightly refuse to start on corrupt data, and all of them refusing leaves no cluster.
     pub fn targets(self) -> &'static [Target] {
         match self {
-            FaultKind::Partition => &[],
+            FaultKind::Partition | FaultKind::Membership => &[],
             FaultKind::DiskCorrupt => &CORRUPT_TARGETS,
             _ => &ALL_TARGETS,
         }
@@ -58,8 +62,8 @@ impl FaultKind {
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
     #[error(
-        "unknown fault kind '{0}': use kill, pause, partition, disk-lose-unsynced, disk-torn, \
-         disk-corrupt or disk-fsync-error"
+        "unknown fault kind '{0}': use kill, pause, partition, membership, disk-lose-unsynced, \
+         disk-torn, disk-corrupt or disk-fsync-error"
     )]
     Kind(String),
     #[error("target {target} does not apply to {kind}")]
@@ -77,6 +81,7 @@ impl FromStr for FaultKind {
             "kill" => Ok(FaultKind::Kill),
             "pause" => Ok(FaultKind::Pause),
             "partition" => Ok(FaultKind::Partition),
+            "membership" => Ok(FaultKind::Membership),
             "disk-lose-unsynced" => Ok(FaultKind::DiskLoseUnsynced),
             "disk-torn" => Ok(FaultKind::DiskTorn),
             "disk-corrupt" => Ok(FaultKind::DiskCorrupt),
@@ -137,7 +142,7 @@ pub fn schedule(spec: &ScheduleSpec) -> Result<Vec<ScheduledFault>, ScheduleErro
         let misfit = spec
             .kinds
             .iter()
-            .find(|k| *k != &FaultKind::Partition && !k.targets().contains(&target));
+            .find(|k| !k.targets().is_empty() && !k.targets().contains(&target));
         if let Some(kind) = misfit {
             return Err(ScheduleError::Target {
                 target,
@@ -165,6 +170,10 @@ pub fn schedule(spec: &ScheduleSpec) -> Result<Vec<ScheduledFault>, ScheduleErro
                 kind: *rng
                     .choose(&PartitionKind::ALL)
                     .ok_or(ScheduleError::Empty)?,
+                duration_ms: spec.duration_ms,
+            },
+            FaultKind::Membership => Fault::Membership {
+                leader: rng.choose(&[false, true]).copied().unwrap_or(false),
                 duration_ms: spec.duration_ms,
             },
             disk => Fault::Disk {
@@ -208,6 +217,26 @@ mod tests {
         assert!(last.at_ms + last.fault.duration_ms() <= 60_000);
         let names: std::collections::BTreeSet<&str> = a.iter().map(|s| s.fault.name()).collect();
         assert!(names.len() >= 2, "{names:?}");
+    }
+
+    #[test]
+    fn membership_faults_replace_a_voter_or_the_leader() {
+        let mut membership = spec(5);
+        membership.kinds = parse_fault_kinds("membership").unwrap();
+        membership.time_limit_ms = 600_000;
+        let faults = schedule(&membership).unwrap();
+        let leaders: Vec<bool> = (faults.iter())
+            .map(|s| match s.fault {
+                Fault::Membership { leader, .. } => leader,
+                other => panic!("not a membership fault: {other:?}"),
+            })
+            .collect();
+        assert!(leaders.contains(&true) && leaders.contains(&false));
+        assert_eq!(faults[0].fault.name(), "membership");
+        // A target does not apply to it, as to partitions.
+        membership.target = Some(Target::One);
+        membership.kinds = parse_fault_kinds("membership,kill").unwrap();
+        assert!(schedule(&membership).is_ok());
     }
 
     #[test]

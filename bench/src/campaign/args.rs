@@ -54,6 +54,7 @@ pub struct CampaignArgs {
     #[arg(long, default_value = "register", value_parser = checked_workload())]
     pub workload: WorkloadKind,
     /// Fault kinds, comma-separated: kill, pause, partition (needs --backend netns or ssh),
+    /// membership (a voter or the leader removed, added back as a learner, promoted),
     /// disk-lose-unsynced, disk-torn, disk-corrupt, disk-fsync-error (need root and the local
     /// or netns backend: every node's data then lives on the fault-injecting filesystem,
     /// nemesis/src/fs).

@@ -174,6 +174,7 @@ fn fault_band(fault: &Value, hosts: &Value, since: &dyn Fn(u64) -> f64) -> Band 
         "kill" => "#d62728",
         "pause" => "#e08c00",
         "partition" => "#8a3ffc",
+        "membership" => "#1192e8",
         _ => "#555",
     };
     let start = fault["start_unix_ms"].as_u64().unwrap_or(0);

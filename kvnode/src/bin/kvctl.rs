@@ -21,6 +21,7 @@ use kvclient::config::ClusterConfig;
 use kvclient::duration::{format_duration, parse_duration};
 use kvclient::{self, Client, ClientConfig, ClientError, NodeRole, NodeStatus, ReadMode, Session};
 use kvstate::limits::VALUE_BYTES_MAX;
+use kvstate::members::{MemberInfo, MemberList, MemberOp};
 use kvstate::{KeyOp, KeyResult, NodeId, Value};
 use serde_json::json;
 
@@ -154,6 +155,34 @@ enum Command {
         #[command(subcommand)]
         command: EndpointCommand,
     },
+    /// The cluster's members: list, add (as a learner), promote, remove.
+    Member {
+        #[command(subcommand)]
+        command: MemberCommand,
+    },
+    /// Hand leadership to voter NODE (`n3` or `3`); returns once it leads.
+    MoveLeader { node: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum MemberCommand {
+    /// Every member: role (voter, learner), peer address, and, as the leader sees it, how far
+    /// its log matches the leader's.
+    List,
+    /// Add NODE (`n4` or `4`) as a learner reachable at --peer-address. Then start it (empty)
+    /// with `kvnode run --id NODE --join`, and promote it once it has caught up.
+    Add {
+        node: String,
+        /// The new node's QUIC address, IP:PORT (what its certificate and `kvnode run`
+        /// use); replicated to every member with the change.
+        #[arg(long, value_name = "IP:PORT")]
+        peer_address: std::net::SocketAddr,
+    },
+    /// Make learner NODE a voter; refused while its log is far behind the leader's.
+    Promote { node: String },
+    /// Remove voter or learner NODE. A removed leader hands leadership over once the change
+    /// is committed.
+    Remove { node: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -189,6 +218,17 @@ enum CtlError {
     Runtime(std::io::Error),
 }
 
+/// A node argument: `n4` or `4`.
+fn parse_node(text: &str) -> Result<NodeId, CtlError> {
+    let number = text.strip_prefix('n').unwrap_or(text);
+    match number.parse::<NodeId>() {
+        Ok(id) if id > 0 => Ok(id),
+        _ => Err(CtlError::Usage(format!(
+            "node '{text}': expected a node name like n4 or an id like 4 (ids start at 1)"
+        ))),
+    }
+}
+
 /// ` (last failures: ...)` when there were some.
 fn last_failure_text(last: &Option<String>) -> String {
     last.as_ref()
@@ -216,12 +256,25 @@ fn main() -> ExitCode {
             | Command::Append { .. }
             | Command::Txn { .. }
     );
+    let member_change = matches!(
+        cli.command,
+        Command::Member {
+            command: MemberCommand::Add { .. }
+                | MemberCommand::Promote { .. }
+                | MemberCommand::Remove { .. }
+        }
+    );
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("kvctl: error: {error}");
             if writes && error.outcome_unknown() {
                 eprintln!("kvctl: the write may or may not have been applied");
+            }
+            if member_change && error.outcome_unknown() {
+                eprintln!(
+                    "kvctl: the change may or may not have been made; see `kvctl member list`"
+                );
             }
             match error {
                 CtlError::Usage(_) => ExitCode::from(EXIT_USAGE),
@@ -238,6 +291,18 @@ fn run(mut cli: Cli) -> Result<(), CtlError> {
         for op in ops {
             parse_txn_op(op)?;
         }
+    }
+    match &cli.command {
+        Command::MoveLeader { node }
+        | Command::Member {
+            command:
+                MemberCommand::Add { node, .. }
+                | MemberCommand::Promote { node }
+                | MemberCommand::Remove { node },
+        } => {
+            parse_node(node)?;
+        }
+        _ => {}
     }
     read_stdin_values(&mut cli.command)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -260,6 +325,27 @@ fn run(mut cli: Cli) -> Result<(), CtlError> {
                     EndpointCommand::Status => print_status(&client, format).await,
                     EndpointCommand::Health => print_health(&client, format).await,
                 },
+                Command::Member { command } => {
+                    client.wait_connected(dial_timeout).await?;
+                    run_member(&client, command, format).await
+                }
+                Command::MoveLeader { node } => {
+                    client.wait_connected(dial_timeout).await?;
+                    let to = parse_node(&node)?;
+                    let list = client.move_leader(to).await?;
+                    match format {
+                        Format::Json => print_json(&json!({
+                            "from": kvclient::node_name(list.node),
+                            "to": kvclient::node_name(to),
+                        })),
+                        _ => println!(
+                            "Leadership transferred from {} to {}",
+                            kvclient::node_name(list.node),
+                            kvclient::node_name(to)
+                        ),
+                    }
+                    Ok(())
+                }
                 command => {
                     client.wait_connected(dial_timeout).await?;
                     let mut session = client.session();
@@ -470,9 +556,133 @@ async fn run_command(
             }
         }
         Command::Txn { ops, stale } => run_txn(session, &ops, stale, format).await?,
-        Command::Status | Command::Endpoint { .. } => {}
+        Command::Status
+        | Command::Endpoint { .. }
+        | Command::Member { .. }
+        | Command::MoveLeader { .. } => {}
     }
     Ok(())
+}
+
+async fn run_member(
+    client: &Client,
+    command: MemberCommand,
+    format: Format,
+) -> Result<(), CtlError> {
+    let (list, done, hint) = match command {
+        MemberCommand::List => {
+            let list = client.members().await?;
+            print_members(&list, format);
+            return Ok(());
+        }
+        MemberCommand::Add { node, peer_address } => {
+            let id = parse_node(&node)?;
+            let address = peer_address.to_string();
+            let op = MemberOp::AddLearner { id, address };
+            let list = client.member_change(op).await?;
+            let name = kvclient::node_name(id);
+            let done = format!("Member {name} added to the cluster as a learner at {peer_address}");
+            let hint = format!(
+                "Start it with an empty data directory: kvnode run --config <cluster.toml> \
+                 --id {name} --join\nOnce it has caught up: kvctl member promote {name}"
+            );
+            (list, done, Some(hint))
+        }
+        MemberCommand::Promote { node } => {
+            let id = parse_node(&node)?;
+            let list = client.member_change(MemberOp::Promote { id }).await?;
+            let name = kvclient::node_name(id);
+            (list, format!("Member {name} promoted to a voter"), None)
+        }
+        MemberCommand::Remove { node } => {
+            let id = parse_node(&node)?;
+            let list = client.member_change(MemberOp::Remove { id }).await?;
+            let name = kvclient::node_name(id);
+            (
+                list,
+                format!("Member {name} removed from the cluster"),
+                None,
+            )
+        }
+    };
+    match format {
+        Format::Json => print_json(&members_json(&list)),
+        Format::Table => {
+            println!("{done}");
+            print_members(&list, format);
+        }
+        Format::Simple => println!("{done} (configuration index {})", list.config_index),
+    }
+    if let (Some(hint), false) = (hint, format == Format::Json) {
+        println!("{hint}");
+    }
+    Ok(())
+}
+
+fn members_json(list: &MemberList) -> serde_json::Value {
+    let members: Vec<serde_json::Value> = (list.members.iter())
+        .map(|m| {
+            json!({
+                "node": kvclient::node_name(m.id),
+                "role": m.role.name(),
+                "address": m.address,
+                "match_index": m.match_index,
+                "is_leader": list.leader == Some(m.id),
+            })
+        })
+        .collect();
+    json!({
+        "answered_by": kvclient::node_name(list.node),
+        "leader": list.leader.map(kvclient::node_name),
+        "config_index": list.config_index,
+        "committed": list.committed,
+        "members": members,
+    })
+}
+
+fn print_members(list: &MemberList, format: Format) {
+    let address = |m: &MemberInfo| m.address.clone().unwrap_or_else(|| "unknown".into());
+    let matched = |m: &MemberInfo| m.match_index.map_or("-".to_string(), |i| i.to_string());
+    match format {
+        Format::Json => print_json(&members_json(list)),
+        Format::Table => {
+            let rows: Vec<Vec<String>> = (list.members.iter())
+                .map(|m| {
+                    vec![
+                        kvclient::node_name(m.id),
+                        m.role.name().to_string(),
+                        address(m),
+                        matched(m),
+                        (list.leader == Some(m.id)).to_string(),
+                    ]
+                })
+                .collect();
+            let headers = ["NODE", "ROLE", "PEER ADDRESS", "MATCH", "IS LEADER"];
+            print!("{}", table(&headers, &rows));
+        }
+        Format::Simple => {
+            for m in &list.members {
+                println!(
+                    "{}, {}, {}, match {}, {}",
+                    kvclient::node_name(m.id),
+                    m.role.name(),
+                    address(m),
+                    matched(m),
+                    if list.leader == Some(m.id) {
+                        "leader"
+                    } else {
+                        "-"
+                    }
+                );
+            }
+        }
+    }
+    if !list.committed {
+        eprintln!(
+            "kvctl: the configuration at index {} is not committed yet (a change is in progress)",
+            list.config_index
+        );
+    }
 }
 
 async fn run_txn(

@@ -447,6 +447,27 @@ struct PeerCounters {
     snapshots_sent: Counter,
 }
 
+impl PeerCounters {
+    fn register(id: NodeId) -> PeerCounters {
+        let counter = |name: &'static str| metrics::counter!(name, LABEL_PEER => peer(id));
+        let counters = PeerCounters {
+            sent: counter(RAFT_MESSAGES_SENT_TOTAL),
+            received: counter(RAFT_MESSAGES_RECEIVED_TOTAL),
+            replication_failures: counter(RAFT_REPLICATION_FAILURES_TOTAL),
+            snapshots_sent: counter(RAFT_SNAPSHOTS_SENT_TOTAL),
+        };
+        for each in [
+            &counters.sent,
+            &counters.received,
+            &counters.replication_failures,
+            &counters.snapshots_sent,
+        ] {
+            each.increment(0);
+        }
+        counters
+    }
+}
+
 /// Handles of the labelled metrics the driver updates on its hot paths, registered once (a
 /// handle's update is one atomic operation; a labelled macro call would build a key each time).
 pub struct NodeMetrics {
@@ -460,26 +481,7 @@ impl NodeMetrics {
     /// Registers the per-peer counters with the current recorder. Call again once the node's
     /// recorder is installed: handles made before it go nowhere.
     pub fn register(peers: impl Iterator<Item = NodeId>) -> NodeMetrics {
-        let peers = peers
-            .map(|id| {
-                let counter = |name: &'static str| metrics::counter!(name, LABEL_PEER => peer(id));
-                let counters = PeerCounters {
-                    sent: counter(RAFT_MESSAGES_SENT_TOTAL),
-                    received: counter(RAFT_MESSAGES_RECEIVED_TOTAL),
-                    replication_failures: counter(RAFT_REPLICATION_FAILURES_TOTAL),
-                    snapshots_sent: counter(RAFT_SNAPSHOTS_SENT_TOTAL),
-                };
-                for each in [
-                    &counters.sent,
-                    &counters.received,
-                    &counters.replication_failures,
-                    &counters.snapshots_sent,
-                ] {
-                    each.increment(0);
-                }
-                (id, counters)
-            })
-            .collect();
+        let peers = peers.map(|id| (id, PeerCounters::register(id))).collect();
         let transport = (TRANSPORT_COUNTERS.iter())
             .map(|&(name, label, read)| {
                 let counter = match label {
@@ -495,6 +497,14 @@ impl NodeMetrics {
             requests: HashMap::new(),
             durations: HashMap::new(),
         }
+    }
+
+    /// Registers the counters of a peer added at runtime (a membership change); a removed
+    /// peer's counters stay (counters never go back).
+    pub fn add_peer(&mut self, id: NodeId) {
+        self.peers
+            .entry(id)
+            .or_insert_with(|| PeerCounters::register(id));
     }
 
     /// Copies the transport's counters into their metrics.

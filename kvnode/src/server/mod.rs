@@ -253,7 +253,13 @@ fn new_core(
     raft.election_timeout_ticks = config.election_timeout_ticks();
     raft.heartbeat_interval_ticks = config.heartbeat_interval_ticks();
     raft.entry_bytes_max = kvstate::limits::COMMAND_BYTES_MAX as u64;
-    let membership = Membership::new(config.nodes.iter().map(|n| n.id).collect());
+    // A joining node starts outside any configuration and learns it from the leader.
+    let joining = config.node(&id.to_string())?.join;
+    let membership = if joining {
+        Membership::default()
+    } else {
+        Membership::new(config.initial_voters())
+    };
     let core_config = CoreConfig {
         request_timeout_ticks: config.request_timeout_ms.div_ceil(config.tick_ms.max(1)),
         requests_pending_max: config.proposals_pending_max,
@@ -282,6 +288,8 @@ fn start_transport(
             config.certs_dir.display()
         ))
     })?;
+    // The config file's nodes to begin with; the driver then follows the configuration in
+    // force (`Node::resolve_peers`).
     let peers = config
         .nodes
         .iter()

@@ -29,6 +29,8 @@ use super::ServerError;
 
 /// Inbound events handled before the driver turns to the core (batching window).
 const INBOUND_BATCH_MAX: usize = 4096;
+/// How often the driver re-resolves its peers anyway (see `Node::resolve_peers`).
+const PEERS_RESOLVE_INTERVAL_MS: u64 = 1_000;
 /// How long a leader waits for a leadership transfer on shutdown.
 const SHUTDOWN_TRANSFER_MS_MAX: u64 = 2_000;
 
@@ -76,6 +78,13 @@ pub(super) struct Node {
     /// Files of the received snapshots the core holds.
     received_files: Vec<(SnapshotMeta, PathBuf)>,
     metrics: m::NodeMetrics,
+    /// The configuration index the transport's peers were last resolved for.
+    peers_config_index: Option<kvraft::Index>,
+    /// When they were last resolved, and whether a member's address was missing then.
+    peers_resolved_at: Instant,
+    peers_unresolved: Vec<NodeId>,
+    /// The leader known when they were last resolved.
+    peers_leader: NodeId,
     _data_dir: kvstorage::datadir::DataDir,
 }
 
@@ -144,6 +153,10 @@ impl Node {
             snapshot_done,
             received_files: Vec::new(),
             metrics: m::NodeMetrics::register(std::iter::empty()),
+            peers_config_index: None,
+            peers_resolved_at: Instant::now(),
+            peers_unresolved: Vec::new(),
+            peers_leader: 0,
             _data_dir: parts.data_dir,
         }
     }
@@ -200,6 +213,92 @@ impl Node {
         let log_entries = status.last_index + 1 - status.first_index;
         metrics::gauge!(m::RAFT_LOG_ENTRIES).set(log_entries as f64);
         self.metrics.export_transport(&self.transport.stats());
+        if self.peers_resolved_at.elapsed() >= Duration::from_millis(PEERS_RESOLVE_INTERVAL_MS) {
+            self.resolve_peers();
+        }
+    }
+
+    /// Makes the transport's peers follow the configuration in force: its members (voters,
+    /// learners, both halves of a joint configuration), the nodes the leader still
+    /// replicates to (removed ones, until they know), the leader (removed, until its removal
+    /// commits), or, while this node has no configuration
+    /// yet (it is joining), the config file's nodes. A member's address is the one replicated
+    /// with `member add`, else the config file's. Runs when the configuration changes, every
+    /// `PEERS_RESOLVE_INTERVAL_MS`, and after every drive while an address is missing (a
+    /// configuration entry takes effect when appended, the address entry before it only when
+    /// applied).
+    fn resolve_peers(&mut self) {
+        self.peers_resolved_at = Instant::now();
+        let status = self.core.status();
+        self.peers_config_index = Some(status.membership_index);
+        self.peers_leader = status.leader;
+        let mut ids: std::collections::BTreeSet<NodeId> =
+            self.core.membership().members().into_iter().collect();
+        if ids.is_empty() {
+            ids.extend(self.config.nodes.iter().map(|n| n.id));
+        }
+        ids.extend(self.core.raw().progress().into_iter().map(|(id, ..)| id));
+        // A leader that removed itself leads until the change commits: its followers must
+        // still answer it.
+        let leader = status.leader;
+        if leader != 0 {
+            ids.insert(leader);
+        }
+        ids.remove(&self.id);
+        let mut peers = Vec::new();
+        let mut unresolved = Vec::new();
+        for id in ids {
+            let replicated = (self.core.member_address(id)).and_then(|a| a.parse().ok());
+            let from_file = (self.config.nodes.iter().find(|n| n.id == id)).map(|n| n.address);
+            match replicated.or(from_file) {
+                Some(addr) => peers.push(kvtransport::Peer {
+                    id,
+                    name: format!("n{id}"),
+                    addr,
+                }),
+                None => unresolved.push(id),
+            }
+        }
+        if !unresolved.is_empty() && unresolved != self.peers_unresolved {
+            let ids: Vec<String> = unresolved.iter().map(|id| format!("n{id}")).collect();
+            tracing::info!(
+                node = self.id,
+                "no address known yet for {} (waiting for the entry that carries it)",
+                ids.join(", ")
+            );
+        }
+        self.peers_unresolved = unresolved;
+        if peers == self.transport.peers() {
+            return;
+        }
+        for peer in &peers {
+            self.metrics.add_peer(peer.id);
+        }
+        let names: Vec<String> = peers.iter().map(|p| p.name.clone()).collect();
+        tracing::info!(
+            node = self.id,
+            leader = status.leader,
+            config_index = status.membership_index,
+            "peers: {}",
+            names.join(", ")
+        );
+        if let Err(error) = self.transport.set_peers(peers) {
+            tracing::warn!(node = self.id, "cannot update the peers: {error}");
+        }
+    }
+
+    /// Fills in the addresses of members of the initial configuration (the core knows only
+    /// the replicated ones) from the config file.
+    fn complete_member_list(&self, response: &mut ClientResponse) {
+        if let ClientResponse::Members(list) = response {
+            for member in &mut list.members {
+                if member.address.is_none() {
+                    member.address = (self.config.nodes.iter())
+                        .find(|n| n.id == member.id)
+                        .map(|n| n.address.to_string());
+                }
+            }
+        }
     }
 
     fn on_inbound(&mut self, event: Inbound) {
@@ -290,6 +389,13 @@ impl Node {
             let actions = self.core.take_actions();
             self.observe();
             if actions.is_empty() {
+                let status = self.core.status();
+                if self.peers_config_index != Some(status.membership_index)
+                    || self.peers_leader != status.leader
+                    || !self.peers_unresolved.is_empty()
+                {
+                    self.resolve_peers();
+                }
                 return self.retry_wal_backlog();
             }
             for action in actions {
@@ -314,7 +420,13 @@ impl Node {
                 }
             }
             Action::TakeSnapshot { meta, state } => self.take_snapshot(meta, state),
-            Action::Answer { token, response } => respond(token, &response, &mut self.metrics),
+            Action::Answer {
+                token,
+                mut response,
+            } => {
+                self.complete_member_list(&mut response);
+                respond(token, &response, &mut self.metrics);
+            }
         }
         Ok(())
     }
