@@ -396,7 +396,7 @@ impl Node {
         let store = Arc::clone(&self.snapshots);
         let done = self.snapshot_done_tx.clone();
         spawn_background("snapshot-writer", move || {
-            let result = write_snapshot(&store, &meta, &state).map(|()| meta);
+            let result = write_snapshot(&store, &meta, *state).map(|()| meta);
             let _ = done.send(result);
         });
     }
@@ -492,13 +492,15 @@ fn load_state_machine(
 }
 
 /// Writes `state` as the snapshot `meta` without holding the store's lock during the write.
+/// Consumes the state (a clone): each shard is let go of once written, so the node's live state
+/// stops copying it on write (`StateMachine::into_snapshot`).
 fn write_snapshot(
     store: &Arc<Mutex<SnapshotStore>>,
     meta: &SnapshotMeta,
-    state: &StateMachine,
+    state: StateMachine,
 ) -> Result<(), String> {
     let tmp = store.lock().map_err(|e| e.to_string())?.draft_path();
-    let verified = kvstorage::snapshot::write_file(&tmp, meta, |out| state.write_snapshot(out))
+    let verified = kvstorage::snapshot::write_file(&tmp, meta, |out| state.into_snapshot(out))
         .map_err(|e| e.to_string())?;
     let mut store = store.lock().map_err(|e| e.to_string())?;
     store
