@@ -146,7 +146,7 @@ impl KeyMap {
             self.shards.resize(SHARDS, None);
         }
         let shard = self.shards[shard_of(key)].get_or_insert_with(Default::default);
-        Arc::make_mut(shard)
+        unshare(shard)
     }
 
     /// Sets `key`; returns the value it replaced.
@@ -163,7 +163,7 @@ impl KeyMap {
         if !slot.contains_key(key) {
             return None;
         }
-        let removed = Arc::make_mut(slot).remove(key);
+        let removed = unshare(slot).remove(key);
         self.len -= usize::from(removed.is_some());
         removed
     }
@@ -174,7 +174,7 @@ impl KeyMap {
         if !slot.contains_key(key) {
             return None;
         }
-        Arc::make_mut(slot).get_mut(key).map(Arc::make_mut)
+        unshare(slot).get_mut(key).map(Arc::make_mut)
     }
 
     /// Every pair, shard by shard, each shard in key order.
@@ -197,6 +197,19 @@ impl KeyMap {
         let len = (shards.iter().flatten()).map(|shard| shard.len()).sum();
         KeyMap { shards, len }
     }
+}
+
+/// `Arc::make_mut` for a shard, but a shared shard is copied into a tree built bottom up from its
+/// sorted pairs: full nodes, where inserts in random order leave them about 60% full (measured:
+/// 385 bytes a key of 256-byte values after a fill, 359 after the rebuild of every shard). A
+/// snapshot's clone thus also packs every shard written after it. Same cost as a clone: one pass
+/// over the shard, one copy of each key and one reference count increment per value.
+fn unshare(shard: &mut Arc<Shard>) -> &mut Shard {
+    if Arc::get_mut(shard).is_none() {
+        let packed: Shard = (shard.iter()).map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
+        *shard = Arc::new(packed);
+    }
+    Arc::make_mut(shard)
 }
 
 impl PartialEq for KeyMap {
