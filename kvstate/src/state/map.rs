@@ -179,11 +179,8 @@ impl KeyMap {
 
     /// Every pair, shard by shard, each shard in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Value)> {
-        (self.shards.iter().flatten()).flat_map(|shard| {
-            shard
-                .iter()
-                .map(|(key, value)| (key.as_bytes(), &**value))
-        })
+        (self.shards.iter().flatten())
+            .flat_map(|shard| shard.iter().map(|(key, value)| (key.as_bytes(), &**value)))
     }
 
     /// The shards in order, for a writer that drops each one once written.
@@ -206,7 +203,9 @@ impl KeyMap {
 /// over the shard, one copy of each key and one reference count increment per value.
 fn unshare(shard: &mut Arc<Shard>) -> &mut Shard {
     if Arc::get_mut(shard).is_none() {
-        let packed: Shard = (shard.iter()).map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
+        let packed: Shard = (shard.iter())
+            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .collect();
         *shard = Arc::new(packed);
     }
     Arc::make_mut(shard)
@@ -240,7 +239,10 @@ mod tests {
         assert_eq!(std::mem::size_of::<Key>(), 24);
         let short = [7u8; KEY_INLINE_BYTES_MAX];
         assert!(matches!(Key::new(&short), Key::Inline { .. }));
-        assert!(matches!(Key::new(&[7u8; KEY_INLINE_BYTES_MAX + 1]), Key::Heap(_)));
+        assert!(matches!(
+            Key::new(&[7u8; KEY_INLINE_BYTES_MAX + 1]),
+            Key::Heap(_)
+        ));
         assert_eq!(Key::new(&short).as_bytes(), short);
         assert_eq!(Key::new(b"").as_bytes(), b"");
         // Order is the bytes' order, whatever the representation.
@@ -258,7 +260,10 @@ mod tests {
         let (min, max) = (counts.iter().min(), counts.iter().max());
         assert!(min >= Some(&24) && max <= Some(&112), "{min:?} {max:?}");
         // The snapshot format depends on these values: a change of the hash is a new format.
-        assert_eq!([shard_of(b""), shard_of(b"k0"), shard_of(b"k1")], [3837, 84, 1186]);
+        assert_eq!(
+            [shard_of(b""), shard_of(b"k0"), shard_of(b"k1")],
+            [3837, 84, 1186]
+        );
     }
 
     #[test]
