@@ -14,8 +14,7 @@
 //! the map holds them in, so a restore builds each shard's tree in one pass and a writer can let
 //! go of each shard once written. The order is a function of the keys alone, so the same state
 //! always gives the same bytes: replicas can compare snapshots byte for byte.
-//! Version 2 (pairs in key order, the previous map) is not read: a node with an older snapshot
-//! gets a new one from its leader.
+//! Version 2 (the same records, pairs in key order: the previous map's order) is still read.
 
 use std::io::{self, BufRead, Read, Write};
 
@@ -34,6 +33,9 @@ use bytes::Bytes;
 
 const SNAPSHOT_MAGIC: [u8; 4] = *b"KVSM";
 const SNAPSHOT_FORMAT_VERSION: u32 = 3;
+/// The previous format: pairs in key order (still read, so that a node restarts from a snapshot
+/// an older build wrote).
+const FORMAT_VERSION_BY_KEY: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct Header {
@@ -108,37 +110,22 @@ impl StateMachine {
             offset: 0,
         };
         let header: Header = reader.next()?;
-        if header.magic != SNAPSHOT_MAGIC || header.version != SNAPSHOT_FORMAT_VERSION {
-            return Err(invalid("not a state machine snapshot of format version 3"));
+        let by_shard = header.version == SNAPSHOT_FORMAT_VERSION;
+        if header.magic != SNAPSHOT_MAGIC || !(by_shard || header.version == FORMAT_VERSION_BY_KEY)
+        {
+            return Err(invalid(
+                "not a state machine snapshot of format version 2 or 3",
+            ));
         }
         let mut state = StateMachine {
             applied_index: header.applied_index,
             ..Default::default()
         };
-        // Each shard's pairs arrive together and in key order: its tree is built in one pass
-        // (full nodes) from a buffer of that shard's pairs only.
-        let mut shards: Vec<Option<Arc<Shard>>> = Vec::new();
-        let mut pending: Vec<(Key, Arc<Value>)> = Vec::new();
-        let mut last: Option<(usize, Key)> = None;
-        for _ in 0..header.pairs_count {
-            let (key, value): (Bytes, Value) = reader.next()?;
-            if key.is_empty() || key.len() > KEY_BYTES_MAX || !value.within_limits() {
-                return Err(invalid("a key or value is over the limits"));
-            }
-            let key = (map::shard_of(&key), Key::new(&key));
-            if last.as_ref().is_some_and(|last| *last >= key) {
-                return Err(invalid("keys are not in ascending (shard, key) order"));
-            }
-            if let Some((shard, _)) = last.as_ref().filter(|last| last.0 != key.0) {
-                build_shard(&mut shards, *shard, &mut pending);
-            }
-            pending.push((key.1.clone(), Arc::new(value)));
-            last = Some(key);
-        }
-        if let Some((shard, _)) = last {
-            build_shard(&mut shards, shard, &mut pending);
-        }
-        state.map = KeyMap::from_shards(shards);
+        state.map = if by_shard {
+            read_pairs_by_shard(&mut reader, header.pairs_count)?
+        } else {
+            read_pairs_by_key(&mut reader, header.pairs_count)?
+        };
         if header.sessions_count > SESSIONS_MAX as u64 {
             return Err(invalid("more sessions than SESSIONS_MAX"));
         }
@@ -179,6 +166,59 @@ impl StateMachine {
         self.sessions.insert(key, session);
         Ok(())
     }
+}
+
+/// Format 3's pairs. Each shard's pairs arrive together and in key order: its tree is built in
+/// one pass (full nodes) from a buffer of that shard's pairs only.
+fn read_pairs_by_shard<R: Read>(
+    reader: &mut RecordReader<R>,
+    pairs_count: u64,
+) -> Result<KeyMap, KvError> {
+    let mut shards: Vec<Option<Arc<Shard>>> = Vec::new();
+    let mut pending: Vec<(Key, Arc<Value>)> = Vec::new();
+    let mut last: Option<(usize, Key)> = None;
+    for _ in 0..pairs_count {
+        let (key, value) = read_pair(reader)?;
+        let key = (map::shard_of(&key), Key::new(&key));
+        if last.as_ref().is_some_and(|last| *last >= key) {
+            return Err(invalid("keys are not in ascending (shard, key) order"));
+        }
+        if let Some((shard, _)) = last.as_ref().filter(|last| last.0 != key.0) {
+            build_shard(&mut shards, *shard, &mut pending);
+        }
+        pending.push((key.1.clone(), Arc::new(value)));
+        last = Some(key);
+    }
+    if let Some((shard, _)) = last {
+        build_shard(&mut shards, shard, &mut pending);
+    }
+    Ok(KeyMap::from_shards(shards))
+}
+
+/// Format 2's pairs: in key order.
+fn read_pairs_by_key<R: Read>(
+    reader: &mut RecordReader<R>,
+    pairs_count: u64,
+) -> Result<KeyMap, KvError> {
+    let mut map = KeyMap::default();
+    let mut last_key: Option<Bytes> = None;
+    for _ in 0..pairs_count {
+        let (key, value) = read_pair(reader)?;
+        if last_key.as_ref().is_some_and(|last| *last >= key) {
+            return Err(invalid("keys are not in ascending order"));
+        }
+        map.insert(&key, Arc::new(value));
+        last_key = Some(key);
+    }
+    Ok(map)
+}
+
+fn read_pair<R: Read>(reader: &mut RecordReader<R>) -> Result<(Bytes, Value), KvError> {
+    let (key, value): (Bytes, Value) = reader.next()?;
+    if key.is_empty() || key.len() > KEY_BYTES_MAX || !value.within_limits() {
+        return Err(invalid("a key or value is over the limits"));
+    }
+    Ok((key, value))
 }
 
 /// Turns the pairs of shard `shard` (in key order) into its tree.
@@ -325,13 +365,46 @@ mod tests {
     fn reordered(state: &StateMachine, order: impl Fn(&mut Vec<(&[u8], &Value)>)) -> Vec<u8> {
         let mut out = Vec::new();
         state.write_header(&mut out).unwrap();
+        write_pairs(state, &mut out, order);
+        out
+    }
+
+    fn write_pairs(
+        state: &StateMachine,
+        mut out: &mut Vec<u8>,
+        order: impl Fn(&mut Vec<(&[u8], &Value)>),
+    ) {
         let mut pairs: Vec<(&[u8], &Value)> = state.map.iter().collect();
         order(&mut pairs);
         for (key, value) in pairs {
             write_record(&mut out, &(serde_bytes::Bytes::new(key), value)).unwrap();
         }
         state.write_sessions(&mut out).unwrap();
-        out
+    }
+
+    #[test]
+    fn a_format_2_snapshot_is_still_read() {
+        let state = big_state();
+        let header = Header {
+            magic: SNAPSHOT_MAGIC,
+            version: FORMAT_VERSION_BY_KEY,
+            applied_index: state.applied_index,
+            pairs_count: state.map.len() as u64,
+            sessions_count: state.sessions.len() as u64,
+        };
+        let by_key = |pairs: &mut Vec<(&[u8], &Value)>| pairs.sort_by_key(|(key, _)| *key);
+        let mut version_2 = Vec::new();
+        write_record(&mut version_2, &header).unwrap();
+        write_pairs(&state, &mut version_2, by_key);
+        assert_eq!(StateMachine::restore(&version_2).unwrap(), state);
+        // Format 2 wants key order.
+        let mut shard_order = Vec::new();
+        write_record(&mut shard_order, &header).unwrap();
+        write_pairs(&state, &mut shard_order, |_| {});
+        assert!(matches!(
+            StateMachine::restore(&shard_order),
+            Err(KvError::SnapshotInvalid(_))
+        ));
     }
 
     #[test]
