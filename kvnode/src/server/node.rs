@@ -278,8 +278,11 @@ impl Node {
     fn start_loading(&mut self, meta: SnapshotMeta, path: PathBuf) {
         let store = Arc::clone(&self.snapshots);
         let loaded = self.snapshot_loaded_tx.clone();
+        // A cheap clone: the decoded state shares the values this node already holds.
+        let base = self.core.state_machine().clone();
         spawn_background("snapshot-loader", move || {
-            let state = load_state_machine(&store, &path);
+            let state = load_state_machine(&store, &path, &base);
+            drop(base);
             let _ = loaded.send((meta, path, state));
         });
     }
@@ -527,15 +530,17 @@ impl Node {
     }
 }
 
-/// Decodes the state machine in a snapshot file, streaming (never the whole file in memory).
+/// Decodes the state machine in a snapshot file, streaming (never the whole file in memory),
+/// sharing every value equal in `base` (the node's state when the decode began).
 fn load_state_machine(
     store: &Arc<Mutex<SnapshotStore>>,
     path: &std::path::Path,
+    base: &StateMachine,
 ) -> Result<StateMachine, String> {
     let store = store.lock().map_err(|e| e.to_string())?;
     let (_, body) = store.open_body(path).map_err(|e| e.to_string())?;
     drop(store);
-    StateMachine::restore_from(body).map_err(|e| e.to_string())
+    StateMachine::restore_from_base(body, base).map_err(|e| e.to_string())
 }
 
 /// Writes `state` as the snapshot `meta` without holding the store's lock during the write.

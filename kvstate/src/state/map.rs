@@ -140,6 +140,12 @@ impl KeyMap {
         shard.get(key).map(|value| &**value)
     }
 
+    /// The value of `key` as it is held, to share it (`restore_from_base`).
+    pub fn get_shared(&self, key: &[u8]) -> Option<&Arc<Value>> {
+        let shard = self.shards.get(shard_of(key))?.as_ref()?;
+        shard.get(key)
+    }
+
     /// The shard of `key`, unshared (copied if a clone still holds it).
     fn shard_mut(&mut self, key: &[u8]) -> &mut Shard {
         if self.shards.is_empty() {

@@ -105,6 +105,18 @@ impl StateMachine {
     /// `restore` from a reader (a snapshot file's body), one record at a time: memory is the
     /// state being built plus one record, never the whole file.
     pub fn restore_from(reader: impl Read) -> Result<StateMachine, KvError> {
+        StateMachine::restore_from_sharing(reader, &KeyMap::default())
+    }
+
+    /// `restore_from`, sharing with `base` (the state the node holds now, a cheap clone) every
+    /// value that is the same in both: a follower that catches up by a newer snapshot then holds
+    /// the values once, not twice, while both states exist (the old one until the new one is
+    /// installed). The result is the same as `restore_from`'s.
+    pub fn restore_from_base(reader: impl Read, base: &StateMachine) -> Result<Self, KvError> {
+        StateMachine::restore_from_sharing(reader, &base.map)
+    }
+
+    fn restore_from_sharing(reader: impl Read, base: &KeyMap) -> Result<StateMachine, KvError> {
         let mut reader = RecordReader {
             inner: io::BufReader::new(reader),
             offset: 0,
@@ -122,9 +134,9 @@ impl StateMachine {
             ..Default::default()
         };
         state.map = if by_shard {
-            read_pairs_by_shard(&mut reader, header.pairs_count)?
+            read_pairs_by_shard(&mut reader, header.pairs_count, base)?
         } else {
-            read_pairs_by_key(&mut reader, header.pairs_count)?
+            read_pairs_by_key(&mut reader, header.pairs_count, base)?
         };
         if header.sessions_count > SESSIONS_MAX as u64 {
             return Err(invalid("more sessions than SESSIONS_MAX"));
@@ -173,6 +185,7 @@ impl StateMachine {
 fn read_pairs_by_shard<R: Read>(
     reader: &mut RecordReader<R>,
     pairs_count: u64,
+    base: &KeyMap,
 ) -> Result<KeyMap, KvError> {
     let mut shards: Vec<Option<Arc<Shard>>> = Vec::new();
     let mut pending: Vec<(Key, Arc<Value>)> = Vec::new();
@@ -186,7 +199,8 @@ fn read_pairs_by_shard<R: Read>(
         if let Some((shard, _)) = last.as_ref().filter(|last| last.0 != key.0) {
             build_shard(&mut shards, *shard, &mut pending);
         }
-        pending.push((key.1.clone(), Arc::new(value)));
+        let value = shared_value(base, key.1.as_bytes(), value);
+        pending.push((key.1.clone(), value));
         last = Some(key);
     }
     if let Some((shard, _)) = last {
@@ -199,6 +213,7 @@ fn read_pairs_by_shard<R: Read>(
 fn read_pairs_by_key<R: Read>(
     reader: &mut RecordReader<R>,
     pairs_count: u64,
+    base: &KeyMap,
 ) -> Result<KeyMap, KvError> {
     let mut map = KeyMap::default();
     let mut last_key: Option<Bytes> = None;
@@ -207,10 +222,19 @@ fn read_pairs_by_key<R: Read>(
         if last_key.as_ref().is_some_and(|last| *last >= key) {
             return Err(invalid("keys are not in ascending order"));
         }
-        map.insert(&key, Arc::new(value));
+        let value = shared_value(base, &key, value);
+        map.insert(&key, value);
         last_key = Some(key);
     }
     Ok(map)
+}
+
+/// `base`'s value of `key` if it equals `value`, else `value`.
+fn shared_value(base: &KeyMap, key: &[u8], value: Value) -> Arc<Value> {
+    match base.get_shared(key) {
+        Some(held) if **held == value => Arc::clone(held),
+        _ => Arc::new(value),
+    }
 }
 
 fn read_pair<R: Read>(reader: &mut RecordReader<R>) -> Result<(Bytes, Value), KvError> {
@@ -359,6 +383,32 @@ mod tests {
         assert_ne!(restored, state);
         assert_eq!(restored.len(), 3000);
         assert_eq!(restored.snapshot(), bytes);
+    }
+
+    #[test]
+    fn a_restore_from_a_base_shares_its_equal_values() {
+        let mut state = big_state();
+        let base = state.clone();
+        let command = Command {
+            owner: "client1".into(),
+            client_id: 1,
+            seq: 5000,
+            op: Op::put("k1", "changed"),
+        };
+        state.apply(3001, &command.encode().unwrap());
+        let bytes = state.snapshot();
+        let restored = StateMachine::restore_from_base(&bytes[..], &base).unwrap();
+        assert_eq!(restored, StateMachine::restore(&bytes).unwrap());
+        assert_eq!(restored, state);
+        let shared = |key: &[u8]| {
+            let (a, b) = (restored.map.get_shared(key), base.map.get_shared(key));
+            a.zip(b).is_some_and(|(a, b)| Arc::ptr_eq(a, b))
+        };
+        assert!(shared(b"k2") && shared(b"k5"), "equal values are shared");
+        assert!(!shared(b"k1"), "a changed value is not");
+        // An older base shares what is equal and still restores the newer state exactly.
+        let older = StateMachine::restore_from_base(&base.snapshot()[..], &state).unwrap();
+        assert_eq!(older, base);
     }
 
     /// Re-encodes a snapshot's pairs in another order.
