@@ -252,6 +252,17 @@ impl Node {
     /// A snapshot file from a leader: decode it on a blocking thread (a large state must not
     /// stall this loop), then `on_snapshot_loaded`.
     fn on_snapshot_received(&mut self, meta: SnapshotMeta, path: PathBuf) {
+        let applied = self.core.state_machine().applied_index();
+        if meta.last_index <= applied {
+            // Never installable (the core has applied past it, so it steps the leader's
+            // InstallSnapshot for it without a file): decoding it would only hold another state.
+            tracing::info!(
+                "snapshot {} received at applied {applied}: deleted",
+                meta.last_index
+            );
+            let _ = std::fs::remove_file(&path);
+            return;
+        }
         let loading = self.loading.iter().any(|(m, _)| *m == meta);
         if loading || self.received_files.iter().any(|(m, _)| *m == meta) {
             // The same snapshot again (the leader's retry): the first copy is decoded or
