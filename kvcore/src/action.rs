@@ -42,7 +42,7 @@ pub enum Action<T> {
     /// A received snapshot file that will never be installed: delete it.
     DiscardSnapshotFile { meta: SnapshotMeta },
     /// Write `state` (the state machine at `meta.last_index`, a cheap clone that shares the
-    /// node's map) as a snapshot file with `StateMachine::write_snapshot`, durably, in the
+    /// node's map) as a snapshot file with `StateMachine::into_snapshot`, durably, in the
     /// background. Then call `handle_snapshot_taken(meta)`.
     TakeSnapshot {
         meta: SnapshotMeta,

@@ -179,8 +179,13 @@ impl<T> NodeCore<T> {
     /// A Raft message from a peer.
     pub fn handle_message(&mut self, message: Message) {
         match &message.body {
-            MessageBody::InstallSnapshot { meta } if !self.snapshots.has_received(meta) => {
+            MessageBody::InstallSnapshot { meta }
+                if !self.snapshots.has_received(meta)
+                    && meta.last_index > self.raw.status().commit_index =>
+            {
                 // Step it only once the file is here: the core replaces its log on this message.
+                // A snapshot at or below our commit needs no file (Raft only answers with its
+                // commit index), so that one is stepped at once: the leader learns where we are.
                 let reason = format!("InstallSnapshot {} without its file", meta.last_index);
                 let from = message.from;
                 self.observations

@@ -460,3 +460,39 @@ fn node_core_move_leader_answers_once_the_target_leads() {
     assert_eq!(list.node, 1);
     assert_eq!(h.cores[1].role(), Role::Leader);
 }
+
+/// A leader's InstallSnapshot for a snapshot at or below the follower's commit needs no file:
+/// the follower answers with its commit index at once. (The node deletes such a file unread, so
+/// dropping the message for want of its file would leave the leader resending it.)
+#[test]
+fn node_core_a_snapshot_below_the_commit_is_answered_without_its_file() {
+    let mut h = Harness::new();
+    h.elect_node_1();
+    for seq in 1..=3 {
+        h.client(1, seq as Token, "client1", &put(7, seq, "k", "v"));
+        h.settle();
+    }
+    let status = h.cores[1].status();
+    assert!(status.commit_index >= 3, "{status:?}");
+    let meta = SnapshotMeta {
+        last_index: status.commit_index - 1,
+        last_term: status.term,
+        membership: Membership::new(vec![1, 2, 3]),
+        membership_index: 0,
+    };
+    h.network.clear();
+    h.cores[1].handle_message(Message {
+        from: 1,
+        to: 2,
+        term: status.term,
+        body: MessageBody::InstallSnapshot { meta },
+    });
+    h.drive(2);
+    h.sync(2);
+    let answered = h.network.iter().any(|m| {
+        m.from == 2
+            && matches!(m.body, MessageBody::AppendResponse { index, reject: None }
+                if index == status.commit_index)
+    });
+    assert!(answered, "no answer in {:?}", h.network);
+}

@@ -5,6 +5,7 @@
 //! alone, so every replica returns the same outcomes and holds the same state.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -89,18 +90,18 @@ struct Session {
 /// How to take back one write of an aborting transaction.
 enum Undo {
     /// Put back the value the key had (`None`: the key was absent).
-    Restore(Bytes, Option<Value>),
+    Restore(Bytes, Option<Arc<Value>>),
     /// Drop the element an append pushed onto an existing list.
     Pop(Bytes),
 }
 
-/// The replicated state. `Clone` is cheap: the map is a persistent B-tree (`imbl::OrdMap`)
-/// whose clone shares every node, so a snapshot is a clone written in the background while
-/// the node goes on applying (nodes are copied only where the two later differ). Sessions are
-/// bounded by `SESSIONS_MAX` and cloned outright.
+/// The replicated state. `Clone` is cheap: the map (`map::KeyMap`) is shards of B-trees behind
+/// `Arc`s with every value behind an `Arc`, so a snapshot is a clone written in the background
+/// while the node goes on applying (a shard's tree is copied on its first write after the clone,
+/// never the values' bytes). Sessions are bounded by `SESSIONS_MAX` and cloned outright.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StateMachine {
-    map: imbl::OrdMap<Bytes, Value>,
+    map: map::KeyMap,
     sessions: BTreeMap<SessionKey, Session>,
     /// Sessions by their last log index: the first entry is the least recently used. Every
     /// command has its own index, so an index names at most one session.
@@ -237,7 +238,7 @@ impl StateMachine {
                 };
             }
         }
-        let result = self.execute(&op);
+        let result = self.execute(op);
         self.session_record(key, seq, index, result.clone());
         ApplyOutcome::Applied {
             client_id,
@@ -268,7 +269,7 @@ impl StateMachine {
         self.applied_index = index;
     }
 
-    fn execute(&mut self, op: &Op) -> OpResult {
+    fn execute(&mut self, op: Op) -> OpResult {
         match op {
             Op::Key(key_op) => OpResult::Key(self.execute_key(key_op, None)),
             Op::Txn(ops) => self.execute_txn(ops),
@@ -277,7 +278,7 @@ impl StateMachine {
 
     /// Applies the operations in order; on the first failure, takes back every write of the
     /// transaction in reverse order, so the map is as before (all or nothing).
-    fn execute_txn(&mut self, ops: &[KeyOp]) -> OpResult {
+    fn execute_txn(&mut self, ops: Vec<KeyOp>) -> OpResult {
         let mut undo = Vec::new();
         let mut results = Vec::with_capacity(ops.len());
         let mut result_bytes = 16;
@@ -304,7 +305,7 @@ impl StateMachine {
         for step in undo.into_iter().rev() {
             match step {
                 Undo::Restore(key, Some(value)) => {
-                    self.map.insert(key, value);
+                    self.map.insert(&key, value);
                 }
                 Undo::Restore(key, None) => {
                     self.map.remove(&key);
@@ -320,27 +321,29 @@ impl StateMachine {
         }
     }
 
-    fn read_key(&self, key: &Bytes) -> KeyResult {
+    fn read_key(&self, key: &[u8]) -> KeyResult {
         KeyResult::Get {
             value: self.map.get(key).cloned(),
         }
     }
 
-    /// Applies one operation; if `undo` is given, records how to take its write back.
-    fn execute_key(&mut self, op: &KeyOp, undo: Option<&mut Vec<Undo>>) -> KeyResult {
+    /// Applies one operation; if `undo` is given, records how to take its write back. Takes
+    /// the operation by value so that the value's bytes move into the map (no copy, and no
+    /// reference count header of a shared `Bytes`).
+    fn execute_key(&mut self, op: KeyOp, undo: Option<&mut Vec<Undo>>) -> KeyResult {
         let (result, step) = match op {
-            KeyOp::Get { key } => (self.read_key(key), None),
+            KeyOp::Get { key } => (self.read_key(&key), None),
             KeyOp::Put { key, value } => {
-                let previous = self.map.insert(key.clone(), Value::Bytes(value.clone()));
+                let previous = self.map.insert(&key, Arc::new(Value::Bytes(value)));
                 let existed = previous.is_some();
                 (
                     KeyResult::Put { existed },
-                    Some(Undo::Restore(key.clone(), previous)),
+                    Some(Undo::Restore(key, previous)),
                 )
             }
-            KeyOp::Delete { key } => match self.map.remove(key) {
+            KeyOp::Delete { key } => match self.map.remove(&key) {
                 Some(previous) => {
-                    let step = Undo::Restore(key.clone(), Some(previous));
+                    let step = Undo::Restore(key, Some(previous));
                     (KeyResult::Delete { existed: true }, Some(step))
                 }
                 None => (KeyResult::Delete { existed: false }, None),
@@ -356,11 +359,11 @@ impl StateMachine {
 
     fn execute_cas(
         &mut self,
-        key: &Bytes,
+        key: Bytes,
         expected: Option<&Bytes>,
-        new: &Bytes,
+        new: Bytes,
     ) -> (KeyResult, Option<Undo>) {
-        let current = self.map.get(key);
+        let current = self.map.get(&key);
         let matches = match (expected, current) {
             (None, None) => true,
             (Some(expected), Some(Value::Bytes(current))) => expected == current,
@@ -376,22 +379,23 @@ impl StateMachine {
                 None,
             );
         }
-        let previous = self.map.insert(key.clone(), Value::Bytes(new.clone()));
+        let previous = self.map.insert(&key, Arc::new(Value::Bytes(new)));
         let result = KeyResult::Cas {
             succeeded: true,
-            current: previous.clone(),
+            current: previous.as_deref().cloned(),
         };
-        (result, Some(Undo::Restore(key.clone(), previous)))
+        (result, Some(Undo::Restore(key, previous)))
     }
 
-    fn execute_append(&mut self, key: &Bytes, element: &Bytes) -> (KeyResult, Option<Undo>) {
-        let elements = match self.map.get_mut(key) {
+    fn execute_append(&mut self, key: Bytes, element: Bytes) -> (KeyResult, Option<Undo>) {
+        // Decided on a shared reference first: a failed append must not copy a shard or a
+        // list that a snapshot's clone still shares.
+        let elements = match self.map.get(&key) {
             None => {
-                self.map
-                    .insert(key.clone(), Value::List(vec![element.clone()]));
+                self.map.insert(&key, Arc::new(Value::List(vec![element])));
                 return (
                     KeyResult::Append { length: 1 },
-                    Some(Undo::Restore(key.clone(), None)),
+                    Some(Undo::Restore(key, None)),
                 );
             }
             Some(Value::Bytes(_)) => return (KeyResult::Failed(OpFailure::WrongType), None),
@@ -405,9 +409,12 @@ impl StateMachine {
             };
             return (KeyResult::Failed(failure), None);
         }
-        elements.push(element.clone());
+        let Some(Value::List(elements)) = self.map.get_mut(&key) else {
+            unreachable!("the key holds a list (checked above)");
+        };
+        elements.push(element);
         let length = elements.len() as u64;
-        (KeyResult::Append { length }, Some(Undo::Pop(key.clone())))
+        (KeyResult::Append { length }, Some(Undo::Pop(key)))
     }
 }
 
@@ -479,6 +486,7 @@ fn is_failure(result: &KeyResult) -> bool {
     )
 }
 
+pub mod map;
 mod snapshot;
 #[cfg(test)]
 mod tests;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use kvclient::config::ClusterConfig;
 use kvcore::{Action, NodeCore, Observation, WalCommand};
-use kvraft::{NodeId, Role, SnapshotMeta};
+use kvraft::{Message, MessageBody, NodeId, Role, SnapshotMeta};
 use kvstate::client_proto::{encode_response, ClientResponse};
 use kvstate::StateMachine;
 use kvstorage::snapshot::SnapshotStore;
@@ -77,6 +77,14 @@ pub(super) struct Node {
     snapshot_loaded: mpsc::UnboundedReceiver<LoadedSnapshot>,
     /// Files of the received snapshots the core holds.
     received_files: Vec<(SnapshotMeta, PathBuf)>,
+    /// Received snapshots being decoded, each with the leader's `InstallSnapshot` for it if that
+    /// came meanwhile: it is stepped once the state is decoded, instead of dropped (the leader
+    /// would send the whole file again, and a second decode would hold a second copy of the
+    /// state: measured 7.4 GB on a follower catching up from a 2.1 GB state, 3 decodes at once).
+    /// At most one decodes at a time (each holds a whole state); `queued` is the newest one
+    /// waiting (its meta is in `loading` too), an older waiting one is deleted.
+    loading: Vec<(SnapshotMeta, Option<Message>)>,
+    queued: Option<(SnapshotMeta, PathBuf)>,
     metrics: m::NodeMetrics,
     /// The configuration index the transport's peers were last resolved for.
     peers_config_index: Option<kvraft::Index>,
@@ -152,6 +160,8 @@ impl Node {
             snapshot_done_tx,
             snapshot_done,
             received_files: Vec::new(),
+            loading: Vec::new(),
+            queued: None,
             metrics: m::NodeMetrics::register(std::iter::empty()),
             peers_config_index: None,
             peers_resolved_at: Instant::now(),
@@ -305,6 +315,12 @@ impl Node {
         match event {
             Inbound::Raft(message) => {
                 self.metrics.message_received(message.from);
+                if let MessageBody::InstallSnapshot { meta } = &message.body {
+                    if let Some((_, held)) = self.loading.iter_mut().find(|(m, _)| m == meta) {
+                        *held = Some(message);
+                        return;
+                    }
+                }
                 self.core.handle_message(message);
             }
             Inbound::Client {
@@ -335,10 +351,48 @@ impl Node {
     /// A snapshot file from a leader: decode it on a blocking thread (a large state must not
     /// stall this loop), then `on_snapshot_loaded`.
     fn on_snapshot_received(&mut self, meta: SnapshotMeta, path: PathBuf) {
+        let applied = self.core.state_machine().applied_index();
+        if meta.last_index <= applied {
+            // Never installable (the core has applied past it, so it steps the leader's
+            // InstallSnapshot for it without a file): decoding it would only hold another state.
+            tracing::info!(
+                "snapshot {} received at applied {applied}: deleted",
+                meta.last_index
+            );
+            let _ = std::fs::remove_file(&path);
+            return;
+        }
+        let loading = self.loading.iter().any(|(m, _)| *m == meta);
+        if loading || self.received_files.iter().any(|(m, _)| *m == meta) {
+            // The same snapshot again (the leader's retry): the first copy is decoded or
+            // being decoded, and a second decode would hold the state twice.
+            tracing::info!(
+                "snapshot {} received again: kept the first",
+                meta.last_index
+            );
+            let _ = std::fs::remove_file(&path);
+            return;
+        }
+        let decoding = !self.loading.is_empty();
+        self.loading.push((meta.clone(), None));
+        if decoding {
+            if let Some((older, file)) = self.queued.replace((meta, path)) {
+                self.loading.retain(|(m, _)| *m != older);
+                let _ = std::fs::remove_file(file);
+            }
+            return;
+        }
+        self.start_loading(meta, path);
+    }
+
+    fn start_loading(&mut self, meta: SnapshotMeta, path: PathBuf) {
         let store = Arc::clone(&self.snapshots);
         let loaded = self.snapshot_loaded_tx.clone();
+        // A cheap clone: the decoded state shares the values this node already holds.
+        let base = self.core.state_machine().clone();
         spawn_background("snapshot-loader", move || {
-            let state = load_state_machine(&store, &path);
+            let state = load_state_machine(&store, &path, &base);
+            drop(base);
             let _ = loaded.send((meta, path, state));
         });
     }
@@ -346,16 +400,23 @@ impl Node {
     /// Hands a decoded snapshot to the core. A file that does not decode is deleted (the
     /// leader sends it again).
     fn on_snapshot_loaded(&mut self, (meta, path, state): LoadedSnapshot) {
+        let held = (self.loading.iter().position(|(m, _)| *m == meta))
+            .and_then(|at| self.loading.remove(at).1);
         match state {
             Ok(sm) => {
-                self.received_files.retain(|(m, _)| *m != meta);
                 self.received_files.push((meta.clone(), path));
                 self.core.handle_snapshot_received(meta, sm);
+                if let Some(message) = held {
+                    self.core.handle_message(message);
+                }
             }
             Err(error) => {
                 tracing::warn!("received snapshot {} is unusable: {error}", meta.last_index);
                 let _ = std::fs::remove_file(&path);
             }
+        }
+        if let Some((meta, path)) = self.queued.take() {
+            self.start_loading(meta, path);
         }
     }
 
@@ -508,7 +569,7 @@ impl Node {
         let store = Arc::clone(&self.snapshots);
         let done = self.snapshot_done_tx.clone();
         spawn_background("snapshot-writer", move || {
-            let result = write_snapshot(&store, &meta, &state).map(|()| meta);
+            let result = write_snapshot(&store, &meta, *state).map(|()| meta);
             let _ = done.send(result);
         });
     }
@@ -592,25 +653,29 @@ impl Node {
     }
 }
 
-/// Decodes the state machine in a snapshot file, streaming (never the whole file in memory).
+/// Decodes the state machine in a snapshot file, streaming (never the whole file in memory),
+/// sharing every value equal in `base` (the node's state when the decode began).
 fn load_state_machine(
     store: &Arc<Mutex<SnapshotStore>>,
     path: &std::path::Path,
+    base: &StateMachine,
 ) -> Result<StateMachine, String> {
     let store = store.lock().map_err(|e| e.to_string())?;
     let (_, body) = store.open_body(path).map_err(|e| e.to_string())?;
     drop(store);
-    StateMachine::restore_from(body).map_err(|e| e.to_string())
+    StateMachine::restore_from_base(body, base).map_err(|e| e.to_string())
 }
 
 /// Writes `state` as the snapshot `meta` without holding the store's lock during the write.
+/// Consumes the state (a clone): each shard is let go of once written, so the node's live state
+/// stops copying it on write (`StateMachine::into_snapshot`).
 fn write_snapshot(
     store: &Arc<Mutex<SnapshotStore>>,
     meta: &SnapshotMeta,
-    state: &StateMachine,
+    state: StateMachine,
 ) -> Result<(), String> {
     let tmp = store.lock().map_err(|e| e.to_string())?.draft_path();
-    let verified = kvstorage::snapshot::write_file(&tmp, meta, |out| state.write_snapshot(out))
+    let verified = kvstorage::snapshot::write_file(&tmp, meta, |out| state.into_snapshot(out))
         .map_err(|e| e.to_string())?;
     let mut store = store.lock().map_err(|e| e.to_string())?;
     store
