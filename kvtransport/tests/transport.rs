@@ -399,6 +399,16 @@ async fn raw_client_stream(conn: &ClientConn, bytes: &[u8]) -> Result<Bytes, Cli
     }
 }
 
+/// Sends `bytes` on a raw stream of its own and checks that the node reset it with `code`.
+async fn assert_raw_stream_reset(client: &ClientConn, bytes: &[u8], code: u32) {
+    let error = raw_client_stream(client, bytes)
+        .await
+        .unwrap_err()
+        .to_string();
+    let expected = format!("reset by peer: error {code}");
+    assert!(error.contains(&expected), "{error}");
+}
+
 #[tokio::test]
 async fn transport_oversize_and_malformed_frames_fail_and_node_keeps_serving() {
     let cluster = Cluster::new();
@@ -412,11 +422,7 @@ async fn transport_oversize_and_malformed_frames_fail_and_node_keeps_serving() {
     // A request announcing 512 MiB: refused on the length, nothing allocated or read.
     let mut oversize = vec![wire::STREAM_TAG_CLIENT];
     oversize.extend_from_slice(&(512u32 << 20).to_le_bytes());
-    let error = raw_client_stream(&client, &oversize)
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(error.contains("reset by peer: error 3"), "{error}");
+    assert_raw_stream_reset(&client, &oversize, 3).await;
     assert_eq!(TransportStats::get(&stats.frames_oversize_total), 1);
     // The library refuses a too large request before sending it.
     let limit = kvtransport::CLIENT_REQUEST_BYTES_MAX_DEFAULT as usize;
@@ -427,16 +433,8 @@ async fn transport_oversize_and_malformed_frames_fail_and_node_keeps_serving() {
     ));
 
     // An unknown stream tag, and a request cut inside its frame.
-    let error = raw_client_stream(&client, &[99])
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(error.contains("reset by peer: error 2"), "{error}");
-    let error = raw_client_stream(&client, &[wire::STREAM_TAG_CLIENT, 10, 0, 0, 0, 1])
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(error.contains("reset by peer: error 2"), "{error}");
+    assert_raw_stream_reset(&client, &[99], 2).await;
+    assert_raw_stream_reset(&client, &[wire::STREAM_TAG_CLIENT, 10, 0, 0, 0, 1], 2).await;
     assert_eq!(TransportStats::get(&stats.frames_malformed_total), 2);
 
     // A raft stream with a frame that does not decode as a Message.
@@ -862,21 +860,13 @@ async fn transport_session_oversize_and_truncated_frames_reset_the_session() {
     let mut oversize = vec![wire::STREAM_TAG_SESSION];
     oversize.extend_from_slice(&7u64.to_le_bytes());
     oversize.extend_from_slice(&(512u32 << 20).to_le_bytes());
-    let error = raw_client_stream(&client, &oversize)
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(error.contains("reset by peer: error 3"), "{error}");
+    assert_raw_stream_reset(&client, &oversize, 3).await;
     assert_eq!(TransportStats::get(&stats.frames_oversize_total), 1);
     let mut truncated = vec![wire::STREAM_TAG_SESSION];
     truncated.extend_from_slice(&7u64.to_le_bytes());
     truncated.extend_from_slice(&10u32.to_le_bytes());
     truncated.push(1);
-    let error = raw_client_stream(&client, &truncated)
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(error.contains("reset by peer: error 2"), "{error}");
+    assert_raw_stream_reset(&client, &truncated, 2).await;
     assert_eq!(TransportStats::get(&stats.frames_malformed_total), 1);
     let response = client.request(Bytes::from_static(b"ok?"), wait()).await;
     assert_eq!(response.unwrap(), Bytes::from_static(b"?ko"));

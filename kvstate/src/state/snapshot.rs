@@ -362,12 +362,8 @@ mod tests {
         state
     }
 
-    #[test]
-    fn a_consumed_clone_writes_the_same_bytes_and_they_restore_exactly() {
-        let mut state = big_state();
-        let frozen = state.clone();
-        let bytes = frozen.snapshot();
-        // The live state goes on changing while the clone is written.
+    /// One more write, after `big_state`'s: k1 becomes "changed" at index 3001.
+    fn change_k1(state: &mut StateMachine) {
         let command = Command {
             owner: "client1".into(),
             client_id: 1,
@@ -375,6 +371,15 @@ mod tests {
             op: Op::put("k1", "changed"),
         };
         state.apply(3001, &command.encode().unwrap());
+    }
+
+    #[test]
+    fn a_consumed_clone_writes_the_same_bytes_and_they_restore_exactly() {
+        let mut state = big_state();
+        let frozen = state.clone();
+        let bytes = frozen.snapshot();
+        // The live state goes on changing while the clone is written.
+        change_k1(&mut state);
         let mut consumed = Vec::new();
         frozen.clone().into_snapshot(&mut consumed).unwrap();
         assert_eq!(consumed, bytes);
@@ -389,13 +394,7 @@ mod tests {
     fn a_restore_from_a_base_shares_its_equal_values() {
         let mut state = big_state();
         let base = state.clone();
-        let command = Command {
-            owner: "client1".into(),
-            client_id: 1,
-            seq: 5000,
-            op: Op::put("k1", "changed"),
-        };
-        state.apply(3001, &command.encode().unwrap());
+        change_k1(&mut state);
         let bytes = state.snapshot();
         let restored = StateMachine::restore_from_base(&bytes[..], &base).unwrap();
         assert_eq!(restored, StateMachine::restore(&bytes).unwrap());
