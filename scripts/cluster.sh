@@ -73,7 +73,7 @@ up() {
   fi
   if [ ! -f "$CONFIG" ]; then
   cat > "$CONFIG" <<TOML
-# Written by scripts/cluster.sh; `cluster.sh add` and `remove` edit it. data_dir is relative to this file.
+# Written by scripts/cluster.sh; "cluster.sh add" and "remove" edit it. data_dir is relative to this file.
 data_dir = "."
 certs_dir = "$(pwd)/certs"
 [[nodes]]
