@@ -415,6 +415,27 @@ pub fn table(cases: &[Case], runs: &[RunFigures], floor: &Floor) -> String {
     text
 }
 
+/// Appends `FSYNC_APPEND_BYTES` to a new file at `path` and fdatasyncs it, `count` times or
+/// until `deadline`; the fdatasync latencies in microseconds. The file is removed.
+fn fdatasync_samples(
+    path: &Path,
+    count: usize,
+    deadline: Option<Instant>,
+) -> std::io::Result<Vec<u64>> {
+    let mut file = File::create(path)?;
+    let block = vec![0x5a_u8; FSYNC_APPEND_BYTES];
+    let mut samples = Vec::with_capacity(count);
+    while samples.len() < count && deadline.is_none_or(|end| Instant::now() < end) {
+        file.write_all(&block)?;
+        let started = Instant::now();
+        file.sync_data()?;
+        samples.push(started.elapsed().as_micros() as u64);
+    }
+    drop(file);
+    std::fs::remove_file(path)?;
+    Ok(samples)
+}
+
 /// fdatasync latency percentiles (p99, p99.9, microseconds) with `FSYNC_TAIL_WRITERS` threads
 /// each appending `FSYNC_APPEND_BYTES` to a file of its own in `dir` and syncing, at once.
 fn measure_disk_tail(dir: &Path) -> Result<(u64, u64), CompareError> {
@@ -422,19 +443,8 @@ fn measure_disk_tail(dir: &Path) -> Result<(u64, u64), CompareError> {
     let writers: Vec<_> = (0..FSYNC_TAIL_WRITERS)
         .map(|writer| {
             let path = dir.join(format!("fsync-tail-probe-{writer}"));
-            std::thread::spawn(move || -> std::io::Result<Vec<u64>> {
-                let mut file = File::create(&path)?;
-                let block = vec![0x5a_u8; FSYNC_APPEND_BYTES];
-                let mut samples = Vec::with_capacity(FSYNC_TAIL_SAMPLES_PER_WRITER);
-                while samples.len() < FSYNC_TAIL_SAMPLES_PER_WRITER && Instant::now() < deadline {
-                    file.write_all(&block)?;
-                    let started = Instant::now();
-                    file.sync_data()?;
-                    samples.push(started.elapsed().as_micros() as u64);
-                }
-                drop(file);
-                std::fs::remove_file(&path)?;
-                Ok(samples)
+            std::thread::spawn(move || {
+                fdatasync_samples(&path, FSYNC_TAIL_SAMPLES_PER_WRITER, Some(deadline))
             })
         })
         .collect();
@@ -457,17 +467,9 @@ fn measure_disk_tail(dir: &Path) -> Result<(u64, u64), CompareError> {
 /// of a fresh embedded cluster.
 fn measure_floor(dir: &Path) -> Result<Floor, CompareError> {
     let path = dir.join("fsync-probe");
-    let mut file = File::create(&path).map_err(io(path.display().to_string()))?;
-    let block = vec![0x5a_u8; FSYNC_APPEND_BYTES];
-    let mut samples = Vec::with_capacity(FSYNC_SAMPLES as usize);
-    for _ in 0..FSYNC_SAMPLES {
-        file.write_all(&block).map_err(io("fsync probe"))?;
-        let started = Instant::now();
-        file.sync_data().map_err(io("fsync probe"))?;
-        samples.push(started.elapsed().as_micros() as f64);
-    }
-    drop(file);
-    let _ = std::fs::remove_file(&path);
+    let samples = fdatasync_samples(&path, FSYNC_SAMPLES as usize, None)
+        .map_err(io(path.display().to_string()))?;
+    let samples = samples.into_iter().map(|us| us as f64).collect();
     let fdatasync_p50_us = median(samples).unwrap_or(0.0) as u64;
     let quic_round_trip_p50_us = quic_round_trip_p50_us()?;
     let (fdatasync_concurrent_p99_us, fdatasync_concurrent_p999_us) = measure_disk_tail(dir)?;

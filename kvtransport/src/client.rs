@@ -212,7 +212,11 @@ impl Closed {
     }
 
     fn from_codec(e: CodecError) -> Closed {
-        match codec_error(e) {
+        Closed::from_error(codec_error(e))
+    }
+
+    fn from_error(e: ClientError) -> Closed {
+        match e {
             ClientError::Connection(e) => Closed::Connection(e),
             ClientError::Rejected { code } => Closed::Reset(code),
             other => Closed::Other(other.to_string()),
@@ -298,12 +302,7 @@ async fn write_requests(
             chunks.push(queued.request.clone());
         }
         if let Err(e) = send.write_all_chunks(&mut chunks).await {
-            let why = match ClientError::from(e) {
-                ClientError::Connection(e) => Closed::Connection(e),
-                ClientError::Rejected { code } => Closed::Reset(code),
-                other => Closed::Other(other.to_string()),
-            };
-            return session.close(why);
+            return session.close(Closed::from_error(e.into()));
         }
         chunks.clear();
         let mut pending = session.lock();
@@ -326,17 +325,17 @@ async fn read_answers(recv: quinn::RecvStream, session: Arc<SessionState>, respo
             Err(e) => break Closed::from_codec(e),
         };
         let answer = if len > response_max {
-            if let Err(e) = session::skip_bytes(&mut reader, len as usize).await {
+            if let Err(e) = codec::skip_payload(&mut reader, len as usize).await {
                 break Closed::from_codec(e);
             }
             Err(ClientError::TooLarge)
         } else {
-            let mut body = Vec::new();
-            if let Err(e) = codec::read_payload_into(&mut reader, len as usize, &mut body).await {
-                break Closed::from_codec(e);
-            }
+            let body = match codec::read_payload(&mut reader, len).await {
+                Ok(body) => body,
+                Err(e) => break Closed::from_codec(e),
+            };
             match code {
-                0 => Ok(Bytes::from(body)),
+                0 => Ok(body),
                 code if code == wire::STREAM_TOO_LARGE => Err(ClientError::TooLarge),
                 code => Err(ClientError::Rejected {
                     code: u64::from(code),

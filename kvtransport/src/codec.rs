@@ -25,6 +25,8 @@ pub const FRAME_BYTES_LIMIT: u32 = 64 << 20;
 /// the smallest. Later steps double what has arrived (never past the frame's end), so a large
 /// frame costs a logarithmic number of reallocations and at most twice its received bytes.
 pub const FRAME_READ_CHUNK_BYTES: usize = 64 << 10;
+/// Scratch buffer for `skip_payload`.
+const SKIP_CHUNK_BYTES: usize = 4 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -101,21 +103,50 @@ pub async fn read_frame_header<R: AsyncRead + Unpin>(
     frame_bytes_max: u32,
 ) -> Result<Option<u32>, CodecError> {
     let mut header = [0u8; FRAME_HEADER_BYTES];
+    if !read_exact_or_end(reader, &mut header).await? {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes(header);
+    check_len(u64::from(len), frame_bytes_max)?;
+    Ok(Some(len))
+}
+
+/// Reads exactly `buf.len()` bytes; `Ok(false)` on a clean end before the first byte, and
+/// `Truncated` on an end inside them.
+pub async fn read_exact_or_end<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut [u8],
+) -> Result<bool, CodecError> {
     let mut filled = 0;
-    while filled < FRAME_HEADER_BYTES {
-        let n = reader.read(&mut header[filled..]).await?;
+    while filled < buf.len() {
+        let n = reader.read(&mut buf[filled..]).await?;
         if n == 0 {
             return if filled == 0 {
-                Ok(None)
+                Ok(false)
             } else {
                 Err(CodecError::Truncated)
             };
         }
         filled += n;
     }
-    let len = u32::from_le_bytes(header);
-    check_len(u64::from(len), frame_bytes_max)?;
-    Ok(Some(len))
+    Ok(true)
+}
+
+/// Reads and drops `len` bytes through a small scratch buffer (a payload refused unread).
+pub async fn skip_payload<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    mut len: usize,
+) -> Result<(), CodecError> {
+    let mut scratch = [0u8; SKIP_CHUNK_BYTES];
+    while len > 0 {
+        let want = len.min(SKIP_CHUNK_BYTES);
+        let n = reader.read(&mut scratch[..want]).await?;
+        if n == 0 {
+            return Err(CodecError::Truncated);
+        }
+        len -= n;
+    }
+    Ok(())
 }
 
 /// Appends exactly `len` bytes from `reader` to `buffer`, growing it only as bytes arrive.

@@ -424,13 +424,6 @@ impl ClientReply {
         ClientReply(ReplyTo::Session(reply))
     }
 
-    /// A reply whose answer arrives on the returned receiver: for driving a node without a
-    /// network (tests, tools).
-    pub fn channel() -> (ClientReply, oneshot::Receiver<Bytes>) {
-        let (sender, receiver) = oneshot::channel();
-        (ClientReply::stream(sender), receiver)
-    }
-
     /// Sends the answer; `Err` gives it back when the client is gone.
     pub fn send(self, response: Bytes) -> Result<(), Bytes> {
         match self.0 {

@@ -25,11 +25,11 @@
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncRead, BufReader};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::admission::{self, InflightBudget};
-use super::codec::CodecError;
+use super::codec::{self, CodecError};
 use super::stats::TransportStats;
 use super::{wire, Inbound, Shared};
 use crate::accept::Caller;
@@ -45,8 +45,6 @@ const SESSION_READ_BUFFER_BYTES: usize = 16 << 10;
 const ANSWER_COPY_BYTES_MAX: usize = 4 << 10;
 /// Answers gathered into one write.
 const WRITE_BATCH_ANSWERS_MAX: usize = 256;
-/// Scratch buffer for skipping a refused request's payload.
-const SKIP_CHUNK_BYTES: usize = 4 << 10;
 
 /// One answer on its way to the session's writer. `_slot` is the request's place among the
 /// session's `client_session_requests_inflight_max`, given back once the answer is written.
@@ -91,40 +89,6 @@ impl Drop for SessionReply {
             });
         }
     }
-}
-
-/// Reads exactly `buf.len()` bytes; `Ok(false)` on a clean end before the first byte.
-async fn read_exact_or_end<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    buf: &mut [u8],
-) -> Result<bool, CodecError> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let n = reader.read(&mut buf[filled..]).await?;
-        if n == 0 {
-            return if filled == 0 {
-                Ok(false)
-            } else {
-                Err(CodecError::Truncated)
-            };
-        }
-        filled += n;
-    }
-    Ok(true)
-}
-
-/// Reads and drops `len` bytes with a small scratch buffer.
-async fn skip<R: AsyncRead + Unpin>(reader: &mut R, mut len: usize) -> Result<(), CodecError> {
-    let mut scratch = [0u8; SKIP_CHUNK_BYTES];
-    while len > 0 {
-        let want = len.min(SKIP_CHUNK_BYTES);
-        let n = reader.read(&mut scratch[..want]).await?;
-        if n == 0 {
-            return Err(CodecError::Truncated);
-        }
-        len -= n;
-    }
-    Ok(())
 }
 
 fn refusal(id: u64, code: u32) -> Answer {
@@ -187,7 +151,7 @@ async fn read_requests(
     };
     let mut header = [0u8; REQUEST_HEADER_BYTES];
     loop {
-        match read_exact_or_end(reader, &mut header).await {
+        match codec::read_exact_or_end(reader, &mut header).await {
             Ok(true) => {}
             Ok(false) => return Ok(()),
             Err(e) => return Err(bad_frame(e)),
@@ -211,13 +175,15 @@ async fn read_requests(
                 "client request refused: session at client_session_requests_inflight_max \
                  or connection at client_inflight_bytes_per_connection_max"
             );
-            skip(reader, len as usize).await.map_err(bad_frame)?;
+            codec::skip_payload(reader, len as usize)
+                .await
+                .map_err(bad_frame)?;
             // The writer outlives this function: a failed send means it already failed.
             let _ = answers.send(refusal(id, wire::STREAM_BUSY));
             continue;
         };
         let mut payload = Vec::new();
-        crate::codec::read_payload_into(reader, len as usize, &mut payload)
+        codec::read_payload_into(reader, len as usize, &mut payload)
             .await
             .map_err(bad_frame)?;
         let request = admission::charged_bytes(payload, charge);
@@ -300,19 +266,11 @@ pub(crate) async fn read_answer_header<R: AsyncRead + Unpin>(
     reader: &mut R,
 ) -> Result<Option<(u64, u32, u32)>, CodecError> {
     let mut header = [0u8; ANSWER_HEADER_BYTES];
-    if !read_exact_or_end(reader, &mut header).await? {
+    if !codec::read_exact_or_end(reader, &mut header).await? {
         return Ok(None);
     }
     let id = u64::from_le_bytes(header[..8].try_into().unwrap_or_default());
     let code = u32::from_le_bytes(header[8..12].try_into().unwrap_or_default());
     let len = u32::from_le_bytes(header[12..].try_into().unwrap_or_default());
     Ok(Some((id, code, len)))
-}
-
-/// Reads and drops `len` bytes (client side: an answer over its limit).
-pub(crate) async fn skip_bytes<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    len: usize,
-) -> Result<(), CodecError> {
-    skip(reader, len).await
 }
