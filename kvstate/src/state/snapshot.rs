@@ -79,14 +79,18 @@ impl StateMachine {
     }
 
     fn write_header(&self, out: &mut dyn Write) -> io::Result<()> {
-        let header = Header {
+        write_record(out, &self.header(SNAPSHOT_FORMAT_VERSION))
+    }
+
+    /// This state's snapshot header in format `version`.
+    fn header(&self, version: u32) -> Header {
+        Header {
             magic: SNAPSHOT_MAGIC,
-            version: SNAPSHOT_FORMAT_VERSION,
+            version,
             applied_index: self.applied_index,
             pairs_count: self.map.len() as u64,
             sessions_count: self.sessions.len() as u64,
-        };
-        write_record(out, &header)
+        }
     }
 
     fn write_sessions(&self, out: &mut dyn Write) -> io::Result<()> {
@@ -434,13 +438,7 @@ mod tests {
     #[test]
     fn a_format_2_snapshot_is_still_read() {
         let state = big_state();
-        let header = Header {
-            magic: SNAPSHOT_MAGIC,
-            version: FORMAT_VERSION_BY_KEY,
-            applied_index: state.applied_index,
-            pairs_count: state.map.len() as u64,
-            sessions_count: state.sessions.len() as u64,
-        };
+        let header = state.header(FORMAT_VERSION_BY_KEY);
         let by_key = |pairs: &mut Vec<(&[u8], &Value)>| pairs.sort_by_key(|(key, _)| *key);
         let mut version_2 = Vec::new();
         write_record(&mut version_2, &header).unwrap();
