@@ -29,11 +29,17 @@ const RUN_DURATION: Duration = Duration::from_secs(4);
 /// Bounds each writer's loop even on a very fast disk.
 const ENTRIES_PER_WRITER_MAX: usize = 200_000;
 const WRITER_COUNTS: [usize; 3] = [1, 16, 64];
+/// The rolling case: WALs at once, writers each, and a segment size that rolls often.
+const ROLLING_WALS: usize = 3;
+const ROLLING_WRITERS_PER_WAL: usize = 21;
+const ROLLING_SEGMENT_BYTES: [u64; 2] = [2 << 20, 16 << 20];
 
 struct Figures {
     rate_per_second: f64,
     p50_us: f64,
     p99_us: f64,
+    p999_us: f64,
+    max_us: f64,
 }
 
 fn percentiles(mut samples: Vec<Duration>, elapsed: Duration) -> Figures {
@@ -46,6 +52,8 @@ fn percentiles(mut samples: Vec<Duration>, elapsed: Duration) -> Figures {
         rate_per_second: samples.len() as f64 / elapsed.as_secs_f64(),
         p50_us: at(0.50),
         p99_us: at(0.99),
+        p999_us: at(0.999),
+        max_us: at(1.0),
     }
 }
 
@@ -84,6 +92,12 @@ struct Shared {
 }
 
 fn wal_run(dir: &Path, writers: usize) -> (Figures, f64) {
+    let (samples, elapsed, entries_per_sync) = wal_samples(dir, writers, WalConfig::default());
+    (percentiles(samples, elapsed), entries_per_sync)
+}
+
+/// Every writer's latencies, the run's time and the entries per fdatasync of one WAL.
+fn wal_samples(dir: &Path, writers: usize, config: WalConfig) -> (Vec<Duration>, Duration, f64) {
     let shared = Arc::new(Shared {
         durable_index: AtomicU64::new(0),
         groups: AtomicU64::new(0),
@@ -100,7 +114,7 @@ fn wal_run(dir: &Path, writers: usize) -> (Figures, f64) {
             waiter.unpark();
         }
     });
-    let (wal, _) = Wal::open(dir, WalConfig::default(), callback).unwrap();
+    let (wal, _) = Wal::open(dir, config, callback).unwrap();
     let wal = Arc::new(wal);
     let payload = Bytes::from(vec![0xC3u8; ENTRY_PAYLOAD_BYTES]);
     let started = Instant::now();
@@ -118,7 +132,35 @@ fn wal_run(dir: &Path, writers: usize) -> (Figures, f64) {
     let entries = samples.len() as f64;
     let groups = shared.groups.load(Ordering::Relaxed) as f64;
     Arc::try_unwrap(wal).unwrap().close().unwrap();
-    (percentiles(samples, elapsed), entries / groups)
+    (samples, elapsed, entries / groups)
+}
+
+/// Three WALs on one disk at once, as a 3-node cluster on one machine has, with segments small
+/// enough that each rolls several times a second: the tail a segment roll adds.
+fn rolling_run(dir: &Path, segment_bytes_max: u64) -> (Figures, usize) {
+    let config = WalConfig {
+        segment_bytes_max,
+        ..WalConfig::default()
+    };
+    let started = Instant::now();
+    let runs: Vec<_> = (0..ROLLING_WALS)
+        .map(|wal| {
+            let (dir, config) = (dir.join(format!("wal-{wal}")), config.clone());
+            std::thread::spawn(move || {
+                let run = wal_samples(&dir, ROLLING_WRITERS_PER_WAL, config);
+                let segments = std::fs::read_dir(&dir).unwrap().count();
+                (run.0, segments)
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    let mut segments = 0;
+    for run in runs {
+        let (run_samples, run_segments) = run.join().unwrap();
+        samples.extend(run_samples);
+        segments += run_segments;
+    }
+    (percentiles(samples, started.elapsed()), segments)
 }
 
 fn writer_loop(wal: &Wal, shared: &Shared, payload: &Bytes, started: Instant) -> Vec<Duration> {
@@ -177,14 +219,31 @@ fn main() {
         let (figures, entries_per_sync) = wal_run(&dir, writers);
         println!(
             "wal {writers:>2} writers x {ENTRY_PAYLOAD_BYTES} B: {:.0} entries/s, p50 {:.0} us, \
-             p99 {:.0} us, {entries_per_sync:.1} entries per fdatasync",
-            figures.rate_per_second, figures.p50_us, figures.p99_us
+             p99 {:.0} us, p99.9 {:.0} us, max {:.0} us, {entries_per_sync:.1} entries per fdatasync",
+            figures.rate_per_second, figures.p50_us, figures.p99_us, figures.p999_us, figures.max_us
         );
         match writers {
             1 => one_writer = Some(figures),
             64 => sixty_four = Some(figures),
             _ => {}
         }
+    }
+    for segment_bytes in ROLLING_SEGMENT_BYTES {
+        let (rolling, segments) = rolling_run(
+            &scratch.path().join(format!("rolling-{segment_bytes}")),
+            segment_bytes,
+        );
+        println!(
+            "wal x{ROLLING_WALS} at once, {ROLLING_WRITERS_PER_WAL} writers each, {} KiB segments \
+         ({segments} segment files at the end): {:.0} entries/s, p50 {:.0} us, p99 {:.0} us, \
+         p99.9 {:.0} us, max {:.0} us",
+            segment_bytes >> 10,
+            rolling.rate_per_second,
+            rolling.p50_us,
+            rolling.p99_us,
+            rolling.p999_us,
+            rolling.max_us
+        );
     }
     let after = raw_fdatasync(scratch.path());
     println!(

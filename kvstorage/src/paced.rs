@@ -8,8 +8,12 @@
 use std::fs::File;
 use std::io::{self, Write};
 
-/// Bytes a background writer may leave unsynced before it fdatasyncs.
-pub const WRITEBACK_SYNC_BYTES: u64 = 4 << 20;
+/// Bytes a background writer may leave unsynced before it fdatasyncs. A WAL fdatasync that
+/// meets one of these chunks in flight waits for it. Measured on a 3-node loopback cluster
+/// under 64-client put load (one spare segment of 16 MiB zeros per node per second, two A/B
+/// rounds on a quiet machine): 4 MiB chunks gave 16-31 WAL groups over 5 ms per node in 8 s
+/// and a put p99.9 of 9.2-11.1 ms; 1 MiB chunks gave 1-5 and 5.9-6.4 ms.
+pub const WRITEBACK_SYNC_BYTES: u64 = 1 << 20;
 
 /// Counts bytes written to one file since its last fdatasync and syncs when the backlog is
 /// full: for writers that own their file (and `PacedFile` for those that borrow it).
@@ -68,11 +72,13 @@ mod tests {
         let path = dir.path().join("paced");
         let file = File::create(&path).unwrap();
         let mut paced = PacedFile::new(&file);
-        let chunk = vec![7u8; 1 << 20];
+        let chunk_bytes = WRITEBACK_SYNC_BYTES as usize / 4;
+        let chunk = vec![7u8; chunk_bytes];
         for _ in 0..9 {
             paced.write_all(&chunk).unwrap();
         }
-        assert_eq!(paced.writeback.unsynced_bytes, 1 << 20);
-        assert_eq!(std::fs::read(&path).unwrap().len(), 9 << 20);
+        // Synced after the 4th and the 8th chunk: one chunk is left unsynced.
+        assert_eq!(paced.writeback.unsynced_bytes, chunk_bytes as u64);
+        assert_eq!(std::fs::read(&path).unwrap().len(), 9 * chunk_bytes);
     }
 }

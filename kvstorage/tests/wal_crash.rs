@@ -9,6 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use common::{batch, capture_logs, entries, entry, small_config};
 use kvraft::message::HardState;
@@ -273,6 +274,8 @@ fn wal_a_hard_state_only_batch_is_durable() {
             last_term: 0,
             hard_state,
             commands_durable_total: 0,
+            group_duration: Duration::ZERO,
+            roll_duration: Duration::ZERO,
         }
     );
     drop(writer);
@@ -449,6 +452,62 @@ fn wal_group_commit_rolls_onto_preallocated_spares() {
     assert!(segment_files(dir.path()).len() > 5);
     let (_, recovered) = WalWriter::open(dir.path(), small_config(8192)).unwrap();
     assert_eq!(recovered.entries, entries(1, 200, 1, 300));
+}
+
+/// "wal: recovery: segments whose rename was not durable are found by their header"
+///
+/// A roll renames the installed spare without a directory fsync, so a crash may leave a
+/// segment under its temporary name: recovery must take it by its header, while a spare that
+/// never got a valid header (its zeros, or a header torn before its fdatasync) is removed.
+#[test]
+fn wal_recovery_finds_a_segment_left_under_its_temporary_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = three_segments(dir.path());
+    let hard_state = HardState {
+        term: 4,
+        vote: 2,
+        commit: 50,
+    };
+    let (mut writer, recovered) = WalWriter::open(dir.path(), small_config(4096)).unwrap();
+    let expected_entries = recovered.entries;
+    writer.append(&batch(vec![], Some(hard_state))).unwrap();
+    drop(writer);
+    // The last two segments lose their rename, as if the directory was never synced.
+    for (at, path) in files[files.len() - 2..].iter().enumerate() {
+        fs::rename(path, dir.path().join(format!("spare-{at:016x}.tmp"))).unwrap();
+    }
+    // A spare still all zeros, and one whose header write was torn by the crash.
+    fs::write(
+        dir.path().join("spare-0000000000000007.tmp"),
+        vec![0u8; 4096],
+    )
+    .unwrap();
+    let mut torn = fs::read(&files[0]).unwrap()[..32].to_vec();
+    torn[20..].fill(0);
+    fs::write(dir.path().join("0000000000000009.tmp"), torn).unwrap();
+
+    let (mut writer, recovered) = WalWriter::open(dir.path(), small_config(4096)).unwrap();
+    assert_eq!(recovered.entries, expected_entries);
+    assert_eq!(recovered.hard_state, hard_state);
+    assert_eq!(
+        segment_files(dir.path()),
+        files,
+        "renamed back to their names"
+    );
+    let leftovers: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|item| item.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // The log goes on where it ended.
+    let next = expected_entries.last().unwrap().index + 1;
+    writer
+        .append(&batch(entries(next, 2, 4, 10), None))
+        .unwrap();
+    drop(writer);
+    let (_, recovered) = WalWriter::open(dir.path(), small_config(4096)).unwrap();
+    assert_eq!(recovered.last_index(), next + 1);
 }
 
 /// Hard-links every segment into `aside`: the links see later in-place writes (the END marker

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 /// Bytes of a received snapshot written before it is fdatasynced (as kvstorage's
 /// `WRITEBACK_SYNC_BYTES`: the node's WAL must not queue behind a large flush).
-const SNAPSHOT_WRITEBACK_SYNC_BYTES: u64 = 4 << 20;
+const SNAPSHOT_WRITEBACK_SYNC_BYTES: u64 = 1 << 20;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

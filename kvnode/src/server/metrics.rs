@@ -34,6 +34,8 @@ pub const RAFT_SNAPSHOT_IN_PROGRESS: &str = "raft_snapshot_in_progress";
 pub const RAFT_APPLY_BATCH_ENTRIES: &str = "raft_apply_batch_entries";
 pub const WAL_WRITE_DURATION_SECONDS: &str = "wal_write_duration_seconds";
 pub const WAL_BATCH_ENTRIES: &str = "wal_batch_entries";
+pub const WAL_FSYNC_DURATION_SECONDS: &str = "wal_fsync_duration_seconds";
+pub const WAL_SEGMENT_ROLL_DURATION_SECONDS: &str = "wal_segment_roll_duration_seconds";
 pub const CLIENT_REQUESTS_TOTAL: &str = "client_requests_total";
 pub const CLIENT_REQUEST_DURATION_SECONDS: &str = "client_request_duration_seconds";
 pub const TRANSPORT_CONNECTIONS_ACCEPTED_TOTAL: &str = "transport_connections_accepted_total";
@@ -99,7 +101,7 @@ const fn doc(
 }
 
 /// Every metric a node exports.
-pub const METRICS: [MetricDoc; 33] = [
+pub const METRICS: [MetricDoc; 35] = [
     doc(
         RAFT_ROLE,
         Kind::Gauge,
@@ -196,6 +198,20 @@ pub const METRICS: [MetricDoc; 33] = [
         Kind::Histogram,
         &[],
         "Seconds from handing a command to the WAL to its fsync (group commit included).",
+    ),
+    doc(
+        WAL_FSYNC_DURATION_SECONDS,
+        Kind::Histogram,
+        &[],
+        "Seconds the WAL thread took to write and fdatasync one group (etcd: \
+         etcd_disk_wal_fsync_duration_seconds).",
+    ),
+    doc(
+        WAL_SEGMENT_ROLL_DURATION_SECONDS,
+        Kind::Histogram,
+        &[],
+        "Seconds a group spent switching to a new WAL segment (sealing the old one, installing \
+         the preallocated spare).",
     ),
     doc(
         WAL_BATCH_ENTRIES,

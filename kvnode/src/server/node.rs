@@ -430,6 +430,12 @@ impl Node {
     fn on_durable(&mut self, report: Result<Durable, WalError>) -> Result<(), ServerError> {
         let durable = report.map_err(|e| ServerError::Wal(e.to_string()))?;
         let total = durable.commands_durable_total;
+        metrics::histogram!(m::WAL_FSYNC_DURATION_SECONDS)
+            .record(durable.group_duration.as_secs_f64());
+        if !durable.roll_duration.is_zero() {
+            metrics::histogram!(m::WAL_SEGMENT_ROLL_DURATION_SECONDS)
+                .record(durable.roll_duration.as_secs_f64());
+        }
         while let Some(&(count, at)) = self.wal_submit_times.front() {
             if count > total {
                 break;

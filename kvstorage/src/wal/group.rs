@@ -17,6 +17,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SendError, SyncSender, TryRecvError, TrySendError};
 use std::thread::{self, JoinHandle};
+use std::time::Instant;
 
 use thiserror::Error;
 
@@ -186,9 +187,12 @@ fn run(
             }
         }
         commands_total += commands.len() as u64;
+        let started = Instant::now();
         match execute(&mut writer, commands.drain(..)) {
             Ok(mut durable) => {
                 durable.commands_durable_total = commands_total;
+                durable.group_duration = started.elapsed();
+                durable.roll_duration = writer.take_roll_duration();
                 on_durable(Ok(durable))
             }
             Err(error) => {

@@ -18,6 +18,7 @@ pub mod writer;
 
 use std::io;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use thiserror::Error;
 
@@ -72,6 +73,12 @@ pub struct Durable {
     /// are now durable (they complete in order). The caller matches its own count against it
     /// to release what waited for those writes. Always 0 from `WalWriter`.
     pub commands_durable_total: u64,
+    /// With the group-commit `Wal`: how long the WAL thread took to write and fdatasync this
+    /// group (segment rolls included), measured on that thread: the disk's share of a write's
+    /// latency, without the time commands queued or the report took to reach the caller.
+    pub group_duration: Duration,
+    /// The part of `group_duration` spent rolling to a new segment (zero if none rolled).
+    pub roll_duration: Duration,
 }
 
 /// What recovery found.

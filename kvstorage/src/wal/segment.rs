@@ -5,6 +5,10 @@
 //! log's next index is a boundary: it discards the entries from `first_index` on (a truncation
 //! that reached an older segment, see `writer.rs`).
 //!
+//! A segment is born as a spare (`spare-{counter:016x}.tmp`, zeros, name made durable by the
+//! preallocator) and renamed when installed, without a directory fsync: after a crash it may
+//! still carry its temporary name, and `list_segments` recognises it by its header.
+//!
 //! ```text
 //! header (32 bytes): magic "RKVSWAL1" | version u32 | seq u64 | first_index u64 | crc u32
 //! then records (record.rs), then zeros up to the preallocated size.
@@ -53,32 +57,83 @@ fn parse_name(name: &str) -> Option<(u64, Index)> {
     ))
 }
 
-/// Lists the segments of `dir` in `seq` order and removes leftover temporary files (a segment
-/// whose creation crashed before its rename never held acknowledged data).
+/// Lists the segments of `dir` in `seq` order. A temporary file (`.tmp`) is either a segment
+/// whose rename was not yet durable when the node stopped (its header is valid: it is renamed
+/// now), or a spare or segment creation that never held data (removed).
 pub fn list_segments(dir: &Path) -> Result<Vec<SegmentId>, WalError> {
-    let io = |source| WalError::Io {
-        path: dir.to_path_buf(),
-        source,
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| WalError::Io { path, source }
     };
     let mut segments = Vec::new();
-    for item in fs::read_dir(dir).map_err(io)? {
-        let item = item.map_err(io)?;
+    let mut renamed = false;
+    for item in fs::read_dir(dir).map_err(io(dir))? {
+        let item = item.map_err(io(dir))?;
         let name = item.file_name().to_string_lossy().into_owned();
+        let path = item.path();
         if name.ends_with(TMP_SUFFIX) {
-            fs::remove_file(item.path()).map_err(io)?;
+            match read_header(&path)? {
+                Some((seq, first_index)) => {
+                    let target = segment_path(dir, seq, first_index);
+                    if target.exists() {
+                        return Err(WalError::Corrupt {
+                            path,
+                            offset: 0,
+                            reason: format!(
+                                "holds the header of segment {}, which also exists",
+                                target.display()
+                            ),
+                        });
+                    }
+                    tracing::info!(
+                        "wal: {} is segment {seq} (installed, not yet renamed): renaming it",
+                        path.display()
+                    );
+                    fs::rename(&path, &target).map_err(io(&path))?;
+                    renamed = true;
+                    segments.push(SegmentId {
+                        seq,
+                        first_index,
+                        path: target,
+                    });
+                }
+                None => fs::remove_file(&path).map_err(io(&path))?,
+            }
             continue;
         }
         match parse_name(&name) {
             Some((seq, first_index)) => segments.push(SegmentId {
                 seq,
                 first_index,
-                path: item.path(),
+                path,
             }),
-            None => tracing::warn!(file = %item.path().display(), "wal: ignoring a foreign file"),
+            None => tracing::warn!(file = %path.display(), "wal: ignoring a foreign file"),
         }
+    }
+    if renamed {
+        sync_dir(dir)?;
     }
     segments.sort_by_key(|segment| segment.seq);
     Ok(segments)
+}
+
+/// The `(seq, first_index)` of a file's header, `None` if it has no valid one (a spare's zeros,
+/// a short file).
+fn read_header(path: &Path) -> Result<Option<(u64, Index)>, WalError> {
+    let io = |source| WalError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(io)?;
+    let mut header = [0u8; SEGMENT_HEADER_BYTES];
+    match file.read_exact_at(&mut header, 0) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(error) => return Err(io(error)),
+    }
+    let seq = u64::from_le_bytes(header[12..20].try_into().unwrap_or_default());
+    let first_index = u64::from_le_bytes(header[20..28].try_into().unwrap_or_default());
+    Ok((header == encode_header(seq, first_index)).then_some((seq, first_index)))
 }
 
 pub fn encode_header(seq: u64, first_index: Index) -> [u8; SEGMENT_HEADER_BYTES] {
@@ -126,9 +181,10 @@ pub fn spare_path(dir: &Path, counter: u64) -> PathBuf {
     dir.join(format!("spare-{counter:016x}{TMP_SUFFIX}"))
 }
 
-/// Creates a file of `size_bytes` written zeros and fsyncs it. Zeros really written (not a
-/// sparse hole or an unwritten extent): overwriting written blocks needs no allocation at
-/// fdatasync time, which is what makes it fast here.
+/// Creates a file of `size_bytes` written zeros and makes it durable, name included (file
+/// fsync, then directory fsync): installing it later needs no directory fsync. Zeros really
+/// written (not a sparse hole or an unwritten extent): overwriting written blocks needs no
+/// allocation at fdatasync time, which is what makes it fast here.
 pub fn create_spare(path: &Path, size_bytes: u64) -> Result<Spare, WalError> {
     let io = |source| WalError::Io {
         path: path.to_path_buf(),
@@ -150,6 +206,9 @@ pub fn create_spare(path: &Path, size_bytes: u64) -> Result<Spare, WalError> {
         written += chunk as u64;
     }
     file.sync_all().map_err(io)?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
     Ok(Spare {
         path: path.to_path_buf(),
         file,
@@ -158,7 +217,12 @@ pub fn create_spare(path: &Path, size_bytes: u64) -> Result<Spare, WalError> {
 }
 
 /// Turns a spare into a segment: header and `head` records written over its zeros, fdatasync,
-/// rename, directory fsync. A crash leaves either no segment or a complete one.
+/// rename. The spare's name is already durable (`create_spare`) and the rename need not be:
+/// after a crash the segment is found under either name, by its header (`list_segments`). So
+/// a roll costs one small fdatasync of a preallocated file, which commits no file-system
+/// journal, instead of also a directory fsync, which does (and waits for every file's
+/// ordered data). A crash before the header's fdatasync leaves a spare without a valid
+/// header: removed at recovery, and it never held a record.
 pub fn install_spare(
     dir: &Path,
     spare: Spare,
@@ -176,7 +240,6 @@ pub fn install_spare(
     spare.file.sync_data().map_err(io)?;
     let path = segment_path(dir, seq, first_index);
     fs::rename(&spare.path, &path).map_err(io)?;
-    sync_dir(dir)?;
     Ok((
         SegmentId {
             seq,

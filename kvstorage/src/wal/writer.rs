@@ -23,6 +23,7 @@ use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
 
 use kvraft::message::{HardState, Index, Term};
 
@@ -63,6 +64,8 @@ pub struct WalWriter {
     compacted_index: Index,
     hard_state: HardState,
     poisoned: bool,
+    /// Time spent in segment rolls since `take_roll_duration` was last called.
+    roll_duration: Duration,
     /// Preallocated segments made ahead of time by another thread (see `group.rs`).
     spares: Option<Receiver<Spare>>,
     /// Where compacted segments go to be deleted by another thread (see `group.rs`); `None`:
@@ -98,6 +101,7 @@ impl WalWriter {
             compacted_index: recovered.compacted_index,
             hard_state: recovered.hard_state,
             poisoned: false,
+            roll_duration: Duration::ZERO,
             spares: None,
             reaper: None,
         };
@@ -171,6 +175,11 @@ impl WalWriter {
         self.compacted_index
     }
 
+    /// Time spent rolling segments since the last call (the group thread reports it).
+    pub fn take_roll_duration(&mut self) -> Duration {
+        std::mem::take(&mut self.roll_duration)
+    }
+
     pub fn tail_position(&self) -> TailPosition {
         TailPosition {
             path: self.current().path.clone(),
@@ -234,6 +243,8 @@ impl WalWriter {
                 last_term: writer.last_term(),
                 hard_state: writer.hard_state,
                 commands_durable_total: 0,
+                group_duration: Duration::ZERO,
+                roll_duration: Duration::ZERO,
             })
         })
     }
@@ -318,6 +329,13 @@ impl WalWriter {
     /// index is `boundary`. If `boundary` discards entries, older segments that hold only
     /// discarded entries are deleted, newest first: a crash midway leaves a valid log.
     fn roll(&mut self, boundary: Index, needed_bytes: u64) -> Result<(), WalError> {
+        let started = Instant::now();
+        let rolled = self.roll_segment(boundary, needed_bytes);
+        self.roll_duration += started.elapsed();
+        rolled
+    }
+
+    fn roll_segment(&mut self, boundary: Index, needed_bytes: u64) -> Result<(), WalError> {
         record::encode(&Record::SegmentEnd, &mut self.pending);
         self.flush()?;
         self.sync_data()?;
