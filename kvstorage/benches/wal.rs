@@ -219,8 +219,13 @@ fn main() {
         let (figures, entries_per_sync) = wal_run(&dir, writers);
         println!(
             "wal {writers:>2} writers x {ENTRY_PAYLOAD_BYTES} B: {:.0} entries/s, p50 {:.0} us, \
-             p99 {:.0} us, p99.9 {:.0} us, max {:.0} us, {entries_per_sync:.1} entries per fdatasync",
-            figures.rate_per_second, figures.p50_us, figures.p99_us, figures.p999_us, figures.max_us
+             p99 {:.0} us, p99.9 {:.0} us, max {:.0} us, \
+             {entries_per_sync:.1} entries per fdatasync",
+            figures.rate_per_second,
+            figures.p50_us,
+            figures.p99_us,
+            figures.p999_us,
+            figures.max_us
         );
         match writers {
             1 => one_writer = Some(figures),
