@@ -85,9 +85,11 @@ pub fn list_segments(dir: &Path) -> Result<Vec<SegmentId>, WalError> {
                             ),
                         });
                     }
-                    tracing::info!(
-                        "wal: {} is segment {seq} (installed, not yet renamed): renaming it",
-                        path.display()
+                    tracing::warn!(
+                        "wal: recovery: {} is segment {seq}, whose rename was lost in a crash: \
+                         renamed to {}",
+                        path.display(),
+                        target.display()
                     );
                     fs::rename(&path, &target).map_err(io(&path))?;
                     renamed = true;
