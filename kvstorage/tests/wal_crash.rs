@@ -510,6 +510,96 @@ fn wal_recovery_finds_a_segment_left_under_its_temporary_name() {
     assert_eq!(recovered.last_index(), next + 1);
 }
 
+/// "wal: recovery: a crash after a roll, before the new segment's first fdatasync"
+///
+/// A roll writes the new segment's header without syncing it: the group's fdatasync makes it
+/// durable with the records. If the crash comes first, the header's sector may never reach
+/// the disk: that segment held nothing acknowledged and is removed; the log ends with the
+/// sealed segment before it. A bad header in front of an intact record is corruption.
+#[test]
+fn wal_recovery_crash_before_a_new_segments_first_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = three_segments(dir.path());
+    let (mut writer, recovered) = WalWriter::open(dir.path(), small_config(4096)).unwrap();
+    let synced = recovered.entries;
+    let mut next = synced.last().unwrap().index + 1;
+    // Unsynced writes until one rolls onto a new segment.
+    while writer.tail_position().path == *files.last().unwrap() {
+        writer
+            .write(&batch(entries(next, 3, 1, 200), None))
+            .unwrap();
+        next += 3;
+    }
+    let tail = writer.tail_position();
+    assert_eq!(
+        tail.synced_bytes, 0,
+        "a new segment's header waits for the group's sync"
+    );
+    drop(writer);
+    let sector = vec![0u8; 512];
+    OpenOptions::new()
+        .write(true)
+        .open(&tail.path)
+        .unwrap()
+        .write_all_at(&sector, 0)
+        .unwrap();
+
+    let (opened, logs) = capture_logs(|| WalWriter::open(dir.path(), small_config(4096)));
+    let (mut writer, recovered) = opened.unwrap();
+    assert!(logs.contains("has no valid header"), "{logs}");
+    // The roll synced the segment before it: the log ends with everything written there.
+    let kept = recovered.last_index();
+    assert!(
+        kept >= synced.last().unwrap().index && kept < next,
+        "{kept}"
+    );
+    assert_eq!(recovered.entries[..synced.len()], synced[..]);
+    writer
+        .append(&batch(entries(kept + 1, 2, 2, 10), None))
+        .unwrap();
+    drop(writer);
+    let (_, recovered) = WalWriter::open(dir.path(), small_config(4096)).unwrap();
+    assert_eq!(recovered.last_index(), kept + 2);
+
+    // Damage to a synced header, with the records after it intact, is refused.
+    let last = segment_files(dir.path()).pop().unwrap();
+    xor_byte(&last, 3, 0x01);
+    let error = WalWriter::open(dir.path(), small_config(4096)).unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, WalError::Corrupt { .. }), "{message}");
+    assert!(message.contains("record after it is valid"), "{message}");
+    assert!(message.contains(&last.display().to_string()), "{message}");
+}
+
+/// "wal: recovery: a deep truncation is durable before its dead segments are deleted"
+///
+/// A truncation below the current segment rolls onto a segment whose header is the boundary,
+/// then deletes the segments it discards. That header must be synced first: were it lost in a
+/// crash after the deletions, the older segments' stale entries would come back.
+#[test]
+fn wal_recovery_crash_after_a_deep_truncation_keeps_the_boundary() {
+    let dir = tempfile::tempdir().unwrap();
+    three_segments(dir.path());
+    let (mut writer, _) = WalWriter::open(dir.path(), small_config(4096)).unwrap();
+    writer.write(&batch(entries(10, 2, 2, 10), None)).unwrap();
+    let tail = writer.tail_position();
+    assert!(
+        tail.synced_bytes >= 32,
+        "the boundary header is synced: {tail:?}"
+    );
+    drop(writer);
+    // The crash loses whatever was not synced.
+    let lost = vec![0u8; (tail.written_bytes - tail.synced_bytes) as usize];
+    OpenOptions::new()
+        .write(true)
+        .open(&tail.path)
+        .unwrap()
+        .write_all_at(&lost, tail.synced_bytes)
+        .unwrap();
+    let (_, recovered) = WalWriter::open(dir.path(), small_config(4096)).unwrap();
+    assert_eq!(recovered.entries, entries(1, 9, 1, 200));
+}
+
 /// Hard-links every segment into `aside`: the links see later in-place writes (the END marker
 /// a roll adds) but survive the deletion, as the files would after a crash before it.
 fn link_segments(dir: &Path, aside: &Path) -> Vec<PathBuf> {

@@ -19,6 +19,8 @@ use kvraft::message::{Entry, HardState, Index};
 use kvstorage::wal::{Recovered, WalConfig, WalWriter, WriteBatch};
 use proptest::prelude::*;
 
+const HEADER_BYTES: u64 = kvstorage::wal::segment::SEGMENT_HEADER_BYTES as u64;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct State {
     first_index: Index,
@@ -205,10 +207,19 @@ fn crash(writer: WalWriter, mode: u8, at: u64, bit: u8) {
         }
         _ => {
             let offset = tail.synced_bytes + at % unsynced_bytes;
-            let mut byte = [0u8; 1];
-            file.read_exact_at(&mut byte, offset).unwrap();
-            byte[0] ^= 1 << bit;
-            file.write_all_at(&byte, offset).unwrap();
+            let mut offsets = vec![offset];
+            // A segment's header (unsynced right after a roll) shares its sector with the
+            // first record: a garbled write garbles both. A bad header before an intact record
+            // is damage to synced data, refused (wal_crash.rs tests that).
+            if offset < HEADER_BYTES && tail.written_bytes >= HEADER_BYTES + 8 {
+                offsets.push(HEADER_BYTES + offset % 8);
+            }
+            for offset in offsets {
+                let mut byte = [0u8; 1];
+                file.read_exact_at(&mut byte, offset).unwrap();
+                byte[0] ^= 1 << bit;
+                file.write_all_at(&byte, offset).unwrap();
+            }
         }
     }
 }

@@ -6,6 +6,12 @@
 //!   the last segment can hold writes that were never acknowledged.
 //! - Corruption in any other segment, a segment that ends without its end marker, or a gap in
 //!   indexes refuses to start, naming the file and byte offset.
+//! - A segment's header is made durable by the segment's first fdatasync, with its first
+//!   records (a roll does not sync it alone). So the LAST segment may have no valid header
+//!   (zeros, or cut) after a crash: nothing in it was acknowledged, and it is removed. If the
+//!   record after such a header is valid, the header was damaged after it was written (a
+//!   torn write keeps whole sectors, and the header shares its sector with that record):
+//!   refused, as corruption.
 
 use std::fs;
 use std::path::Path;
@@ -38,7 +44,8 @@ pub(crate) struct Scan {
 
 /// Reads and verifies the WAL in `dir`.
 pub(crate) fn recover(dir: &Path, config: &WalConfig) -> Result<Scan, WalError> {
-    let segments = segment::list_segments(dir)?;
+    let mut segments = segment::list_segments(dir)?;
+    remove_unwritten_last(dir, &mut segments, config)?;
     let mut recovered = Recovered {
         first_index: 1,
         ..Recovered::default()
@@ -61,6 +68,45 @@ pub(crate) fn recover(dir: &Path, config: &WalConfig) -> Result<Scan, WalError> 
         segments,
         tail,
     })
+}
+
+/// Removes the last segment if its header never reached the disk (see the module doc).
+fn remove_unwritten_last(
+    dir: &Path,
+    segments: &mut Vec<SegmentId>,
+    config: &WalConfig,
+) -> Result<(), WalError> {
+    let Some(last) = segments.last() else {
+        return Ok(());
+    };
+    let bytes = fs::read(&last.path).map_err(|source| WalError::Io {
+        path: last.path.clone(),
+        source,
+    })?;
+    let Err(reason) = segment::check_header(&bytes, last) else {
+        return Ok(());
+    };
+    let record_bytes_max = usize::try_from(config.record_bytes_max).unwrap_or(usize::MAX);
+    let after_header = bytes.get(SEGMENT_HEADER_BYTES..).unwrap_or_default();
+    if let Ok(Decoded::Record { .. }) = record::decode(after_header, record_bytes_max) {
+        return Err(WalError::Corrupt {
+            path: last.path.clone(),
+            offset: 0,
+            reason: format!("{reason}, while the record after it is valid"),
+        });
+    }
+    tracing::warn!(
+        "wal: recovery: torn tail repaired: {} has no valid header ({reason}): the crash came \
+         before its first fdatasync, so it held nothing acknowledged; removed",
+        last.path.display()
+    );
+    fs::remove_file(&last.path).map_err(|source| WalError::Io {
+        path: last.path.clone(),
+        source,
+    })?;
+    segment::sync_dir(dir)?;
+    segments.pop();
+    Ok(())
 }
 
 fn scan_segment(

@@ -218,13 +218,15 @@ pub fn create_spare(path: &Path, size_bytes: u64) -> Result<Spare, WalError> {
     })
 }
 
-/// Turns a spare into a segment: header and `head` records written over its zeros, fdatasync,
-/// rename. The spare's name is already durable (`create_spare`) and the rename need not be:
-/// after a crash the segment is found under either name, by its header (`list_segments`). So
-/// a roll costs one small fdatasync of a preallocated file, which commits no file-system
-/// journal, instead of also a directory fsync, which does (and waits for every file's
-/// ordered data). A crash before the header's fdatasync leaves a spare without a valid
-/// header: removed at recovery, and it never held a record.
+/// Turns a spare into a segment: header and `head` records written over its zeros, then
+/// renamed. Nothing is synced here: the segment's first fdatasync (the group's, which every
+/// acknowledgement of a record in it waits for) makes the header durable with the records.
+/// A crash before it leaves a last segment without a valid header, and nothing acknowledged
+/// in it: recovery removes it (`reader.rs`). The spare's name is already durable
+/// (`create_spare`) and the rename need not be: after a crash the segment is found under
+/// either name, by its header (`list_segments`). So a roll adds no fdatasync of its own and
+/// no directory fsync (which commits the file system's journal and waits for every file's
+/// ordered data: milliseconds under load) to the group's.
 pub fn install_spare(
     dir: &Path,
     spare: Spare,
@@ -239,7 +241,6 @@ pub fn install_spare(
     let mut prefix = encode_header(seq, first_index).to_vec();
     prefix.extend_from_slice(head);
     spare.file.write_all_at(&prefix, 0).map_err(io)?;
-    spare.file.sync_data().map_err(io)?;
     let path = segment_path(dir, seq, first_index);
     fs::rename(&spare.path, &path).map_err(io)?;
     Ok((

@@ -343,6 +343,9 @@ impl WalWriter {
         self.truncate_state(boundary);
         self.start_segment(boundary, needed_bytes)?;
         if truncating {
+            // The new header is the boundary, and the hard state may live only in its head
+            // once the dead segments are gone: durable before they go.
+            self.sync_data()?;
             let current = self.segments.len() - 1;
             let dead: Vec<usize> = (0..current)
                 .filter(|at| self.segments[*at].first_index >= boundary)
@@ -393,7 +396,8 @@ impl WalWriter {
         self.file = file;
         self.file_bytes = size;
         self.written_offset = used;
-        self.synced_offset = used;
+        // The header and head are written, not synced: the next `sync` covers them.
+        self.synced_offset = 0;
         Ok(())
     }
 
