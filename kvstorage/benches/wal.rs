@@ -1,8 +1,9 @@
 //! WAL benchmark (a plain binary: `cargo bench -p kvstorage --bench wal`). Prints, on one file
 //! system: the raw fdatasync rate (4 KiB overwrite of a preallocated file + fdatasync), then
-//! WAL entries/s and p50/p99 latency for 1, 16 and 64 concurrent writers of 256-byte entries
-//! (each writer is a thread that submits one entry and waits until it is durable), and the two
-//! target ratios of issue 3.
+//! WAL entries/s and p50/p99/p99.9/max latency for 1, 16 and 64 concurrent writers of 256-byte
+//! entries (each writer is a thread that submits one entry and waits until it is durable),
+//! three WALs at once with small segments (the tail segment rolls add), and the two target
+//! ratios of issue 3.
 //!
 //! The files go to `$WAL_BENCH_DIR` if set, else to cargo's target tmp dir (the project's disk;
 //! not /tmp, which may be a tmpfs).
