@@ -240,17 +240,20 @@ impl<T> NodeCore<T> {
         self.raw.report_snapshot(to, ok);
     }
 
-    /// Our snapshot at `meta` is durable: compact the log up to it.
-    pub fn handle_snapshot_taken(&mut self, meta: SnapshotMeta) {
+    /// Our snapshot at `meta` is durable: compact the log up to it. Returns the entries the
+    /// log dropped: freeing them (a snapshot interval's worth) is milliseconds of work, which
+    /// a caller with an event loop should do on another thread.
+    pub fn handle_snapshot_taken(&mut self, meta: SnapshotMeta) -> Vec<Entry> {
         self.snapshots.taking = false;
         // A snapshot installed from the leader meanwhile may be newer: the Raft core knows.
         if meta.last_index <= self.raw.status().snapshot_index {
-            return;
+            return Vec::new();
         }
         let index = meta.last_index;
-        self.raw.compact(meta);
+        let dropped = self.raw.compact(meta);
         self.wal(WalCommand::Compact(index));
         self.observations.push(Observation::SnapshotTaken { index });
+        dropped
     }
 
     /// Proposes a configuration change on the leader; it goes out with the next `drive`.

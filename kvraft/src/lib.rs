@@ -311,9 +311,10 @@ impl RawNode {
     }
 
     /// The caller took a durable snapshot at `meta.last_index` (at most the applied index):
-    /// drop the log up to it. Followers too far behind will be sent this snapshot.
-    pub fn compact(&mut self, meta: SnapshotMeta) {
-        self.raft.compact(meta);
+    /// drop the log up to it. Followers too far behind will be sent this snapshot. Returns the
+    /// entries dropped, for the caller to free where it does not stall its loop.
+    pub fn compact(&mut self, meta: SnapshotMeta) -> Vec<Entry> {
+        self.raft.compact(meta)
     }
 
     pub fn has_ready(&self) -> bool {

@@ -1142,8 +1142,8 @@ impl Raft {
         progress.probe_sent = true;
     }
 
-    pub fn compact(&mut self, meta: SnapshotMeta) {
-        self.log.compact(meta);
+    pub fn compact(&mut self, meta: SnapshotMeta) -> Vec<Entry> {
+        self.log.compact(meta)
     }
 
     pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), ProposeError> {

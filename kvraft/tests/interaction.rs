@@ -443,7 +443,7 @@ impl Env {
                 let index: u64 = args[1].parse().expect("index");
                 let raw = self.raw(node);
                 let meta = raw.snapshot_meta(index).expect("index in log");
-                raw.compact(meta.clone());
+                drop(raw.compact(meta.clone()));
                 let storage = &mut self.node(node).storage;
                 storage.entries.retain(|e| e.index > index);
                 storage.snapshot = Some(meta);

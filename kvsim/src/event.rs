@@ -288,7 +288,7 @@ impl Sim {
         }
         self.nodes[index].disk.snapshot_written(meta.clone(), bytes);
         if let Some(core) = self.nodes[index].core.as_mut() {
-            core.handle_snapshot_taken(meta);
+            drop(core.handle_snapshot_taken(meta));
         }
         self.drive(index)
     }
