@@ -95,9 +95,10 @@ enum Undo {
 }
 
 /// The replicated state. `Clone` is cheap: the map (`map::KeyMap`) is shards of B-trees behind
-/// `Arc`s with every value reference-counted (`map::StoredValue`), so a snapshot is a clone written in the background
-/// while the node goes on applying (a shard's tree is copied on its first write after the clone,
-/// never the values' bytes). Sessions are bounded by `SESSIONS_MAX` and cloned outright.
+/// `Arc`s with every value reference-counted (`map::StoredValue`), so a snapshot is a clone
+/// written in the background while the node goes on applying (a shard's tree is copied on its
+/// first write after the clone, never the values' bytes). Sessions are bounded by
+/// `SESSIONS_MAX` and cloned outright.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StateMachine {
     map: map::KeyMap,

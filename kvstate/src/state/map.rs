@@ -4,18 +4,21 @@
 //! replica and platform). A shard is a `BTreeMap` behind an `Arc`, and every value is a
 //! `StoredValue` (one pointer to a reference-counted body), so:
 //! - cloning the map (a snapshot's frozen view) copies `SHARDS` pointers;
-//! - the first write to a shard still shared with a clone copies that shard's tree (about 30
-//!   bytes per key: keys and value pointers, never the value bytes), `Arc::make_mut`;
+//! - the first write to a shard still shared with a clone copies that shard's tree (about 33
+//!   bytes per key, measured: keys and value pointers, never the value bytes), `unshare`;
 //! - a snapshot writer that drops each shard once written (`into_shards`) stops the copying
 //!   of the shards it has done.
 //!
 //! Memory per key (measured with the node's allocator, mimalloc, `kvnode/examples/state_memory.rs`,
-//! 2M keys of 9 bytes with 256-byte values: MEASURED_FILL bytes a key after a fill, MEASURED_PACKED
-//! once every shard is packed): the value's bytes in one allocation of their exact size, a
-//! 32-byte body (`StoredValue`: reference counts and the bytes' pointer and length), and a 24-byte
-//! tree slot (a key of up to `KEY_INLINE_BYTES_MAX` bytes is stored in the slot itself, and the
-//! body's pointer) divided by how full the tree's nodes are. A shard's tree nodes are 320
-//! bytes for 11 slots (mimalloc's size class), about 60% full after inserts in random order.
+//! 2M keys of 9 bytes with 256-byte values: 342 bytes a key after a fill through `apply`, 322
+//! after a restore, whose shards are packed; it was 385 and 357 with `Arc<Value>` and 24-byte
+//! keys): the value's bytes in one allocation of their exact size, a 32-byte body
+//! (`StoredValue`: reference counts and the bytes' pointer and length), and a 24-byte tree slot
+//! (a key of up to `KEY_INLINE_BYTES_MAX` bytes is stored in the slot itself, and the body's
+//! pointer) divided by how full the tree's nodes are: a leaf is 280 bytes for 11 slots (320 in
+//! mimalloc's size classes), about 65% full after inserts in random order. mimalloc rounds
+//! every allocation of up to 64 bytes to a multiple of 16, so a body without the weak count
+//! (24 bytes, `triomphe::Arc`) would cost the same 32.
 //!
 //! Order: keys are ordered within a shard, and shards by their number; `iter` yields that
 //! order (the snapshot's order). No operation needs the keys' global order.
@@ -335,10 +338,11 @@ impl KeyMap {
 }
 
 /// `Arc::make_mut` for a shard, but a shared shard is copied into a tree built bottom up from its
-/// sorted pairs: full nodes, where inserts in random order leave them about 60% full (measured:
-/// MEASURED_FILL bytes a key of 256-byte values after a fill, MEASURED_PACKED after the rebuild of every shard). A
-/// snapshot's clone thus also packs every shard written after it. Same cost as a clone: one pass
-/// over the shard, one copy of each key and one reference count increment per value.
+/// sorted pairs: full nodes, where inserts in random order leave them about 65% full (measured:
+/// 342 bytes a key of 256-byte values after a fill, 322 after a restore, whose shards are built
+/// this way). A snapshot's clone thus also packs every shard written after it. Same cost as a
+/// clone: one pass over the shard, one copy of each key and one reference count increment per
+/// value.
 fn unshare(shard: &mut Arc<Shard>) -> &mut Shard {
     if Arc::get_mut(shard).is_none() {
         let packed: Shard = (shard.iter())
