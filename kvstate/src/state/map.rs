@@ -10,15 +10,17 @@
 //!   of the shards it has done.
 //!
 //! Memory per key (measured with the node's allocator, mimalloc, `kvnode/examples/state_memory.rs`,
-//! 2M keys of 9 bytes with 256-byte values: 342 bytes a key after a fill through `apply`, 322
-//! after a restore, whose shards are packed; it was 385 and 357 with `Arc<Value>` and 24-byte
-//! keys): the value's bytes in one allocation of their exact size, a 32-byte body
-//! (`StoredValue`: reference counts and the bytes' pointer and length), and a 24-byte tree slot
-//! (a key of up to `KEY_INLINE_BYTES_MAX` bytes is stored in the slot itself, and the body's
-//! pointer) divided by how full the tree's nodes are: a leaf is 280 bytes for 11 slots (320 in
-//! mimalloc's size classes), about 65% full after inserts in random order. mimalloc rounds
-//! every allocation of up to 64 bytes to a multiple of 16, so a body without the weak count
-//! (24 bytes, `triomphe::Arc`) would cost the same 32.
+//! 2M keys of 9 bytes with 256-byte values: 323 bytes a key after a fill through `apply`, 321
+//! after a restore; it was 385 and 357 with `Arc<Value>`, 24-byte keys and no packing, 342
+//! and 322 without packing): the value's bytes in one allocation of their exact size, a
+//! 32-byte body (`StoredValue`: reference counts and the bytes' pointer and length), and a
+//! 24-byte tree slot (a key of up to `KEY_INLINE_BYTES_MAX` bytes is stored in the slot itself,
+//! and the body's pointer) divided by how full the tree's nodes are: a leaf is 280 bytes for 11
+//! slots (320 in mimalloc's size classes). Inserts leave leaves 55% (ascending keys) to 70%
+//! (random keys) full; shards are packed (full nodes) as the map grows
+//! (`pack_after_insert`), when a snapshot's clone makes a write copy one (`unshare`) and when
+//! a snapshot is restored. mimalloc rounds every allocation of up to 64 bytes to a multiple of
+//! 16, so a body without the weak count (24 bytes, `triomphe::Arc`) would cost the same 32.
 //!
 //! Order: keys are ordered within a shard, and shards by their number; `iter` yields that
 //! order (the snapshot's order). No operation needs the keys' global order.
@@ -266,7 +268,16 @@ pub struct KeyMap {
     /// Empty, or `SHARDS` entries; `None` for a shard that never held a key.
     shards: Vec<Option<Arc<Shard>>>,
     len: usize,
+    /// New keys since the last shard was packed (`pack_after_insert`).
+    inserts_since_pack: usize,
+    /// The shard packed next.
+    pack_cursor: usize,
 }
+
+/// A shard is packed again once it has grown by about 1 / `PACK_GROWTH_DIVISOR` since it was
+/// last packed: one shard in turn every `len / SHARDS / PACK_GROWTH_DIVISOR` new keys (at
+/// least every new key), which moves about `PACK_GROWTH_DIVISOR` pairs per new key.
+const PACK_GROWTH_DIVISOR: usize = 8;
 
 impl KeyMap {
     pub fn len(&self) -> usize {
@@ -296,8 +307,30 @@ impl KeyMap {
         let previous = self.shard_mut(key).insert(Key::new(key), value);
         if previous.is_none() {
             self.len += 1;
+            self.pack_after_insert();
         }
         previous
+    }
+
+    /// Inserts in random order leave a tree's nodes about 65% full, packed ones are full: packs
+    /// the shards in turn as the map grows (see `PACK_GROWTH_DIVISOR`), so that a map filled by
+    /// inserts holds its keys in mostly full nodes. A shard a clone shares is left alone (its
+    /// first write copies it packed, `unshare`). Changes no content: the same on every replica.
+    fn pack_after_insert(&mut self) {
+        self.inserts_since_pack += 1;
+        if self.inserts_since_pack < self.len / SHARDS / PACK_GROWTH_DIVISOR {
+            return;
+        }
+        self.inserts_since_pack = 0;
+        let cursor = self.pack_cursor;
+        self.pack_cursor = (cursor + 1) % SHARDS;
+        let Some(tree) = self.shards.get_mut(cursor).and_then(Option::as_mut) else {
+            return;
+        };
+        if let Some(tree) = Arc::get_mut(tree) {
+            // `into_iter` yields the pairs in order; `collect` builds full nodes bottom up.
+            *tree = std::mem::take(tree).into_iter().collect();
+        }
     }
 
     pub fn remove(&mut self, key: &[u8]) -> Option<StoredValue> {
@@ -333,16 +366,20 @@ impl KeyMap {
     pub fn from_shards(shards: Vec<Option<Arc<Shard>>>) -> KeyMap {
         debug_assert!(shards.is_empty() || shards.len() == SHARDS);
         let len = (shards.iter().flatten()).map(|shard| shard.len()).sum();
-        KeyMap { shards, len }
+        KeyMap {
+            shards,
+            len,
+            ..KeyMap::default()
+        }
     }
 }
 
 /// `Arc::make_mut` for a shard, but a shared shard is copied into a tree built bottom up from its
-/// sorted pairs: full nodes, where inserts in random order leave them about 65% full (measured:
-/// 342 bytes a key of 256-byte values after a fill, 322 after a restore, whose shards are built
-/// this way). A snapshot's clone thus also packs every shard written after it. Same cost as a
-/// clone: one pass over the shard, one copy of each key and one reference count increment per
-/// value.
+/// sorted pairs: full nodes, where inserts leave them 55% to 70% full (measured: 342 bytes a
+/// key of 256-byte values after a fill without packing, 322 after a restore, whose shards are
+/// built this way). A snapshot's clone thus also packs every shard written after it. Same cost
+/// as a clone: one pass over the shard, one copy of each key and one reference count increment
+/// per value.
 fn unshare(shard: &mut Arc<Shard>) -> &mut Shard {
     if Arc::get_mut(shard).is_none() {
         let packed: Shard = (shard.iter())
@@ -543,6 +580,32 @@ mod tests {
             map.get(b"list").map(StoredValue::to_value),
             Some(list(&["a", "b"]))
         );
+    }
+
+    #[test]
+    fn packing_as_the_map_grows_keeps_every_pair_and_spares_a_clone() {
+        let mut map = KeyMap::default();
+        let mut model = std::collections::BTreeMap::new();
+        let mut frozen = None;
+        // Keys in a scattered order, enough for many packs of every shard.
+        for i in 0..(SHARDS as u64 * 40) {
+            let key = format!("k{}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15) % 1_000_003);
+            map.insert(key.as_bytes(), value(&key));
+            model.insert(key.into_bytes(), ());
+            if i == SHARDS as u64 * 20 {
+                frozen = Some((map.clone(), model.clone()));
+            }
+        }
+        let same = |map: &KeyMap, model: &std::collections::BTreeMap<Vec<u8>, ()>| {
+            map.len() == model.len()
+                && model
+                    .keys()
+                    .all(|key| map.get(key) == Some(&StoredValue::bytes(key)))
+        };
+        assert!(same(&map, &model));
+        let (frozen, frozen_model) = frozen.unwrap();
+        assert!(same(&frozen, &frozen_model));
+        assert!(frozen.len() < map.len());
     }
 
     #[test]
