@@ -10,7 +10,8 @@
 //!    restart.
 //!
 //! Each node's peak RSS (`VmHWM`) is compared with the state's size (keys x (key + value
-//! bytes)). Progress goes to stderr, the table to stdout, everything to
+//! bytes)); the largest RSS sampled in each phase (fill, steady, catch-up) says which phase
+//! peaks. Progress goes to stderr, the table to stdout, everything to
 //! `<results>/scale/<date-time>/scale.json`.
 
 use std::net::SocketAddr;
@@ -133,6 +134,15 @@ pub struct ScaleReport {
     /// Peak RSS of each node (bytes), and the largest over the state's size.
     pub peak_rss_bytes: Vec<(u64, u64)>,
     pub peak_rss_over_state: f64,
+    /// The largest RSS (`VmRSS`) sampled of each node in each phase (bytes).
+    pub sampled_rss_by_phase: Vec<PhaseRss>,
+}
+
+/// The largest RSS sampled of each node during one phase.
+#[derive(Clone, Debug, Serialize)]
+pub struct PhaseRss {
+    pub phase: &'static str,
+    pub rss_bytes: Vec<(u64, u64)>,
 }
 
 /// One sample of every node.
@@ -141,6 +151,8 @@ struct Sample {
     at: Duration,
     snapshotting: bool,
     applied: Vec<(u64, u64)>,
+    /// Each node's resident set now (`VmRSS`, bytes).
+    rss: Vec<(u64, u64)>,
 }
 
 /// Samples the nodes' metrics and RSS on a thread of its own.
@@ -180,7 +192,10 @@ impl Sampler {
                 let pids = pids.lock().unwrap_or_else(PoisonError::into_inner).clone();
                 let mut peaks = peaks.lock().unwrap_or_else(PoisonError::into_inner);
                 for (id, pid) in pids {
-                    let Some(hwm) = peak_rss_bytes(pid) else {
+                    if let Some(rss) = status_bytes(pid, "VmRSS:") {
+                        sample.rss.push((id, rss));
+                    }
+                    let Some(hwm) = status_bytes(pid, "VmHWM:") else {
                         continue;
                     };
                     match peaks.iter_mut().find(|(node, _)| *node == id) {
@@ -227,10 +242,11 @@ fn take_all<T>(shared: &Mutex<Vec<T>>) -> Vec<T> {
     std::mem::take(&mut *shared.lock().unwrap_or_else(PoisonError::into_inner))
 }
 
-/// A process's peak resident set (`VmHWM`), in bytes.
-fn peak_rss_bytes(pid: u32) -> Option<u64> {
+/// A size in a process's `/proc/PID/status` (`field` is e.g. `VmHWM:`, the peak resident set),
+/// in bytes.
+fn status_bytes(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|line| line.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
@@ -361,7 +377,18 @@ fn drive(args: &ScaleArgs, seed: u64, cluster: &mut Cluster) -> Result<ScaleRepo
     let catch_up_phase = window(&catch_up_load.stats, |_| true);
     drop(client);
     drop(runtime);
-    let (_, peaks) = sampler.finish();
+    let (samples, peaks) = sampler.finish();
+    let phases = [
+        ("fill", Duration::ZERO, steady_from),
+        ("steady", steady_from, restarted_at),
+        ("catch-up", restarted_at, Duration::MAX),
+    ];
+    let sampled_rss_by_phase = (phases.into_iter())
+        .map(|(phase, from, to)| PhaseRss {
+            phase,
+            rss_bytes: largest_rss(&samples, from, to),
+        })
+        .collect();
     let state_bytes = args.keys * (KEY_BYTES + args.value_size as u64);
     let peak = peaks.iter().map(|(_, bytes)| *bytes).max().unwrap_or(0);
     Ok(ScaleReport {
@@ -379,7 +406,23 @@ fn drive(args: &ScaleArgs, seed: u64, cluster: &mut Cluster) -> Result<ScaleRepo
         wiped_node: wiped,
         peak_rss_bytes: peaks,
         peak_rss_over_state: peak as f64 / state_bytes as f64,
+        sampled_rss_by_phase,
     })
+}
+
+/// The largest RSS of each node (by id) over the samples taken in `from..to`.
+fn largest_rss(samples: &[Sample], from: Duration, to: Duration) -> Vec<(u64, u64)> {
+    let mut largest: Vec<(u64, u64)> = Vec::new();
+    for sample in samples.iter().filter(|s| s.at >= from && s.at < to) {
+        for &(id, rss) in &sample.rss {
+            match largest.iter_mut().find(|(node, _)| *node == id) {
+                Some((_, peak)) => *peak = (*peak).max(rss),
+                None => largest.push((id, rss)),
+            }
+        }
+    }
+    largest.sort_unstable();
+    largest
 }
 
 fn node_pids(cluster: &Cluster) -> Vec<(u64, u32)> {
@@ -567,5 +610,53 @@ pub fn table(report: &ScaleReport) -> String {
         peaks.join(", "),
         report.peak_rss_over_state
     ));
+    for phase in &report.sampled_rss_by_phase {
+        let nodes: Vec<String> = (phase.rss_bytes.iter())
+            .map(|(id, bytes)| format!("n{id} {:.2} GB", *bytes as f64 / 1e9))
+            .collect();
+        text.push_str(&format!(
+            "  largest RSS sampled in the {} phase: {}\n",
+            phase.phase,
+            nodes.join(", ")
+        ));
+    }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(at_s: u64, rss: &[(u64, u64)]) -> Sample {
+        Sample {
+            at: Duration::from_secs(at_s),
+            rss: rss.to_vec(),
+            ..Sample::default()
+        }
+    }
+
+    #[test]
+    fn largest_rss_is_per_node_within_the_phase() {
+        let samples = [
+            sample(0, &[(1, 50), (2, 10)]),
+            sample(1, &[(2, 30), (1, 20)]),
+            // n3 restarted: it appears only from here on.
+            sample(2, &[(1, 40), (3, 5)]),
+            sample(3, &[(1, 99), (2, 99), (3, 99)]),
+        ];
+        let s = Duration::from_secs;
+        assert_eq!(
+            largest_rss(&samples, s(0), s(3)),
+            [(1, 50), (2, 30), (3, 5)]
+        );
+        assert_eq!(
+            largest_rss(&samples, s(1), s(3)),
+            [(1, 40), (2, 30), (3, 5)]
+        );
+        assert_eq!(
+            largest_rss(&samples, s(3), Duration::MAX),
+            [(1, 99), (2, 99), (3, 99)]
+        );
+        assert_eq!(largest_rss(&samples, s(4), Duration::MAX), []);
+    }
 }

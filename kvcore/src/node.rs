@@ -877,10 +877,15 @@ fn read_response(sm: &StateMachine, op: &Op) -> ClientResponse {
 }
 
 /// Whether a node that applied up to `applied` and last snapshotted at `snapshot_index` takes
-/// a snapshot now (see `NodeCore::maybe_snapshot`): in its own window of the cycle, and once at
-/// least a cycle less a window has gone by, so snapshots come once per cycle and the log holds
-/// at most about `every` plus a window of entries. A node that is not a voter, or a cycle too
-/// short to cut, has no window: it snapshots every `every` entries.
+/// a snapshot now (see `NodeCore::maybe_snapshot`): in its own window of the cycle, once at
+/// least the longest window's entries (the last voter's) have gone by since its last one. So
+/// a node snapshots once per cycle (never twice in one window), and the log holds at most
+/// `every` entries (plus those applied while a snapshot is written): a node out of turn (one
+/// that installed the leader's snapshot, or restarted) snapshots early in its next window
+/// rather than a whole cycle later. The log is most of a node's memory after the state
+/// (`proto-docs/storage.md`): waiting for the window after next let it grow to `every` plus a
+/// window. A node that is not a voter, or a cycle too short to cut, has no window: it
+/// snapshots every `every` entries.
 fn snapshot_due(
     applied: Index,
     snapshot_index: Index,
@@ -896,7 +901,8 @@ fn snapshot_due(
     };
     // The remainder of an uneven cut belongs to the last voter.
     let slot = ((applied % every) / window).min(voters.len() as u64 - 1);
-    since >= every - window && slot == position as u64
+    let longest_window = every - window * (voters.len() as u64 - 1);
+    since >= longest_window && slot == position as u64
 }
 
 #[cfg(test)]
@@ -918,19 +924,41 @@ mod tests {
         assert_eq!(turns(150), vec![3]);
         assert_eq!(turns(179), vec![3]);
         assert_eq!(turns(90 * 7 + 31), vec![2]);
-        // Not before a cycle less a window (60) since the last one: node 2 snapshotted at 120.
-        assert!(!snapshot_due(179, 120, 90, 2, &voters));
-        assert!(snapshot_due(210, 120, 90, 2, &voters));
-        // The first snapshots: node 3 at 60 (its window starts a cycle less a window in), then
-        // node 1 at 90 and node 2 at 120.
+        // Once per window: node 2 snapshotted at 121, in its window (120..150).
+        assert!(!snapshot_due(149, 121, 90, 2, &voters));
+        assert!(!snapshot_due(179, 121, 90, 2, &voters));
+        assert!(snapshot_due(210, 121, 90, 2, &voters));
+        // The first snapshots: node 2 at 30 (a window in, in its window), node 3 at 60, node 1
+        // at 90.
         let first = |id: u64| (1..1000).find(|&a| snapshot_due(a, 0, 90, id, &voters));
         assert_eq!(
             [first(1), first(2), first(3)],
-            [Some(90), Some(120), Some(60)]
+            [Some(90), Some(30), Some(60)]
         );
-        // An uneven cut: the remainder (index 99 of 100 = 3 x 33 + 1) is the last voter's.
+        // A node out of turn (node 1 installed a snapshot at 61, in node 3's window) snapshots
+        // in its next window once a window has gone by, not in the one after: the log never
+        // holds more than a cycle (90) of entries.
+        let next =
+            |id: u64, from: u64| (from + 1..1000).find(|&a| snapshot_due(a, from, 90, id, &voters));
+        assert_eq!(next(1, 61), Some(91));
+        for (id, from) in [
+            (1, 0),
+            (1, 29),
+            (1, 30),
+            (1, 61),
+            (1, 89),
+            (2, 5),
+            (3, 59),
+            (3, 89),
+        ] {
+            let at = next(id, from).unwrap();
+            assert!(at - from <= 90, "node {id} from {from}: at {at}");
+        }
+        // An uneven cut: the remainder (index 99 of 100 = 3 x 33 + 1) is the last voter's, and
+        // the last voter does not snapshot twice in its longer window (66..100).
         assert!(snapshot_due(199, 100, 100, 3, &voters));
         assert!(!snapshot_due(199, 100, 100, 1, &voters));
+        assert!(!snapshot_due(199, 166, 100, 3, &voters));
         // No window to cut, or not a voter: every `every` entries.
         assert!(snapshot_due(3, 1, 2, 1, &voters) && snapshot_due(3, 1, 2, 2, &voters));
         assert!(!snapshot_due(3, 2, 2, 1, &voters));

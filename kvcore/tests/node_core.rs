@@ -266,7 +266,7 @@ fn node_core_sessions_are_bound_to_the_tls_identity() {
         matches!(answer, ClientResponse::Ok(_)),
         "alice's write: {answer:?}"
     );
-    let value = h.cores[0].state_machine().get_local(b"k").cloned();
+    let value = h.cores[0].state_machine().get_local(b"k");
     assert_eq!(value, Some(Value::Bytes(Bytes::from("a2"))));
 }
 

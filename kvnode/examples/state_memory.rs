@@ -1,6 +1,8 @@
 //! Measures what the state machine costs in memory, with the node's allocator (mimalloc):
 //! resident bytes per key after a fill through `apply` (the real path), after overwrites while
-//! a clone (a snapshot's frozen view) is held, and after a restore from a snapshot file.
+//! a clone (a snapshot's frozen view) is held, and after a restore from a snapshot file (in a
+//! fresh process: the allocator keeps freed memory, so the first process's RSS would count the
+//! dropped state's pages again).
 //!
 //! `cargo run --release -p kvnode --example state_memory -- [KEYS] [VALUE_BYTES]`
 //! (defaults: 2000000 keys of 256 bytes; keys are `k0`, `k1`, ... as `bench scale` writes).
@@ -34,22 +36,66 @@ fn put(key: u64, value: &Bytes, seq: u64) -> Vec<u8> {
     command.encode().expect("a put encodes")
 }
 
+/// Prints the RSS growth since `base` per key and over the payload.
+fn report(what: &str, base: u64, keys: u64, payload: u64) {
+    let rss = rss_bytes();
+    let delta = rss.saturating_sub(base);
+    println!(
+        "{what:<46} rss {:>6} MB  +{:>6} MB  {:>5.0} B/key  {:.2}x payload",
+        rss >> 20,
+        delta >> 20,
+        delta as f64 / keys as f64,
+        delta as f64 / payload as f64
+    );
+}
+
+/// The second process: restores the snapshot file at `path` on a thread of its own that then
+/// exits (as a node's snapshot loader does), reports, then overwrites every key on the main
+/// thread (as a wiped follower catching up does) and reports again.
+fn restore(
+    path: &str,
+    keys: u64,
+    value_bytes: usize,
+    payload: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let base = rss_bytes();
+    let started = std::time::Instant::now();
+    let file = std::fs::File::open(path)?;
+    let loader = std::thread::spawn(move || StateMachine::restore_from(file));
+    let mut restored = loader.join().map_err(|_| "the loader thread panicked")??;
+    println!(
+        "  restored {} keys in {:.1} s",
+        restored.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let report = |what: &str| report(what, base, keys, payload);
+    report("restored on a thread (a fresh process)");
+    let value = Bytes::from(vec![b'w'; value_bytes]);
+    let mut index = restored.applied_index();
+    for key in 0..keys {
+        index += 1;
+        restored.apply(index, &put(key, &value, index));
+    }
+    report("then overwrote every key on the main thread");
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    let restore_path = match args.peek().map(String::as_str) {
+        Some("--restore") => {
+            args.next();
+            args.next()
+        }
+        _ => None,
+    };
     let keys: u64 = args.next().map_or(Ok(2_000_000), |a| a.parse())?;
     let value_bytes: usize = args.next().map_or(Ok(256), |a| a.parse())?;
     let payload = keys * (value_bytes as u64 + format!("k{}", keys / 2).len() as u64);
-    let report = |what: &str, base: u64| {
-        let rss = rss_bytes();
-        let delta = rss.saturating_sub(base);
-        println!(
-            "{what:<44} rss {:>6} MB  +{:>6} MB  {:>5.0} B/key  {:.2}x payload",
-            rss >> 20,
-            delta >> 20,
-            delta as f64 / keys as f64,
-            delta as f64 / payload as f64
-        );
-    };
+    if let Some(path) = restore_path {
+        return restore(&path, keys, value_bytes, payload);
+    }
+    let report = |what: &str, base: u64| report(what, base, keys, payload);
     let value = Bytes::from(vec![b'v'; value_bytes]);
     let base = rss_bytes();
     let mut state = StateMachine::new();
@@ -99,20 +145,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::metadata(&path)?.len() >> 20
     );
     drop(state);
-    report("state dropped", base);
-    let before_restore = rss_bytes();
-    let started = std::time::Instant::now();
-    let restored = StateMachine::restore_from(std::fs::File::open(&path)?)?;
-    println!(
-        "  restored {} keys in {:.1} s",
-        restored.len(),
-        started.elapsed().as_secs_f64()
-    );
-    report("restored from the snapshot file", base);
-    println!(
-        "  restore grew rss by {} MB",
-        rss_bytes().saturating_sub(before_restore) >> 20
-    );
+    let status = std::process::Command::new(std::env::current_exe()?)
+        .arg("--restore")
+        .arg(&path)
+        .arg(keys.to_string())
+        .arg(value_bytes.to_string())
+        .status();
     std::fs::remove_file(&path)?;
+    if !status?.success() {
+        return Err("the restoring process failed".into());
+    }
     Ok(())
 }

@@ -583,7 +583,7 @@ impl Clients {
             let kind = OpKind::Read { key };
             let value = sm.get_local(register(key).as_bytes());
             let text = match value {
-                Some(Value::Bytes(bytes)) => parse(bytes).map_or("null".into(), |v| v.to_string()),
+                Some(Value::Bytes(bytes)) => parse(&bytes).map_or("null".into(), |v| v.to_string()),
                 _ => "null".to_string(),
             };
             self.record(now, process, "invoke", &kind, "null");

@@ -55,9 +55,18 @@ impl Command {
     pub fn encode(&self) -> Result<Vec<u8>, CommandError> {
         self.op.validate()?;
         check_owner(&self.owner)?;
-        let mut out = vec![COMMAND_FORMAT_VERSION];
+        // Sized first, so the buffer is allocated once at its exact size: it becomes the log
+        // entry's data, held in memory until the next snapshot (a growing `Vec` would end at
+        // twice the size in the worst case: 512 bytes for a 300-byte put).
+        let encode_error =
+            |error: bincode::error::EncodeError| CommandError::Encode(error.to_string());
+        let mut size = bincode::enc::write::SizeWriter::default();
+        bincode::serde::encode_into_writer(self, &mut size, bincode::config::standard())
+            .map_err(encode_error)?;
+        let mut out = Vec::with_capacity(1 + size.bytes_written);
+        out.push(COMMAND_FORMAT_VERSION);
         bincode::serde::encode_into_std_write(self, &mut out, bincode::config::standard())
-            .map_err(|error| CommandError::Encode(error.to_string()))?;
+            .map_err(encode_error)?;
         if out.len() > COMMAND_BYTES_MAX {
             return Err(CommandError::TooLarge {
                 bytes: out.len() as u64,

@@ -5,7 +5,6 @@
 //! alone, so every replica returns the same outcomes and holds the same state.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -90,15 +89,16 @@ struct Session {
 /// How to take back one write of an aborting transaction.
 enum Undo {
     /// Put back the value the key had (`None`: the key was absent).
-    Restore(Bytes, Option<Arc<Value>>),
+    Restore(Bytes, Option<map::StoredValue>),
     /// Drop the element an append pushed onto an existing list.
     Pop(Bytes),
 }
 
 /// The replicated state. `Clone` is cheap: the map (`map::KeyMap`) is shards of B-trees behind
-/// `Arc`s with every value behind an `Arc`, so a snapshot is a clone written in the background
-/// while the node goes on applying (a shard's tree is copied on its first write after the clone,
-/// never the values' bytes). Sessions are bounded by `SESSIONS_MAX` and cloned outright.
+/// `Arc`s with every value reference-counted (`map::StoredValue`), so a snapshot is a clone
+/// written in the background while the node goes on applying (a shard's tree is copied on its
+/// first write after the clone, never the values' bytes). Sessions are bounded by
+/// `SESSIONS_MAX` and cloned outright.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StateMachine {
     map: map::KeyMap,
@@ -145,8 +145,9 @@ impl StateMachine {
     }
 
     /// A value as of `applied_index`, for reads served by ReadIndex or `stale` (no log entry).
-    pub fn get_local(&self, key: &[u8]) -> Option<&Value> {
-        self.map.get(key)
+    /// The value shares the state's bytes (no copy).
+    pub fn get_local(&self, key: &[u8]) -> Option<Value> {
+        self.map.get(key).map(map::StoredValue::to_value)
     }
 
     /// Executes a read-only `Op` against local state without a log entry and without touching
@@ -311,10 +312,7 @@ impl StateMachine {
                     self.map.remove(&key);
                 }
                 Undo::Pop(key) => {
-                    let popped = match self.map.get_mut(&key) {
-                        Some(Value::List(elements)) => elements.pop(),
-                        _ => None,
-                    };
+                    let popped = self.map.list_mut(&key).and_then(Vec::pop);
                     assert!(popped.is_some(), "rollback: the appended element is gone");
                 }
             }
@@ -323,18 +321,18 @@ impl StateMachine {
 
     fn read_key(&self, key: &[u8]) -> KeyResult {
         KeyResult::Get {
-            value: self.map.get(key).cloned(),
+            value: self.get_local(key),
         }
     }
 
-    /// Applies one operation; if `undo` is given, records how to take its write back. Takes
-    /// the operation by value so that the value's bytes move into the map (no copy, and no
-    /// reference count header of a shared `Bytes`).
+    /// Applies one operation; if `undo` is given, records how to take its write back. A value's
+    /// bytes are copied into the map (`map::StoredValue`: one allocation of their exact size),
+    /// so the decoded command's buffers are freed.
     fn execute_key(&mut self, op: KeyOp, undo: Option<&mut Vec<Undo>>) -> KeyResult {
         let (result, step) = match op {
             KeyOp::Get { key } => (self.read_key(&key), None),
             KeyOp::Put { key, value } => {
-                let previous = self.map.insert(&key, Arc::new(Value::Bytes(value)));
+                let previous = self.map.insert(&key, map::StoredValue::bytes(&value));
                 let existed = previous.is_some();
                 (
                     KeyResult::Put { existed },
@@ -364,13 +362,13 @@ impl StateMachine {
         new: Bytes,
     ) -> (KeyResult, Option<Undo>) {
         let current = self.map.get(&key);
-        let matches = match (expected, current) {
+        let matches = match (expected, current.map(map::StoredValue::as_bytes)) {
             (None, None) => true,
-            (Some(expected), Some(Value::Bytes(current))) => expected == current,
+            (Some(expected), Some(Some(current))) => **expected == *current,
             _ => false,
         };
         if !matches {
-            let current = current.cloned();
+            let current = current.map(map::StoredValue::to_value);
             return (
                 KeyResult::Cas {
                     succeeded: false,
@@ -379,10 +377,10 @@ impl StateMachine {
                 None,
             );
         }
-        let previous = self.map.insert(&key, Arc::new(Value::Bytes(new)));
+        let previous = self.map.insert(&key, map::StoredValue::bytes(&new));
         let result = KeyResult::Cas {
             succeeded: true,
-            current: previous.as_deref().cloned(),
+            current: previous.as_ref().map(map::StoredValue::to_value),
         };
         (result, Some(Undo::Restore(key, previous)))
     }
@@ -390,16 +388,16 @@ impl StateMachine {
     fn execute_append(&mut self, key: Bytes, element: Bytes) -> (KeyResult, Option<Undo>) {
         // Decided on a shared reference first: a failed append must not copy a shard or a
         // list that a snapshot's clone still shares.
-        let elements = match self.map.get(&key) {
+        let elements = match self.map.get(&key).map(map::StoredValue::as_list) {
             None => {
-                self.map.insert(&key, Arc::new(Value::List(vec![element])));
+                self.map.insert(&key, map::StoredValue::list(vec![element]));
                 return (
                     KeyResult::Append { length: 1 },
                     Some(Undo::Restore(key, None)),
                 );
             }
-            Some(Value::Bytes(_)) => return (KeyResult::Failed(OpFailure::WrongType), None),
-            Some(Value::List(elements)) => elements,
+            Some(None) => return (KeyResult::Failed(OpFailure::WrongType), None),
+            Some(Some(elements)) => elements,
         };
         let bytes: usize = elements.iter().map(Bytes::len).sum();
         if elements.len() >= LIST_ELEMENTS_MAX || bytes + element.len() > VALUE_BYTES_MAX {
@@ -409,7 +407,7 @@ impl StateMachine {
             };
             return (KeyResult::Failed(failure), None);
         }
-        let Some(Value::List(elements)) = self.map.get_mut(&key) else {
+        let Some(elements) = self.map.list_mut(&key) else {
             unreachable!("the key holds a list (checked above)");
         };
         elements.push(element);

@@ -141,7 +141,7 @@ proptest! {
             prop_assert_eq!(outcome, &model.apply(command));
         }
         for (key, value) in &model.map {
-            prop_assert_eq!(state.get_local(key), Some(value));
+            prop_assert_eq!(state.get_local(key), Some(value.clone()));
         }
         prop_assert_eq!(state.len(), model.map.len());
     }

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use std::sync::Arc;
 
-use super::map::{self, Key, KeyMap, Shard};
+use super::map::{self, Key, KeyMap, Shard, StoredValue};
 use super::{KvError, Session, SessionKey, StateMachine};
 use crate::limits::{
     KEY_BYTES_MAX, OWNER_BYTES_MAX, RESULT_BYTES_MAX, SESSIONS_MAX, SNAPSHOT_RECORD_BYTES_MAX,
@@ -72,7 +72,7 @@ impl StateMachine {
         self.write_header(out)?;
         for shard in std::mem::take(&mut self.map).into_shards() {
             for (key, value) in shard.iter() {
-                write_record(out, &(serde_bytes::Bytes::new(key.as_bytes()), &**value))?;
+                write_record(out, &(serde_bytes::Bytes::new(key.as_bytes()), value))?;
             }
         }
         self.write_sessions(out)
@@ -192,7 +192,7 @@ fn read_pairs_by_shard<R: Read>(
     base: &KeyMap,
 ) -> Result<KeyMap, KvError> {
     let mut shards: Vec<Option<Arc<Shard>>> = Vec::new();
-    let mut pending: Vec<(Key, Arc<Value>)> = Vec::new();
+    let mut pending: Vec<(Key, StoredValue)> = Vec::new();
     let mut last: Option<(usize, Key)> = None;
     for _ in 0..pairs_count {
         let (key, value) = read_pair(reader)?;
@@ -234,10 +234,10 @@ fn read_pairs_by_key<R: Read>(
 }
 
 /// `base`'s value of `key` if it equals `value`, else `value`.
-fn shared_value(base: &KeyMap, key: &[u8], value: Value) -> Arc<Value> {
-    match base.get_shared(key) {
-        Some(held) if **held == value => Arc::clone(held),
-        _ => Arc::new(value),
+fn shared_value(base: &KeyMap, key: &[u8], value: Value) -> StoredValue {
+    match base.get(key) {
+        Some(held) if held.holds(&value) => held.clone(),
+        _ => StoredValue::new(value),
     }
 }
 
@@ -253,7 +253,7 @@ fn read_pair<R: Read>(reader: &mut RecordReader<R>) -> Result<(Bytes, Value), Kv
 fn build_shard(
     shards: &mut Vec<Option<Arc<Shard>>>,
     shard: usize,
-    pending: &mut Vec<(Key, Arc<Value>)>,
+    pending: &mut Vec<(Key, StoredValue)>,
 ) {
     if shards.is_empty() {
         shards.resize(map::SHARDS, None);
@@ -404,8 +404,8 @@ mod tests {
         assert_eq!(restored, StateMachine::restore(&bytes).unwrap());
         assert_eq!(restored, state);
         let shared = |key: &[u8]| {
-            let (a, b) = (restored.map.get_shared(key), base.map.get_shared(key));
-            a.zip(b).is_some_and(|(a, b)| Arc::ptr_eq(a, b))
+            let (a, b) = (restored.map.get(key), base.map.get(key));
+            a.zip(b).is_some_and(|(a, b)| StoredValue::ptr_eq(a, b))
         };
         assert!(shared(b"k2") && shared(b"k5"), "equal values are shared");
         assert!(!shared(b"k1"), "a changed value is not");
@@ -415,7 +415,7 @@ mod tests {
     }
 
     /// Re-encodes a snapshot's pairs in another order.
-    fn reordered(state: &StateMachine, order: impl Fn(&mut Vec<(&[u8], &Value)>)) -> Vec<u8> {
+    fn reordered(state: &StateMachine, order: impl Fn(&mut Vec<(&[u8], &StoredValue)>)) -> Vec<u8> {
         let mut out = Vec::new();
         state.write_header(&mut out).unwrap();
         write_pairs(state, &mut out, order);
@@ -425,9 +425,9 @@ mod tests {
     fn write_pairs(
         state: &StateMachine,
         mut out: &mut Vec<u8>,
-        order: impl Fn(&mut Vec<(&[u8], &Value)>),
+        order: impl Fn(&mut Vec<(&[u8], &StoredValue)>),
     ) {
-        let mut pairs: Vec<(&[u8], &Value)> = state.map.iter().collect();
+        let mut pairs: Vec<(&[u8], &StoredValue)> = state.map.iter().collect();
         order(&mut pairs);
         for (key, value) in pairs {
             write_record(&mut out, &(serde_bytes::Bytes::new(key), value)).unwrap();
@@ -439,7 +439,7 @@ mod tests {
     fn a_format_2_snapshot_is_still_read() {
         let state = big_state();
         let header = state.header(FORMAT_VERSION_BY_KEY);
-        let by_key = |pairs: &mut Vec<(&[u8], &Value)>| pairs.sort_by_key(|(key, _)| *key);
+        let by_key = |pairs: &mut Vec<(&[u8], &StoredValue)>| pairs.sort_by_key(|(key, _)| *key);
         let mut version_2 = Vec::new();
         write_record(&mut version_2, &header).unwrap();
         write_pairs(&state, &mut version_2, by_key);

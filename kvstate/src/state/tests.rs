@@ -160,7 +160,7 @@ fn cas_compares_against_bytes_or_absence() {
             current: plain("1")
         }
     );
-    assert_eq!(driver.state.get_local(b"k"), plain("2").as_ref());
+    assert_eq!(driver.state.get_local(b"k"), plain("2"));
 
     driver.run_key(Op::append("l", "a"));
     let on_list = driver.run_key(Op::cas("l", Some(bytes("a")), "x"));
@@ -195,7 +195,7 @@ fn append_builds_a_list_and_refuses_plain_values() {
     assert_eq!(wrong, KeyResult::Failed(OpFailure::WrongType));
     // A put replaces a list with plain bytes.
     driver.run_key(Op::put("l", "y"));
-    assert_eq!(driver.state.get_local(b"l"), plain("y").as_ref());
+    assert_eq!(driver.state.get_local(b"l"), plain("y"));
 }
 
 #[test]
@@ -263,7 +263,7 @@ fn txn_reads_its_own_writes_in_order() {
             results: expected
         }
     );
-    assert_eq!(driver.state.get_local(b"l"), list(&["a"]).as_ref());
+    assert_eq!(driver.state.get_local(b"l"), list(&["a"]));
 }
 
 #[test]
@@ -368,11 +368,11 @@ fn retried_request_applies_once_and_returns_the_cached_result() {
             result
         }
     );
-    assert_eq!(driver.state.get_local(b"l"), list(&["a"]).as_ref());
+    assert_eq!(driver.state.get_local(b"l"), list(&["a"]));
     // Another client's same seq is its own request.
     let other = driver.apply_as(8, 1, Op::append("l", "a"));
     assert!(matches!(other, ApplyOutcome::Applied { client_id: 8, .. }));
-    assert_eq!(driver.state.get_local(b"l"), list(&["a", "a"]).as_ref());
+    assert_eq!(driver.state.get_local(b"l"), list(&["a", "a"]));
 }
 
 /// Issue 10, bug 5: a session belongs to the certificate identity that opened it. Another
@@ -414,6 +414,46 @@ fn an_owner_over_the_limit_is_refused() {
     ));
 }
 
+/// The encoded command becomes a log entry's data, held until the next snapshot: its buffer is
+/// exactly its size, with no spare capacity.
+#[test]
+fn an_encoded_command_has_no_spare_capacity() {
+    for value_bytes in [0, 1, 200, 256, 300, 70_000] {
+        let command = Command {
+            owner: "client1".into(),
+            client_id: u64::MAX,
+            seq: 1 << 40,
+            op: Op::put("k1234567", vec![7u8; value_bytes]),
+        };
+        let encoded = command.encode().unwrap();
+        assert_eq!(
+            encoded.capacity(),
+            encoded.len(),
+            "{value_bytes}-byte value"
+        );
+        assert_eq!(Command::decode(&encoded).unwrap(), command);
+    }
+    let txn = Op::Txn(vec![
+        KeyOp::Put {
+            key: Bytes::from("a"),
+            value: Bytes::from(vec![1u8; 300]),
+        },
+        KeyOp::Append {
+            key: Bytes::from("b"),
+            element: Bytes::from("e"),
+        },
+    ]);
+    let command = Command {
+        owner: String::new(),
+        client_id: 0,
+        seq: 0,
+        op: txn,
+    };
+    let encoded = command.encode().unwrap();
+    assert_eq!(encoded.capacity(), encoded.len());
+    assert_eq!(Command::decode(&encoded).unwrap(), command);
+}
+
 #[test]
 fn older_seq_is_stale_and_gaps_are_allowed() {
     let mut driver = Driver::new();
@@ -427,7 +467,7 @@ fn older_seq_is_stale_and_gaps_are_allowed() {
             last_seq: 5
         }
     );
-    assert_eq!(driver.state.get_local(b"k"), plain("5").as_ref());
+    assert_eq!(driver.state.get_local(b"k"), plain("5"));
     let next = driver.apply_as(3, 9, Op::put("k", "9"));
     assert!(matches!(next, ApplyOutcome::Applied { seq: 9, .. }));
     assert_eq!(driver.state.session_seq("client1", 3), Some(9));
