@@ -25,6 +25,15 @@ fn segment_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// Temporary files (spares, segments not yet renamed) in `dir`.
+fn tmp_files(dir: &Path) -> Vec<PathBuf> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|item| item.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "tmp"))
+        .collect()
+}
+
 fn xor_byte(path: &Path, offset: u64, mask: u8) {
     let file = OpenOptions::new()
         .read(true)
@@ -443,11 +452,7 @@ fn wal_group_commit_rolls_onto_preallocated_spares() {
         while reports.recv().unwrap() < index {}
     }
     wal.close().unwrap();
-    let leftovers: Vec<_> = fs::read_dir(dir.path())
-        .unwrap()
-        .map(|item| item.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "tmp"))
-        .collect();
+    let leftovers = tmp_files(dir.path());
     assert!(leftovers.is_empty(), "{leftovers:?}");
     assert!(segment_files(dir.path()).len() > 5);
     let (_, recovered) = WalWriter::open(dir.path(), small_config(8192)).unwrap();
@@ -494,11 +499,7 @@ fn wal_recovery_finds_a_segment_left_under_its_temporary_name() {
         files,
         "renamed back to their names"
     );
-    let leftovers: Vec<_> = fs::read_dir(dir.path())
-        .unwrap()
-        .map(|item| item.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "tmp"))
-        .collect();
+    let leftovers = tmp_files(dir.path());
     assert!(leftovers.is_empty(), "{leftovers:?}");
     // The log goes on where it ended.
     let next = expected_entries.last().unwrap().index + 1;
