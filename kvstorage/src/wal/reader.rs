@@ -42,15 +42,15 @@ pub(crate) struct Scan {
     pub tail: Option<Tail>,
 }
 
-/// Reads and verifies the WAL in `dir`.
+/// Reads and verifies the WAL in `dir`, each segment read once.
 pub(crate) fn recover(dir: &Path, config: &WalConfig) -> Result<Scan, WalError> {
     let mut segments = segment::list_segments(dir)?;
-    remove_unwritten_last(dir, &mut segments, config)?;
     let mut recovered = Recovered {
         first_index: 1,
         ..Recovered::default()
     };
     let mut tail = None;
+    let mut unwritten_last = false;
     for (position, segment) in segments.iter().enumerate() {
         let bytes = fs::read(&segment.path).map_err(|source| WalError::Io {
             path: segment.path.clone(),
@@ -58,9 +58,28 @@ pub(crate) fn recover(dir: &Path, config: &WalConfig) -> Result<Scan, WalError> 
         })?;
         let is_first = position == 0;
         let is_last = position + 1 == segments.len();
-        let scanned = scan_segment(segment, &bytes, is_first, is_last, config, &mut recovered)?;
-        if is_last {
-            tail = Some(scanned);
+        if is_last && never_written(segment, &bytes, config)? {
+            unwritten_last = true;
+            break;
+        }
+        // The tail is the last segment's, or the one before it if the last is removed (a
+        // roll seals that one before it writes the next header).
+        tail = Some(scan_segment(
+            segment,
+            &bytes,
+            is_first,
+            is_last,
+            config,
+            &mut recovered,
+        )?);
+    }
+    if unwritten_last {
+        if let Some(last) = segments.pop() {
+            fs::remove_file(&last.path).map_err(|source| WalError::Io {
+                path: last.path.clone(),
+                source,
+            })?;
+            segment::sync_dir(dir)?;
         }
     }
     Ok(Scan {
@@ -70,27 +89,17 @@ pub(crate) fn recover(dir: &Path, config: &WalConfig) -> Result<Scan, WalError> 
     })
 }
 
-/// Removes the last segment if its header never reached the disk (see the module doc).
-fn remove_unwritten_last(
-    dir: &Path,
-    segments: &mut Vec<SegmentId>,
-    config: &WalConfig,
-) -> Result<(), WalError> {
-    let Some(last) = segments.last() else {
-        return Ok(());
-    };
-    let bytes = fs::read(&last.path).map_err(|source| WalError::Io {
-        path: last.path.clone(),
-        source,
-    })?;
-    let Err(reason) = segment::check_header(&bytes, last) else {
-        return Ok(());
+/// Whether the last segment's header never reached the disk (see the module doc): no valid
+/// header and no valid record after it. A bad header before a valid record is corruption.
+fn never_written(segment: &SegmentId, bytes: &[u8], config: &WalConfig) -> Result<bool, WalError> {
+    let Err(reason) = segment::check_header(bytes, segment) else {
+        return Ok(false);
     };
     let record_bytes_max = usize::try_from(config.record_bytes_max).unwrap_or(usize::MAX);
     let after_header = bytes.get(SEGMENT_HEADER_BYTES..).unwrap_or_default();
     if let Ok(Decoded::Record { .. }) = record::decode(after_header, record_bytes_max) {
         return Err(WalError::Corrupt {
-            path: last.path.clone(),
+            path: segment.path.clone(),
             offset: 0,
             reason: format!("{reason}, while the record after it is valid"),
         });
@@ -98,15 +107,9 @@ fn remove_unwritten_last(
     tracing::warn!(
         "wal: recovery: torn tail repaired: {} has no valid header ({reason}): the crash came \
          before its first fdatasync, so it held nothing acknowledged; removed",
-        last.path.display()
+        segment.path.display()
     );
-    fs::remove_file(&last.path).map_err(|source| WalError::Io {
-        path: last.path.clone(),
-        source,
-    })?;
-    segment::sync_dir(dir)?;
-    segments.pop();
-    Ok(())
+    Ok(true)
 }
 
 fn scan_segment(
