@@ -272,11 +272,21 @@ impl Client {
     }
 
     /// Changes the membership through the leader; returns the configuration once the change
-    /// is committed and applied on the leader. A retry after a lost answer may find the change
-    /// done (`BadRequest`: already a member, or not a member).
+    /// is committed and applied on the leader. An answer can be lost after the change was
+    /// made (a leader that removes itself steps down before the entry commits): the retry is
+    /// then refused (`BadRequest`: already a member, or not a member). So a refusal after an
+    /// attempt that may have been applied is checked against the member list, and is the
+    /// change's success if the list shows it done.
     pub async fn member_change(&self, op: MemberOp) -> Result<MemberList, ClientError> {
-        self.member_request(RequestKind::MemberChange { op }, None)
-            .await
+        let kind = RequestKind::MemberChange { op: op.clone() };
+        match self.member_request_tracked(kind, None).await {
+            Ok(list) => Ok(list),
+            Err((error @ ClientError::BadRequest(_), true)) => match self.members().await {
+                Ok(list) if op.in_force(&list) => Ok(list),
+                _ => Err(error),
+            },
+            Err((error, _)) => Err(error),
+        }
     }
 
     /// Hands leadership to voter `to`; returns once it leads.
@@ -290,16 +300,28 @@ impl Client {
         kind: RequestKind,
         start: Option<NodeId>,
     ) -> Result<MemberList, ClientError> {
+        (self.member_request_tracked(kind, start).await).map_err(|(error, _)| error)
+    }
+
+    /// As `member_request`; an error comes with whether an attempt may have been applied.
+    async fn member_request_tracked(
+        &self,
+        kind: RequestKind,
+        start: Option<NodeId>,
+    ) -> Result<MemberList, (ClientError, bool)> {
         let request = ClientRequest {
             client_id: 0,
             seq: 0,
             kind,
         };
-        let frame = self.encode(&request)?;
-        match self.call_any(frame, start, true).await? {
+        let frame = self.encode(&request).map_err(|error| (error, false))?;
+        match self.call_any_tracked(frame, start, true).await? {
             Answer::Members(list) => Ok(list),
-            Answer::Ok(_) | Answer::Status => Err(ClientError::Protocol(
-                "a membership request was answered with something else".to_string(),
+            Answer::Ok(_) | Answer::Status => Err((
+                ClientError::Protocol(
+                    "a membership request was answered with something else".to_string(),
+                ),
+                false,
             )),
         }
     }
@@ -310,6 +332,17 @@ impl Client {
         start: Option<NodeId>,
         follow_leader: bool,
     ) -> Result<Answer, ClientError> {
+        (self.call_any_tracked(frame, start, follow_leader).await).map_err(|(error, _)| error)
+    }
+
+    /// As `call_any`; an error comes with whether an earlier attempt may have been applied
+    /// (its answer lost, or refused in a way that does not rule it out).
+    async fn call_any_tracked(
+        &self,
+        frame: Bytes,
+        start: Option<NodeId>,
+        follow_leader: bool,
+    ) -> Result<Answer, (ClientError, bool)> {
         let attempts_max = self.inner.config.attempts_max;
         // The leader last seen (a dead one is skipped once its dial fails or, if another node
         // is connected, after `CONNECTING_WAIT_MS`), else a connected node (it redirects).
@@ -320,7 +353,9 @@ impl Client {
         for attempt in 1..=attempts_max {
             let node = route.target();
             let wait = match self.attempt(node, frame.clone(), true).await {
-                Ok(response) => match self.answer(node, response, follow_leader)? {
+                Ok(response) => match (self.answer(node, response, follow_leader))
+                    .map_err(|error| (error, maybe_sent))?
+                {
                     Ok(answer) => return Ok(answer),
                     Err(Retry::NotLeader(hint)) => {
                         let known = hint.map_or("no leader known".into(), |id| format!("n{id}"));
@@ -354,15 +389,21 @@ impl Client {
             }
         }
         if maybe_sent {
-            Err(ClientError::Timeout {
-                attempts: attempts_max,
-                last,
-            })
+            Err((
+                ClientError::Timeout {
+                    attempts: attempts_max,
+                    last,
+                },
+                true,
+            ))
         } else {
-            Err(ClientError::Unavailable {
-                attempts: attempts_max,
-                last,
-            })
+            Err((
+                ClientError::Unavailable {
+                    attempts: attempts_max,
+                    last,
+                },
+                false,
+            ))
         }
     }
 

@@ -49,6 +49,19 @@ impl MemberOp {
             | MemberOp::Remove { id } => *id,
         }
     }
+
+    /// Whether `list` already shows this change done: the node a member (added), a voter
+    /// (promoted), or absent (removed).
+    pub fn in_force(&self, list: &MemberList) -> bool {
+        let role = (list.members.iter())
+            .find(|member| member.id == self.node())
+            .map(|member| member.role);
+        match self {
+            MemberOp::AddLearner { .. } => role.is_some(),
+            MemberOp::Promote { .. } => role == Some(MemberRole::Voter),
+            MemberOp::Remove { .. } => role.is_none(),
+        }
+    }
 }
 
 impl std::fmt::Display for MemberOp {
@@ -103,4 +116,35 @@ pub struct MemberList {
     /// Whether that entry is known committed on the answering node.
     pub committed: bool,
     pub members: Vec<MemberInfo>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_is_in_force_once_the_list_shows_it() {
+        let member = |id, role| MemberInfo {
+            id,
+            role,
+            address: None,
+            match_index: None,
+        };
+        let list = MemberList {
+            node: 1,
+            leader: Some(1),
+            config_index: 7,
+            committed: true,
+            members: vec![member(1, MemberRole::Voter), member(2, MemberRole::Learner)],
+        };
+        let add = |id| MemberOp::AddLearner {
+            id,
+            address: "127.0.0.1:1".into(),
+        };
+        assert!(add(2).in_force(&list) && !add(3).in_force(&list));
+        assert!(MemberOp::Promote { id: 1 }.in_force(&list));
+        assert!(!MemberOp::Promote { id: 2 }.in_force(&list));
+        assert!(MemberOp::Remove { id: 3 }.in_force(&list));
+        assert!(!MemberOp::Remove { id: 2 }.in_force(&list));
+    }
 }

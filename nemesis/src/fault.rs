@@ -14,7 +14,6 @@ use crate::netns::Grudge;
 use crate::rng::Rng;
 use crate::spec::parse_node_name;
 use crate::NodeId;
-use kvstate::members::MemberRole;
 
 /// The history's process name for fault events.
 pub const NEMESIS_PROCESS: &str = "nemesis";
@@ -595,28 +594,18 @@ impl Nemesis {
             .collect())
     }
 
-    /// Removes `id`. A leader that removes itself steps down once the change commits, so
-    /// its answer can be lost and the client's retry then meets a configuration without `id`
-    /// ("not a member"): when a request fails, the member list says whether the change is in
-    /// force (nothing else changes the membership during a campaign). Without this check a
-    /// lost answer left the node out of the cluster for the rest of the run.
+    /// Removes `id`. A change whose answer was lost in a leader change (a leader removing
+    /// itself) counts as done when the member list shows it (`Client::member_change`).
     fn remove_member(&self, id: NodeId) -> Result<String, FaultError> {
         let config = self.client()?;
-        let (list, confirmed) = self.members(async move {
+        let list = self.members(async move {
             let client = kvclient::Client::connect(config).await?;
             let op = kvstate::members::MemberOp::Remove { id };
-            match client.member_change(op).await {
-                Ok(list) => Ok((list, false)),
-                Err(error) => match client.members().await {
-                    Ok(list) if role_of(&list, id).is_none() => Ok((list, true)),
-                    _ => Err(error),
-                },
-            }
+            client.member_change(op).await
         })?;
         Ok(format!(
-            "n{id} removed (configuration index {}{})",
-            list.config_index,
-            if confirmed { CONFIRMED_BY_LIST } else { "" }
+            "n{id} removed (configuration index {})",
+            list.config_index
         ))
     }
 
@@ -625,63 +614,39 @@ impl Nemesis {
     fn add_back(&self, id: NodeId) -> Result<Vec<String>, FaultError> {
         let config = self.client()?;
         let address = self.cluster.node(id)?.address.to_string();
-        let mut notes = Vec::new();
-        // As in `remove_member`: a failed request whose change is in force (its answer lost
-        // in a leader change) counts as done; the member list tells.
-        let added = self.members(async move {
+        let (added, promoted) = self.members(async move {
             let client = kvclient::Client::connect(config).await?;
             let op = kvstate::members::MemberOp::AddLearner { id, address };
-            let added = match client.member_change(op).await {
-                Ok(list) => (list, false),
-                Err(error) => match client.members().await {
-                    Ok(list) if role_of(&list, id).is_some() => (list, true),
-                    _ => return Err(error),
-                },
-            };
+            let added = client.member_change(op).await?;
             let deadline =
                 tokio::time::Instant::now() + Duration::from_millis(MEMBERSHIP_PROMOTE_WAIT_MS);
             loop {
                 let promote = kvstate::members::MemberOp::Promote { id };
                 match client.member_change(promote).await {
-                    Ok(promoted) => return Ok((added, Ok((promoted, false)))),
-                    Err(error) => {
-                        if let Ok(list) = client.members().await {
-                            if role_of(&list, id) == Some(MemberRole::Voter) {
-                                return Ok((added, Ok((list, true))));
-                            }
-                        }
-                        if tokio::time::Instant::now() >= deadline {
-                            return Ok((added, Err(error.to_string())));
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    Ok(promoted) => return Ok((added, Ok(promoted))),
+                    Err(error) if tokio::time::Instant::now() >= deadline => {
+                        return Ok((added, Err(error.to_string())))
                     }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
             }
         })?;
-        let ((added, added_confirmed), promoted) = added;
-        notes.push(format!(
-            "n{id} added back as a learner (configuration index {}{})",
-            added.config_index,
-            if added_confirmed {
-                CONFIRMED_BY_LIST
-            } else {
-                ""
-            }
-        ));
-        match promoted {
-            Ok((list, confirmed)) => notes.push(format!(
-                "n{id} promoted (configuration index {}{})",
-                list.config_index,
-                if confirmed { CONFIRMED_BY_LIST } else { "" }
-            )),
-            Err(last_error) => {
-                return Err(FaultError::Membership(format!(
-                    "n{id} was not promoted within {MEMBERSHIP_PROMOTE_WAIT_MS} ms (last \
-                     answer: {last_error}); it stays a learner"
-                )))
-            }
-        }
-        Ok(notes)
+        let promoted = promoted.map_err(|last_error| {
+            FaultError::Membership(format!(
+                "n{id} was not promoted within {MEMBERSHIP_PROMOTE_WAIT_MS} ms (last answer: \
+                 {last_error}); it stays a learner"
+            ))
+        })?;
+        Ok(vec![
+            format!(
+                "n{id} added back as a learner (configuration index {})",
+                added.config_index
+            ),
+            format!(
+                "n{id} promoted (configuration index {})",
+                promoted.config_index
+            ),
+        ])
     }
 
     /// Targets among the nodes that still start. Corruption is kept to a minority over the
@@ -882,19 +847,6 @@ impl Nemesis {
                 .collect(),
         })
     }
-}
-
-/// Appended to a membership note when the change's own answer was lost and the member list
-/// showed it in force.
-const CONFIRMED_BY_LIST: &str =
-    "; its answer was lost in a leader change, the member list shows it";
-
-/// `id`'s role in `list`, `None` if it is not a member.
-fn role_of(list: &kvstate::members::MemberList, id: NodeId) -> Option<MemberRole> {
-    list.members
-        .iter()
-        .find(|member| member.id == id)
-        .map(|member| member.role)
 }
 
 #[cfg(test)]
