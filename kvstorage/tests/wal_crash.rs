@@ -511,6 +511,118 @@ fn wal_recovery_finds_a_segment_left_under_its_temporary_name() {
     assert_eq!(recovered.last_index(), next + 1);
 }
 
+/// The seq in a segment file's name (`{seq:016x}-{first_index:016x}.wal`).
+fn seq_of(path: &Path) -> u64 {
+    let name = path.file_name().unwrap().to_str().unwrap();
+    u64::from_str_radix(&name[..16], 16).unwrap()
+}
+
+/// "wal: recovery: a recycled segment is removed, unless it was already reused"
+///
+/// A compacted segment is recycled under `recycled-{its seq}.tmp` and zero-filled in place
+/// later: a crash may leave it with its old valid header over half-zeroed records, and it
+/// must be removed, not taken for a segment. Once reused, its header carries a newer seq:
+/// if that segment's rename was lost, it is found like any other.
+#[test]
+fn wal_recovery_removes_a_recycled_segment_unless_it_was_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(4096);
+    let (mut writer, _) = WalWriter::open(dir.path(), config.clone()).unwrap();
+    for first in (1..=60).step_by(3) {
+        writer
+            .append(&batch(entries(first, 3, 1, 200), None))
+            .unwrap();
+    }
+    let aside = tempfile::tempdir_in(dir.path().parent().unwrap()).unwrap();
+    let files = link_segments(dir.path(), aside.path());
+    writer.compact(45).unwrap();
+    drop(writer);
+    let live = segment_files(dir.path());
+    let compacted: Vec<&PathBuf> = files.iter().filter(|path| !path.exists()).collect();
+    assert!(compacted.len() >= 2, "{compacted:?}");
+    // The oldest compacted segment, recycled, its zero-fill cut short by the crash.
+    let oldest = compacted[0];
+    let recycled = dir
+        .path()
+        .join(format!("recycled-{:016x}.tmp", seq_of(oldest)));
+    fs::copy(aside.path().join(oldest.file_name().unwrap()), &recycled).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(&recycled)
+        .unwrap()
+        .write_all_at(&[0u8; 1500], 300)
+        .unwrap();
+    // The last segment was installed over another recycled segment, and its rename was lost.
+    let last = live.last().unwrap();
+    fs::rename(
+        last,
+        dir.path()
+            .join(format!("recycled-{:016x}.tmp", seq_of(compacted[1]))),
+    )
+    .unwrap();
+
+    let (_, recovered) = WalWriter::open(dir.path(), config).unwrap();
+    assert_eq!(recovered.compacted_index, 45);
+    assert_eq!(recovered.entries, entries(46, 15, 1, 200));
+    assert_eq!(
+        segment_files(dir.path()),
+        live,
+        "the reused one renamed back"
+    );
+    let leftovers = tmp_files(dir.path());
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// A file's identity across renames: its inode, and its birth time where the file system
+/// keeps one (an inode number alone may be reused by a new file).
+fn identity(path: &Path) -> Option<(u64, Option<std::time::SystemTime>)> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = fs::metadata(path).ok()?;
+    Some((metadata.ino(), metadata.created().ok()))
+}
+
+/// "wal: group commit: compacted segments are reused as zero-filled spares"
+///
+/// The reaper recycles compacted segments and the preallocator zero-fills them into spares
+/// (no blocks freed, so no TRIM under `discard`): later segments are the same files under new
+/// names, and none of their old records comes back after a restart.
+#[test]
+fn wal_group_commit_reuses_compacted_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(8192);
+    let (sender, reports) = mpsc::channel();
+    let callback = Box::new(move |report: Result<Durable, WalError>| {
+        sender.send(report.unwrap().last_index).unwrap();
+    });
+    let (wal, _) = Wal::open(dir.path(), config.clone(), callback).unwrap();
+    let mut names = std::collections::HashMap::new();
+    let mut reused = 0;
+    // Entries of one size, and a last compaction a segment before the end: the last segment
+    // is a reused file whose old records lie on the same boundaries as the new ones, so any
+    // left after the end of the log would decode as records.
+    for index in 1..=440 {
+        wal.submit(batch(vec![entry(index, 1, 300)], None)).unwrap();
+        while reports.recv().unwrap() < index {}
+        if index % 50 == 0 && index <= 400 {
+            wal.compact(index - 10).unwrap();
+        }
+        for path in segment_files(dir.path()) {
+            let Some(id) = identity(&path) else { continue };
+            match names.insert(id, path.clone()) {
+                Some(old) if old != path => reused += 1,
+                _ => {}
+            }
+        }
+    }
+    wal.close().unwrap();
+    assert!(reused > 0, "no segment file was reused");
+    let leftovers = tmp_files(dir.path());
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let (_, recovered) = WalWriter::open(dir.path(), config).unwrap();
+    assert_eq!(recovered.compacted_index, 390);
+    assert_eq!(recovered.entries, entries(391, 50, 1, 300));
+}
+
 /// "wal: recovery: a crash after a roll, before the new segment's first fdatasync"
 ///
 /// A roll writes the new segment's header without syncing it: the group's fdatasync makes it

@@ -9,6 +9,12 @@
 //! preallocator) and renamed when installed, without a directory fsync: after a crash it may
 //! still carry its temporary name, and `list_segments` recognises it by its header.
 //!
+//! A compacted segment is recycled rather than deleted (`recycle_segment`): renamed to
+//! `recycled-{seq:016x}.tmp`, the seq it had, and zero-filled in place later to become a
+//! spare. Until zeroed it still holds its old, valid header (seq equal to the one in its
+//! name): `list_segments` removes it. Once installed its header carries a newer seq, so a
+//! recycled file whose header seq is above its name's is a segment whose rename was lost.
+//!
 //! ```text
 //! header (32 bytes): magic "RKVSWAL1" | version u32 | seq u64 | first_index u64 | crc u32
 //! then records (record.rs), then zeros up to the preallocated size.
@@ -32,6 +38,7 @@ pub const SEGMENT_ALIGN_BYTES: u64 = 4096;
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
 const SEGMENT_SUFFIX: &str = ".wal";
 const TMP_SUFFIX: &str = ".tmp";
+const RECYCLED_PREFIX: &str = "recycled-";
 
 /// What the header (and the file name) says about a segment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +80,14 @@ pub fn list_segments(dir: &Path) -> Result<Vec<SegmentId>, WalError> {
         let path = item.path();
         if name.ends_with(TMP_SUFFIX) {
             match read_header(&path)? {
+                Some((seq, _)) if parse_recycled(&name).is_some_and(|old| seq <= old) => {
+                    tracing::info!(
+                        "wal: recovery: removing {}, a compacted segment that was waiting to \
+                         be reused",
+                        path.display()
+                    );
+                    fs::remove_file(&path).map_err(io(&path))?;
+                }
                 Some((seq, first_index)) => {
                     let target = segment_path(dir, seq, first_index);
                     if target.exists() {
@@ -170,6 +185,35 @@ pub fn check_header(bytes: &[u8], segment: &SegmentId) -> Result<(), String> {
     Err("segment header checksum or fields do not match the file name".to_string())
 }
 
+/// The seq in a recycled segment's name (`recycled_path`).
+fn parse_recycled(name: &str) -> Option<u64> {
+    let seq = name
+        .strip_prefix(RECYCLED_PREFIX)?
+        .strip_suffix(TMP_SUFFIX)?;
+    if seq.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(seq, 16).ok()
+}
+
+/// Where a compacted segment waits to be zero-filled into a spare (see the module doc).
+pub fn recycled_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{RECYCLED_PREFIX}{seq:016x}{TMP_SUFFIX}"))
+}
+
+/// Renames a compacted segment to its recycled name and makes the rename durable before
+/// anything overwrites it: a crash must never leave zeros under a segment's name. Returns the
+/// recycled path.
+pub fn recycle_segment(dir: &Path, segment: &SegmentId) -> Result<PathBuf, WalError> {
+    let path = recycled_path(dir, segment.seq);
+    fs::rename(&segment.path, &path).map_err(|source| WalError::Io {
+        path: segment.path.clone(),
+        source,
+    })?;
+    sync_dir(dir)?;
+    Ok(path)
+}
+
 /// A zero-filled, synced file waiting to become a segment (see `spare_path`).
 #[derive(Debug)]
 pub struct Spare {
@@ -199,14 +243,7 @@ pub fn create_spare(path: &Path, size_bytes: u64) -> Result<Spare, WalError> {
         .truncate(true)
         .open(path)
         .map_err(io)?;
-    let zeros = vec![0u8; ZERO_CHUNK_BYTES];
-    let mut written = 0;
-    let mut paced = crate::paced::PacedFile::new(&file);
-    while written < size_bytes {
-        let chunk = (size_bytes - written).min(ZERO_CHUNK_BYTES as u64) as usize;
-        paced.write_all(&zeros[..chunk]).map_err(io)?;
-        written += chunk as u64;
-    }
+    write_zeros(&file, size_bytes).map_err(io)?;
     file.sync_all().map_err(io)?;
     if let Some(dir) = path.parent() {
         sync_dir(dir)?;
@@ -216,6 +253,49 @@ pub fn create_spare(path: &Path, size_bytes: u64) -> Result<Spare, WalError> {
         file,
         size_bytes,
     })
+}
+
+/// Turns a recycled segment (`recycle_segment`) into a spare: its whole length overwritten
+/// with zeros in place and synced. Its blocks stay allocated: nothing is freed (which, on a
+/// file system mounted with `discard`, TRIMs at the next journal commit, and the WAL's
+/// fdatasync waits for that commit) and nothing allocated. Its name is already durable. `None`
+/// (and the file removed) if it is smaller than `size_bytes`.
+pub fn respare(path: &Path, size_bytes: u64) -> Result<Option<Spare>, WalError> {
+    let io = |source| WalError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io)?;
+    let file_bytes = file.metadata().map_err(io)?.len();
+    if file_bytes < size_bytes {
+        drop(file);
+        fs::remove_file(path).map_err(io)?;
+        return Ok(None);
+    }
+    write_zeros(&file, file_bytes).map_err(io)?;
+    file.sync_data().map_err(io)?;
+    Ok(Some(Spare {
+        path: path.to_path_buf(),
+        file,
+        size_bytes: file_bytes,
+    }))
+}
+
+/// Writes `size_bytes` zeros from the file's current position, paced (`paced.rs`).
+fn write_zeros(file: &File, size_bytes: u64) -> std::io::Result<()> {
+    let zeros = vec![0u8; ZERO_CHUNK_BYTES];
+    let mut written = 0;
+    let mut paced = crate::paced::PacedFile::new(file);
+    while written < size_bytes {
+        let chunk = (size_bytes - written).min(ZERO_CHUNK_BYTES as u64) as usize;
+        paced.write_all(&zeros[..chunk])?;
+        written += chunk as u64;
+    }
+    Ok(())
 }
 
 /// Turns a spare into a segment: header and `head` records written over its zeros, then
@@ -291,6 +371,10 @@ mod tests {
         let name = path.file_name().unwrap().to_str().unwrap();
         assert_eq!(parse_name(name), Some((3, 77)));
         assert_eq!(parse_name("LOCK"), None);
+        let recycled = recycled_path(Path::new("/x"), 5);
+        let name = recycled.file_name().unwrap().to_str().unwrap();
+        assert_eq!(parse_recycled(name), Some(5));
+        assert_eq!(parse_recycled("spare-0000000000000005.tmp"), None);
     }
 
     #[test]

@@ -68,9 +68,9 @@ pub struct WalWriter {
     roll_duration: Duration,
     /// Preallocated segments made ahead of time by another thread (see `group.rs`).
     spares: Option<Receiver<Spare>>,
-    /// Where compacted segments go to be deleted by another thread (see `group.rs`); `None`:
-    /// deleted here.
-    reaper: Option<SyncSender<Vec<PathBuf>>>,
+    /// Where compacted segments go to be recycled or deleted by another thread (see
+    /// `group.rs`); `None`: deleted here.
+    reaper: Option<SyncSender<Vec<SegmentId>>>,
 }
 
 impl WalWriter {
@@ -407,13 +407,13 @@ impl WalWriter {
         self.spares = Some(source);
     }
 
-    /// Hands compacted segments to `reaper` for deletion instead of deleting them on this
-    /// thread: unlinking a 16 MiB segment costs milliseconds of file-system work (measured
-    /// here: about 3.5 ms each), which would stall the group commit. Deleting a compacted
-    /// segment is only space reclamation: the compaction marker is durable before, and
-    /// recovery skips segments it covers
+    /// Hands compacted segments to `reaper` (which recycles or deletes them) instead of
+    /// deleting them on this thread: unlinking a 16 MiB segment costs milliseconds of
+    /// file-system work (measured here: about 3.5 ms each), which would stall the group
+    /// commit. A compacted segment is only space to reclaim: the compaction marker is durable
+    /// before, and recovery skips segments it covers
     /// (`wal_recovery_crash_before_compacted_segments_were_deleted`).
-    pub fn set_reaper(&mut self, reaper: SyncSender<Vec<PathBuf>>) {
+    pub fn set_reaper(&mut self, reaper: SyncSender<Vec<SegmentId>>) {
         self.reaper = Some(reaper);
     }
 
@@ -444,17 +444,19 @@ impl WalWriter {
         if deleted == 0 {
             return Ok(());
         }
-        let paths: Vec<PathBuf> = self.segments.drain(..deleted).map(|s| s.path).collect();
-        let paths = match &self.reaper {
-            Some(reaper) => match reaper.try_send(paths) {
+        let compacted: Vec<SegmentId> = self.segments.drain(..deleted).collect();
+        let compacted = match &self.reaper {
+            Some(reaper) => match reaper.try_send(compacted) {
                 Ok(()) => return Ok(()),
                 // The reaper is behind or gone: delete here, as without one.
-                Err(TrySendError::Full(paths) | TrySendError::Disconnected(paths)) => paths,
+                Err(TrySendError::Full(compacted) | TrySendError::Disconnected(compacted)) => {
+                    compacted
+                }
             },
-            None => paths,
+            None => compacted,
         };
-        for path in &paths {
-            remove_file(path)?;
+        for segment in &compacted {
+            remove_file(&segment.path)?;
         }
         segment::sync_dir(&self.dir)
     }
