@@ -178,7 +178,25 @@ impl<T> NodeCore<T> {
 
     /// A Raft message from a peer.
     pub fn handle_message(&mut self, message: Message) {
+        let Some(message) = self.snapshots.hold_until_decoded(message) else {
+            return;
+        };
         match &message.body {
+            MessageBody::Append { prev_log_index, .. }
+                if self.snapshots.is_decoding()
+                    && *prev_log_index > self.raw.status().last_index =>
+            {
+                // A snapshot from the leader is being decoded and will replace this log.
+                // Rejected now, against the log it replaces, this append would tell the leader
+                // that we need the snapshot again (measured: `bench scale` streamed a wiped
+                // follower its 2 GB snapshot twice). Unanswered, it is sent again after the
+                // install.
+                let reason = format!("append after {prev_log_index} while a snapshot decodes");
+                let from = message.from;
+                self.observations
+                    .push(Observation::MessageDropped { from, reason });
+                return;
+            }
             MessageBody::InstallSnapshot { meta }
                 if !self.snapshots.has_received(meta)
                     && meta.last_index > self.raw.status().commit_index =>
@@ -215,12 +233,32 @@ impl<T> NodeCore<T> {
         }
     }
 
-    /// A snapshot file from a leader arrived and decoded to `sm`.
+    /// A snapshot file from a leader arrived and the node started decoding it (off its event
+    /// loop: a large state takes seconds). Until `handle_snapshot_received` or
+    /// `handle_snapshot_abandoned`, the leader's InstallSnapshot for it is held and appends
+    /// our log cannot take are dropped (see `handle_message`).
+    pub fn handle_snapshot_arriving(&mut self, meta: SnapshotMeta) {
+        self.snapshots
+            .arriving(meta, self.config.received_snapshots_max);
+    }
+
+    /// A snapshot file from a leader arrived and decoded to `sm`. A held InstallSnapshot for
+    /// it is stepped now.
     pub fn handle_snapshot_received(&mut self, meta: SnapshotMeta, sm: StateMachine) {
+        let held = self.snapshots.decoded(&meta);
         let max = self.config.received_snapshots_max;
         for old in self.snapshots.receive(meta, sm, max) {
             self.discard_received(old);
         }
+        if let Some(message) = held {
+            self.handle_message(message);
+        }
+    }
+
+    /// A snapshot file from a leader did not decode (or the node gave up on it): forgotten,
+    /// with its held InstallSnapshot. The leader sends it again.
+    pub fn handle_snapshot_abandoned(&mut self, meta: &SnapshotMeta) {
+        self.snapshots.decoded(meta);
     }
 
     /// The transport saw `peer` come back as a new process (it may have lost its disk).

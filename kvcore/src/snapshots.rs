@@ -5,7 +5,12 @@
 //! ```text
 //! leader:   Ready message InstallSnapshot(meta) -> held; Action::SendSnapshot(to, meta)
 //!           handle_snapshot_sent(to, ok) -> ok: Action::Send(held message); report to Raft
-//! follower: handle_snapshot_received(meta, sm) -> kept (at most received_snapshots_max)
+//! follower: handle_snapshot_arriving(meta) -> decoding: the node decodes the file elsewhere
+//!           handle_message(InstallSnapshot(meta)) while decoding -> held until decoded
+//!           handle_message(Append beyond our log) while decoding -> dropped (see below)
+//!           handle_snapshot_received(meta, sm) -> kept (at most received_snapshots_max);
+//!                                                 a held InstallSnapshot is stepped
+//!           handle_snapshot_abandoned(meta) -> the file did not decode: forgotten
 //!           handle_message(InstallSnapshot(meta)) -> stepped only if kept, else dropped
 //!           Ready.snapshot(meta) -> state machine := sm; Action::InstallSnapshotFile(meta);
 //!                                   Action::Wal(InstallSnapshot(index))
@@ -13,11 +18,14 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use kvraft::{Message, NodeId, SnapshotMeta};
+use kvraft::{Message, MessageBody, NodeId, SnapshotMeta};
 use kvstate::StateMachine;
 
 #[derive(Debug, Default)]
 pub(crate) struct Snapshots {
+    /// Files from leaders being decoded by the node, each with the leader's InstallSnapshot
+    /// message for it once that arrives.
+    decoding: VecDeque<(SnapshotMeta, Option<Message>)>,
     received: VecDeque<(SnapshotMeta, StateMachine)>,
     /// Our own snapshot is being written (at most one at a time).
     pub taking: bool,
@@ -46,6 +54,42 @@ impl Snapshots {
             }
         }
         discarded
+    }
+
+    /// A file for `meta` is being decoded. At most `max` are tracked (the node decodes one
+    /// at a time and queues one): beyond that the oldest is forgotten, with its held message
+    /// (the leader sends it again).
+    pub fn arriving(&mut self, meta: SnapshotMeta, max: usize) {
+        if !self.decoding.iter().any(|(m, _)| *m == meta) {
+            self.decoding.push_back((meta, None));
+        }
+        while self.decoding.len() > max.max(1) {
+            self.decoding.pop_front();
+        }
+    }
+
+    pub fn is_decoding(&self) -> bool {
+        !self.decoding.is_empty()
+    }
+
+    /// Holds `message` (an InstallSnapshot) if its file is being decoded; gives it back if not.
+    pub fn hold_until_decoded(&mut self, message: Message) -> Option<Message> {
+        let MessageBody::InstallSnapshot { meta } = &message.body else {
+            return Some(message);
+        };
+        match self.decoding.iter_mut().find(|(m, _)| m == meta) {
+            Some((_, held)) => {
+                *held = Some(message);
+                None
+            }
+            None => Some(message),
+        }
+    }
+
+    /// The file for `meta` is decoded or abandoned: returns its held InstallSnapshot, if any.
+    pub fn decoded(&mut self, meta: &SnapshotMeta) -> Option<Message> {
+        let position = self.decoding.iter().position(|(m, _)| m == meta)?;
+        self.decoding.remove(position).and_then(|(_, held)| held)
     }
 
     pub fn has_received(&self, meta: &SnapshotMeta) -> bool {

@@ -57,6 +57,8 @@ impl Harness {
                 Action::Send(message) => self.network.push(message),
                 Action::Wal(command) => self.unsynced[i].push(command),
                 Action::Answer { token, response } => self.answers.push((token, response)),
+                // Received snapshot files: no files here.
+                Action::InstallSnapshotFile { .. } | Action::DiscardSnapshotFile { .. } => {}
                 other => panic!("unexpected action {other:?}"),
             }
         }
@@ -493,6 +495,66 @@ fn node_core_a_snapshot_below_the_commit_is_answered_without_its_file() {
         m.from == 2
             && matches!(m.body, MessageBody::AppendResponse { index, reject: None }
                 if index == status.commit_index)
+    });
+    assert!(answered, "no answer in {:?}", h.network);
+}
+
+/// A wiped follower decoding the leader's snapshot (seconds for a large state) leaves appends
+/// its empty log cannot take unanswered, and holds the leader's InstallSnapshot until the state
+/// is decoded. Rejected, such an append told the leader that the follower needed the snapshot
+/// again: `bench scale` streamed a wiped follower its 2 GB snapshot twice.
+#[test]
+fn node_core_a_follower_decoding_a_snapshot_does_not_ask_for_it_again() {
+    let mut h = Harness::new();
+    h.elect_node_1();
+    for seq in 1..=3 {
+        h.client(1, seq as Token, "client1", &put(7, seq, "k", "v"));
+        h.settle();
+    }
+    let status = h.cores[0].status();
+    let meta = SnapshotMeta {
+        last_index: status.commit_index,
+        last_term: status.term,
+        membership: Membership::new(vec![1, 2, 3]),
+        membership_index: 0,
+    };
+    let state = h.cores[0].state_machine().clone();
+    // Node 3 comes back wiped; its snapshot file has arrived and is being decoded.
+    h.cores[2] = core(3, DiskState::default());
+    h.unsynced[2].clear();
+    h.synced_total[2] = 0;
+    h.cores[2].handle_snapshot_arriving(meta.clone());
+    h.network.clear();
+    // The leader's probe after the snapshot (and a new write) reach it meanwhile.
+    h.cores[2].handle_message(Message {
+        from: 1,
+        to: 3,
+        term: status.term,
+        body: MessageBody::Append {
+            prev_log_index: meta.last_index,
+            prev_log_term: meta.last_term,
+            entries: Vec::new(),
+            commit: status.commit_index,
+        },
+    });
+    h.cores[2].handle_message(Message {
+        from: 1,
+        to: 3,
+        term: status.term,
+        body: MessageBody::InstallSnapshot { meta: meta.clone() },
+    });
+    h.drive(3);
+    h.sync(3);
+    let from_3: Vec<&Message> = h.network.iter().filter(|m| m.from == 3).collect();
+    assert!(from_3.is_empty(), "answered while decoding: {from_3:?}");
+    // Decoded: the held InstallSnapshot is stepped and answered at the snapshot's index.
+    h.cores[2].handle_snapshot_received(meta.clone(), state);
+    h.drive(3);
+    h.sync(3);
+    let answered = h.network.iter().any(|m| {
+        m.from == 3
+            && matches!(m.body, MessageBody::AppendResponse { index, reject: None }
+                if index == meta.last_index)
     });
     assert!(answered, "no answer in {:?}", h.network);
 }

@@ -7,6 +7,9 @@ use crate::client::ClientConfig;
 /// Time units per Raft tick. A client's backoff in milliseconds counts one unit per
 /// millisecond, so a tick stands for 10 ms, the server's default.
 pub const TICK_UNITS: u64 = 10;
+/// Longest decode of a received snapshot: several heartbeats, so the leader's probes reach a
+/// follower that is still decoding.
+const DECODE_UNITS_MAX: u64 = 4 * TICK_UNITS;
 
 /// The knobs of one simulated run, all derived from the seed by `SimConfig::from_seed`.
 #[derive(Clone, Debug)]
@@ -28,6 +31,9 @@ pub struct SimConfig {
     pub long_delay_per_million: u64,
     /// Time a group commit (write + fdatasync) or a snapshot file write takes, at most.
     pub persist_units_max: u64,
+    /// Time decoding a received snapshot file takes, at most (the node decodes it off its
+    /// loop, while messages keep arriving).
+    pub decode_units_max: u64,
     /// Per time unit: chance of a crash, a restart of a crashed node, a partition change, a
     /// pause (SIGSTOP) of a node.
     pub crash_per_million: u64,
@@ -80,6 +86,7 @@ impl SimConfig {
             delay_units_max: rng.between(2, 2 * TICK_UNITS),
             long_delay_per_million: rng.between(0, 20_000),
             persist_units_max: rng.between(1, TICK_UNITS),
+            decode_units_max: DECODE_UNITS_MAX,
             crash_per_million: rng.between(0, 8_000),
             restart_per_million: rng.between(2_000, 30_000),
             partition_per_million: rng.between(0, 8_000),

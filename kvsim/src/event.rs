@@ -20,6 +20,13 @@ pub(crate) enum Event {
         meta: SnapshotMeta,
         bytes: Vec<u8>,
     },
+    /// Node `node` finished decoding a received snapshot file.
+    SnapshotDecoded {
+        node: usize,
+        epoch: u64,
+        meta: SnapshotMeta,
+        bytes: Vec<u8>,
+    },
     /// The leader learns how its snapshot stream to `to` ended.
     SnapshotReport {
         leader: usize,
@@ -82,6 +89,7 @@ impl Event {
             Event::SnapshotArrive { to, .. } => Some(*to),
             Event::SnapshotReport { leader, .. } => Some(*leader),
             Event::WalSynced { node, .. }
+            | Event::SnapshotDecoded { node, .. }
             | Event::SnapshotWritten { node, .. }
             | Event::ClientRequest { node, .. } => Some(*node),
             Event::ClientAnswer { .. }
@@ -111,6 +119,12 @@ impl Sim {
                 meta,
                 bytes,
             } => self.snapshot_arrive(from, from_epoch, to, meta, bytes),
+            Event::SnapshotDecoded {
+                node,
+                epoch,
+                meta,
+                bytes,
+            } => self.snapshot_decoded(node, epoch, meta, bytes),
             Event::SnapshotReport {
                 leader,
                 epoch,
@@ -248,17 +262,43 @@ impl Sim {
         if !delivered {
             return Ok(());
         }
-        let sm = StateMachine::restore(&bytes).map_err(|e| {
-            self.violation(format!("snapshot {} does not decode: {e}", meta.last_index))
-        })?;
         self.log(|| format!("snapshot {} arrives at node {}", meta.last_index, to + 1));
         let node = &mut self.nodes[to];
         node.received.retain(|(m, _)| *m != meta);
-        node.received.push((meta.clone(), bytes));
+        node.received.push((meta.clone(), bytes.clone()));
         if let Some(core) = node.core.as_mut() {
+            core.handle_snapshot_arriving(meta.clone());
+        }
+        // Decoded off the node's loop, as the node does: messages keep coming meanwhile.
+        let decoded = Event::SnapshotDecoded {
+            node: to,
+            epoch: node.epoch,
+            meta,
+            bytes,
+        };
+        let delay = self.rng.between(1, self.config.decode_units_max);
+        self.schedule(delay, decoded);
+        self.drive(to)
+    }
+
+    fn snapshot_decoded(
+        &mut self,
+        index: usize,
+        epoch: u64,
+        meta: SnapshotMeta,
+        bytes: Vec<u8>,
+    ) -> Result<(), Violation> {
+        if self.nodes[index].epoch != epoch {
+            return Ok(());
+        }
+        let sm = StateMachine::restore(&bytes).map_err(|e| {
+            self.violation(format!("snapshot {} does not decode: {e}", meta.last_index))
+        })?;
+        self.log(|| format!("snapshot {} decoded at node {}", meta.last_index, index + 1));
+        if let Some(core) = self.nodes[index].core.as_mut() {
             core.handle_snapshot_received(meta, sm);
         }
-        self.drive(to)
+        self.drive(index)
     }
 
     fn wal_synced(&mut self, index: usize, epoch: u64) -> Result<(), Violation> {
