@@ -70,6 +70,12 @@ pub enum Observation {
     AppendRejected {
         from: NodeId,
     },
+    /// An append our log cannot take, left unanswered while a snapshot from the leader is
+    /// decoded (the snapshot replaces the log; rejected, the append would make the leader
+    /// send the snapshot again). The leader sends it again after the install.
+    AppendHeldOff {
+        from: NodeId,
+    },
     /// A message the core did not accept.
     MessageDropped {
         from: NodeId,

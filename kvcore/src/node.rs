@@ -191,10 +191,8 @@ impl<T> NodeCore<T> {
                 // that we need the snapshot again (measured: `bench scale` streamed a wiped
                 // follower its 2 GB snapshot twice). Unanswered, it is sent again after the
                 // install.
-                let reason = format!("append after {prev_log_index} while a snapshot decodes");
                 let from = message.from;
-                self.observations
-                    .push(Observation::MessageDropped { from, reason });
+                self.observations.push(Observation::AppendHeldOff { from });
                 return;
             }
             MessageBody::InstallSnapshot { meta }

@@ -56,6 +56,8 @@ pub struct SimStats {
     pub elections: u64,
     pub snapshots_sent: u64,
     pub snapshots_installed: u64,
+    /// Appends a follower left unanswered while it decoded a snapshot (`AppendHeldOff`).
+    pub appends_held_off: u64,
     pub final_commit: u64,
     /// Client operations checked for linearizability.
     pub history_lines: u64,
@@ -379,8 +381,12 @@ impl Sim {
 
     fn note_observations(&mut self, index: usize, observations: Vec<kvcore::Observation>) {
         for observation in observations {
-            if let kvcore::Observation::SnapshotInstalled { .. } = observation {
-                self.stats.snapshots_installed += 1;
+            match observation {
+                kvcore::Observation::SnapshotInstalled { .. } => {
+                    self.stats.snapshots_installed += 1
+                }
+                kvcore::Observation::AppendHeldOff { .. } => self.stats.appends_held_off += 1,
+                _ => {}
             }
             self.log(|| format!("node {} {observation:?}", index + 1));
         }
@@ -747,6 +753,7 @@ fn add_stats(total: &mut SimStats, stats: &SimStats) {
     total.elections += stats.elections;
     total.snapshots_sent += stats.snapshots_sent;
     total.snapshots_installed += stats.snapshots_installed;
+    total.appends_held_off += stats.appends_held_off;
     total.final_commit += stats.final_commit;
     total.history_lines += stats.history_lines;
     total.histories_unknown += stats.histories_unknown;
@@ -760,7 +767,7 @@ impl std::fmt::Display for SimStats {
         write!(
             f,
             "{} events, {} crashes, {} pauses, {} partitions, {} elections, {} snapshots \
-             installed, {} writes acked, {} writes unknown, {} writes failed, {} reads, {} history \
+             installed ({} appends held off while decoding), {} writes acked, {} writes unknown, {} writes failed, {} reads, {} history \
              lines, {} histories undecided by the search, {} configuration changes ({} refused, \
              {} unsafe single-step changes refused)",
             self.events,
@@ -769,6 +776,7 @@ impl std::fmt::Display for SimStats {
             self.partitions,
             self.elections,
             self.snapshots_installed,
+            self.appends_held_off,
             self.writes_acked,
             self.writes_unknown,
             self.writes_failed,

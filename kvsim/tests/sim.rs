@@ -57,6 +57,12 @@ fn sim_seeds_with_faults_keep_every_invariant() {
         totals.snapshots_installed > passed / 8,
         "too few snapshot installs"
     );
+    // Followers decode received snapshots while the leader's probes arrive.
+    assert!(
+        totals.appends_held_off > passed / 100,
+        "too few appends held off while a snapshot decodes: {}",
+        totals.appends_held_off
+    );
     assert!(
         totals.writes_acked > passed * 10,
         "too few acknowledged writes"

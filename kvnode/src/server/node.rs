@@ -704,6 +704,13 @@ fn log_observation(id: NodeId, observation: &Observation) {
         Observation::MessageDropped { from, reason } => {
             tracing::warn!(node = id, from, "dropped a raft message: {reason}");
         }
+        Observation::AppendHeldOff { from } => {
+            tracing::debug!(
+                node = id,
+                from,
+                "append left unanswered: a snapshot from the leader is being decoded"
+            );
+        }
         Observation::SnapshotInstalled { index } => {
             tracing::info!(node = id, index, "installed snapshot from leader");
         }
