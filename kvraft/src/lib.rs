@@ -305,6 +305,13 @@ impl RawNode {
         self.raft.report_snapshot(to, success);
     }
 
+    /// On a leader: whether a follower heard from recently is behind our snapshot, so it is
+    /// being sent that snapshot or is installing it. Compacting past the snapshot now would
+    /// make it need the next one once installed (see `NodeCore::maybe_snapshot`).
+    pub fn follower_catching_up_from_snapshot(&self) -> bool {
+        self.raft.follower_catching_up_from_snapshot()
+    }
+
     /// `peer` came back as a new process (the transport tells): see `Raft::report_restarted`.
     pub fn report_restarted(&mut self, peer: NodeId) {
         self.raft.report_restarted(peer);

@@ -1121,6 +1121,14 @@ impl Raft {
         self.send_append(peer, true);
     }
 
+    pub fn follower_catching_up_from_snapshot(&self) -> bool {
+        let snapshot_index = self.log.snapshot().last_index;
+        self.role == Role::Leader
+            && (self.progress.iter()).any(|(&peer, progress)| {
+                peer != self.id && progress.recent_active && progress.match_index < snapshot_index
+            })
+    }
+
     pub fn report_snapshot(&mut self, to: NodeId, success: bool) {
         if self.role != Role::Leader {
             return;
