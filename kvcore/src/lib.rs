@@ -34,7 +34,7 @@ mod snapshots;
 
 pub use action::{Action, Observation, WalCommand};
 pub use config::CoreConfig;
-pub use node::{NodeCore, SNAPSHOT_POSTPONE_CYCLES_MAX};
+pub use node::{NodeCore, COMPACTION_DEFERRED_CYCLES_MAX};
 pub use recovery::{DiskState, RecoveryError};
 
 /// The reason given with `ClientError::NotApplied` to a write whose entry was replaced by

@@ -43,6 +43,8 @@ pub struct NodeCore<T> {
     observations: Vec<Observation>,
     /// A `MoveLeader` request waiting for its target to lead.
     transfer: Option<Transfer<T>>,
+    /// Entries dropped by a compaction, for the caller to free (`take_dropped_entries`).
+    dropped: Vec<Entry>,
 }
 
 /// A `MoveLeader` request in progress.
@@ -62,10 +64,9 @@ const MEMBER_SESSION_CLIENT_ID: u64 = 0;
 /// not in sync, for the same reason: a voter far behind weakens the quorum while it catches
 /// up).
 pub const PROMOTE_LAG_ENTRIES_MAX: u64 = 1000;
-/// How long a leader may postpone its next snapshot while a follower catches up from the
-/// current one, in snapshot cycles (`snapshot_entries`): the log then holds at most this many
-/// cycles of entries.
-pub const SNAPSHOT_POSTPONE_CYCLES_MAX: u64 = 10;
+/// How long a leader may keep its log past a new snapshot while a follower catches up, in
+/// snapshot cycles (`snapshot_entries`): beyond this many cycles of entries it compacts anyway.
+pub const COMPACTION_DEFERRED_CYCLES_MAX: u64 = 10;
 
 impl<T> NodeCore<T> {
     /// Builds the node from its disk. The WAL commands recovery needs (realigning the WAL with
@@ -94,6 +95,7 @@ impl<T> NodeCore<T> {
             actions: Vec::new(),
             observations: Vec::new(),
             transfer: None,
+            dropped: Vec::new(),
         };
         if plan.discarded > 0 {
             core.observations.push(Observation::RecoveryDiscarded {
@@ -283,17 +285,57 @@ impl<T> NodeCore<T> {
     /// Our snapshot at `meta` is durable: compact the log up to it. Returns the entries the
     /// log dropped: freeing them (a snapshot interval's worth) is milliseconds of work, which
     /// a caller with an event loop should do on another thread.
+    ///
+    /// A leader with a follower behind `meta` (one catching up from our previous snapshot, by
+    /// snapshot and then by log) keeps its log until that follower is past it: compacted now,
+    /// the follower would need this snapshot too once it installed the previous one, and a
+    /// large state (seconds to stream and decode) could be chased for ever (measured: `bench
+    /// scale`, 8M keys, 100k entries a snapshot: a wiped follower needed 4 snapshots and
+    /// 80 s). The compaction then happens in a later `drive` (`take_dropped_entries`), at
+    /// the latest once the log holds `COMPACTION_DEFERRED_CYCLES_MAX` snapshot cycles.
     pub fn handle_snapshot_taken(&mut self, meta: SnapshotMeta) -> Vec<Entry> {
         self.snapshots.taking = false;
         // A snapshot installed from the leader meanwhile may be newer: the Raft core knows.
         if meta.last_index <= self.raw.status().snapshot_index {
             return Vec::new();
         }
+        self.snapshots.compaction_deferred = Some(meta);
+        self.maybe_compact();
+        std::mem::take(&mut self.dropped)
+    }
+
+    /// Entries a compaction dropped in `drive` (see `handle_snapshot_taken`): freeing them is
+    /// milliseconds of work, which a caller with an event loop should do on another thread.
+    pub fn take_dropped_entries(&mut self) -> Vec<Entry> {
+        std::mem::take(&mut self.dropped)
+    }
+
+    /// Compacts the log up to the snapshot waiting for it, unless a follower still needs the
+    /// entries (see `handle_snapshot_taken`).
+    fn maybe_compact(&mut self) {
+        let Some(meta) = &self.snapshots.compaction_deferred else {
+            return;
+        };
         let index = meta.last_index;
-        let dropped = self.raw.compact(meta);
+        let status = self.raw.status();
+        if index <= status.snapshot_index {
+            // A snapshot installed from the leader went further.
+            self.snapshots.compaction_deferred = None;
+            return;
+        }
+        let log_entries = status.last_index.saturating_sub(status.snapshot_index);
+        let deferred_entries_max =
+            (self.config.snapshot_entries).saturating_mul(COMPACTION_DEFERRED_CYCLES_MAX);
+        if self.raw.follower_behind(index) && log_entries < deferred_entries_max {
+            return;
+        }
+        let Some(meta) = self.snapshots.compaction_deferred.take() else {
+            return;
+        };
+        let mut dropped = self.raw.compact(meta);
+        self.dropped.append(&mut dropped);
         self.wal(WalCommand::Compact(index));
         self.observations.push(Observation::SnapshotTaken { index });
-        dropped
     }
 
     /// Proposes a configuration change on the leader; it goes out with the next `drive`.
@@ -505,6 +547,7 @@ impl<T> NodeCore<T> {
             inspect(&ready, &self.raw);
             self.handle_ready(ready);
         }
+        self.maybe_compact();
     }
 
     /// The effects to perform, in order.
@@ -755,16 +798,8 @@ impl<T> NodeCore<T> {
         if self.snapshots.taking || !snapshot_due(applied, snapshot_index, every, self.id, voters) {
             return;
         }
-        // A leader whose follower is catching up from its snapshot keeps that snapshot's log
-        // until the follower is past it: compacted, the follower would need the next snapshot
-        // once it installed this one, and a large state (seconds to stream and decode) could
-        // be chased for ever (measured: `bench scale` at 100k entries a snapshot, 8M keys, a
-        // wiped follower needed 4 snapshots and 80 s). Bounded, so a follower that never
-        // finishes does not grow the log without end.
-        let postponed_max = every.saturating_mul(SNAPSHOT_POSTPONE_CYCLES_MAX);
-        if applied.saturating_sub(snapshot_index) < postponed_max
-            && self.raw.follower_catching_up_from_snapshot()
-        {
+        // One snapshot waiting to compact the log is enough (see `maybe_compact`).
+        if self.snapshots.compaction_deferred.is_some() {
             return;
         }
         // The configuration in force at `applied`, which may differ from the newest one.

@@ -29,6 +29,9 @@ pub(crate) struct Snapshots {
     received: VecDeque<(SnapshotMeta, StateMachine)>,
     /// Our own snapshot is being written (at most one at a time).
     pub taking: bool,
+    /// Our newest snapshot, written, whose compaction of the log waits for a follower
+    /// (`NodeCore::handle_snapshot_taken`).
+    pub compaction_deferred: Option<SnapshotMeta>,
     /// InstallSnapshot messages waiting for their file to reach the follower.
     outgoing: BTreeMap<NodeId, Message>,
 }

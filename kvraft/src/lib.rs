@@ -305,11 +305,11 @@ impl RawNode {
         self.raft.report_snapshot(to, success);
     }
 
-    /// On a leader: whether a follower heard from recently is behind our snapshot, so it is
-    /// being sent that snapshot or is installing it. Compacting past the snapshot now would
-    /// make it need the next one once installed (see `NodeCore::maybe_snapshot`).
-    pub fn follower_catching_up_from_snapshot(&self) -> bool {
-        self.raft.follower_catching_up_from_snapshot()
+    /// On a leader: whether a follower heard from recently has not acknowledged `index` yet.
+    /// Compacting the log up to `index` now would make it need a snapshot (see
+    /// `NodeCore::handle_snapshot_taken`).
+    pub fn follower_behind(&self, index: Index) -> bool {
+        self.raft.follower_behind(index)
     }
 
     /// `peer` came back as a new process (the transport tells): see `Raft::report_restarted`.

@@ -1121,11 +1121,10 @@ impl Raft {
         self.send_append(peer, true);
     }
 
-    pub fn follower_catching_up_from_snapshot(&self) -> bool {
-        let snapshot_index = self.log.snapshot().last_index;
+    pub fn follower_behind(&self, index: Index) -> bool {
         self.role == Role::Leader
             && (self.progress.iter()).any(|(&peer, progress)| {
-                peer != self.id && progress.recent_active && progress.match_index < snapshot_index
+                peer != self.id && progress.recent_active && progress.match_index < index
             })
     }
 

@@ -29,6 +29,9 @@ pub(crate) struct Image {
     pub compacted: Index,
     /// The newest snapshot file: its description and the state machine bytes.
     pub snapshot: Option<(SnapshotMeta, Vec<u8>)>,
+    /// The one before it (the real store keeps two): a leader whose log's compaction waits
+    /// for a follower still sends it.
+    pub previous_snapshot: Option<(SnapshotMeta, Vec<u8>)>,
 }
 
 #[derive(Debug, Default)]
@@ -152,14 +155,23 @@ impl Disk {
 
     /// A received snapshot file installed by the node: durable at once.
     pub fn install_snapshot_file(&mut self, meta: SnapshotMeta, bytes: Vec<u8>) {
-        self.image.snapshot = Some((meta, bytes));
+        self.image.previous_snapshot = self.image.snapshot.replace((meta, bytes));
     }
 
-    /// Our own snapshot file finished writing. The store keeps the newest.
+    /// Our own snapshot file finished writing. The store keeps the two newest.
     pub fn snapshot_written(&mut self, meta: SnapshotMeta, bytes: Vec<u8>) {
         if meta.last_index > self.image.snapshot_index() {
-            self.image.snapshot = Some((meta, bytes));
+            self.image.previous_snapshot = self.image.snapshot.replace((meta, bytes));
         }
+    }
+
+    /// The kept snapshot file described by `meta`.
+    pub fn snapshot_file(&self, meta: &SnapshotMeta) -> Option<Vec<u8>> {
+        [&self.image.snapshot, &self.image.previous_snapshot]
+            .into_iter()
+            .flatten()
+            .find(|(kept, _)| kept == meta)
+            .map(|(_, bytes)| bytes.clone())
     }
 
     /// What a restarting node reads: the snapshot through the real decoder.

@@ -358,6 +358,7 @@ impl Sim {
                     clients.note_committed(entry);
                 }
             });
+            drop(core.take_dropped_entries());
             let actions = core.take_actions();
             let observations = core.take_observations();
             if let Some(what) = errors.into_iter().next() {
@@ -513,10 +514,10 @@ impl Sim {
     /// Streams our snapshot file to `to` (a reliable stream: no random loss; it fails when the
     /// link is cut or the receiver is down).
     fn send_snapshot(&mut self, index: usize, to: NodeId, meta: SnapshotMeta) {
-        let file = self.nodes[index].disk.image.snapshot.clone();
+        let file = self.nodes[index].disk.snapshot_file(&meta);
         let epoch = self.nodes[index].epoch;
         match file {
-            Some((file_meta, bytes)) if file_meta == meta => {
+            Some(bytes) => {
                 self.stats.snapshots_sent += 1;
                 let delay = self.rng.between(1, self.config.delay_units_max);
                 let event = Event::SnapshotArrive {

@@ -419,11 +419,7 @@ impl Node {
         metrics::gauge!(m::RAFT_SNAPSHOT_IN_PROGRESS).set(0.0);
         let meta = done.map_err(ServerError::Snapshot)?;
         let dropped = self.core.handle_snapshot_taken(meta);
-        // Freeing a snapshot interval's entries (100k by default) took milliseconds of this
-        // loop, a stall every interval that every request in flight waited for.
-        if !dropped.is_empty() {
-            drop(tokio::task::spawn_blocking(move || drop(dropped)));
-        }
+        free_entries(dropped);
         Ok(())
     }
 
@@ -453,6 +449,8 @@ impl Node {
     fn perform(&mut self) -> Result<(), ServerError> {
         loop {
             self.core.drive();
+            // A compaction that waited for a follower may have happened in `drive`.
+            free_entries(self.core.take_dropped_entries());
             let actions = self.core.take_actions();
             self.observe();
             if actions.is_empty() {
@@ -499,12 +497,15 @@ impl Node {
     }
 
     fn send_snapshot(&mut self, to: NodeId, meta: SnapshotMeta) {
-        let latest = self.snapshots.lock().ok().and_then(|store| store.latest());
-        match latest {
-            Some((file_meta, path)) if file_meta == meta => {
-                self.transport.send_snapshot(to, file_meta, path);
-            }
-            _ => {
+        // Usually the newest; the one before while the log's compaction waits for a follower.
+        let file = self
+            .snapshots
+            .lock()
+            .ok()
+            .and_then(|store| store.find(&meta));
+        match file {
+            Some(path) => self.transport.send_snapshot(to, meta, path),
+            None => {
                 tracing::error!("no snapshot file for index {}", meta.last_index);
                 self.core.handle_snapshot_sent(to, false);
             }
@@ -688,6 +689,15 @@ fn write_snapshot(
         .install(verified)
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+/// Frees log entries dropped by a compaction on a blocking thread: freeing a snapshot
+/// interval's entries (100k by default) took milliseconds of the node's loop, a stall every
+/// interval that every request in flight waited for.
+fn free_entries(entries: Vec<kvraft::Entry>) {
+    if !entries.is_empty() {
+        drop(tokio::task::spawn_blocking(move || drop(entries)));
+    }
 }
 
 fn role_name(role: Role) -> &'static str {

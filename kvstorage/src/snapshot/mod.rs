@@ -123,6 +123,14 @@ impl SnapshotStore {
         self.valid.last().cloned()
     }
 
+    /// The verified snapshot described by `meta`, if kept (the two newest are): a leader may
+    /// still send the older one while its log has not been compacted past it.
+    pub fn find(&self, meta: &SnapshotMeta) -> Option<PathBuf> {
+        (self.valid.iter())
+            .find(|(kept, _)| kept == meta)
+            .map(|(_, path)| path.clone())
+    }
+
     /// Snapshots that failed verification at open (kept on disk for the operator).
     pub fn corrupt(&self) -> &[CorruptSnapshot] {
         &self.corrupt
