@@ -87,6 +87,11 @@ pub enum Observation {
     SnapshotTaken {
         index: Index,
     },
+    /// Our snapshot at `index` is written, but the log is kept (not compacted) until the
+    /// followers behind it caught up (`NodeCore::handle_snapshot_taken`).
+    CompactionWaiting {
+        index: Index,
+    },
     SnapshotSent {
         to: NodeId,
         ok: bool,

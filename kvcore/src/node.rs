@@ -299,8 +299,13 @@ impl<T> NodeCore<T> {
         if meta.last_index <= self.raw.status().snapshot_index {
             return Vec::new();
         }
+        let index = meta.last_index;
         self.snapshots.compaction_deferred = Some(meta);
         self.maybe_compact();
+        if self.snapshots.compaction_deferred.is_some() {
+            self.observations
+                .push(Observation::CompactionWaiting { index });
+        }
         std::mem::take(&mut self.dropped)
     }
 

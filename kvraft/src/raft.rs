@@ -1124,7 +1124,12 @@ impl Raft {
     pub fn follower_behind(&self, index: Index) -> bool {
         self.role == Role::Leader
             && (self.progress.iter()).any(|(&peer, progress)| {
-                peer != self.id && progress.recent_active && progress.match_index < index
+                // A follower being sent a snapshot counts as active: it may not answer while
+                // the stream takes its link, and a stream to a follower that went away fails.
+                let streaming = matches!(progress.state, ProgressState::Snapshot { .. });
+                peer != self.id
+                    && (progress.recent_active || streaming)
+                    && progress.match_index < index
             })
     }
 

@@ -504,7 +504,10 @@ impl Node {
             .ok()
             .and_then(|store| store.find(&meta));
         match file {
-            Some(path) => self.transport.send_snapshot(to, meta, path),
+            Some(path) => {
+                tracing::info!(to, index = meta.last_index, "sending snapshot");
+                self.transport.send_snapshot(to, meta, path)
+            }
             None => {
                 tracing::error!("no snapshot file for index {}", meta.last_index);
                 self.core.handle_snapshot_sent(to, false);
@@ -727,6 +730,13 @@ fn log_observation(id: NodeId, observation: &Observation) {
         Observation::SnapshotTaken { index } => {
             metrics::counter!(m::RAFT_SNAPSHOTS_TAKEN_TOTAL).increment(1);
             tracing::info!(node = id, index, "took snapshot, compacted log");
+        }
+        Observation::CompactionWaiting { index } => {
+            tracing::info!(
+                node = id,
+                index,
+                "took snapshot; the log is compacted once the followers behind it caught up"
+            );
         }
         Observation::SnapshotSent { to, ok } => {
             tracing::info!(node = id, to, ok, "snapshot stream finished");
