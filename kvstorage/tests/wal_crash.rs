@@ -525,18 +525,8 @@ fn seq_of(path: &Path) -> u64 {
 /// if that segment's rename was lost, it is found like any other.
 #[test]
 fn wal_recovery_removes_a_recycled_segment_unless_it_was_reused() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, aside, files) = compacted_at_45();
     let config = small_config(4096);
-    let (mut writer, _) = WalWriter::open(dir.path(), config.clone()).unwrap();
-    for first in (1..=60).step_by(3) {
-        writer
-            .append(&batch(entries(first, 3, 1, 200), None))
-            .unwrap();
-    }
-    let aside = tempfile::tempdir_in(dir.path().parent().unwrap()).unwrap();
-    let files = link_segments(dir.path(), aside.path());
-    writer.compact(45).unwrap();
-    drop(writer);
     let live = segment_files(dir.path());
     let compacted: Vec<&PathBuf> = files.iter().filter(|path| !path.exists()).collect();
     assert!(compacted.len() >= 2, "{compacted:?}");
@@ -756,9 +746,10 @@ fn wal_recovery_crash_before_truncated_segments_were_deleted() {
     assert_eq!(recovered.entries, expected);
 }
 
-/// "wal: recovery: crash after a compaction, before its segments were deleted"
-#[test]
-fn wal_recovery_crash_before_compacted_segments_were_deleted() {
+/// Entries 1..=60 over segments of 4096 bytes, each segment hard-linked into the second
+/// directory returned (`link_segments`), then compacted up to 45 (whole segments deleted).
+/// Returns the directories and the segments there were before the compaction.
+fn compacted_at_45() -> (tempfile::TempDir, tempfile::TempDir, Vec<PathBuf>) {
     let dir = tempfile::tempdir().unwrap();
     let config = small_config(4096);
     let (mut writer, _) = WalWriter::open(dir.path(), config.clone()).unwrap();
@@ -771,6 +762,14 @@ fn wal_recovery_crash_before_compacted_segments_were_deleted() {
     let files = link_segments(dir.path(), aside.path());
     writer.compact(45).unwrap();
     drop(writer);
+    (dir, aside, files)
+}
+
+/// "wal: recovery: crash after a compaction, before its segments were deleted"
+#[test]
+fn wal_recovery_crash_before_compacted_segments_were_deleted() {
+    let (dir, aside, files) = compacted_at_45();
+    let config = small_config(4096);
     assert!(
         restore_deleted(&files, aside.path()) > 0,
         "the compaction deleted whole segments"
