@@ -679,6 +679,17 @@ fn node_core_a_leader_keeps_its_log_for_a_follower_catching_up() {
     h.cores[2].handle_snapshot_arriving(meta.clone());
     h.cores[0].handle_snapshot_sent(3, true);
     h.drive(1);
+    h.settle();
+    // Node 3 (holding the InstallSnapshot) decodes for a while without a word (check-quorum
+    // rounds pass): the leader still keeps its log for it.
+    h.isolated = Some(3);
+    ticks(&mut h, 25);
+    assert_eq!(
+        h.cores[0].status().snapshot_index,
+        meta.last_index,
+        "the leader compacted while node 3 decoded its snapshot"
+    );
+    h.isolated = None;
     h.cores[2].handle_snapshot_received(meta.clone(), state);
     h.drive(3);
     h.settle();

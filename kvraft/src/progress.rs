@@ -85,6 +85,9 @@ pub struct Progress {
     pub probe_sent: bool,
     /// Heard from since the last check-quorum round.
     pub recent_active: bool,
+    /// A snapshot at this index reached the follower, which has not acknowledged it yet (it
+    /// is decoding it): `Raft::follower_behind` counts it as behind, not as gone.
+    pub snapshot_installing: Option<Index>,
     pub inflights: Inflights,
 }
 
@@ -96,6 +99,7 @@ impl Progress {
             state: ProgressState::Probe,
             probe_sent: false,
             recent_active: false,
+            snapshot_installing: None,
             inflights: Inflights::new(messages_max, bytes_max),
         }
     }
@@ -128,6 +132,7 @@ impl Progress {
     }
 
     pub fn become_snapshot(&mut self, pending_index: Index) {
+        self.snapshot_installing = None;
         self.state = ProgressState::Snapshot { pending_index };
         self.probe_sent = false;
         self.inflights.reset();
@@ -139,6 +144,12 @@ impl Progress {
         if updated {
             self.match_index = index;
             self.probe_sent = false;
+        }
+        if self
+            .snapshot_installing
+            .is_some_and(|pending| index >= pending)
+        {
+            self.snapshot_installing = None;
         }
         self.next_index = self.next_index.max(index + 1);
         updated
@@ -174,6 +185,7 @@ impl Progress {
     /// Starts over as if the follower had just joined with a log matching ours up to `index`:
     /// probe from there (the snapshot follows if our log no longer reaches it).
     pub fn restart_from(&mut self, index: Index) {
+        self.snapshot_installing = None;
         self.match_index = index;
         self.next_index = index + 1;
         self.state = ProgressState::Probe;

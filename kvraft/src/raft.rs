@@ -1124,11 +1124,14 @@ impl Raft {
     pub fn follower_behind(&self, index: Index) -> bool {
         self.role == Role::Leader
             && (self.progress.iter()).any(|(&peer, progress)| {
-                // A follower being sent a snapshot counts as active: it may not answer while
-                // the stream takes its link, and a stream to a follower that went away fails.
+                // A follower being sent a snapshot, or decoding one it got, counts as active:
+                // it may not have answered lately (the stream takes its link; measured), and
+                // a stream to a follower that went away fails. `follower_behind`'s caller
+                // bounds how long it waits anyway.
                 let streaming = matches!(progress.state, ProgressState::Snapshot { .. });
+                let installing = progress.snapshot_installing.is_some();
                 peer != self.id
-                    && (progress.recent_active || streaming)
+                    && (progress.recent_active || streaming || installing)
                     && progress.match_index < index
             })
     }
@@ -1144,6 +1147,9 @@ impl Raft {
             return;
         }
         if success {
+            if let ProgressState::Snapshot { pending_index } = progress.state {
+                progress.snapshot_installing = Some(pending_index);
+            }
             // Resumes after the snapshot's last index.
             progress.become_probe();
         } else {
