@@ -903,6 +903,11 @@ impl<T> NodeCore<T> {
         self.role
     }
 
+    /// Per-peer replication state (peer, match, next, state), for logs and status displays.
+    pub fn progress(&self) -> Vec<(NodeId, Index, Index, String)> {
+        self.raw.progress()
+    }
+
     pub fn status(&self) -> Status {
         self.raw.status()
     }

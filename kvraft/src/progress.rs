@@ -85,6 +85,8 @@ pub struct Progress {
     pub probe_sent: bool,
     /// Heard from since the last check-quorum round.
     pub recent_active: bool,
+    /// Heard from in the check-quorum round before (`recent_active` when it was reset).
+    pub previously_active: bool,
     /// A snapshot at this index reached the follower, which has not acknowledged it yet (it
     /// is decoding it): `Raft::follower_behind` counts it as behind, not as gone.
     pub snapshot_installing: Option<Index>,
@@ -99,6 +101,7 @@ impl Progress {
             state: ProgressState::Probe,
             probe_sent: false,
             recent_active: false,
+            previously_active: false,
             snapshot_installing: None,
             inflights: Inflights::new(messages_max, bytes_max),
         }

@@ -419,6 +419,7 @@ impl Raft {
             peer == id || progress.get(&peer).is_some_and(|p| p.recent_active)
         });
         for progress in self.progress.values_mut() {
+            progress.previously_active = progress.recent_active;
             progress.recent_active = false;
         }
         active
@@ -1124,14 +1125,16 @@ impl Raft {
     pub fn follower_behind(&self, index: Index) -> bool {
         self.role == Role::Leader
             && (self.progress.iter()).any(|(&peer, progress)| {
-                // A follower being sent a snapshot, or decoding one it got, counts as active:
-                // it may not have answered lately (the stream takes its link; measured), and
-                // a stream to a follower that went away fails. `follower_behind`'s caller
-                // bounds how long it waits anyway.
+                // Active: heard from in this check-quorum round or the one before (a
+                // follower busy installing a large state may be silent for a while; measured
+                // with `bench scale`), or being sent a snapshot, or decoding one it got (a
+                // stream to a follower that went away fails). The caller bounds how long it
+                // waits anyway.
                 let streaming = matches!(progress.state, ProgressState::Snapshot { .. });
                 let installing = progress.snapshot_installing.is_some();
+                let active = progress.recent_active || progress.previously_active;
                 peer != self.id
-                    && (progress.recent_active || streaming || installing)
+                    && (active || streaming || installing)
                     && progress.match_index < index
             })
     }

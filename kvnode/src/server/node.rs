@@ -505,7 +505,18 @@ impl Node {
             .and_then(|store| store.find(&meta));
         match file {
             Some(path) => {
-                tracing::info!(to, index = meta.last_index, "sending snapshot");
+                let status = self.core.status();
+                let progress = (self.core.progress().into_iter())
+                    .find(|(peer, ..)| *peer == to)
+                    .map(|(_, matched, next, _)| format!("match {matched}, next {next}"))
+                    .unwrap_or_default();
+                tracing::info!(
+                    to,
+                    index = meta.last_index,
+                    "sending snapshot (our log: {}..={}; the follower: {progress})",
+                    status.first_index,
+                    status.last_index
+                );
                 self.transport.send_snapshot(to, meta, path)
             }
             None => {
