@@ -77,8 +77,10 @@ fn default_election_timeout_ms() -> u64 {
 fn default_heartbeat_interval_ms() -> u64 {
     100
 }
+/// The node's default `snapshot_entries` (cluster.toml).
+pub const SNAPSHOT_ENTRIES_DEFAULT: u64 = 100_000;
 fn default_snapshot_entries() -> u64 {
-    100_000
+    SNAPSHOT_ENTRIES_DEFAULT
 }
 /// The WAL's default segment size (kvstorage's `WalConfig` default).
 pub const WAL_SEGMENT_BYTES_DEFAULT: u64 = 16 << 20;

@@ -715,3 +715,33 @@ fn node_core_a_leader_keeps_its_log_a_bounded_time() {
     assert!(status.snapshot_index > meta.last_index, "{status:?}");
     assert!(status.last_index - status.first_index < bound + 2 * CATCH_UP_SNAPSHOT_ENTRIES);
 }
+
+/// A follower silent for one check-quorum round (busy installing a large state, say) still
+/// counts: the leader keeps its log for it. Silent for longer, it no longer holds back the
+/// compaction (a follower that is gone would otherwise keep the log growing to the bound).
+#[test]
+fn node_core_a_follower_silent_for_a_round_still_holds_the_compaction() {
+    let config = CoreConfig {
+        snapshot_entries: CATCH_UP_SNAPSHOT_ENTRIES,
+        ..CoreConfig::default()
+    };
+    let mut h = Harness::with_config(config);
+    h.elect_node_1();
+    let mut seq = 0;
+    puts(&mut h, &mut seq, CATCH_UP_SNAPSHOT_ENTRIES);
+    let before = h.cores[0].status().snapshot_index;
+    // One check-quorum round passes without a word from node 3, then it falls behind.
+    h.isolated = Some(3);
+    ticks(&mut h, 10);
+    puts(&mut h, &mut seq, 3 * CATCH_UP_SNAPSHOT_ENTRIES);
+    let taken = (h.snapshots_taken.iter()).filter(|(id, m, _)| *id == 1 && m.last_index > before);
+    assert!(taken.count() > 0, "the leader wrote a snapshot");
+    assert_eq!(
+        h.cores[0].status().snapshot_index,
+        before,
+        "compacted past node 3"
+    );
+    // Two more rounds of silence: node 3 no longer counts.
+    ticks(&mut h, 20);
+    assert!(h.cores[0].status().snapshot_index > before);
+}
