@@ -47,6 +47,7 @@ const LEADER_TIMEOUT_MS: u64 = 30_000;
 const KEY_BYTES: u64 = 9;
 /// The gauge a node sets while it writes a snapshot.
 const SNAPSHOT_GAUGE: &str = "raft_snapshot_in_progress";
+const SNAPSHOTS_TAKEN_COUNTER: &str = "raft_snapshots_taken_total";
 /// How long a request waits for an answer in the fill and load phases.
 const REQUEST_TIMEOUT_MS: u64 = 5_000;
 
@@ -152,6 +153,8 @@ pub struct PhaseRss {
 struct Sample {
     at: Duration,
     snapshotting: bool,
+    /// Each node's count of snapshots written (and compacted to) so far.
+    snapshots_taken: Vec<(u64, u64)>,
     applied: Vec<(u64, u64)>,
     /// Each node's resident set now (`VmRSS`, bytes).
     rss: Vec<(u64, u64)>,
@@ -187,6 +190,9 @@ impl Sampler {
                     };
                     let gauge = |name| nemesis::metrics::gauge(&text, name);
                     sample.snapshotting |= gauge(SNAPSHOT_GAUGE).is_some_and(|v| v > 0.0);
+                    if let Some(taken) = gauge(SNAPSHOTS_TAKEN_COUNTER) {
+                        sample.snapshots_taken.push((*id, taken as u64));
+                    }
                     if let Some(applied) = gauge("raft_last_applied") {
                         sample.applied.push((*id, applied as u64));
                     }
@@ -495,13 +501,29 @@ fn snapshot_seconds(samples: &[Sample], from: Duration, seconds: usize) -> Vec<u
     out
 }
 
-/// Snapshots started after `from`: rising edges of the in-progress gauge.
+/// Snapshots the nodes wrote after `from`: each node's counter, last sample against first.
+/// (Not the rising edges of "some node is writing one": with the nodes taking turns, that
+/// stays up for minutes.)
 fn count_snapshots(samples: &[Sample], from: Duration) -> u64 {
-    let flags: Vec<bool> = (samples.iter())
-        .filter(|s| s.at >= from)
-        .map(|s| s.snapshotting)
-        .collect();
-    flags.windows(2).filter(|w| !w[0] && w[1]).count() as u64
+    let mut first: Vec<(u64, u64)> = Vec::new();
+    let mut last: Vec<(u64, u64)> = Vec::new();
+    for sample in samples.iter().filter(|s| s.at >= from) {
+        for &(id, taken) in &sample.snapshots_taken {
+            if !first.iter().any(|(node, _)| *node == id) {
+                first.push((id, taken));
+            }
+            match last.iter_mut().find(|(node, _)| *node == id) {
+                Some((_, latest)) => *latest = taken,
+                None => last.push((id, taken)),
+            }
+        }
+    }
+    (last.iter())
+        .map(|(id, latest)| {
+            let start = first.iter().find(|(node, _)| node == id).map_or(0, |f| f.1);
+            latest.saturating_sub(start)
+        })
+        .sum()
 }
 
 /// The commit index `node` reports now.
@@ -604,7 +626,7 @@ pub fn table(report: &ScaleReport) -> String {
         .map(|(id, bytes)| format!("n{id} {:.2} GB", *bytes as f64 / 1e9))
         .collect();
     text.push_str(&format!(
-        "\nsnapshots started in the steady phase: {}\nn{} wiped: caught up in {:.1} s\n\
+        "\nsnapshots written in the steady phase (all nodes): {}\nn{} wiped: caught up in {:.1} s\n\
          peak RSS: {} (largest / state = {:.2})\n",
         report.snapshots_taken,
         report.wiped_node,
@@ -635,6 +657,26 @@ mod tests {
             rss: rss.to_vec(),
             ..Sample::default()
         }
+    }
+
+    #[test]
+    fn snapshots_are_counted_per_node_from_the_phase_start() {
+        let taken = |at_s: u64, taken: &[(u64, u64)]| Sample {
+            at: Duration::from_secs(at_s),
+            // Some node is always writing one: the gauge never falls.
+            snapshotting: true,
+            snapshots_taken: taken.to_vec(),
+            ..Sample::default()
+        };
+        let samples = [
+            taken(0, &[(1, 1), (2, 1)]),
+            taken(1, &[(1, 3), (2, 1)]),
+            // n3 answers only from here on.
+            taken(2, &[(1, 4), (3, 0)]),
+            taken(3, &[(1, 5), (2, 1), (3, 2)]),
+        ];
+        assert_eq!(count_snapshots(&samples, Duration::from_secs(1)), 2 + 0 + 2);
+        assert_eq!(count_snapshots(&samples, Duration::from_secs(9)), 0);
     }
 
     #[test]

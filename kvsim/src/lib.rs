@@ -768,9 +768,10 @@ impl std::fmt::Display for SimStats {
         write!(
             f,
             "{} events, {} crashes, {} pauses, {} partitions, {} elections, {} snapshots \
-             installed ({} appends held off while decoding), {} writes acked, {} writes unknown, {} writes failed, {} reads, {} history \
-             lines, {} histories undecided by the search, {} configuration changes ({} refused, \
-             {} unsafe single-step changes refused)",
+             installed ({} appends held off while decoding), {} writes acked, {} writes \
+             unknown, {} writes failed, {} reads, {} history lines, {} histories undecided by \
+             the search, {} configuration changes ({} refused, {} unsafe single-step changes \
+             refused)",
             self.events,
             self.crashes,
             self.pauses,
