@@ -675,7 +675,8 @@ mod tests {
             taken(2, &[(1, 4), (3, 0)]),
             taken(3, &[(1, 5), (2, 1), (3, 2)]),
         ];
-        assert_eq!(count_snapshots(&samples, Duration::from_secs(1)), 2 + 0 + 2);
+        // n1: 3 to 5, n2: 1 to 1, n3: 0 to 2.
+        assert_eq!(count_snapshots(&samples, Duration::from_secs(1)), 4);
         assert_eq!(count_snapshots(&samples, Duration::from_secs(9)), 0);
     }
 
