@@ -252,26 +252,30 @@ fn execute(
 /// and removes a recycled segment not yet reused), so it is logged, not fatal.
 fn reap(dir: PathBuf, compactions: Receiver<Vec<SegmentId>>, recycled: RecycledPool) {
     while let Ok(segments) = compactions.recv() {
-        let mut deleted = false;
+        // Only this thread adds to the pool: room seen here is still there below.
+        let room = RECYCLED_SEGMENTS_MAX.saturating_sub(lock(&recycled).len());
+        let mut renamed = Vec::new();
         for segment in &segments {
-            // Only this thread adds to the pool: room seen here is still there below.
-            if lock(&recycled).len() < RECYCLED_SEGMENTS_MAX {
+            if renamed.len() < room {
                 match segment::recycle_segment(&dir, segment) {
                     Ok(path) => {
-                        lock(&recycled).push_back(path);
+                        renamed.push(path);
                         continue;
                     }
                     Err(error) => tracing::warn!("wal: recycling a compacted segment: {error}"),
                 }
             }
-            deleted |= remove_quietly(&segment.path, "compacted segment");
+            remove_quietly(&segment.path, "a compacted segment");
         }
-        if deleted {
-            if let Err(error) = segment::sync_dir(&dir) {
-                tracing::warn!(
-                    "wal: syncing {} after deleting segments: {error}",
-                    dir.display()
-                );
+        // One directory sync for the whole compaction, renames and deletions alike; a
+        // recycled segment is zero-filled only once its rename is durable.
+        match segment::sync_dir(&dir) {
+            Ok(()) => lock(&recycled).extend(renamed),
+            Err(error) => {
+                tracing::warn!("wal: syncing {} after a compaction: {error}", dir.display());
+                for path in &renamed {
+                    remove_quietly(path, "a recycled segment");
+                }
             }
         }
     }
@@ -318,14 +322,11 @@ fn lock(pool: &RecycledPool) -> std::sync::MutexGuard<'_, VecDeque<PathBuf>> {
     pool.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Removes a file whose loss is harmless; true if it was removed. Logs other failures.
-fn remove_quietly(path: &Path, what: &str) -> bool {
+/// Removes a file whose loss is harmless. Logs failures other than its absence.
+fn remove_quietly(path: &Path, what: &str) {
     match fs::remove_file(path) {
-        Ok(()) => true,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => false,
-        Err(error) => {
-            tracing::warn!("wal: deleting {what} {}: {error}", path.display());
-            false
-        }
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => tracing::warn!("wal: deleting {what} {}: {error}", path.display()),
     }
 }

@@ -201,16 +201,15 @@ pub fn recycled_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{RECYCLED_PREFIX}{seq:016x}{TMP_SUFFIX}"))
 }
 
-/// Renames a compacted segment to its recycled name and makes the rename durable before
-/// anything overwrites it: a crash must never leave zeros under a segment's name. Returns the
-/// recycled path.
+/// Renames a compacted segment to its recycled name. The caller makes the rename durable
+/// (`sync_dir`) before anything overwrites the file: a crash must never leave zeros under a
+/// segment's name. Returns the recycled path.
 pub fn recycle_segment(dir: &Path, segment: &SegmentId) -> Result<PathBuf, WalError> {
     let path = recycled_path(dir, segment.seq);
     fs::rename(&segment.path, &path).map_err(|source| WalError::Io {
         path: segment.path.clone(),
         source,
     })?;
-    sync_dir(dir)?;
     Ok(path)
 }
 
