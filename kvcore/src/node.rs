@@ -295,10 +295,6 @@ impl<T> NodeCore<T> {
     /// the latest once the log holds `COMPACTION_DEFERRED_CYCLES_MAX` snapshot cycles.
     pub fn handle_snapshot_taken(&mut self, meta: SnapshotMeta) -> Vec<Entry> {
         self.snapshots.taking = false;
-        // A snapshot installed from the leader meanwhile may be newer: the Raft core knows.
-        if meta.last_index <= self.raw.status().snapshot_index {
-            return Vec::new();
-        }
         let index = meta.last_index;
         self.snapshots.compaction_deferred = Some(meta);
         self.maybe_compact();
@@ -318,25 +314,22 @@ impl<T> NodeCore<T> {
     /// Compacts the log up to the snapshot waiting for it, unless a follower still needs the
     /// entries (see `handle_snapshot_taken`).
     fn maybe_compact(&mut self) {
-        let Some(meta) = &self.snapshots.compaction_deferred else {
+        let Some(meta) = self.snapshots.compaction_deferred.take() else {
             return;
         };
         let index = meta.last_index;
         let status = self.raw.status();
+        // A snapshot installed from the leader meanwhile may be newer: the Raft core knows.
         if index <= status.snapshot_index {
-            // A snapshot installed from the leader went further.
-            self.snapshots.compaction_deferred = None;
             return;
         }
         let log_entries = status.last_index.saturating_sub(status.snapshot_index);
         let deferred_entries_max =
             (self.config.snapshot_entries).saturating_mul(COMPACTION_DEFERRED_CYCLES_MAX);
         if self.raw.follower_behind(index) && log_entries < deferred_entries_max {
+            self.snapshots.compaction_deferred = Some(meta);
             return;
         }
-        let Some(meta) = self.snapshots.compaction_deferred.take() else {
-            return;
-        };
         let mut dropped = self.raw.compact(meta);
         self.dropped.append(&mut dropped);
         self.wal(WalCommand::Compact(index));
