@@ -375,6 +375,17 @@ async fn node_kill9_of_the_leader_loses_no_acknowledged_write() {
 async fn node_restarted_follower_recovers_from_wal_and_snapshot() {
     let mut cluster = Cluster::new(52120, 40);
     let (leader, follower) = cluster.fill_and_pick_follower().await;
+    // Its snapshot is written in the background: killed before that ends, it would restart
+    // from its WAL alone.
+    let deadline = Instant::now() + WAIT_MAX;
+    while cluster
+        .metric(follower, "raft_snapshots_taken_total")
+        .unwrap_or(0.0)
+        < 1.0
+    {
+        assert!(Instant::now() < deadline, "n{follower} took no snapshot");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     cluster.kill9(follower);
     cluster.start(follower);
     cluster.write(Op::put("k0", "after-restart")).await;
@@ -407,7 +418,11 @@ async fn node_lagging_follower_catches_up_by_streamed_snapshot() {
     let leader = cluster.wait_for_one_leader();
     let follower = (1..=NODES).find(|&id| id != leader).unwrap();
     cluster.kill9(follower);
-    for i in 0..150 {
+    // The leader keeps its log for a follower it heard from lately (up to
+    // `COMPACTION_DEFERRED_CYCLES_MAX` snapshot cycles): write past that, so the log is
+    // compacted beyond the follower however soon after the kill the writes come.
+    let writes = 30 * (kvcore::COMPACTION_DEFERRED_CYCLES_MAX + 5);
+    for i in 0..writes {
         cluster
             .write(Op::put(format!("k{}", i % 7), format!("v{i}")))
             .await;
