@@ -82,6 +82,11 @@ pub const SNAPSHOT_ENTRIES_DEFAULT: u64 = 100_000;
 fn default_snapshot_entries() -> u64 {
     SNAPSHOT_ENTRIES_DEFAULT
 }
+/// The node's default `log_memory_bytes_max` (kvcore's `LOG_MEMORY_BYTES_MAX_DEFAULT`).
+pub const LOG_MEMORY_BYTES_MAX_DEFAULT: u64 = 64 << 20;
+fn default_log_memory_bytes_max() -> u64 {
+    LOG_MEMORY_BYTES_MAX_DEFAULT
+}
 /// The WAL's default segment size (kvstorage's `WalConfig` default).
 pub const WAL_SEGMENT_BYTES_DEFAULT: u64 = 16 << 20;
 /// The smallest WAL segment a config may ask for: a segment holds its header, the current hard
@@ -119,6 +124,12 @@ pub struct ClusterConfig {
     /// Take a snapshot and compact the log every this many applied entries.
     #[serde(default = "default_snapshot_entries")]
     pub snapshot_entries: u64,
+    /// Bytes of log entries (payload plus 24 each) a node holds in memory; older applied
+    /// entries are evicted (they stay in the WAL, and a leader reads them back for a follower
+    /// that needs them). Smaller keeps a node's memory closer to its state's size; larger
+    /// serves lagging followers from memory. 0 evicts every applied, durable entry.
+    #[serde(default = "default_log_memory_bytes_max")]
+    pub log_memory_bytes_max: u64,
     /// Preallocated size of a WAL segment. Smaller segments roll and get deleted by compaction
     /// more often (campaigns that corrupt sealed segments use small ones so that some exist).
     #[serde(default = "default_wal_segment_bytes")]
@@ -263,6 +274,7 @@ impl ClusterConfig {
             election_timeout_ms: default_election_timeout_ms(),
             heartbeat_interval_ms: default_heartbeat_interval_ms(),
             snapshot_entries: default_snapshot_entries(),
+            log_memory_bytes_max: default_log_memory_bytes_max(),
             wal_segment_bytes: default_wal_segment_bytes(),
             proposals_pending_max: default_proposals_pending_max(),
             request_timeout_ms: default_request_timeout_ms(),

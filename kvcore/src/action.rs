@@ -1,7 +1,9 @@
 //! What the node core asks its driver to do (`Action`), and what it reports for logs and
 //! metrics only (`Observation`).
 
-use kvraft::{Entry, HardState, Index, Membership, Message, NodeId, Role, SnapshotMeta, Term};
+use kvraft::{
+    EntriesToLoad, Entry, HardState, Index, Membership, Message, NodeId, Role, SnapshotMeta, Term,
+};
 use kvstate::client_proto::ClientResponse;
 use kvstate::StateMachine;
 
@@ -48,6 +50,10 @@ pub enum Action<T> {
         meta: SnapshotMeta,
         state: Box<StateMachine>,
     },
+    /// Read the entries `load` describes back from the WAL (`kvstorage::wal::load`), off the
+    /// event loop, and hand them to `handle_entries_loaded` (none if the read failed: the
+    /// leader asks again at the follower's next heartbeat answer).
+    LoadEntries(EntriesToLoad),
     /// Answer the client request that came with `token`.
     Answer { token: T, response: ClientResponse },
 }

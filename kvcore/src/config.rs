@@ -1,6 +1,9 @@
 //! The node core's limits. Durations are in ticks (the core has no clock); every limit is
 //! named with its unit.
 
+/// The default `CoreConfig::log_memory_bytes_max`.
+pub const LOG_MEMORY_BYTES_MAX_DEFAULT: u64 = 64 << 20;
+
 /// What the node core may hold and how long it waits.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CoreConfig {
@@ -21,6 +24,14 @@ pub struct CoreConfig {
     /// Snapshots received from leaders and held (decoded) until the leader's InstallSnapshot
     /// message arrives; older ones are discarded. Each costs the whole state in memory.
     pub received_snapshots_max: usize,
+    /// Bytes of log entries (`Entry::size_bytes`: payload plus 24) held in memory. Beyond it
+    /// the oldest applied, durable entries are evicted down to half of it; a leader reads them
+    /// back from the WAL when a follower needs them (`proto-docs/storage.md`, "Evicted
+    /// entries"). Larger budgets serve lagging followers from memory longer; smaller ones keep
+    /// a node closer to its state's size (a follower catching up replays up to
+    /// `COMPACTION_DEFERRED_CYCLES_MAX` snapshot intervals, at 8M keys about a million entries,
+    /// 450 bytes each in memory). Default 64 MiB, about 200k entries of 256-byte values.
+    pub log_memory_bytes_max: u64,
 }
 
 impl Default for CoreConfig {
@@ -30,6 +41,7 @@ impl Default for CoreConfig {
             requests_pending_max: 16 * 1024,
             snapshot_entries: 100_000,
             received_snapshots_max: 2,
+            log_memory_bytes_max: LOG_MEMORY_BYTES_MAX_DEFAULT,
         }
     }
 }

@@ -33,7 +33,7 @@ mod requests;
 mod snapshots;
 
 pub use action::{Action, Observation, WalCommand};
-pub use config::CoreConfig;
+pub use config::{CoreConfig, LOG_MEMORY_BYTES_MAX_DEFAULT};
 pub use node::{NodeCore, COMPACTION_DEFERRED_CYCLES_MAX};
 pub use recovery::{DiskState, RecoveryError};
 

@@ -546,6 +546,24 @@ impl<T> NodeCore<T> {
             self.handle_ready(ready);
         }
         self.maybe_compact();
+        self.maybe_evict();
+    }
+
+    /// Keeps the log's entries in memory within `log_memory_bytes_max`: beyond it, evicts the
+    /// oldest applied, durable ones down to half of it (halving makes evictions rare: each
+    /// moves the entries kept). The caller frees them (`take_dropped_entries`).
+    fn maybe_evict(&mut self) {
+        let bytes_max = self.config.log_memory_bytes_max;
+        if self.raw.log_memory_bytes() > bytes_max {
+            let mut evicted = self.raw.evict_entries(bytes_max / 2);
+            self.dropped.append(&mut evicted);
+        }
+    }
+
+    /// The entries of `Action::LoadEntries` for follower `to` from `low`, read back from the
+    /// WAL (none if the read failed).
+    pub fn handle_entries_loaded(&mut self, to: NodeId, low: Index, entries: Vec<Entry>) {
+        self.raw.entries_loaded(to, low, entries);
     }
 
     /// The effects to perform, in order.
@@ -634,6 +652,9 @@ impl<T> NodeCore<T> {
         }
         self.serve_reads();
         self.maybe_snapshot();
+        for load in ready.entries_to_load {
+            self.actions.push(Action::LoadEntries(load));
+        }
     }
 
     fn on_soft_state(&mut self, role: Role, leader: NodeId) {

@@ -45,6 +45,14 @@ impl Cluster {
     }
 
     fn new(base_port: u16, snapshot_entries: u64) -> Cluster {
+        Cluster::with_settings(
+            base_port,
+            &format!("snapshot_entries = {snapshot_entries}\n"),
+        )
+    }
+
+    /// A cluster whose cluster.toml carries `settings` (lines of `key = value`).
+    fn with_settings(base_port: u16, settings: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let specs: Vec<NodeCertSpec> = (1..=NODES)
             .map(|id| NodeCertSpec {
@@ -61,7 +69,7 @@ impl Cluster {
         .unwrap();
         let mut toml = format!(
             "data_dir = \"data\"\ncerts_dir = \"certs\"\nelection_timeout_ms = 400\n\
-             heartbeat_interval_ms = 50\nsnapshot_entries = {snapshot_entries}\n"
+             heartbeat_interval_ms = 50\n{settings}"
         );
         for id in 1..=NODES {
             let port = base_port + id as u16 - 1;
@@ -433,6 +441,37 @@ async fn node_lagging_follower_catches_up_by_streamed_snapshot() {
         let key = format!("k{key}");
         cluster.wait_converged(&key).await;
     }
+}
+
+/// A follower behind entries its leader evicted from memory (`log_memory_bytes_max = 0`: every
+/// applied, durable entry) catches up by log, not by snapshot: the leader reads the entries
+/// back from its WAL.
+#[tokio::test(flavor = "current_thread")]
+async fn node_lagging_follower_catches_up_from_the_leaders_wal() {
+    let settings = "snapshot_entries = 100000\nlog_memory_bytes_max = 0\n";
+    let mut cluster = Cluster::with_settings(52200, settings);
+    let leader = cluster.wait_for_one_leader();
+    let follower = (1..=NODES).find(|&id| id != leader).unwrap();
+    cluster.kill9(follower);
+    let writes = 300;
+    for i in 0..writes {
+        cluster
+            .write(Op::put(format!("k{}", i % 7), format!("v{i}")))
+            .await;
+    }
+    cluster.start(follower);
+    for key in 0..7 {
+        let last = (0..writes).filter(|i| i % 7 == key).max().unwrap();
+        let value = cluster.wait_converged(&format!("k{key}")).await;
+        assert_eq!(value, Some(Value::Bytes(Bytes::from(format!("v{last}")))));
+    }
+    let loaded = cluster.metric(leader, "raft_log_entries_loaded_total");
+    assert!(
+        loaded.unwrap_or(0.0) >= writes as f64,
+        "the leader read {loaded:?} entries back from its WAL"
+    );
+    let installed = cluster.metric(follower, "raft_snapshots_installed_total");
+    assert_eq!(installed, Some(0.0), "caught up by log, not by snapshot");
 }
 
 /// A follower whose disk was wiped (it lost entries it had acknowledged) is caught up by the

@@ -156,6 +156,37 @@ pub struct Ready {
     pub read_states: Vec<ReadState>,
     /// Reads that will never be confirmed (leadership lost): fail them, the client retries.
     pub dropped_reads: Vec<ReadContext>,
+    /// Entries evicted from memory that a follower needs: read each range from the WAL (off
+    /// the event loop) and hand it back with `RawNode::entries_loaded`, also when the read
+    /// failed (with no entries), or the follower waits for the next heartbeat to ask again.
+    pub entries_to_load: Vec<EntriesToLoad>,
+}
+
+/// A read of evicted entries from the WAL, for the leader to send to follower `to`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntriesToLoad {
+    pub to: NodeId,
+    /// The first index wanted: where the follower's append starts.
+    pub low: Index,
+    /// The last evicted index when asked; read at most up to it.
+    pub high: Index,
+    /// The terms of `low..=high` in our log, as runs `(first index, term)`; the first starts at
+    /// `low`. The WAL may hold older records for the same indexes (an overwritten suffix):
+    /// only a record with our term for its index is one of our entries.
+    pub terms: Vec<(Index, Term)>,
+    /// Stop after this many bytes of entries (`Entry::size_bytes`), but read at least one.
+    pub bytes_max: u64,
+}
+
+impl EntriesToLoad {
+    /// Our term for `index` (within `low..=high`).
+    pub fn term(&self, index: Index) -> Option<Term> {
+        if index < self.low || index > self.high {
+            return None;
+        }
+        let runs = self.terms.partition_point(|&(first, _)| first <= index);
+        runs.checked_sub(1).map(|run| self.terms[run].1)
+    }
 }
 
 impl Ready {
@@ -186,6 +217,9 @@ pub struct Status {
     pub commit_index: Index,
     pub applied_index: Index,
     pub first_index: Index,
+    /// The first index held in memory; entries from `first_index` up to it are evicted (in
+    /// the WAL only).
+    pub memory_first_index: Index,
     pub last_index: Index,
     pub last_term: Term,
     pub stable_index: Index,
@@ -324,6 +358,29 @@ impl RawNode {
         self.raft.compact(meta)
     }
 
+    /// The entries of `Ready::entries_to_load` for follower `to` from `low`, read back from the
+    /// WAL (none if the read failed). Those still in our log go out in an append.
+    pub fn entries_loaded(&mut self, to: NodeId, low: Index, entries: Vec<Entry>) {
+        self.raft.entries_loaded(to, low, entries);
+    }
+
+    /// Evicts the oldest applied, durable entries from memory until at most `bytes_max` of
+    /// entries are left in it (`RaftLog::evict`). Returns them, for the caller to free.
+    pub fn evict_entries(&mut self, bytes_max: u64) -> Vec<Entry> {
+        self.raft.log.evict(bytes_max)
+    }
+
+    /// `Entry::size_bytes` summed over the entries held in memory.
+    pub fn log_memory_bytes(&self) -> u64 {
+        self.raft.log.memory_bytes()
+    }
+
+    /// The configuration entries after `index` in the log, held in memory or evicted:
+    /// `(index, data)`. For checks.
+    pub fn configs_after(&self, index: Index) -> Vec<(Index, Bytes)> {
+        self.raft.log.configs_after(index)
+    }
+
     pub fn has_ready(&self) -> bool {
         let raft = &self.raft;
         !raft.messages.is_empty()
@@ -333,6 +390,7 @@ impl RawNode {
             || !raft.read_states.is_empty()
             || !raft.dropped_reads.is_empty()
             || raft.pending_snapshot.is_some()
+            || !raft.entries_to_load.is_empty()
             || raft.hard_state() != self.previous_hard_state
             || self.soft_state() != self.previous_soft_state
     }
@@ -354,6 +412,7 @@ impl RawNode {
             committed_entries: raft.log.take_committed(raft.config.apply_batch_bytes_max),
             read_states: std::mem::take(&mut raft.read_states),
             dropped_reads: std::mem::take(&mut raft.dropped_reads),
+            entries_to_load: std::mem::take(&mut raft.entries_to_load),
             ..Ready::default()
         };
         ready.persist_mark = (raft.log.last_index(), raft.log.last_term());
@@ -391,6 +450,7 @@ impl RawNode {
             commit_index: raft.log.committed,
             applied_index: raft.log.applied,
             first_index: raft.log.first_index(),
+            memory_first_index: raft.log.memory_first_index(),
             last_index: raft.log.last_index(),
             last_term: raft.log.last_term(),
             stable_index: raft.log.stable,
@@ -434,7 +494,8 @@ impl RawNode {
         })
     }
 
-    /// The entries held in memory (the log after the snapshot). For checks and tests.
+    /// The entries held in memory (the log after the snapshot, from its first entry not
+    /// evicted). For checks and tests.
     pub fn log_entries(&self) -> &[Entry] {
         self.raft.log.entries()
     }
@@ -502,5 +563,109 @@ mod tests {
         assert_eq!(ready.persisted_messages.len(), 1);
         assert_eq!(node.membership(), &next);
         assert_eq!(node.membership_index(), 1);
+    }
+
+    fn entry(index: Index, term: Term) -> Entry {
+        Entry {
+            term,
+            index,
+            kind: EntryKind::Normal,
+            data: Bytes::from(format!("e{index}")),
+        }
+    }
+
+    /// Handles every Ready at once (instant disk, everything applied); returns its messages
+    /// and its loads.
+    fn settle(node: &mut RawNode) -> (Vec<Message>, Vec<EntriesToLoad>) {
+        let (mut messages, mut loads) = (Vec::new(), Vec::new());
+        while node.has_ready() {
+            let ready = node.ready();
+            node.on_persisted(ready.persist_mark);
+            if let Some(last) = ready.committed_entries.last() {
+                node.on_applied(last.index);
+            }
+            messages.extend(ready.messages);
+            messages.extend(ready.persisted_messages);
+            loads.extend(ready.entries_to_load);
+        }
+        (messages, loads)
+    }
+
+    fn from_2(body: MessageBody) -> Message {
+        Message {
+            from: 2,
+            to: 1,
+            term: 2,
+            body,
+        }
+    }
+
+    #[test]
+    fn a_leader_sends_evicted_entries_only_as_read_back_with_its_terms() {
+        // Node 1 holds 1..=5 of term 1, all committed; it leads {1, 2} in term 2.
+        let restored = Restored {
+            hard_state: HardState {
+                term: 1,
+                vote: 1,
+                commit: 5,
+            },
+            snapshot: None,
+            entries: (1..=5).map(|index| entry(index, 1)).collect(),
+        };
+        let config = Config {
+            pre_vote: false,
+            ..Config::new(1)
+        };
+        let mut node =
+            RawNode::new(config, Membership::new(vec![1, 2]), restored, 7).expect("valid config");
+        node.campaign();
+        settle(&mut node);
+        let granted = MessageBody::VoteResponse {
+            pre_vote: false,
+            granted: true,
+        };
+        node.step(from_2(granted)).expect("step");
+        settle(&mut node);
+        assert_eq!(node.status().role, Role::Leader);
+        // Everything applied and durable is evicted: 1..=5 (the no-op 6 is not committed).
+        let evicted: Vec<Index> = node.evict_entries(0).iter().map(|e| e.index).collect();
+        assert_eq!(evicted, vec![1, 2, 3, 4, 5]);
+        assert_eq!(node.log_term(3), Some(1), "an evicted entry keeps its term");
+        // Node 2 has only entry 1: the leader asks for 2..=5 from the WAL, once.
+        let hint = Some(message::RejectHint { index: 1, term: 1 });
+        let rejected = || MessageBody::AppendResponse {
+            index: 5,
+            reject: hint,
+        };
+        node.step(from_2(rejected())).expect("step");
+        let (messages, loads) = settle(&mut node);
+        assert!(messages.is_empty(), "nothing to send before the read");
+        assert_eq!(loads.len(), 1);
+        assert_eq!((loads[0].to, loads[0].low, loads[0].high), (2, 2, 5));
+        assert_eq!(loads[0].terms, vec![(2, 1)]);
+        // An answer for another read, or entries of another term (an overwritten record), is
+        // not sent.
+        node.entries_loaded(2, 3, (3..=5).map(|index| entry(index, 1)).collect());
+        node.entries_loaded(2, 2, (2..=5).map(|index| entry(index, 9)).collect());
+        let (messages, _) = settle(&mut node);
+        assert!(messages.is_empty(), "sent {messages:?}");
+        // Asked again (at the next heartbeat answer), answered with our entries: sent from 2.
+        let heartbeat_answer = MessageBody::HeartbeatResponse { read_round: 0 };
+        node.step(from_2(heartbeat_answer)).expect("step");
+        let (_, loads) = settle(&mut node);
+        assert_eq!(loads.len(), 1);
+        node.entries_loaded(2, 2, (2..=5).map(|index| entry(index, 1)).collect());
+        let (messages, _) = settle(&mut node);
+        let sent: Vec<(Index, Vec<Index>)> = (messages.iter())
+            .filter_map(|m| match &m.body {
+                MessageBody::Append {
+                    prev_log_index,
+                    entries,
+                    ..
+                } => Some((*prev_log_index, entries.iter().map(|e| e.index).collect())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent, vec![(1, vec![2, 3, 4, 5])]);
     }
 }

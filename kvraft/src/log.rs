@@ -10,13 +10,41 @@
 //!
 //! Invariants (asserted): `applied <= applying <= committed <= last_index`,
 //! `snapshot.last_index <= applied`, `stable <= last_index`.
+//!
+//! ## Evicted entries
+//!
+//! The entries after the snapshot are all in the WAL, but not all in memory: `evict` drops
+//! the oldest applied, durable ones from memory once the log outgrows its memory budget (a
+//! follower catching up after a snapshot install replays up to a million entries, about
+//! 450 MB at 8M keys, more than the state's margin; `proto-docs/storage.md`). Their terms stay
+//! (one `(first index, term)` run per term, for the log matching checks) and so do their
+//! configuration entries (for `membership_at`). A leader that needs them for a follower asks
+//! its driver to read them back from the WAL (`Ready::entries_to_load`).
+//!
+//! ```text
+//!   snapshot.last_index   memory_base              last_index
+//!        |                     |                        |
+//!   ... [s] [ evicted: terms only ] [ e ... in memory ... e ]
+//! ```
+//! `snapshot.last_index <= memory_base <= min(applied, stable)`.
 
-use super::message::{Entry, Index, SnapshotMeta, Term};
+use bytes::Bytes;
+
+use super::message::{Entry, EntryKind, Index, SnapshotMeta, Term};
 
 #[derive(Debug)]
 pub struct RaftLog {
     snapshot: SnapshotMeta,
-    /// `entries[i].index == snapshot.last_index + 1 + i`.
+    /// The last evicted index (`snapshot.last_index` when none is):
+    /// `entries[i].index == memory_base + 1 + i`.
+    memory_base: Index,
+    /// The terms of the evicted entries `(snapshot.last_index, memory_base]`: `(first index,
+    /// term)` of each run of one term, ascending.
+    evicted_terms: Vec<(Index, Term)>,
+    /// The evicted configuration entries `(index, data)`, ascending.
+    evicted_configs: Vec<(Index, Bytes)>,
+    /// `Entry::size_bytes` summed over `entries`.
+    memory_bytes: u64,
     entries: Vec<Entry>,
     pub(crate) committed: Index,
     /// Highest index handed out in a `Ready` for applying.
@@ -42,6 +70,10 @@ impl RaftLog {
         let last = snapshot.last_index + entries.len() as u64;
         let committed = commit.clamp(snapshot.last_index, last);
         RaftLog {
+            memory_base: snapshot.last_index,
+            evicted_terms: Vec::new(),
+            evicted_configs: Vec::new(),
+            memory_bytes: entries.iter().map(Entry::size_bytes).sum(),
             committed,
             applying: snapshot.last_index,
             applied: snapshot.last_index,
@@ -61,13 +93,26 @@ impl RaftLog {
     }
 
     pub fn last_index(&self) -> Index {
-        self.snapshot.last_index + self.entries.len() as u64
+        self.memory_base + self.entries.len() as u64
     }
 
     pub fn last_term(&self) -> Term {
-        self.entries
-            .last()
-            .map_or(self.snapshot.last_term, |e| e.term)
+        match self.entries.last() {
+            Some(entry) => entry.term,
+            None => self
+                .term(self.memory_base)
+                .unwrap_or(self.snapshot.last_term),
+        }
+    }
+
+    /// The first index held in memory: entries below it (and after the snapshot) are evicted.
+    pub fn memory_first_index(&self) -> Index {
+        self.memory_base + 1
+    }
+
+    /// `Entry::size_bytes` summed over the entries held in memory.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_bytes
     }
 
     /// The term of the entry at `index`; `None` when compacted away or beyond the end.
@@ -75,15 +120,64 @@ impl RaftLog {
         if index == self.snapshot.last_index {
             return Some(self.snapshot.last_term);
         }
+        if index > self.snapshot.last_index && index <= self.memory_base {
+            return Some(self.evicted_term(index));
+        }
         self.entry(index).map(|e| e.term)
     }
 
+    /// The term of an evicted entry (`snapshot.last_index < index <= memory_base`).
+    fn evicted_term(&self, index: Index) -> Term {
+        let runs = self
+            .evicted_terms
+            .partition_point(|&(first, _)| first <= index);
+        assert!(runs > 0, "no term run for evicted entry {index}");
+        self.evicted_terms[runs - 1].1
+    }
+
+    /// The term runs `(first index, term)` covering `low..=high`, all evicted; the first run
+    /// starts at `low`. What the WAL reader needs to pick the records of our log among
+    /// overwritten ones.
+    pub fn evicted_terms_between(&self, low: Index, high: Index) -> Vec<(Index, Term)> {
+        assert!(low > self.snapshot.last_index && high <= self.memory_base && low <= high);
+        let mut runs = vec![(low, self.evicted_term(low))];
+        let later = self.evicted_terms.iter();
+        runs.extend(later.filter(|&&(first, _)| first > low && first <= high));
+        runs
+    }
+
+    /// The entry at `index` if it is held in memory.
     pub fn entry(&self, index: Index) -> Option<&Entry> {
-        if index <= self.snapshot.last_index {
+        if index <= self.memory_base {
             return None;
         }
-        self.entries
-            .get((index - self.snapshot.last_index - 1) as usize)
+        self.entries.get((index - self.memory_base - 1) as usize)
+    }
+
+    /// The newest configuration entry at or below `index` after the snapshot, evicted or not:
+    /// `(index, data)`.
+    pub fn config_at_or_below(&self, index: Index) -> Option<(Index, &Bytes)> {
+        let mut at = index.min(self.last_index());
+        while at > self.memory_base {
+            let entry = self.entry(at)?;
+            if entry.kind == EntryKind::Config {
+                return Some((at, &entry.data));
+            }
+            at -= 1;
+        }
+        (self.evicted_configs.iter().rev())
+            .find(|(config_index, _)| *config_index <= at)
+            .map(|(config_index, data)| (*config_index, data))
+    }
+
+    /// The configuration entries after `index`, evicted or not: `(index, data)`, ascending.
+    pub fn configs_after(&self, index: Index) -> Vec<(Index, Bytes)> {
+        let evicted = self.evicted_configs.iter().cloned();
+        let held = self.entries.iter().filter(|e| e.kind == EntryKind::Config);
+        evicted
+            .chain(held.map(|e| (e.index, e.data.clone())))
+            .filter(|(config_index, _)| *config_index > index)
+            .collect()
     }
 
     pub fn match_term(&self, index: Index, term: Term) -> bool {
@@ -98,14 +192,15 @@ impl RaftLog {
 
     /// Entries from `low` on, at most `bytes_max` of them but always at least one if any exist.
     /// `low` must not be compacted.
+    /// `low` must be held in memory (neither compacted nor evicted).
     pub fn entries_from(&self, low: Index, bytes_max: u64) -> Vec<Entry> {
         assert!(
-            low > self.snapshot.last_index,
-            "entries_from a compacted index"
+            low > self.memory_base,
+            "entries_from an index not in memory"
         );
         let mut out = Vec::new();
         let mut bytes = 0;
-        let start = (low - self.snapshot.last_index - 1) as usize;
+        let start = (low - self.memory_base - 1) as usize;
         for entry in self.entries.iter().skip(start) {
             bytes += entry.size_bytes();
             if !out.is_empty() && bytes > bytes_max {
@@ -130,12 +225,15 @@ impl RaftLog {
             "gap before entry {}",
             first.index
         );
-        assert!(first.index > self.snapshot.last_index);
-        let keep = (first.index - self.snapshot.last_index - 1) as usize;
+        assert!(first.index > self.memory_base);
+        let keep = (first.index - self.memory_base - 1) as usize;
+        let truncated: u64 = self.entries.iter().skip(keep).map(Entry::size_bytes).sum();
         self.entries.truncate(keep);
         self.stable = self.stable.min(first.index - 1);
         self.unstable_from = self.unstable_from.min(first.index);
         self.entries.extend_from_slice(entries);
+        let added: u64 = entries.iter().map(Entry::size_bytes).sum();
+        self.memory_bytes = self.memory_bytes - truncated + added;
     }
 
     /// The index of the first entry in `entries` that is new to this log or conflicts with it;
@@ -188,7 +286,7 @@ impl RaftLog {
         if self.unstable_from > last {
             return Vec::new();
         }
-        let start = (self.unstable_from - self.snapshot.last_index - 1) as usize;
+        let start = (self.unstable_from - self.memory_base - 1) as usize;
         self.unstable_from = last + 1;
         self.entries[start..].to_vec()
     }
@@ -255,10 +353,61 @@ impl RaftLog {
             Some(meta.last_term),
             "snapshot term mismatch"
         );
-        let drop = (meta.last_index - self.snapshot.last_index) as usize;
+        let index = meta.last_index;
+        self.evicted_configs
+            .retain(|(config_index, _)| *config_index > index);
+        if index < self.memory_base {
+            // Only evicted entries are covered: keep the runs of the rest.
+            let first_kept = (index + 1, self.evicted_term(index + 1));
+            self.evicted_terms
+                .retain(|&(first, _)| first > first_kept.0);
+            self.evicted_terms.insert(0, first_kept);
+            self.snapshot = meta;
+            return Vec::new();
+        }
+        self.evicted_terms.clear();
+        let dropped = self.drop_front(index);
+        self.snapshot = meta;
+        dropped
+    }
+
+    /// Drops the entries held in memory up to `index` (at or after `memory_base`).
+    fn drop_front(&mut self, index: Index) -> Vec<Entry> {
+        let drop = (index - self.memory_base) as usize;
         let kept = self.entries.split_off(drop.min(self.entries.len()));
         let dropped = std::mem::replace(&mut self.entries, kept);
-        self.snapshot = meta;
+        self.memory_bytes -= dropped.iter().map(Entry::size_bytes).sum::<u64>();
+        self.memory_base = index;
+        dropped
+    }
+
+    /// Evicts the oldest entries held in memory until at most `bytes_max` of them are left,
+    /// as far as they are applied and durable (the WAL holds them: they are read back with
+    /// `Ready::entries_to_load` when a follower needs them). Returns them, for the caller to
+    /// free where it does not stall its loop.
+    pub fn evict(&mut self, bytes_max: u64) -> Vec<Entry> {
+        let limit = self.applied.min(self.stable);
+        let mut index = self.memory_base;
+        let mut left = self.memory_bytes;
+        for entry in &self.entries {
+            if left <= bytes_max || entry.index > limit {
+                break;
+            }
+            left -= entry.size_bytes();
+            index = entry.index;
+        }
+        if index == self.memory_base {
+            return Vec::new();
+        }
+        let dropped = self.drop_front(index);
+        for entry in &dropped {
+            if self.evicted_terms.last().map(|&(_, term)| term) != Some(entry.term) {
+                self.evicted_terms.push((entry.index, entry.term));
+            }
+            if entry.kind == EntryKind::Config {
+                self.evicted_configs.push((entry.index, entry.data.clone()));
+            }
+        }
         dropped
     }
 
@@ -266,6 +415,10 @@ impl RaftLog {
     pub fn restore(&mut self, meta: SnapshotMeta) {
         assert!(meta.last_index > self.committed);
         self.entries.clear();
+        self.evicted_terms.clear();
+        self.evicted_configs.clear();
+        self.memory_bytes = 0;
+        self.memory_base = meta.last_index;
         self.committed = meta.last_index;
         self.applying = meta.last_index;
         self.applied = meta.last_index;
@@ -274,7 +427,8 @@ impl RaftLog {
         self.snapshot = meta;
     }
 
-    /// All entries held in memory (for tests and the simulator's checks).
+    /// All entries held in memory, from `memory_first_index` (for tests and the simulator's
+    /// checks).
     pub fn entries(&self) -> &[Entry] {
         &self.entries
     }
@@ -377,6 +531,70 @@ mod tests {
                 .0
                 .len(),
             0
+        );
+    }
+
+    #[test]
+    fn evicted_entries_keep_their_terms_and_configurations() {
+        let mut all = entries(1, &[1, 1, 2, 2, 3, 3, 3, 3]);
+        all[2].kind = EntryKind::Config;
+        all[2].data = Bytes::from_static(b"c3");
+        let mut log = RaftLog::restore_from_storage(SnapshotMeta::default(), all, 8);
+        let bytes_per_entry = log.memory_bytes() / 8;
+        assert_eq!(log.take_committed(u64::MAX).len(), 8);
+        // Only applied entries go: 1..=5 of the 6 that leave 3 entries' bytes.
+        log.applied_to(5);
+        let evicted: Vec<Index> = log
+            .evict(3 * bytes_per_entry)
+            .iter()
+            .map(|e| e.index)
+            .collect();
+        assert_eq!(evicted, vec![1, 2, 3, 4, 5]);
+        assert_eq!((log.first_index(), log.memory_first_index()), (1, 6));
+        assert_eq!(log.memory_bytes(), 3 * bytes_per_entry);
+        let terms: Vec<Option<Term>> = (0..=9).map(|index| log.term(index)).collect();
+        let expected = [0, 1, 1, 2, 2, 3, 3, 3, 3].map(Some);
+        assert_eq!(terms[..9], expected, "terms of evicted and held entries");
+        assert_eq!(terms[9], None);
+        assert_eq!(
+            log.evicted_terms_between(2, 5),
+            vec![(2, 1), (3, 2), (5, 3)]
+        );
+        assert_eq!(log.config_at_or_below(8).map(|(i, _)| i), Some(3));
+        assert_eq!(log.config_at_or_below(2), None);
+        assert_eq!(log.configs_after(2).len(), 1);
+        // A snapshot inside the evicted range keeps the rest's terms and drops the config.
+        log.applied_to(8);
+        let meta = SnapshotMeta {
+            last_index: 4,
+            last_term: 2,
+            ..SnapshotMeta::default()
+        };
+        assert!(
+            log.compact(meta).is_empty(),
+            "nothing held in memory is covered"
+        );
+        assert_eq!(
+            (log.term(4), log.term(5), log.term(3)),
+            (Some(2), Some(3), None)
+        );
+        assert_eq!(log.config_at_or_below(8), None);
+        // Evicting everything applied, then compacting past it, leaves an empty log.
+        assert_eq!(log.evict(0).len(), 3);
+        assert_eq!((log.last_index(), log.last_term()), (8, 3));
+        let meta = SnapshotMeta {
+            last_index: 8,
+            last_term: 3,
+            ..SnapshotMeta::default()
+        };
+        assert!(log.compact(meta).is_empty());
+        assert_eq!(
+            (
+                log.first_index(),
+                log.memory_first_index(),
+                log.memory_bytes()
+            ),
+            (9, 9, 0)
         );
     }
 }

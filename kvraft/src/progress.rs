@@ -90,6 +90,9 @@ pub struct Progress {
     /// A snapshot at this index reached the follower, which has not acknowledged it yet (it
     /// is decoding it): `Raft::follower_behind` counts it as behind, not as gone.
     pub snapshot_installing: Option<Index>,
+    /// Entries from this index, evicted from memory, are being read from the WAL for this
+    /// follower (`Raft::request_entries`); at most one read at a time.
+    pub loading: Option<Index>,
     pub inflights: Inflights,
 }
 
@@ -103,6 +106,7 @@ impl Progress {
             recent_active: false,
             previously_active: false,
             snapshot_installing: None,
+            loading: None,
             inflights: Inflights::new(messages_max, bytes_max),
         }
     }

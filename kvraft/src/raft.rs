@@ -17,7 +17,7 @@ use super::progress::{Progress, ProgressState};
 use super::quorum::{self, VoteResult};
 use super::read_only::{ReadContext, ReadOnly, ReadState};
 use super::rng::Rng;
-use super::{ProposeError, ReadIndexError};
+use super::{EntriesToLoad, ProposeError, ReadIndexError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -66,6 +66,8 @@ pub struct Raft {
     pub(crate) dropped_reads: Vec<ReadContext>,
     /// A snapshot received from the leader that the caller must install.
     pub(crate) pending_snapshot: Option<SnapshotMeta>,
+    /// Evicted entries a follower needs, for the caller to read from the WAL.
+    pub(crate) entries_to_load: Vec<EntriesToLoad>,
 }
 
 impl Raft {
@@ -100,6 +102,7 @@ impl Raft {
             read_states: Vec::new(),
             dropped_reads: Vec::new(),
             pending_snapshot: None,
+            entries_to_load: Vec::new(),
             config,
         };
         raft.reset_randomized_election_timeout();
@@ -163,18 +166,14 @@ impl Raft {
 
     /// The configuration in force at `index` and the index of the entry that made it.
     pub(crate) fn membership_at(&self, index: Index) -> (Membership, Index) {
-        let snapshot = self.log.snapshot();
-        let mut at = index.min(self.log.last_index());
-        while at > snapshot.last_index {
-            if let Some(entry) = self.log.entry(at) {
-                if entry.kind == EntryKind::Config {
-                    if let Ok(membership) = Membership::decode(&entry.data) {
-                        return (membership, at);
-                    }
-                }
+        let mut at = index;
+        while let Some((config_index, data)) = self.log.config_at_or_below(at) {
+            if let Ok(membership) = Membership::decode(data) {
+                return (membership, config_index);
             }
-            at -= 1;
+            at = config_index - 1;
         }
+        let snapshot = self.log.snapshot();
         (snapshot.membership.clone(), snapshot.membership_index)
     }
 
@@ -922,6 +921,9 @@ impl Raft {
         if next < self.log.first_index() {
             return self.send_snapshot(to);
         }
+        if next < self.log.memory_first_index() {
+            return self.request_entries(to, next);
+        }
         let entries = if next <= self.log.last_index() {
             self.log
                 .entries_from(next, self.config.append_batch_bytes_max)
@@ -931,6 +933,76 @@ impl Raft {
         if entries.is_empty() && !send_if_empty {
             return false;
         }
+        self.send_entries(to, prev_index, prev_term, entries);
+        true
+    }
+
+    /// The follower needs entries evicted from memory (`RaftLog::evict`): asks the driver to
+    /// read them from the WAL (`Ready::entries_to_load`), one read per follower at a time.
+    /// The append goes out when they arrive (`entries_loaded`). Sends nothing now.
+    fn request_entries(&mut self, to: NodeId, low: Index) -> bool {
+        let Some(progress) = self.progress.get_mut(&to) else {
+            return false;
+        };
+        if progress.loading == Some(low) {
+            return false;
+        }
+        progress.loading = Some(low);
+        let high = self.log.memory_first_index() - 1;
+        self.entries_to_load.push(EntriesToLoad {
+            to,
+            low,
+            high,
+            terms: self.log.evicted_terms_between(low, high),
+            bytes_max: self.config.append_batch_bytes_max,
+        });
+        false
+    }
+
+    /// The driver read the entries of `request_entries(to, low)` back from the WAL (none if it
+    /// could not). Sends those that are still our log, if the follower still needs them;
+    /// otherwise the next heartbeat answer asks again.
+    pub fn entries_loaded(&mut self, to: NodeId, low: Index, mut entries: Vec<Entry>) {
+        let Some(progress) = self.progress.get_mut(&to) else {
+            return;
+        };
+        if progress.loading != Some(low) {
+            return;
+        }
+        progress.loading = None;
+        if self.role != Role::Leader || progress.next_index != low || progress.is_paused() {
+            return;
+        }
+        // Our log may have moved on meanwhile (a compaction): only entries it still holds, in
+        // order from `low`, with its terms.
+        let log = &self.log;
+        let valid = (entries.iter().enumerate())
+            .take_while(|(offset, e)| {
+                e.index == low + *offset as u64
+                    && e.index >= log.first_index()
+                    && log.term(e.index) == Some(e.term)
+            })
+            .count();
+        entries.truncate(valid);
+        let Some(prev_term) = self.log.term(low - 1) else {
+            return;
+        };
+        if entries.is_empty() {
+            return;
+        }
+        self.send_entries(to, low - 1, prev_term, entries);
+        while self.send_append(to, false) {}
+    }
+
+    /// Sends an append of `entries` (possibly none) after `prev_index` and records it in the
+    /// follower's progress.
+    fn send_entries(
+        &mut self,
+        to: NodeId,
+        prev_index: Index,
+        prev_term: Term,
+        entries: Vec<Entry>,
+    ) {
         let bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
         let last = entries.last().map_or(prev_index, |e| e.index);
         if let Some(progress) = self.progress.get_mut(&to) {
@@ -950,7 +1022,6 @@ impl Raft {
             commit,
         };
         self.send(to, body);
-        true
     }
 
     fn send_snapshot(&mut self, to: NodeId) -> bool {

@@ -18,7 +18,9 @@
 //! `transfer-leader FROM TO`, `process-ready ID...`, `deliver-msgs ID [from=ID] [type=NAME]`,
 //! `drop-msgs ID [from=ID] [type=NAME]`, `stabilize`, `isolate ID`, `heal`, `crash ID`,
 //! `restart ID`, `wipe ID` (crash and lose all storage), `report-restarted ID PEER` (the
-//! transport saw PEER come back as a new process), `compact ID INDEX`, `status`, `raft-log ID`.
+//! transport saw PEER come back as a new process), `compact ID INDEX`, `evict ID BYTES` (keep
+//! at most BYTES of entries in memory), `status`, `raft-log ID` (the entries held in memory).
+//! A Ready's `entries_to_load` are read from the node's storage at once (`LoadEntries`).
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -273,6 +275,20 @@ impl Env {
             let _ = writeln!(out, "  {}", describe(&message));
             self.in_flight.push(message);
         }
+        for load in ready.entries_to_load {
+            let _ = writeln!(
+                out,
+                "  LoadEntries to={} {}..={}",
+                load.to, load.low, load.high
+            );
+            let slot = self.node(node);
+            let entries: Vec<Entry> = (slot.storage.entries.iter())
+                .filter(|e| load.term(e.index) == Some(e.term))
+                .cloned()
+                .collect();
+            let raw = slot.raw.as_mut().expect("node is up");
+            raw.entries_loaded(load.to, load.low, entries);
+        }
     }
 
     fn matching(&self, to: NodeId, args: &[&str]) -> Vec<usize> {
@@ -447,6 +463,12 @@ impl Env {
                 let storage = &mut self.node(node).storage;
                 storage.entries.retain(|e| e.index > index);
                 storage.snapshot = Some(meta);
+            }
+            "evict" => {
+                let bytes: u64 = args[1].parse().expect("bytes");
+                let evicted = self.raw(id(args[0])).evict_entries(bytes);
+                let indexes: Vec<String> = evicted.iter().map(|e| e.index.to_string()).collect();
+                out = format!("evicted [{}]", indexes.join(" "));
             }
             "status" => out = self.status(),
             "propose-conf-change" => {

@@ -8,7 +8,7 @@ use std::hash::{Hash, Hasher};
 
 use crate::disk::Image;
 use kvraft::quorum::has_quorum;
-use kvraft::{Entry, EntryKind, Index, Membership, NodeId, RawNode, Term};
+use kvraft::{Entry, Index, Membership, NodeId, RawNode, Term};
 use kvstate::StateMachine;
 
 /// A broken invariant, with the seed that replays it.
@@ -203,11 +203,9 @@ impl Checker {
                 continue;
             }
             configs.push(raw.membership_at(index).0);
-            let next = raw
-                .log_entries()
-                .iter()
-                .find(|e| e.index > index && e.kind == EntryKind::Config)
-                .and_then(|e| Membership::decode(&e.data).ok());
+            // Evicted configuration entries count too (`configs_after`).
+            let next = (raw.configs_after(index).first())
+                .and_then(|(_, data)| Membership::decode(data).ok());
             configs.extend(next);
         }
         if configs.is_empty()

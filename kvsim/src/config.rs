@@ -51,6 +51,9 @@ pub struct SimConfig {
     pub torn_per_million: u64,
     /// A node snapshots and compacts once it applied this many entries past its snapshot.
     pub snapshot_entries: u64,
+    /// The node core's `log_memory_bytes_max`: small budgets make leaders read evicted
+    /// entries back from the disk for their followers (`Action::LoadEntries`).
+    pub log_memory_bytes_max: u64,
     /// The node core's request deadline, in ticks.
     pub request_timeout_ticks: u64,
     pub pre_vote: bool,
@@ -95,6 +98,7 @@ impl SimConfig {
             flap_per_million: rng.between(0, 2_000),
             torn_per_million: rng.between(0, 500_000),
             snapshot_entries: rng.between(8, 64),
+            log_memory_bytes_max: u64::MAX,
             request_timeout_ticks: rng.between(20, 120),
             pre_vote: rng.chance(800_000),
             check_quorum: rng.chance(800_000),
@@ -140,6 +144,10 @@ impl SimConfig {
         // Drawn last, so that the other knobs of a seed are what they were before it existed.
         if rng.chance(666_667) {
             config.conf_change_per_million = rng.between(300, 2_000);
+        }
+        // Two seeds in three evict log entries from memory (a few entries' worth or less).
+        if rng.chance(666_667) {
+            config.log_memory_bytes_max = rng.between(0, 3_000);
         }
         config
     }

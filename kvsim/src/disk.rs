@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 
 use kvcore::{DiskState, WalCommand};
 use kvraft::rng::Rng;
-use kvraft::{Entry, HardState, Index, SnapshotMeta, Term};
+use kvraft::{EntriesToLoad, Entry, HardState, Index, SnapshotMeta, Term};
 use kvstate::StateMachine;
 
 /// What is on the platter.
@@ -151,6 +151,24 @@ impl Disk {
         self.in_flight = 0;
         self.durable_total = 0;
         Ok(())
+    }
+
+    /// Entries read back for `load` as the real WAL reader does (`kvstorage::wal::load`): the
+    /// durable entries from `load.low` on with the log's terms, contiguous, up to `load.high`
+    /// and about `load.bytes_max`.
+    pub fn read_entries(&self, load: &EntriesToLoad) -> Vec<Entry> {
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut bytes = 0;
+        for entry in self.image.entries.iter().filter(|e| e.index >= load.low) {
+            let next = load.low + entries.len() as u64;
+            let full = !entries.is_empty() && bytes >= load.bytes_max;
+            if entry.index != next || load.term(next) != Some(entry.term) || full {
+                break;
+            }
+            bytes += entry.size_bytes();
+            entries.push(entry.clone());
+        }
+        entries
     }
 
     /// A received snapshot file installed by the node: durable at once.

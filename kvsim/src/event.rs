@@ -1,6 +1,6 @@
 //! The simulator's events and what each does to a node.
 
-use kvraft::{Message, NodeId, SnapshotMeta};
+use kvraft::{Entry, Index, Message, NodeId, SnapshotMeta};
 use kvstate::client_proto::ClientResponse;
 use kvstate::StateMachine;
 
@@ -26,6 +26,14 @@ pub(crate) enum Event {
         epoch: u64,
         meta: SnapshotMeta,
         bytes: Vec<u8>,
+    },
+    /// Entries read back from node `node`'s disk for its follower `to` arrive.
+    EntriesLoaded {
+        node: usize,
+        epoch: u64,
+        to: NodeId,
+        low: Index,
+        entries: Vec<Entry>,
     },
     /// The leader learns how its snapshot stream to `to` ended.
     SnapshotReport {
@@ -90,6 +98,7 @@ impl Event {
             Event::SnapshotReport { leader, .. } => Some(*leader),
             Event::WalSynced { node, .. }
             | Event::SnapshotDecoded { node, .. }
+            | Event::EntriesLoaded { node, .. }
             | Event::SnapshotWritten { node, .. }
             | Event::ClientRequest { node, .. } => Some(*node),
             Event::ClientAnswer { .. }
@@ -140,6 +149,23 @@ impl Sim {
                 self.drive(leader)
             }
             Event::WalSynced { node, epoch } => self.wal_synced(node, epoch),
+            Event::EntriesLoaded {
+                node,
+                epoch,
+                to,
+                low,
+                entries,
+            } => {
+                if self.nodes[node].epoch != epoch {
+                    return Ok(());
+                }
+                let Some(core) = self.nodes[node].core.as_mut() else {
+                    return Ok(());
+                };
+                self.stats.entries_loaded += entries.len() as u64;
+                core.handle_entries_loaded(to, low, entries);
+                self.drive(node)
+            }
             Event::SnapshotWritten {
                 node,
                 epoch,

@@ -58,6 +58,8 @@ pub struct SimStats {
     pub snapshots_installed: u64,
     /// Appends a follower left unanswered while it decoded a snapshot (`AppendHeldOff`).
     pub appends_held_off: u64,
+    /// Evicted entries leaders read back from the disk for their followers.
+    pub entries_loaded: u64,
     pub final_commit: u64,
     /// Client operations checked for linearizability.
     pub history_lines: u64,
@@ -169,6 +171,7 @@ impl Sim {
             requests_pending_max: 64,
             snapshot_entries: self.config.snapshot_entries,
             received_snapshots_max: 2,
+            log_memory_bytes_max: self.config.log_memory_bytes_max,
         }
     }
 
@@ -438,6 +441,21 @@ impl Sim {
                     epoch,
                     meta,
                     bytes: body,
+                };
+                self.schedule(delay, event);
+            }
+            Action::LoadEntries(load) => {
+                // Read now (the entries are durable: only those are evicted), handed back
+                // later, off the node's loop as the node does.
+                let entries = self.nodes[index].disk.read_entries(&load);
+                let delay = self.rng.between(1, self.config.persist_units_max);
+                let epoch = self.nodes[index].epoch;
+                let event = Event::EntriesLoaded {
+                    node: index,
+                    epoch,
+                    to: load.to,
+                    low: load.low,
+                    entries,
                 };
                 self.schedule(delay, event);
             }
@@ -755,6 +773,7 @@ fn add_stats(total: &mut SimStats, stats: &SimStats) {
     total.snapshots_sent += stats.snapshots_sent;
     total.snapshots_installed += stats.snapshots_installed;
     total.appends_held_off += stats.appends_held_off;
+    total.entries_loaded += stats.entries_loaded;
     total.final_commit += stats.final_commit;
     total.history_lines += stats.history_lines;
     total.histories_unknown += stats.histories_unknown;
@@ -768,7 +787,8 @@ impl std::fmt::Display for SimStats {
         write!(
             f,
             "{} events, {} crashes, {} pauses, {} partitions, {} elections, {} snapshots \
-             installed ({} appends held off while decoding), {} writes acked, {} writes \
+             installed ({} appends held off while decoding), {} evicted entries read back, \
+             {} writes acked, {} writes \
              unknown, {} writes failed, {} reads, {} history lines, {} histories undecided by \
              the search, {} configuration changes ({} refused, {} unsafe single-step changes \
              refused)",
@@ -779,6 +799,7 @@ impl std::fmt::Display for SimStats {
             self.elections,
             self.snapshots_installed,
             self.appends_held_off,
+            self.entries_loaded,
             self.writes_acked,
             self.writes_unknown,
             self.writes_failed,

@@ -63,6 +63,12 @@ fn sim_seeds_with_faults_keep_every_invariant() {
         "too few appends held off while a snapshot decodes: {}",
         totals.appends_held_off
     );
+    // Leaders read entries evicted from memory back from the disk (two seeds in three).
+    assert!(
+        totals.entries_loaded > passed,
+        "too few evicted entries read back: {}",
+        totals.entries_loaded
+    );
     assert!(
         totals.writes_acked > passed * 10,
         "too few acknowledged writes"

@@ -23,6 +23,8 @@ pub const RAFT_TERM: &str = "raft_term";
 pub const RAFT_COMMIT_INDEX: &str = "raft_commit_index";
 pub const RAFT_LAST_APPLIED: &str = "raft_last_applied";
 pub const RAFT_LOG_ENTRIES: &str = "raft_log_entries";
+pub const RAFT_LOG_MEMORY_BYTES: &str = "raft_log_memory_bytes";
+pub const RAFT_LOG_ENTRIES_LOADED_TOTAL: &str = "raft_log_entries_loaded_total";
 pub const RAFT_ELECTIONS_TOTAL: &str = "raft_elections_total";
 pub const RAFT_REPLICATION_FAILURES_TOTAL: &str = "raft_replication_failures_total";
 pub const RAFT_MESSAGES_SENT_TOTAL: &str = "raft_messages_sent_total";
@@ -101,7 +103,7 @@ const fn doc(
 }
 
 /// Every metric a node exports.
-pub const METRICS: [MetricDoc; 35] = [
+pub const METRICS: [MetricDoc; 37] = [
     doc(
         RAFT_ROLE,
         Kind::Gauge,
@@ -138,6 +140,19 @@ pub const METRICS: [MetricDoc; 35] = [
         Kind::Gauge,
         &[],
         "Entries in the log since the last snapshot.",
+    ),
+    doc(
+        RAFT_LOG_MEMORY_BYTES,
+        Kind::Gauge,
+        &[],
+        "Bytes of log entries held in memory (payload plus 24 each); older ones are evicted \
+         to the WAL beyond log_memory_bytes_max.",
+    ),
+    doc(
+        RAFT_LOG_ENTRIES_LOADED_TOTAL,
+        Kind::Counter,
+        &[],
+        "Evicted log entries read back from the WAL for a follower.",
     ),
     doc(
         RAFT_ELECTIONS_TOTAL,

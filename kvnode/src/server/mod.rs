@@ -201,6 +201,7 @@ async fn start(
         segment_bytes_max: config.wal_segment_bytes,
         ..WalConfig::default()
     };
+    let wal_record_bytes_max = wal_config.record_bytes_max;
     let (wal, recovered) = Wal::open(&data_dir.wal_dir(), wal_config, callback)
         .map_err(|e| ServerError::Wal(e.to_string()))?;
     tracing::info!(
@@ -226,6 +227,7 @@ async fn start(
         wal,
         durable,
         snapshots,
+        wal_record_bytes_max,
         data_dir,
     };
     Ok((Node::new(config, id, parts), recorder))
@@ -264,6 +266,7 @@ fn new_core(
         request_timeout_ticks: config.request_timeout_ms.div_ceil(config.tick_ms.max(1)),
         requests_pending_max: config.proposals_pending_max,
         snapshot_entries: config.snapshot_entries,
+        log_memory_bytes_max: config.log_memory_bytes_max,
         ..CoreConfig::default()
     };
     // The core's randomness (election timeouts) is seeded here, at the edge.

@@ -20,6 +20,7 @@ use kvraft::{NodeId, Role, SnapshotMeta};
 use kvstate::client_proto::{encode_response, ClientResponse};
 use kvstate::StateMachine;
 use kvstorage::snapshot::SnapshotStore;
+use kvstorage::wal::load::LoadCursor;
 use kvstorage::wal::{Durable, SubmitError, Wal, WalError, WriteBatch};
 use kvtransport::{Inbound, Transport};
 use tokio::sync::{mpsc, oneshot};
@@ -35,6 +36,14 @@ const PEERS_RESOLVE_INTERVAL_MS: u64 = 1_000;
 const SHUTDOWN_TRANSFER_MS_MAX: u64 = 2_000;
 
 type LoadedSnapshot = (SnapshotMeta, PathBuf, Result<StateMachine, String>);
+/// Entries read back from the WAL for a follower: (follower, first index, entries, where the
+/// read stopped).
+type LoadedEntries = (
+    NodeId,
+    kvraft::Index,
+    Vec<kvraft::Entry>,
+    Option<LoadCursor>,
+);
 
 /// The core's token for a client request: where the answer goes, when the request came, and
 /// its operation (the metrics label, read from the frame at the edge: the core knows nothing
@@ -52,6 +61,8 @@ pub(super) struct NodeParts {
     pub wal: Wal,
     pub durable: mpsc::UnboundedReceiver<Result<Durable, WalError>>,
     pub snapshots: SnapshotStore,
+    /// The WAL's largest record (`WalConfig::record_bytes_max`), for reading entries back.
+    pub wal_record_bytes_max: u64,
     /// Held (locked) for as long as the node runs.
     pub data_dir: kvstorage::datadir::DataDir,
 }
@@ -87,6 +98,12 @@ pub(super) struct Node {
     /// waiting one is deleted.
     loading: Vec<SnapshotMeta>,
     queued: Option<(SnapshotMeta, PathBuf)>,
+    /// Evicted entries read back from the WAL on a blocking thread (`Action::LoadEntries`),
+    /// and where each follower's last read stopped (its next read starts there).
+    entries_loaded_tx: mpsc::UnboundedSender<LoadedEntries>,
+    entries_loaded: mpsc::UnboundedReceiver<LoadedEntries>,
+    load_cursors: std::collections::BTreeMap<NodeId, LoadCursor>,
+    wal_record_bytes_max: u64,
     metrics: m::NodeMetrics,
     /// The configuration index the transport's peers were last resolved for.
     peers_config_index: Option<kvraft::Index>,
@@ -144,6 +161,7 @@ impl Node {
     pub(super) fn new(config: ClusterConfig, id: NodeId, parts: NodeParts) -> Node {
         let (snapshot_done_tx, snapshot_done) = mpsc::unbounded_channel();
         let (snapshot_loaded_tx, snapshot_loaded) = mpsc::unbounded_channel();
+        let (entries_loaded_tx, entries_loaded) = mpsc::unbounded_channel();
         metrics::gauge!(m::RAFT_SNAPSHOT_IN_PROGRESS).set(0.0);
         Node {
             snapshot_loaded_tx,
@@ -164,6 +182,10 @@ impl Node {
             received_files: Vec::new(),
             loading: Vec::new(),
             queued: None,
+            entries_loaded_tx,
+            entries_loaded,
+            load_cursors: std::collections::BTreeMap::new(),
+            wal_record_bytes_max: parts.wal_record_bytes_max,
             metrics: m::NodeMetrics::register(std::iter::empty()),
             peers_config_index: None,
             peers_resolved_at: Instant::now(),
@@ -206,6 +228,7 @@ impl Node {
                 }
                 Some(done) = self.snapshot_done.recv() => self.on_snapshot_taken(done)?,
                 Some(loaded) = self.snapshot_loaded.recv() => self.on_snapshot_loaded(loaded),
+                Some(loaded) = self.entries_loaded.recv() => self.on_entries_loaded(loaded),
             }
             while let Ok(report) = self.durable.try_recv() {
                 self.on_durable(report)?;
@@ -224,6 +247,8 @@ impl Node {
         metrics::gauge!(m::RAFT_TERM).set(status.term as f64);
         let log_entries = status.last_index + 1 - status.first_index;
         metrics::gauge!(m::RAFT_LOG_ENTRIES).set(log_entries as f64);
+        let memory_bytes = self.core.raw().log_memory_bytes();
+        metrics::gauge!(m::RAFT_LOG_MEMORY_BYTES).set(memory_bytes as f64);
         self.metrics.export_transport(&self.transport.stats());
         if self.peers_resolved_at.elapsed() >= Duration::from_millis(PEERS_RESOLVE_INTERVAL_MS) {
             self.resolve_peers();
@@ -485,6 +510,7 @@ impl Node {
                 }
             }
             Action::TakeSnapshot { meta, state } => self.take_snapshot(meta, state),
+            Action::LoadEntries(load) => self.load_entries(load),
             Action::Answer {
                 token,
                 mut response,
@@ -593,6 +619,36 @@ impl Node {
             let result = write_snapshot(&store, &meta, *state).map(|()| meta);
             let _ = done.send(result);
         });
+    }
+
+    /// Reads evicted entries back from the WAL on a blocking thread (the reads of one
+    /// follower follow each other: the core asks for the next once these were sent).
+    fn load_entries(&mut self, load: kvraft::EntriesToLoad) {
+        let dir = self._data_dir.wal_dir();
+        let record_bytes_max = self.wal_record_bytes_max;
+        let cursor = self.load_cursors.remove(&load.to);
+        let loaded = self.entries_loaded_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let read =
+                kvstorage::wal::load::read_entries(&dir, record_bytes_max, &load, cursor.as_ref());
+            let (entries, stopped) = read.unwrap_or_else(|error| {
+                tracing::warn!(
+                    to = load.to,
+                    "cannot read entries {}.. back: {error}",
+                    load.low
+                );
+                (Vec::new(), None)
+            });
+            let _ = loaded.send((load.to, load.low, entries, stopped));
+        });
+    }
+
+    fn on_entries_loaded(&mut self, (to, low, entries, stopped): LoadedEntries) {
+        metrics::counter!(m::RAFT_LOG_ENTRIES_LOADED_TOTAL).increment(entries.len() as u64);
+        if let Some(cursor) = stopped {
+            self.load_cursors.insert(to, cursor);
+        }
+        self.core.handle_entries_loaded(to, low, entries);
     }
 
     /// Logs and metrics from what the core observed.

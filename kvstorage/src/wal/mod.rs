@@ -1,16 +1,19 @@
 //! The write-ahead log: Raft entries and hard state, written in groups with one fdatasync each,
-//! recovered (and verified) once at startup. It is never read during normal operation: the Raft
-//! core keeps its log since the last snapshot in memory.
+//! recovered (and verified) once at startup. During normal operation it is read only for
+//! entries the Raft log evicted from memory (`load.rs`).
 //!
 //! - `record.rs`: the checksummed record (length, CRC32, kind, index, term, payload).
 //! - `segment.rs`: preallocated segment files and their header.
 //! - `reader.rs`: recovery. A torn tail of the last segment is cut with a warning; corruption
 //!   anywhere else, or a gap in indexes, refuses to start.
 //! - `writer.rs`: `WalWriter`, the synchronous core (append, truncate, compact).
+//! - `load.rs`: reading entries back while the WAL runs, for a leader whose follower needs
+//!   entries the Raft log evicted from memory.
 //! - `group.rs`: `Wal`, the group-commit front: one OS thread, a bounded queue, a callback that
 //!   reports "durable up to index N" after each fdatasync.
 
 pub mod group;
+pub mod load;
 pub mod reader;
 pub mod record;
 pub mod segment;

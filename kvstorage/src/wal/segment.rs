@@ -64,6 +64,30 @@ fn parse_name(name: &str) -> Option<(u64, Index)> {
     ))
 }
 
+/// The segment files of `dir` in `seq` order, read-only: temporary files are left alone (the
+/// WAL may be writing them). For reading entries back while the WAL runs (`load`).
+pub fn segment_files(dir: &Path) -> Result<Vec<SegmentId>, WalError> {
+    let io = |source| WalError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut segments = Vec::new();
+    for item in fs::read_dir(dir).map_err(io)? {
+        let item = item.map_err(io)?;
+        let name = item.file_name().to_string_lossy().into_owned();
+        if let Some((seq, first_index)) = parse_name(&name) {
+            let path = item.path();
+            segments.push(SegmentId {
+                seq,
+                first_index,
+                path,
+            });
+        }
+    }
+    segments.sort_by_key(|segment| segment.seq);
+    Ok(segments)
+}
+
 /// Lists the segments of `dir` in `seq` order. A temporary file (`.tmp`) is either a segment
 /// whose rename was not yet durable when the node stopped (its header is valid: it is renamed
 /// now), or a spare or segment creation that never held data (removed).
