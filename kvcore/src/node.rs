@@ -821,6 +821,9 @@ impl<T> NodeCore<T> {
         if self.snapshots.compaction_deferred.is_some() {
             return;
         }
+        if self.catching_up(applied, snapshot_index) {
+            return;
+        }
         // The configuration in force at `applied`, which may differ from the newest one.
         let Some(meta) = self.raw.snapshot_meta(applied) else {
             return;
@@ -829,6 +832,23 @@ impl<T> NodeCore<T> {
         let state = Box::new(self.sm.clone());
         self.snapshots.taking = true;
         self.actions.push(Action::TakeSnapshot { meta, state });
+    }
+
+    /// Whether this node is replaying a backlog of more than a snapshot interval (a follower
+    /// that installed the leader's snapshot and now applies the log after it), not for longer
+    /// than `COMPACTION_DEFERRED_CYCLES_MAX` intervals. A snapshot started now would hold every
+    /// value the replay overwrites, and copy every shard it writes, for as long as it is
+    /// written (measured, `bench scale`: the wiped follower, 0.19 GB above the other nodes,
+    /// 1.51x the state); its log stays small meanwhile (`log_memory_bytes_max`).
+    fn catching_up(&self, applied: Index, snapshot_index: Index) -> bool {
+        let every = self.config.snapshot_entries;
+        let backlog = self
+            .raw
+            .status()
+            .leader_commit_index
+            .saturating_sub(applied);
+        let since = applied.saturating_sub(snapshot_index);
+        backlog > every && since < every.saturating_mul(COMPACTION_DEFERRED_CYCLES_MAX)
     }
 
     // ------------------------------------------------------------------ answers

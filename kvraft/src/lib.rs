@@ -215,6 +215,9 @@ pub struct Status {
     pub vote: NodeId,
     pub leader: NodeId,
     pub commit_index: Index,
+    /// The highest commit index known cluster-wide: ours, or the highest a leader's append
+    /// carried. A follower whose applied index is far below it is catching up.
+    pub leader_commit_index: Index,
     pub applied_index: Index,
     pub first_index: Index,
     /// The first index held in memory; entries from `first_index` up to it are evicted (in
@@ -448,6 +451,7 @@ impl RawNode {
             vote: raft.vote,
             leader: raft.leader,
             commit_index: raft.log.committed,
+            leader_commit_index: raft.leader_commit.max(raft.log.committed),
             applied_index: raft.log.applied,
             first_index: raft.log.first_index(),
             memory_first_index: raft.log.memory_first_index(),

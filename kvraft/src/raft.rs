@@ -68,6 +68,9 @@ pub struct Raft {
     pub(crate) pending_snapshot: Option<SnapshotMeta>,
     /// Evicted entries a follower needs, for the caller to read from the WAL.
     pub(crate) entries_to_load: Vec<EntriesToLoad>,
+    /// The highest commit index a leader's append carried (its own, not capped by what we
+    /// hold): how far behind a follower catching up is.
+    pub(crate) leader_commit: Index,
 }
 
 impl Raft {
@@ -103,6 +106,7 @@ impl Raft {
             dropped_reads: Vec::new(),
             pending_snapshot: None,
             entries_to_load: Vec::new(),
+            leader_commit: 0,
             config,
         };
         raft.reset_randomized_election_timeout();
@@ -731,6 +735,7 @@ impl Raft {
             // than run with a configuration that differs from the leader's.
             return;
         }
+        self.leader_commit = self.leader_commit.max(commit);
         if prev_index < self.log.committed {
             let body = MessageBody::AppendResponse {
                 index: self.log.committed,

@@ -6,7 +6,7 @@ mod common;
 use common::{batch, entries, small_config};
 use kvraft::message::{Entry, Index, Term};
 use kvraft::EntriesToLoad;
-use kvstorage::wal::load::{read_entries, LoadCursor};
+use kvstorage::wal::load::{read_entries, read_entries_in_chunks, LoadCursor};
 use kvstorage::wal::WalWriter;
 
 const RECORD_BYTES_MAX: u64 = 1 << 20;
@@ -100,4 +100,21 @@ fn wal_load_continues_from_its_cursor() {
     let mut expected: Vec<(Index, Term, usize)> = (20..25).map(|i| (i, 1, 100)).collect();
     expected.extend((25..=50).map(|i| (i, 2, 60)));
     assert_eq!(shape(&read), expected);
+}
+
+/// "wal: load: records cut by the read's chunks are read whole"
+#[test]
+fn wal_load_reads_records_cut_by_its_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let _writer = overwritten_wal(dir.path());
+    let asked = load(20, 50, &[(20, 1), (25, 2)], u64::MAX);
+    let (whole, _) = read_entries(dir.path(), RECORD_BYTES_MAX, &asked, None).unwrap();
+    // Chunks of 1 to 9 bytes: every record, and every length field, is cut somewhere.
+    for chunk_bytes in 1..10 {
+        let (read, _) =
+            read_entries_in_chunks(dir.path(), RECORD_BYTES_MAX, &asked, None, chunk_bytes)
+                .unwrap();
+        assert_eq!(shape(&read), shape(&whole), "chunks of {chunk_bytes} bytes");
+    }
+    assert_eq!(whole.len(), 31);
 }

@@ -154,6 +154,8 @@ pub struct ClusterSpec {
     pub election_timeout_ms: u64,
     pub heartbeat_interval_ms: u64,
     pub snapshot_entries: u64,
+    /// Bytes of log entries a node keeps in memory; `None` keeps the node's default.
+    pub log_memory_bytes_max: Option<u64>,
     /// WAL segment size; `None` keeps the node's default.
     pub wal_segment_bytes: Option<u64>,
     /// Mount the fault-injecting filesystem (`nemesis::fs`) over every node's data directory
@@ -178,6 +180,8 @@ pub struct ConfigFile {
     pub heartbeat_interval_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_entries: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_memory_bytes_max: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wal_segment_bytes: Option<u64>,
     pub nodes: Vec<ConfigNode>,
@@ -250,6 +254,7 @@ impl ClusterSpec {
             election_timeout_ms: 1000,
             heartbeat_interval_ms: 100,
             snapshot_entries: 100_000,
+            log_memory_bytes_max: None,
             wal_segment_bytes: None,
             disk: false,
             disk_binary: default_nemesis_binary(),
@@ -352,6 +357,7 @@ impl ClusterSpec {
             election_timeout_ms: Some(self.election_timeout_ms),
             heartbeat_interval_ms: Some(self.heartbeat_interval_ms),
             snapshot_entries: Some(self.snapshot_entries),
+            log_memory_bytes_max: self.log_memory_bytes_max,
             wal_segment_bytes: self.wal_segment_bytes,
             nodes,
         }

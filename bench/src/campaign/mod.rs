@@ -46,6 +46,11 @@ const DISK_WAL_SEGMENT_BYTES: u64 = 256 << 10;
 /// Snapshot interval (applied entries) on disk-fault campaigns: snapshot files are written,
 /// renamed and compacted under the power cuts, and exist for disk-corrupt.
 const DISK_SNAPSHOT_ENTRIES: u64 = 2_000;
+/// Bytes of log entries a node keeps in memory in every campaign (the node's default is
+/// 64 MiB): about 400 puts, below `DISK_SNAPSHOT_ENTRIES`, so that a follower cut off by a
+/// fault for more than a moment is caught up from entries its leader reads back from the WAL,
+/// under the same faults (power cuts included).
+const CAMPAIGN_LOG_MEMORY_BYTES_MAX: u64 = 128 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CampaignError {
@@ -184,6 +189,7 @@ fn cluster_spec(settings: &CampaignSettings) -> Result<ClusterSpec, CampaignErro
     spec.hosts = settings.hosts.clone();
     spec.netns.prefix = args::NETNS_PREFIX.to_string();
     spec.netns.subnet = args::NETNS_SUBNET;
+    spec.log_memory_bytes_max = Some(CAMPAIGN_LOG_MEMORY_BYTES_MAX);
     if settings.disk() {
         spec.disk = true;
         spec.wal_segment_bytes = Some(DISK_WAL_SEGMENT_BYTES);

@@ -21,15 +21,22 @@
 //! written past our range) end the read early: the entries read so far (a contiguous run from
 //! `low`, every record checksummed) are returned, and the leader asks again for the rest.
 
-use std::fs;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use kvraft::message::{Entry, Index};
 use kvraft::EntriesToLoad;
 
-use super::record::{self, Decoded, Record};
+use super::record::{self, DecodeError, Decoded, Record};
 use super::segment::{self, SEGMENT_HEADER_BYTES};
 use super::WalError;
+
+/// How much of a segment one read takes at a time (more if a record is larger).
+const LOAD_READ_CHUNK_BYTES: usize = 4 << 20;
+/// A record's length field: fewer bytes left in a chunk than this cannot tell the end of the
+/// log from a cut record.
+const RECORD_LENGTH_BYTES: usize = 4;
 
 /// Where a read stopped: the next record to look at and the index wanted there.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,11 +54,24 @@ pub fn read_entries(
     load: &EntriesToLoad,
     cursor: Option<&LoadCursor>,
 ) -> Result<(Vec<Entry>, Option<LoadCursor>), WalError> {
+    read_entries_in_chunks(dir, record_bytes_max, load, cursor, LOAD_READ_CHUNK_BYTES)
+}
+
+/// `read_entries`, reading segments `chunk_bytes` at a time (tests use tiny chunks, so that
+/// records are cut everywhere).
+pub fn read_entries_in_chunks(
+    dir: &Path,
+    record_bytes_max: u64,
+    load: &EntriesToLoad,
+    cursor: Option<&LoadCursor>,
+    chunk_bytes: usize,
+) -> Result<(Vec<Entry>, Option<LoadCursor>), WalError> {
     let segments = segment::segment_files(dir)?;
     let record_bytes_max = usize::try_from(record_bytes_max).unwrap_or(usize::MAX);
     let mut reader = Reader {
         load,
         record_bytes_max,
+        chunk_bytes: chunk_bytes.max(1),
         entries: Vec::new(),
         bytes: 0,
         stopped: None,
@@ -74,6 +94,7 @@ pub fn read_entries(
 struct Reader<'a> {
     load: &'a EntriesToLoad,
     record_bytes_max: usize,
+    chunk_bytes: usize,
     entries: Vec<Entry>,
     bytes: u64,
     stopped: Option<LoadCursor>,
@@ -93,17 +114,21 @@ impl Reader<'_> {
     fn scan(&mut self, segments: &[segment::SegmentId], offset: usize) -> Result<(), WalError> {
         let mut offset = offset;
         for segment in segments {
-            let bytes = match fs::read(&segment.path) {
-                Ok(bytes) => bytes,
+            let io = |source| WalError::Io {
+                path: segment.path.clone(),
+                source,
+            };
+            let file = match File::open(&segment.path) {
+                Ok(file) => file,
                 // Compacted (deleted or recycled) meanwhile: what follows may still be there.
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(source) => {
-                    let path = segment.path.clone();
-                    return Err(WalError::Io { path, source });
-                }
+                Err(source) => return Err(io(source)),
             };
-            if segment::check_header(&bytes, segment).is_ok() {
-                self.scan_segment(&segment.path, &bytes, offset);
+            let file_bytes = file.metadata().map_err(io)?.len() as usize;
+            let header = read_at(&file, 0, SEGMENT_HEADER_BYTES.min(file_bytes)).map_err(io)?;
+            if segment::check_header(&header, segment).is_ok() {
+                self.scan_segment(&segment.path, &file, file_bytes, offset)
+                    .map_err(io)?;
             }
             if self.done() {
                 break;
@@ -113,18 +138,45 @@ impl Reader<'_> {
         Ok(())
     }
 
-    fn scan_segment(&mut self, path: &Path, bytes: &[u8], mut offset: usize) {
+    /// Reads the records of one segment from `offset` in chunks of `chunk_bytes`
+    /// (a catch-up reads a 16 MiB segment once, about a megabyte per append, not the whole
+    /// file per append), until done or the end of what was written.
+    fn scan_segment(
+        &mut self,
+        path: &Path,
+        file: &File,
+        file_bytes: usize,
+        mut offset: usize,
+    ) -> std::io::Result<()> {
+        let mut chunk: Vec<u8> = Vec::new();
+        let mut chunk_start = offset;
+        let mut want = self.chunk_bytes;
         while !self.done() {
-            let Some(rest) = bytes.get(offset..) else {
-                return;
-            };
+            let rest = chunk.get(offset - chunk_start..).unwrap_or_default();
+            let decoded = record::decode(rest, self.record_bytes_max);
+            let chunk_end = chunk_start + chunk.len();
+            // A record cut by the chunk's end, not the log's: read on from it.
+            let cut = chunk_end < file_bytes
+                && match &decoded {
+                    Err(DecodeError::Torn { needed_bytes, .. }) => {
+                        want = want.max(*needed_bytes);
+                        true
+                    }
+                    Ok(Decoded::End) => rest.len() < RECORD_LENGTH_BYTES,
+                    Ok(Decoded::Record { .. }) | Err(_) => false,
+                };
+            if cut {
+                chunk = read_at(file, offset, want.min(file_bytes - offset))?;
+                chunk_start = offset;
+                continue;
+            }
             // The end of what was written, or a record being written (or zeroed) right now.
             let Ok(Decoded::Record {
                 record,
                 record_bytes,
-            }) = record::decode(rest, self.record_bytes_max)
+            }) = decoded
             else {
-                return;
+                return Ok(());
             };
             offset += record_bytes;
             match record {
@@ -140,9 +192,16 @@ impl Reader<'_> {
                         });
                     }
                 }
-                Record::SegmentEnd => return,
+                Record::SegmentEnd => return Ok(()),
                 Record::HardState(_) | Record::Truncate { .. } | Record::Compact { .. } => {}
             }
         }
+        Ok(())
     }
+}
+
+fn read_at(file: &File, offset: usize, bytes: usize) -> std::io::Result<Vec<u8>> {
+    let mut buffer = vec![0; bytes];
+    file.read_exact_at(&mut buffer, offset as u64)?;
+    Ok(buffer)
 }
