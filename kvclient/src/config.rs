@@ -83,7 +83,7 @@ fn default_snapshot_entries() -> u64 {
     SNAPSHOT_ENTRIES_DEFAULT
 }
 /// The node's default `log_memory_bytes_max` (kvcore's `LOG_MEMORY_BYTES_MAX_DEFAULT`).
-pub const LOG_MEMORY_BYTES_MAX_DEFAULT: u64 = 64 << 20;
+pub const LOG_MEMORY_BYTES_MAX_DEFAULT: u64 = 16 << 20;
 fn default_log_memory_bytes_max() -> u64 {
     LOG_MEMORY_BYTES_MAX_DEFAULT
 }

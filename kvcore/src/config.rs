@@ -2,7 +2,7 @@
 //! named with its unit.
 
 /// The default `CoreConfig::log_memory_bytes_max`.
-pub const LOG_MEMORY_BYTES_MAX_DEFAULT: u64 = 64 << 20;
+pub const LOG_MEMORY_BYTES_MAX_DEFAULT: u64 = 16 << 20;
 
 /// What the node core may hold and how long it waits.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,7 +30,8 @@ pub struct CoreConfig {
     /// entries"). Larger budgets serve lagging followers from memory longer; smaller ones keep
     /// a node closer to its state's size (a follower catching up replays up to
     /// `COMPACTION_DEFERRED_CYCLES_MAX` snapshot intervals, at 8M keys about a million entries,
-    /// 450 bytes each in memory). Default 64 MiB, about 200k entries of 256-byte values.
+    /// 450 bytes each in memory). Default 16 MiB, about 50k entries of 256-byte values (half a
+    /// snapshot interval).
     pub log_memory_bytes_max: u64,
 }
 

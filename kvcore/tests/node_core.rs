@@ -94,7 +94,7 @@ impl Harness {
                     self.snapshots_pending.push((id, meta, *state))
                 }
                 Action::SendSnapshot { to, meta } => self.snapshot_sends.push((id, to, meta)),
-                // These tests keep the default memory budget (64 MiB): nothing is evicted.
+                // These tests keep the default memory budget (16 MiB): nothing is evicted.
                 Action::LoadEntries(load) => panic!("n{id} evicted entries: {load:?}"),
             }
         }

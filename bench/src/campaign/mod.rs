@@ -47,7 +47,7 @@ const DISK_WAL_SEGMENT_BYTES: u64 = 256 << 10;
 /// renamed and compacted under the power cuts, and exist for disk-corrupt.
 const DISK_SNAPSHOT_ENTRIES: u64 = 2_000;
 /// Bytes of log entries a node keeps in memory in every campaign (the node's default is
-/// 64 MiB): about 400 puts, below `DISK_SNAPSHOT_ENTRIES`, so that a follower cut off by a
+/// 16 MiB): about 400 puts, below `DISK_SNAPSHOT_ENTRIES`, so that a follower cut off by a
 /// fault for more than a moment is caught up from entries its leader reads back from the WAL,
 /// under the same faults (power cuts included).
 const CAMPAIGN_LOG_MEMORY_BYTES_MAX: u64 = 128 << 10;

@@ -627,6 +627,16 @@ impl Node {
         let dir = self._data_dir.wal_dir();
         let record_bytes_max = self.wal_record_bytes_max;
         let cursor = self.load_cursors.remove(&load.to);
+        if cursor.as_ref().is_none_or(|c| c.next_index != load.low) {
+            // A new catch-up (later reads continue where this one stops).
+            tracing::info!(
+                to = load.to,
+                "reading entries {}..={} back from the WAL for n{} (evicted from memory)",
+                load.low,
+                load.high,
+                load.to
+            );
+        }
         let loaded = self.entries_loaded_tx.clone();
         tokio::task::spawn_blocking(move || {
             let read =
