@@ -604,9 +604,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_leader_sends_evicted_entries_only_as_read_back_with_its_terms() {
-        // Node 1 holds 1..=5 of term 1, all committed; it leads {1, 2} in term 2.
+    /// Node 1 holds 1..=5 of term 1, all committed; it leads {1, 2} in term 2 (its no-op 6
+    /// not yet committed) and evicted 1..=5 from memory.
+    fn leader_with_evicted_log() -> RawNode {
         let restored = Restored {
             hard_state: HardState {
                 term: 1,
@@ -635,6 +635,12 @@ mod tests {
         let evicted: Vec<Index> = node.evict_entries(0).iter().map(|e| e.index).collect();
         assert_eq!(evicted, vec![1, 2, 3, 4, 5]);
         assert_eq!(node.log_term(3), Some(1), "an evicted entry keeps its term");
+        node
+    }
+
+    #[test]
+    fn a_leader_sends_evicted_entries_only_as_read_back_with_its_terms() {
+        let mut node = leader_with_evicted_log();
         // Node 2 has only entry 1: the leader asks for 2..=5 from the WAL, once.
         let hint = Some(message::RejectHint { index: 1, term: 1 });
         let rejected = || MessageBody::AppendResponse {
@@ -671,5 +677,36 @@ mod tests {
             })
             .collect();
         assert_eq!(sent, vec![(1, vec![2, 3, 4, 5])]);
+    }
+
+    #[test]
+    fn a_leader_reads_evicted_entries_for_a_follower_one_read_at_a_time() {
+        let mut node = leader_with_evicted_log();
+        let hint = Some(message::RejectHint { index: 1, term: 1 });
+        let rejected = MessageBody::AppendResponse {
+            index: 5,
+            reject: hint,
+        };
+        node.step(from_2(rejected)).expect("step");
+        let (_, loads) = settle(&mut node);
+        assert_eq!(loads.iter().map(|l| l.low).collect::<Vec<_>>(), vec![2]);
+        // The follower acknowledges 3 meanwhile (it needs 4 on): no second read while the
+        // first is out.
+        let acknowledged = MessageBody::AppendResponse {
+            index: 3,
+            reject: None,
+        };
+        node.step(from_2(acknowledged)).expect("step");
+        let (messages, loads) = settle(&mut node);
+        assert!(
+            loads.is_empty() && messages.is_empty(),
+            "{loads:?} {messages:?}"
+        );
+        // The first read's answer comes too late for the follower: it is not sent, and the
+        // read of what the follower needs now starts.
+        node.entries_loaded(2, 2, (2..=5).map(|index| entry(index, 1)).collect());
+        let (messages, loads) = settle(&mut node);
+        assert!(messages.is_empty(), "sent {messages:?}");
+        assert_eq!(loads.iter().map(|l| l.low).collect::<Vec<_>>(), vec![4]);
     }
 }

@@ -91,7 +91,7 @@ pub struct Progress {
     /// is decoding it): `Raft::follower_behind` counts it as behind, not as gone.
     pub snapshot_installing: Option<Index>,
     /// Entries from this index, evicted from memory, are being read from the WAL for this
-    /// follower (`Raft::request_entries`); at most one read at a time.
+    /// follower (`Raft::request_entries`); at most one read at a time, cleared by its answer.
     pub loading: Option<Index>,
     pub inflights: Inflights,
 }

@@ -943,13 +943,14 @@ impl Raft {
     }
 
     /// The follower needs entries evicted from memory (`RaftLog::evict`): asks the driver to
-    /// read them from the WAL (`Ready::entries_to_load`), one read per follower at a time.
+    /// read them from the WAL (`Ready::entries_to_load`), one read per follower at a time
+    /// (what a read in flight holds is bounded, whatever the follower answers meanwhile).
     /// The append goes out when they arrive (`entries_loaded`). Sends nothing now.
     fn request_entries(&mut self, to: NodeId, low: Index) -> bool {
         let Some(progress) = self.progress.get_mut(&to) else {
             return false;
         };
-        if progress.loading == Some(low) {
+        if progress.loading.is_some() {
             return false;
         }
         progress.loading = Some(low);
@@ -975,7 +976,12 @@ impl Raft {
             return;
         }
         progress.loading = None;
-        if self.role != Role::Leader || progress.next_index != low || progress.is_paused() {
+        if self.role != Role::Leader || progress.is_paused() {
+            return;
+        }
+        if progress.next_index != low {
+            // The follower moved on while we read: ask for what it needs now.
+            self.send_append(to, false);
             return;
         }
         // Our log may have moved on meanwhile (a compaction): only entries it still holds, in

@@ -32,8 +32,10 @@ use super::record::{self, DecodeError, Decoded, Record};
 use super::segment::{self, SEGMENT_HEADER_BYTES};
 use super::WalError;
 
-/// How much of a segment one read takes at a time (more if a record is larger).
+/// The most of a segment one read takes at a time (more if a record is larger).
 const LOAD_READ_CHUNK_BYTES: usize = 4 << 20;
+/// Read beyond a load's byte budget, for the records that complete it.
+const LOAD_READ_SLACK_BYTES: usize = 64 << 10;
 /// A record's length field: fewer bytes left in a chunk than this cannot tell the end of the
 /// log from a cut record.
 const RECORD_LENGTH_BYTES: usize = 4;
@@ -54,7 +56,12 @@ pub fn read_entries(
     load: &EntriesToLoad,
     cursor: Option<&LoadCursor>,
 ) -> Result<(Vec<Entry>, Option<LoadCursor>), WalError> {
-    read_entries_in_chunks(dir, record_bytes_max, load, cursor, LOAD_READ_CHUNK_BYTES)
+    // About one chunk per read: what is asked for, and a little more for the record that
+    // crosses the budget.
+    let wanted = usize::try_from(load.bytes_max).unwrap_or(usize::MAX);
+    let chunk_bytes = wanted.saturating_add(LOAD_READ_SLACK_BYTES);
+    let chunk_bytes = chunk_bytes.min(LOAD_READ_CHUNK_BYTES);
+    read_entries_in_chunks(dir, record_bytes_max, load, cursor, chunk_bytes)
 }
 
 /// `read_entries`, reading segments `chunk_bytes` at a time (tests use tiny chunks, so that
@@ -138,9 +145,9 @@ impl Reader<'_> {
         Ok(())
     }
 
-    /// Reads the records of one segment from `offset` in chunks of `chunk_bytes`
-    /// (a catch-up reads a 16 MiB segment once, about a megabyte per append, not the whole
-    /// file per append), until done or the end of what was written.
+    /// Reads the records of one segment from `offset` in chunks of `chunk_bytes` (a catch-up
+    /// reads a 16 MiB segment about once, a megabyte per append, not the whole file per
+    /// append), until done or the end of what was written.
     fn scan_segment(
         &mut self,
         path: &Path,
