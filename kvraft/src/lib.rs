@@ -709,4 +709,34 @@ mod tests {
         assert!(messages.is_empty(), "sent {messages:?}");
         assert_eq!(loads.iter().map(|l| l.low).collect::<Vec<_>>(), vec![4]);
     }
+
+    #[test]
+    fn a_leader_gives_up_a_read_of_evicted_entries_never_answered() {
+        let mut node = leader_with_evicted_log();
+        let hint = Some(message::RejectHint { index: 1, term: 1 });
+        let rejected = MessageBody::AppendResponse {
+            index: 5,
+            reject: hint,
+        };
+        node.step(from_2(rejected)).expect("step");
+        let (_, loads) = settle(&mut node);
+        assert_eq!(loads.len(), 1);
+        let heartbeat_answer = || MessageBody::HeartbeatResponse { read_round: 0 };
+        // Within an election timeout the read is still awaited: nothing is asked again.
+        node.step(from_2(heartbeat_answer())).expect("step");
+        assert!(settle(&mut node).1.is_empty());
+        // The driver never answers: after two election timeouts the read is given up, and the
+        // next heartbeat answer asks again.
+        for _ in 0..2 * Config::new(1).election_timeout_ticks {
+            node.tick();
+            let granted = MessageBody::HeartbeatResponse { read_round: 0 };
+            node.step(from_2(granted)).expect("step");
+            let (_, loads) = settle(&mut node);
+            if !loads.is_empty() {
+                assert_eq!(loads[0].low, 2);
+                return;
+            }
+        }
+        panic!("the read was never asked again");
+    }
 }

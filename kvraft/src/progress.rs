@@ -93,6 +93,8 @@ pub struct Progress {
     /// Entries from this index, evicted from memory, are being read from the WAL for this
     /// follower (`Raft::request_entries`); at most one read at a time, cleared by its answer.
     pub loading: Option<Index>,
+    /// An election timeout passed since `loading` was set (`Raft::expire_loads`).
+    pub loading_round_passed: bool,
     pub inflights: Inflights,
 }
 
@@ -107,6 +109,7 @@ impl Progress {
             previously_active: false,
             snapshot_installing: None,
             loading: None,
+            loading_round_passed: false,
             inflights: Inflights::new(messages_max, bytes_max),
         }
     }

@@ -400,6 +400,7 @@ impl Raft {
         self.election_elapsed += 1;
         if self.election_elapsed >= self.config.election_timeout_ticks {
             self.election_elapsed = 0;
+            self.expire_loads();
             if self.config.check_quorum && !self.quorum_active() {
                 self.become_follower(self.term, 0);
                 return;
@@ -410,6 +411,22 @@ impl Raft {
         if self.heartbeat_elapsed >= self.config.heartbeat_interval_ticks {
             self.heartbeat_elapsed = 0;
             self.broadcast_heartbeat();
+        }
+    }
+
+    /// Gives up reads of evicted entries (`request_entries`) the driver has not answered within
+    /// one to two election timeouts, so that replication to the follower does not hang on a
+    /// driver that lost one: the next append asks again, and a late answer is ignored unless
+    /// it answers that new read.
+    fn expire_loads(&mut self) {
+        for progress in self.progress.values_mut() {
+            if progress.loading.is_none() {
+                continue;
+            }
+            if progress.loading_round_passed {
+                progress.loading = None;
+            }
+            progress.loading_round_passed = !progress.loading_round_passed;
         }
     }
 
@@ -954,6 +971,7 @@ impl Raft {
             return false;
         }
         progress.loading = Some(low);
+        progress.loading_round_passed = false;
         let high = self.log.memory_first_index() - 1;
         self.entries_to_load.push(EntriesToLoad {
             to,
