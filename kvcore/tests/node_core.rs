@@ -761,6 +761,44 @@ fn node_core_a_follower_replaying_a_backlog_takes_no_snapshot_meanwhile() {
     );
 }
 
+/// While a follower decodes the snapshot it was streamed, the leader probes it with empty
+/// appends: entries sent meanwhile are dropped (a decoding follower holds its answers), and
+/// once evicted from memory they were read back from the WAL at every heartbeat answer
+/// (`bench scale`: a megabyte ten times a second for the 9 s of a decode).
+#[test]
+fn node_core_a_follower_decoding_a_snapshot_is_sent_no_entries() {
+    let (mut h, meta, mut seq) = follower_catching_up_from_snapshot();
+    puts(&mut h, &mut seq, 2 * CATCH_UP_SNAPSHOT_ENTRIES);
+    h.cores[2].handle_snapshot_arriving(meta.clone());
+    h.cores[0].handle_snapshot_sent(3, true);
+    h.drive(1);
+    let mut appends = 0;
+    for _ in 0..10 {
+        for id in 1..=3 {
+            h.cores[(id - 1) as usize].tick();
+            h.drive(id);
+        }
+        // One hop at a time, looking at what goes to node 3 before it is delivered.
+        for _ in 0..4 {
+            for message in h.network.iter().filter(|m| m.to == 3) {
+                if let MessageBody::Append { entries, .. } = &message.body {
+                    appends += 1;
+                    assert!(entries.is_empty(), "entries sent to a decoding follower");
+                }
+            }
+            for message in std::mem::take(&mut h.network) {
+                let to = message.to;
+                h.cores[(to - 1) as usize].handle_message(message);
+                h.drive(to);
+            }
+            for id in 1..=3 {
+                h.sync(id);
+            }
+        }
+    }
+    assert!(appends > 0, "the leader probes the decoding follower");
+}
+
 /// The wait is bounded: a follower that never finishes catching up does not grow the leader's
 /// log past `COMPACTION_DEFERRED_CYCLES_MAX` snapshot cycles.
 #[test]
