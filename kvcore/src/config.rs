@@ -29,7 +29,7 @@ pub struct CoreConfig {
     /// back from the WAL when a follower needs them (`proto-docs/storage.md`, "Evicted
     /// entries"). Larger budgets serve lagging followers from memory longer; smaller ones keep
     /// a node closer to its state's size (a follower catching up replays up to
-    /// `COMPACTION_DEFERRED_CYCLES_MAX` snapshot intervals, at 8M keys about a million entries,
+    /// `COMPACTION_DEFERRED_CYCLES_MAX` snapshot intervals, at 8M keys a million entries or more,
     /// 450 bytes each in memory). Default 16 MiB, about 50k entries of 256-byte values (half a
     /// snapshot interval).
     pub log_memory_bytes_max: u64,
