@@ -664,6 +664,31 @@ fn follower_catching_up_from_snapshot_with(
     (h, meta, seq)
 }
 
+/// The leader's stream of its snapshot `meta` to node 3 ends well: node 3 starts decoding it.
+/// Returns the state the snapshot holds, for node 3 to install.
+fn stream_snapshot_to_3(h: &mut Harness, meta: &SnapshotMeta) -> StateMachine {
+    let state = (h.snapshots_taken.iter())
+        .find(|(id, m, _)| *id == 1 && m == meta)
+        .map(|(_, _, state)| state.clone())
+        .unwrap();
+    h.cores[2].handle_snapshot_arriving(meta.clone());
+    h.cores[0].handle_snapshot_sent(3, true);
+    h.drive(1);
+    state
+}
+
+/// Node 3 finished decoding the snapshot `meta` holding `state`: it installs it and catches
+/// up. Returns the leader's commit index, which node 3 has applied.
+fn install_and_catch_up_3(h: &mut Harness, meta: &SnapshotMeta, state: StateMachine) -> u64 {
+    h.cores[2].handle_snapshot_received(meta.clone(), state);
+    h.drive(3);
+    h.settle();
+    ticks(h, 6);
+    let commit = h.cores[0].status().commit_index;
+    assert_eq!(h.cores[2].state_machine().applied_index(), commit);
+    commit
+}
+
 /// A leader does not compact its log past a follower catching up (by snapshot, then by log):
 /// it keeps writing snapshots, but the compaction waits until the follower is past them.
 /// Otherwise the follower, once it installed one snapshot, would need the next, and a large
@@ -689,13 +714,7 @@ fn node_core_a_leader_keeps_its_log_for_a_follower_catching_up() {
     );
     // The stream ends; node 3 decodes the file and installs it, then takes the entries after
     // it from the leader's log: no second snapshot.
-    let state = (h.snapshots_taken.iter())
-        .find(|(id, m, _)| *id == 1 && *m == meta)
-        .map(|(_, _, state)| state.clone())
-        .unwrap();
-    h.cores[2].handle_snapshot_arriving(meta.clone());
-    h.cores[0].handle_snapshot_sent(3, true);
-    h.drive(1);
+    let state = stream_snapshot_to_3(&mut h, &meta);
     h.settle();
     // Node 3 (holding the InstallSnapshot) decodes for a while without a word (check-quorum
     // rounds pass): the leader still keeps its log for it.
@@ -707,12 +726,7 @@ fn node_core_a_leader_keeps_its_log_for_a_follower_catching_up() {
         "the leader compacted while node 3 decoded its snapshot"
     );
     h.isolated = None;
-    h.cores[2].handle_snapshot_received(meta.clone(), state);
-    h.drive(3);
-    h.settle();
-    ticks(&mut h, 6);
-    let commit = h.cores[0].status().commit_index;
-    assert_eq!(h.cores[2].state_machine().applied_index(), commit);
+    install_and_catch_up_3(&mut h, &meta, state);
     let sends = (h.snapshot_sends.iter())
         .filter(|(_, to, _)| *to == 3)
         .count();
@@ -735,20 +749,9 @@ fn node_core_a_follower_replaying_a_backlog_takes_no_snapshot_meanwhile() {
     };
     let (mut h, meta, mut seq) = follower_catching_up_from_snapshot_with(one_entry_appends);
     puts(&mut h, &mut seq, 5 * CATCH_UP_SNAPSHOT_ENTRIES);
-    let state = (h.snapshots_taken.iter())
-        .find(|(id, m, _)| *id == 1 && *m == meta)
-        .map(|(_, _, state)| state.clone())
-        .unwrap();
-    h.cores[2].handle_snapshot_arriving(meta.clone());
-    h.cores[0].handle_snapshot_sent(3, true);
-    h.drive(1);
+    let state = stream_snapshot_to_3(&mut h, &meta);
     h.settle();
-    h.cores[2].handle_snapshot_received(meta.clone(), state);
-    h.drive(3);
-    h.settle();
-    ticks(&mut h, 6);
-    let commit = h.cores[0].status().commit_index;
-    assert_eq!(h.cores[2].state_machine().applied_index(), commit);
+    let commit = install_and_catch_up_3(&mut h, &meta, state);
     assert!(commit - meta.last_index > 4 * CATCH_UP_SNAPSHOT_ENTRIES);
     let replaying: Vec<u64> = (h.snapshots_taken.iter())
         .filter(|(id, m, _)| *id == 3 && m.last_index > meta.last_index)
@@ -769,9 +772,7 @@ fn node_core_a_follower_replaying_a_backlog_takes_no_snapshot_meanwhile() {
 fn node_core_a_follower_decoding_a_snapshot_is_sent_no_entries() {
     let (mut h, meta, mut seq) = follower_catching_up_from_snapshot();
     puts(&mut h, &mut seq, 2 * CATCH_UP_SNAPSHOT_ENTRIES);
-    h.cores[2].handle_snapshot_arriving(meta.clone());
-    h.cores[0].handle_snapshot_sent(3, true);
-    h.drive(1);
+    drop(stream_snapshot_to_3(&mut h, &meta));
     let mut appends = 0;
     for _ in 0..10 {
         for id in 1..=3 {

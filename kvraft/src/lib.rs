@@ -679,16 +679,22 @@ mod tests {
         assert_eq!(sent, vec![(1, vec![2, 3, 4, 5])]);
     }
 
-    #[test]
-    fn a_leader_reads_evicted_entries_for_a_follower_one_read_at_a_time() {
-        let mut node = leader_with_evicted_log();
+    /// Node 2 rejects the leader's append at 5: it holds only entry 1. Returns the reads of
+    /// evicted entries that follow.
+    fn rejected_back_to_1(node: &mut RawNode) -> Vec<EntriesToLoad> {
         let hint = Some(message::RejectHint { index: 1, term: 1 });
         let rejected = MessageBody::AppendResponse {
             index: 5,
             reject: hint,
         };
         node.step(from_2(rejected)).expect("step");
-        let (_, loads) = settle(&mut node);
+        settle(node).1
+    }
+
+    #[test]
+    fn a_leader_reads_evicted_entries_for_a_follower_one_read_at_a_time() {
+        let mut node = leader_with_evicted_log();
+        let loads = rejected_back_to_1(&mut node);
         assert_eq!(loads.iter().map(|l| l.low).collect::<Vec<_>>(), vec![2]);
         // The follower acknowledges 3 meanwhile (it needs 4 on): no second read while the
         // first is out.
@@ -713,13 +719,7 @@ mod tests {
     #[test]
     fn a_leader_gives_up_a_read_of_evicted_entries_never_answered() {
         let mut node = leader_with_evicted_log();
-        let hint = Some(message::RejectHint { index: 1, term: 1 });
-        let rejected = MessageBody::AppendResponse {
-            index: 5,
-            reject: hint,
-        };
-        node.step(from_2(rejected)).expect("step");
-        let (_, loads) = settle(&mut node);
+        let loads = rejected_back_to_1(&mut node);
         assert_eq!(loads.len(), 1);
         let heartbeat_answer = || MessageBody::HeartbeatResponse { read_round: 0 };
         // Within an election timeout the read is still awaited: nothing is asked again.
