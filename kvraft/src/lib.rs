@@ -184,8 +184,7 @@ impl EntriesToLoad {
         if index < self.low || index > self.high {
             return None;
         }
-        let runs = self.terms.partition_point(|&(first, _)| first <= index);
-        runs.checked_sub(1).map(|run| self.terms[run].1)
+        log::term_in_runs(&self.terms, index)
     }
 }
 

@@ -128,11 +128,8 @@ impl RaftLog {
 
     /// The term of an evicted entry (`snapshot.last_index < index <= memory_base`).
     fn evicted_term(&self, index: Index) -> Term {
-        let runs = self
-            .evicted_terms
-            .partition_point(|&(first, _)| first <= index);
-        assert!(runs > 0, "no term run for evicted entry {index}");
-        self.evicted_terms[runs - 1].1
+        let term = term_in_runs(&self.evicted_terms, index);
+        term.unwrap_or_else(|| panic!("no term run for evicted entry {index}"))
     }
 
     /// The term runs `(first index, term)` covering `low..=high`, all evicted; the first run
@@ -432,6 +429,13 @@ impl RaftLog {
     pub fn entries(&self) -> &[Entry] {
         &self.entries
     }
+}
+
+/// The term of `index` in runs of `(first index, term)`, ascending: the run starting at or
+/// before it. `None` before the first run.
+pub fn term_in_runs(runs: &[(Index, Term)], index: Index) -> Option<Term> {
+    let before = runs.partition_point(|&(first, _)| first <= index);
+    before.checked_sub(1).map(|run| runs[run].1)
 }
 
 /// The WAL's entries to restore next to a snapshot, after a restart.
