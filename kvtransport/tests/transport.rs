@@ -560,6 +560,45 @@ async fn transport_concurrent_client_requests_all_answered() {
     n1.shutdown().await;
 }
 
+/// Requests below and above the size the client copies into its batched write
+/// (`REQUEST_COPY_BYTES_MAX`, 4 KiB) interleave on one session and are each answered with
+/// their own bytes: the copied and the uncopied frames keep their order and framing.
+#[tokio::test]
+async fn transport_mixed_request_sizes_in_one_batch_are_framed_whole() {
+    const TASKS: usize = 16;
+    const REQUESTS_PER_TASK: usize = 20;
+    let sizes = [1usize, 300, 4 << 10, (4 << 10) + 1, 40_000];
+    let cluster = Cluster::new();
+    let (n1, rx1) = cluster.start(1);
+    let _others = spawn_echo(rx1);
+    let client = ClientConn::connect(cluster.addrs[0], "n1", &cluster.tls("client1")).await;
+    let client = std::sync::Arc::new(client.unwrap());
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..TASKS {
+        let client = client.clone();
+        tasks.spawn(async move {
+            for request in 0..REQUESTS_PER_TASK {
+                let len = sizes[(task + request) % sizes.len()];
+                let body: Vec<u8> = (0..len).map(|i| (i * 31 + task + request) as u8).collect();
+                let response = client.request(Bytes::from(body.clone()), wait()).await;
+                let mut expected = body;
+                expected.reverse();
+                assert_eq!(
+                    response.unwrap(),
+                    Bytes::from(expected),
+                    "task {task} #{request}"
+                );
+            }
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.unwrap();
+    }
+    let answered = TransportStats::get(&n1.stats().client_requests_total);
+    assert_eq!(answered, (TASKS * REQUESTS_PER_TASK) as u64);
+    n1.shutdown().await;
+}
+
 /// Connects `tls` to `addr` until the node accepts (it notices closed connections a moment
 /// after their client does), bounded by WAIT_MS_MAX.
 async fn connect_eventually(addr: SocketAddr, tls: &TlsMaterial) -> ClientConn {

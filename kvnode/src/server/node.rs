@@ -28,8 +28,16 @@ use tokio::sync::{mpsc, oneshot};
 use super::metrics as m;
 use super::ServerError;
 
-/// Inbound events handled before the driver turns to the core (batching window).
-const INBOUND_BATCH_MAX: usize = 4096;
+/// Inbound events handled before the driver turns to the core (batching window). When a
+/// burst holds more, the driver performs what the first part produced (the leader's append
+/// goes out, its WAL write starts) and yields, so the connection tasks send it before the
+/// rest of the burst is handled: followers and the disk start on the first part while the
+/// leader takes the second. Without the cut, a wave of 64 client requests went through the
+/// leader, then the followers, then back, one stage after another. Measured (bench put, 64
+/// clients, embedded cluster, 6 interleaved rounds): 64.7k ops/s with a window of 4096 and no
+/// yield, 79.7k with 32 and the yield (with the client's coalesced writes and larger
+/// packets; those alone: 63.7k).
+const INBOUND_BATCH_MAX: usize = 32;
 /// How often the driver re-resolves its peers anyway (see `Node::resolve_peers`).
 const PEERS_RESOLVE_INTERVAL_MS: u64 = 1_000;
 /// How long a leader waits for a leadership transfer on shutdown.
@@ -209,6 +217,7 @@ impl Node {
         let tick = Duration::from_millis(self.config.tick_ms);
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut cut = false;
         loop {
             tokio::select! {
                 biased;
@@ -219,12 +228,15 @@ impl Node {
                 _ = ticker.tick() => self.on_tick(),
                 Some(event) = self.inbound.recv() => {
                     self.on_inbound(event);
-                    for _ in 0..INBOUND_BATCH_MAX {
+                    let mut handled = 1;
+                    while handled < INBOUND_BATCH_MAX {
                         match self.inbound.try_recv() {
                             Ok(event) => self.on_inbound(event),
                             Err(_) => break,
                         }
+                        handled += 1;
                     }
+                    cut = handled >= INBOUND_BATCH_MAX;
                 }
                 Some(done) = self.snapshot_done.recv() => self.on_snapshot_taken(done)?,
                 Some(loaded) = self.snapshot_loaded.recv() => self.on_snapshot_loaded(loaded),
@@ -234,6 +246,11 @@ impl Node {
                 self.on_durable(report)?;
             }
             self.perform()?;
+            if cut {
+                // More of the burst is queued: let what was just sent leave first.
+                cut = false;
+                tokio::task::yield_now().await;
+            }
         }
         self.shutdown().await
     }
