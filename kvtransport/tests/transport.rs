@@ -528,36 +528,48 @@ async fn transport_snapshot_file_streams_and_arrives_identical() {
     n2.shutdown().await;
 }
 
-#[tokio::test]
-async fn transport_concurrent_client_requests_all_answered() {
-    const TASKS: usize = 64;
-    const REQUESTS_PER_TASK: usize = 200;
+/// One node answering client requests with their bytes reversed, and `tasks` tasks sharing
+/// one client connection, each sending `requests_per_task` requests made by
+/// `body(task, request)`: every answer must be its own request reversed, and the node must
+/// count every request.
+async fn echo_concurrently(
+    tasks: usize,
+    requests_per_task: usize,
+    body: fn(usize, usize) -> Vec<u8>,
+) {
     let cluster = Cluster::new();
     let (n1, rx1) = cluster.start(1);
     let _others = spawn_echo(rx1);
     let client = ClientConn::connect(cluster.addrs[0], "n1", &cluster.tls("client1")).await;
     let client = std::sync::Arc::new(client.unwrap());
-    let mut tasks = tokio::task::JoinSet::new();
-    for task in 0..TASKS {
+    let mut running = tokio::task::JoinSet::new();
+    for task in 0..tasks {
         let client = client.clone();
-        tasks.spawn(async move {
-            for request in 0..REQUESTS_PER_TASK {
-                let body = format!("{task}:{request}");
-                let response = client
-                    .request(Bytes::from(body.clone()), wait())
-                    .await
-                    .unwrap();
-                let expected: String = body.chars().rev().collect();
-                assert_eq!(response, Bytes::from(expected));
+        running.spawn(async move {
+            for request in 0..requests_per_task {
+                let sent = body(task, request);
+                let response = client.request(Bytes::from(sent.clone()), wait()).await;
+                let mut expected = sent;
+                expected.reverse();
+                let response = response.unwrap();
+                assert_eq!(response, Bytes::from(expected), "task {task} #{request}");
             }
         });
     }
-    while let Some(result) = tasks.join_next().await {
+    while let Some(result) = running.join_next().await {
         result.unwrap();
     }
     let answered = TransportStats::get(&n1.stats().client_requests_total);
-    assert_eq!(answered, (TASKS * REQUESTS_PER_TASK) as u64);
+    assert_eq!(answered, (tasks * requests_per_task) as u64);
     n1.shutdown().await;
+}
+
+#[tokio::test]
+async fn transport_concurrent_client_requests_all_answered() {
+    echo_concurrently(64, 200, |task, request| {
+        format!("{task}:{request}").into_bytes()
+    })
+    .await;
 }
 
 /// Requests below and above the size the client copies into its batched write
@@ -565,38 +577,12 @@ async fn transport_concurrent_client_requests_all_answered() {
 /// their own bytes: the copied and the uncopied frames keep their order and framing.
 #[tokio::test]
 async fn transport_mixed_request_sizes_in_one_batch_are_framed_whole() {
-    const TASKS: usize = 16;
-    const REQUESTS_PER_TASK: usize = 20;
-    let sizes = [1usize, 300, 4 << 10, (4 << 10) + 1, 40_000];
-    let cluster = Cluster::new();
-    let (n1, rx1) = cluster.start(1);
-    let _others = spawn_echo(rx1);
-    let client = ClientConn::connect(cluster.addrs[0], "n1", &cluster.tls("client1")).await;
-    let client = std::sync::Arc::new(client.unwrap());
-    let mut tasks = tokio::task::JoinSet::new();
-    for task in 0..TASKS {
-        let client = client.clone();
-        tasks.spawn(async move {
-            for request in 0..REQUESTS_PER_TASK {
-                let len = sizes[(task + request) % sizes.len()];
-                let body: Vec<u8> = (0..len).map(|i| (i * 31 + task + request) as u8).collect();
-                let response = client.request(Bytes::from(body.clone()), wait()).await;
-                let mut expected = body;
-                expected.reverse();
-                assert_eq!(
-                    response.unwrap(),
-                    Bytes::from(expected),
-                    "task {task} #{request}"
-                );
-            }
-        });
-    }
-    while let Some(result) = tasks.join_next().await {
-        result.unwrap();
-    }
-    let answered = TransportStats::get(&n1.stats().client_requests_total);
-    assert_eq!(answered, (TASKS * REQUESTS_PER_TASK) as u64);
-    n1.shutdown().await;
+    const SIZES: [usize; 5] = [1, 300, 4 << 10, (4 << 10) + 1, 40_000];
+    echo_concurrently(16, 20, |task, request| {
+        let len = SIZES[(task + request) % SIZES.len()];
+        (0..len).map(|i| (i * 31 + task + request) as u8).collect()
+    })
+    .await;
 }
 
 /// Connects `tls` to `addr` until the node accepts (it notices closed connections a moment
