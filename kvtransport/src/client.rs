@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tokio::io::BufReader;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -22,11 +22,6 @@ use super::{TransportError, TransportLimits};
 pub const CLIENT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Request frames gathered into one write on a session stream.
 const SESSION_WRITE_BATCH_MAX: usize = 256;
-/// Requests up to this size are copied next to their header into one write buffer, larger
-/// ones written as they are. One buffer per batch, not two chunks per request: quinn keeps
-/// each written chunk as a segment until acknowledged and finds a frame's bytes by walking
-/// them, so a burst of small chunks costs time quadratic in the burst.
-const REQUEST_COPY_BYTES_MAX: usize = 4 << 10;
 /// Read buffer of a session stream's answers.
 const SESSION_READ_BUFFER_BYTES: usize = 16 << 10;
 
@@ -304,18 +299,9 @@ async fn write_requests(
         for queued in &batch {
             // `request` checked the length against `request_bytes_max` (a u32).
             let header = session::request_header(queued.id, queued.request.len() as u32);
-            buf.reserve(header.len() + queued.request.len().min(REQUEST_COPY_BYTES_MAX));
-            buf.put_slice(&header);
-            if queued.request.len() <= REQUEST_COPY_BYTES_MAX {
-                buf.put_slice(&queued.request);
-            } else {
-                chunks.push(buf.split().freeze());
-                chunks.push(queued.request.clone());
-            }
+            session::push_frame(&mut buf, &mut chunks, &header, queued.request.clone());
         }
-        if !buf.is_empty() {
-            chunks.push(buf.split().freeze());
-        }
+        session::finish_frames(&mut buf, &mut chunks);
         if let Err(e) = send.write_all_chunks(&mut chunks).await {
             return session.close(Closed::from_error(e.into()));
         }

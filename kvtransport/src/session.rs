@@ -40,9 +40,12 @@ pub const REQUEST_HEADER_BYTES: usize = 12;
 pub const ANSWER_HEADER_BYTES: usize = 16;
 /// Read buffer of a session stream: a burst of small requests is one read.
 const SESSION_READ_BUFFER_BYTES: usize = 16 << 10;
-/// Answers up to this size are copied next to their header into one write buffer; larger ones
-/// are written as they are (no copy of a response of megabytes).
-const ANSWER_COPY_BYTES_MAX: usize = 4 << 10;
+/// Frame bodies (answers, and the client's requests) up to this size are copied next to their
+/// header into one write buffer; larger ones are written as they are (no copy of a body of
+/// megabytes). One buffer per write, not two chunks per frame: quinn keeps each written chunk
+/// as a segment until acknowledged and walks the segments for every frame it sends, so a
+/// burst of small chunks costs time quadratic in the burst.
+const FRAME_COPY_BYTES_MAX: usize = 4 << 10;
 /// Answers gathered into one write.
 const WRITE_BATCH_ANSWERS_MAX: usize = 256;
 
@@ -230,26 +233,39 @@ async fn write_answers(
             } else {
                 (answer.code, answer.body)
             };
-            buf.reserve(ANSWER_HEADER_BYTES + body.len().min(ANSWER_COPY_BYTES_MAX));
-            buf.put_u64_le(answer.id);
-            buf.put_u32_le(code);
+            let mut header = [0u8; ANSWER_HEADER_BYTES];
+            header[..8].copy_from_slice(&answer.id.to_le_bytes());
+            header[8..12].copy_from_slice(&code.to_le_bytes());
             // Bounded by client_response_bytes_max (a u32) above.
-            buf.put_u32_le(body.len() as u32);
-            if body.len() <= ANSWER_COPY_BYTES_MAX {
-                buf.put_slice(&body);
-            } else {
-                chunks.push(buf.split().freeze());
-                chunks.push(body);
-            }
+            header[12..].copy_from_slice(&(body.len() as u32).to_le_bytes());
+            push_frame(&mut buf, &mut chunks, &header, body);
         }
-        if !buf.is_empty() {
-            chunks.push(buf.split().freeze());
-        }
+        finish_frames(&mut buf, &mut chunks);
         if send.write_all_chunks(&mut chunks).await.is_err() {
             // The client is gone or stopped reading answers: drop the rest as they come.
             return;
         }
         chunks.clear();
+    }
+}
+
+/// Adds a frame (`header`, `body`) to a write: copied into `buf` if the body is small, else
+/// `buf` so far and the body as chunks of their own. `finish_frames` ends the write.
+pub(crate) fn push_frame(buf: &mut BytesMut, chunks: &mut Vec<Bytes>, header: &[u8], body: Bytes) {
+    buf.reserve(header.len() + body.len().min(FRAME_COPY_BYTES_MAX));
+    buf.put_slice(header);
+    if body.len() <= FRAME_COPY_BYTES_MAX {
+        buf.put_slice(&body);
+    } else {
+        chunks.push(buf.split().freeze());
+        chunks.push(body);
+    }
+}
+
+/// Moves what `push_frame` left in `buf` into `chunks`, ready for `write_all_chunks`.
+pub(crate) fn finish_frames(buf: &mut BytesMut, chunks: &mut Vec<Bytes>) {
+    if !buf.is_empty() {
+        chunks.push(buf.split().freeze());
     }
 }
 

@@ -573,7 +573,7 @@ async fn transport_concurrent_client_requests_all_answered() {
 }
 
 /// Requests below and above the size the client copies into its batched write
-/// (`REQUEST_COPY_BYTES_MAX`, 4 KiB) interleave on one session and are each answered with
+/// (`FRAME_COPY_BYTES_MAX`, 4 KiB) interleave on one session and are each answered with
 /// their own bytes: the copied and the uncopied frames keep their order and framing.
 #[tokio::test]
 async fn transport_mixed_request_sizes_in_one_batch_are_framed_whole() {
