@@ -218,7 +218,6 @@ impl Node {
         let tick = Duration::from_millis(self.config.tick_ms);
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut cut = false;
         loop {
             tokio::select! {
                 biased;
@@ -229,15 +228,12 @@ impl Node {
                 _ = ticker.tick() => self.on_tick(),
                 Some(event) = self.inbound.recv() => {
                     self.on_inbound(event);
-                    let mut handled = 1;
-                    while handled < INBOUND_BATCH_MAX {
+                    for _ in 1..INBOUND_BATCH_MAX {
                         match self.inbound.try_recv() {
                             Ok(event) => self.on_inbound(event),
                             Err(_) => break,
                         }
-                        handled += 1;
                     }
-                    cut = handled >= INBOUND_BATCH_MAX;
                 }
                 Some(done) = self.snapshot_done.recv() => self.on_snapshot_taken(done)?,
                 Some(loaded) = self.snapshot_loaded.recv() => self.on_snapshot_loaded(loaded),
@@ -247,9 +243,8 @@ impl Node {
                 self.on_durable(report)?;
             }
             self.perform()?;
-            if cut {
-                // More of the burst is queued: let what was just sent leave first.
-                cut = false;
+            if !self.inbound.is_empty() {
+                // More of a burst is queued: let what was just sent leave first.
                 tokio::task::yield_now().await;
             }
         }
