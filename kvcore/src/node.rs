@@ -1017,8 +1017,13 @@ fn read_response(sm: &StateMachine, op: &Op) -> ClientResponse {
 /// that installed the leader's snapshot, or restarted) snapshots early in its next window
 /// rather than a whole cycle later. The log is most of a node's memory after the state
 /// (`proto-docs/storage.md`): waiting for the window after next let it grow to `every` plus a
-/// window. A node that is not a voter, or a cycle too short to cut, has no window: it
-/// snapshots every `every` entries.
+/// window. A node whose applied index jumped over its window (a follower that lagged applies
+/// what it missed in one batch) is overdue once more than `every` entries went by, and
+/// snapshots then, out of turn: waiting for its window would let the log grow to two cycles,
+/// and without further writes it would never snapshot (found by CI: a follower that caught up
+/// in one batch after 100 writes took no snapshot). In turn, a node snapshots at most `every`
+/// entries after its last one, so the overdue rule changes nothing there. A node that is not a
+/// voter, or a cycle too short to cut, has no window: it snapshots every `every` entries.
 fn snapshot_due(
     applied: Index,
     snapshot_index: Index,
@@ -1035,7 +1040,8 @@ fn snapshot_due(
     // The remainder of an uneven cut belongs to the last voter.
     let slot = ((applied % every) / window).min(voters.len() as u64 - 1);
     let longest_window = every - window * (voters.len() as u64 - 1);
-    since >= longest_window && slot == position as u64
+    let overdue = since > every;
+    overdue || (since >= longest_window && slot == position as u64)
 }
 
 #[cfg(test)]
@@ -1086,6 +1092,33 @@ mod tests {
         ] {
             let at = next(id, from).unwrap();
             assert!(at - from <= 90, "node {id} from {from}: at {at}");
+        }
+        // Applied indexes that jump over the window (a follower catching up in one batch):
+        // node 2 (window 30..60) went from 20 to 65 and on to 120 without a snapshot. Once
+        // more than a cycle went by, it is overdue and snapshots out of turn, at once.
+        assert!(!snapshot_due(65, 0, 90, 2, &voters));
+        assert!(!snapshot_due(90, 0, 90, 2, &voters));
+        assert!(snapshot_due(91, 0, 90, 2, &voters));
+        assert!(snapshot_due(130, 5, 90, 1, &voters) && snapshot_due(130, 5, 90, 3, &voters));
+        // What the node test saw: 40 a cycle, node 1 (window 0..13) applied 1..=101 at once.
+        assert!(snapshot_due(101, 0, 40, 1, &voters));
+        // The overdue rule never takes a node applying one index at a time out of turn: from a
+        // snapshot in its window, the next one is in its window too, even or uneven cut.
+        for every in [90, 100] {
+            let window = every / 3;
+            for id in 1..=3u64 {
+                let slot = |a: u64| ((a % every) / window).min(2) + 1;
+                for from in (every..3 * every).filter(|&from| slot(from) == id) {
+                    let at = (from + 1..10 * every)
+                        .find(|&a| snapshot_due(a, from, every, id, &voters))
+                        .unwrap();
+                    assert_eq!(
+                        slot(at),
+                        id,
+                        "every {every}, node {id} from {from}: at {at}"
+                    );
+                }
+            }
         }
         // An uneven cut: the remainder (index 99 of 100 = 3 x 33 + 1) is the last voter's, and
         // the last voter does not snapshot twice in its longer window (66..100).
