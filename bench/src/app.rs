@@ -76,15 +76,17 @@ pub struct RunOutcome {
     pub summary_text: String,
     /// What summary.json holds (`--json` prints it).
     pub summary: serde_json::Value,
-    pub final_reads_failed: u64,
+    /// Why the final reads fell short, if they did (`LoadReport::final_reads_shortfall`).
+    pub final_reads_shortfall: Option<String>,
 }
 
 impl RunOutcome {
-    /// `false` if the checker found the history invalid.
+    /// `false` if the checker found the history invalid, or final reads failed (the cluster
+    /// stopped answering, or lost keys).
     pub fn passed(&self) -> bool {
-        self.check
-            .as_ref()
-            .is_none_or(|check| check.valid != checker::Validity::Invalid)
+        let valid = self.check.as_ref();
+        valid.is_none_or(|check| check.valid != checker::Validity::Invalid)
+            && self.final_reads_shortfall.is_none()
     }
 }
 
@@ -202,6 +204,7 @@ async fn drive(
         duration: settings.duration(),
         rate: settings.rate,
         seed: settings.seed,
+        final_reads_timeout: Duration::from_millis(settings.final_reads_timeout_ms),
     };
     let progress = Arc::new(Progress::default());
     let ticker = (!settings.quiet).then(|| ProgressLine::start(progress.clone()));
@@ -234,11 +237,18 @@ fn finish(
         &run_dir.join("timeseries.csv"),
         stats.timeseries_csv().as_bytes(),
     )?;
-    let check = if settings.check {
+    let mut check = if settings.check {
         Some(check_history(settings, run_dir)?)
     } else {
         None
     };
+    let shortfall = measured.report.final_reads_shortfall();
+    if let (Some(check), Some(reason)) = (&mut check, &shortfall) {
+        if check.valid == checker::Validity::Valid {
+            check.valid = checker::Validity::Unknown;
+            check.verdict = format!("unknown: {reason}");
+        }
+    }
     let summary = serde_json::json!({
         "kind": "bench",
         "run_dir": run_dir,
@@ -250,6 +260,7 @@ fn finish(
         "final_reads": {
             "ok": measured.report.final_reads_ok,
             "failed": measured.report.final_reads_failed,
+            "gave_up": measured.report.final_reads_gave_up,
         },
         "check": &check,
     });
@@ -264,7 +275,7 @@ fn finish(
         check,
         summary_text,
         summary,
-        final_reads_failed: measured.report.final_reads_failed,
+        final_reads_shortfall: shortfall,
     })
 }
 

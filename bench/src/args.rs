@@ -95,6 +95,11 @@ pub struct Args {
     /// How long one attempt (one node) waits for an answer before the client tries the next.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+    /// The final reads (every key read once after the load, so that a lost write shows) stop
+    /// once this long has gone by without one answered; the keys left unread count as failed
+    /// final reads, and the checker's verdict cannot be `valid`.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub final_reads_timeout: Duration,
     /// Worker threads of bench's own runtime (1: a single-threaded runtime).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
@@ -200,6 +205,7 @@ pub struct Settings {
     pub seed: u64,
     pub results: PathBuf,
     pub timeout_ms: u64,
+    pub final_reads_timeout_ms: u64,
     pub threads: usize,
     pub quiet: bool,
     pub disk_fs: bool,
@@ -245,8 +251,8 @@ pub fn settings(args: Args, clock_seed: u64) -> Result<Settings, String> {
         return Err("--keys must be > 0".into());
     }
     check_target(&args)?;
-    if args.request_timeout.is_zero() || args.threads == 0 {
-        return Err("--request-timeout and --threads must be > 0".into());
+    if args.request_timeout.is_zero() || args.final_reads_timeout.is_zero() || args.threads == 0 {
+        return Err("--request-timeout, --final-reads-timeout and --threads must be > 0".into());
     }
     let check = if args.no_check {
         false
@@ -288,6 +294,7 @@ pub fn settings(args: Args, clock_seed: u64) -> Result<Settings, String> {
         seed: args.seed.unwrap_or(clock_seed),
         results: args.results,
         timeout_ms: args.request_timeout.as_millis() as u64,
+        final_reads_timeout_ms: args.final_reads_timeout.as_millis() as u64,
         threads: args.threads,
         quiet: args.quiet,
         disk_fs: args.disk_fs,

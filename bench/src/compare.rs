@@ -298,6 +298,7 @@ fn run_settings(
         seed,
         results: dir.join(format!("{}-{}", case.name(), target.name())),
         timeout_ms: REQUEST_TIMEOUT_MS,
+        final_reads_timeout_ms: crate::runner::FINAL_READS_TIMEOUT_DEFAULT.as_millis() as u64,
         threads: 1,
         quiet: true,
         disk_fs: false,

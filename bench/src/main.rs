@@ -63,8 +63,8 @@ fn main() -> ExitCode {
                 println!("\nResults: {}", outcome.run_dir.display());
                 println!("Report: {}", outcome.run_dir.join("report.html").display());
             }
-            if outcome.final_reads_failed > 0 {
-                eprintln!("warning: {} final reads failed", outcome.final_reads_failed);
+            if let Some(shortfall) = &outcome.final_reads_shortfall {
+                eprintln!("bench: {shortfall}");
             }
             if outcome.passed() {
                 ExitCode::SUCCESS

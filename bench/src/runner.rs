@@ -18,6 +18,8 @@ use crate::workload::{self, Planned, Workload};
 
 /// Times a final read of one key is tried before it is left `fail`/`info` in the history.
 pub const FINAL_READ_ATTEMPTS_MAX: u32 = 5;
+/// Default of `LoadConfig::final_reads_timeout` (`--final-reads-timeout`).
+pub const FINAL_READS_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug)]
 pub struct LoadConfig {
@@ -27,6 +29,11 @@ pub struct LoadConfig {
     /// Total operations per second over all clients (open loop); `None`: closed loop.
     pub rate: Option<f64>,
     pub seed: u64,
+    /// The final reads stop once this long has gone by without one of them answered: a
+    /// cluster that died (or never recovered) would otherwise hold the run for every key's
+    /// attempts (measured: a 6 s run whose cluster was killed was still reading after 90 s).
+    /// The keys left unread count as failed final reads.
+    pub final_reads_timeout: Duration,
 }
 
 /// Live counters for a progress line.
@@ -42,7 +49,33 @@ pub struct LoadReport {
     /// From the first intended send to the last answer of the timed phase.
     pub elapsed: Duration,
     pub final_reads_ok: u64,
+    /// Keys whose final read was tried and never answered, or never tried (see
+    /// `final_reads_gave_up`).
     pub final_reads_failed: u64,
+    /// The final reads stopped early: none answered for `LoadConfig::final_reads_timeout`.
+    pub final_reads_gave_up: bool,
+}
+
+impl LoadReport {
+    /// Why the final reads leave the history short, if they do: a write lost on a key whose
+    /// final read failed may show in no read, so such a history cannot be called valid (as
+    /// Jepsen's set checker says `unknown` for a set it never read).
+    pub fn final_reads_shortfall(&self) -> Option<String> {
+        if self.final_reads_failed == 0 {
+            return None;
+        }
+        let failed = self.final_reads_failed;
+        let total = failed + self.final_reads_ok;
+        let why = if self.final_reads_gave_up {
+            " (none was answered for the final-reads timeout)"
+        } else {
+            ""
+        };
+        Some(format!(
+            "{failed} of {total} final reads failed{why}: a lost write on those keys may show \
+             in no read"
+        ))
+    }
 }
 
 /// Process ids: workers start as `0..clients`; one whose operation ended `info` continues as a
@@ -94,6 +127,7 @@ pub struct TimedLoad {
     pub elapsed: Duration,
     clients: u32,
     processes: Arc<Processes>,
+    final_reads_timeout: Duration,
 }
 
 impl TimedLoad {
@@ -105,6 +139,7 @@ impl TimedLoad {
             elapsed: self.elapsed,
             final_reads_ok: 0,
             final_reads_failed: 0,
+            final_reads_gave_up: false,
         }
     }
 
@@ -114,13 +149,22 @@ impl TimedLoad {
         workload: &Arc<Workload>,
         recorder: &Arc<Recorder>,
     ) -> LoadReport {
-        let (final_reads_ok, final_reads_failed) =
-            final_reads(target, workload, recorder, &self.processes, self.clients).await;
+        let stall = Arc::new(Stall::new(self.final_reads_timeout));
+        let (final_reads_ok, final_reads_failed) = final_reads(
+            target,
+            workload,
+            recorder,
+            &self.processes,
+            self.clients,
+            &stall,
+        )
+        .await;
         LoadReport {
             stats: self.stats,
             elapsed: self.elapsed,
             final_reads_ok,
             final_reads_failed,
+            final_reads_gave_up: stall.gave_up.load(Ordering::Relaxed),
         }
     }
 }
@@ -164,6 +208,48 @@ pub async fn run_timed(
         elapsed: start.elapsed(),
         clients: config.clients,
         processes,
+        final_reads_timeout: config.final_reads_timeout,
+    }
+}
+
+/// When the final reads last made progress, shared by their workers: past `timeout` without
+/// an answer, they give up.
+struct Stall {
+    timeout: Duration,
+    /// Nanoseconds from `start` to the last answered final read (or to the start).
+    answered_ns: AtomicU64,
+    start: Instant,
+    gave_up: std::sync::atomic::AtomicBool,
+}
+
+impl Stall {
+    fn new(timeout: Duration) -> Stall {
+        Stall {
+            timeout,
+            answered_ns: AtomicU64::new(0),
+            start: Instant::now(),
+            gave_up: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// When the final reads give up unless one is answered before.
+    fn deadline(&self) -> Instant {
+        let answered = Duration::from_nanos(self.answered_ns.load(Ordering::Relaxed));
+        self.start + answered + self.timeout
+    }
+
+    fn answered(&self) {
+        let now = self.start.elapsed().as_nanos() as u64;
+        self.answered_ns.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Whether to stop (and it is recorded that they gave up).
+    fn expired(&self) -> bool {
+        let expired = Instant::now() >= self.deadline();
+        if expired {
+            self.gave_up.store(true, Ordering::Relaxed);
+        }
+        expired
     }
 }
 
@@ -194,13 +280,15 @@ async fn preload(workers: Vec<Worker>, clients: u32) -> Vec<Worker> {
     ready
 }
 
-/// Reads every key the workload used, retrying each until it is answered.
+/// Reads every key the workload used, retrying each up to `FINAL_READ_ATTEMPTS_MAX` times,
+/// until `stall` says to give up.
 async fn final_reads(
     target: Target<'_>,
     workload: &Arc<Workload>,
     recorder: &Arc<Recorder>,
     processes: &Arc<Processes>,
     clients: u32,
+    stall: &Arc<Stall>,
 ) -> (u64, u64) {
     let keys = workload.keys_used();
     let mut tasks = tokio::task::JoinSet::new();
@@ -213,8 +301,8 @@ async fn final_reads(
             processes: processes.clone(),
             progress: Arc::new(Progress::default()),
         };
-        let keys = keys.clone();
-        tasks.spawn(async move { worker.final_reads(keys, clients).await });
+        let (keys, stall) = (keys.clone(), stall.clone());
+        tasks.spawn(async move { worker.final_reads(keys, clients, &stall).await });
     }
     let (mut ok, mut failed) = (0, 0);
     while let Some(joined) = tasks.join_next().await {
@@ -303,7 +391,14 @@ impl Worker {
         Executed { error, info }
     }
 
-    async fn final_reads(mut self, keys: std::ops::Range<u64>, clients: u32) -> (u64, u64) {
+    /// This worker's share of the final reads; a key left unread (`stall` expired) counts as
+    /// failed.
+    async fn final_reads(
+        mut self,
+        keys: std::ops::Range<u64>,
+        clients: u32,
+        stall: &Stall,
+    ) -> (u64, u64) {
         let (mut ok, mut failed) = (0, 0);
         let mut process = self.processes.fresh();
         let index = u64::from(self.index);
@@ -312,8 +407,17 @@ impl Worker {
             let planned = self.workload.final_read(key);
             let mut answered = false;
             for _ in 0..FINAL_READ_ATTEMPTS_MAX {
-                let executed = self.execute(process, &planned, None).await;
+                if stall.expired() {
+                    break;
+                }
+                // Cut at the deadline, the read is recorded `info` (its `Pending` dropped).
+                let attempt = self.execute(process, &planned, None);
+                let Ok(executed) = tokio::time::timeout_at(stall.deadline(), attempt).await else {
+                    process = self.processes.fresh();
+                    continue;
+                };
                 if executed.error.is_none() {
+                    stall.answered();
                     answered = true;
                     break;
                 }

@@ -336,6 +336,7 @@ fn drive(args: &ScaleArgs, seed: u64, cluster: &mut Cluster) -> Result<ScaleRepo
         duration: args.phase,
         rate: None,
         seed,
+        final_reads_timeout: runner::FINAL_READS_TIMEOUT_DEFAULT,
     };
     // Steady phase.
     let steady_from = sampler.now();

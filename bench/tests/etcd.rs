@@ -48,7 +48,7 @@ fn etcd_register_history_is_checked_valid() {
             "no {f}: {per_op:?}"
         );
     }
-    assert_eq!(outcome.final_reads_failed, 0);
+    assert_eq!(outcome.final_reads_shortfall, None);
 }
 
 #[test]

@@ -161,6 +161,14 @@ pub fn run(settings: &CampaignSettings) -> Result<CampaignOutcome, CampaignError
         } else {
             verdict = format!("{verdict}; {reason}");
         }
+    } else if let Some(reason) = ran.report.final_reads_shortfall() {
+        if checked.valid == checker::Validity::Valid {
+            checked.valid = checker::Validity::Unknown;
+            checked.unknown_reason = Some(reason);
+            verdict = checked.verdict_line();
+        } else {
+            verdict = format!("{verdict}; {reason}");
+        }
     }
     let summary = summary_json(settings, &ran, &checked, &verdict);
     write_json(&run_dir.join("summary.json"), &summary)?;
@@ -307,6 +315,7 @@ fn load_with_faults(
         duration: Duration::from_secs_f64(settings.time_limit_s),
         rate: settings.rate,
         seed: settings.seed,
+        final_reads_timeout: runner::FINAL_READS_TIMEOUT_DEFAULT,
     };
     let injected = Arc::new(AtomicU64::new(0));
     let progress = Arc::new(Progress::default());
