@@ -3,7 +3,7 @@
 //! stall is charged to every op it delays: no coordinated omission), every op recorded in the
 //! history, then final reads of every key.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -219,7 +219,7 @@ struct Stall {
     /// Nanoseconds from `start` to the last answered final read (or to the start).
     answered_ns: AtomicU64,
     start: Instant,
-    gave_up: std::sync::atomic::AtomicBool,
+    gave_up: AtomicBool,
 }
 
 impl Stall {
@@ -228,7 +228,7 @@ impl Stall {
             timeout,
             answered_ns: AtomicU64::new(0),
             start: Instant::now(),
-            gave_up: std::sync::atomic::AtomicBool::new(false),
+            gave_up: AtomicBool::new(false),
         }
     }
 

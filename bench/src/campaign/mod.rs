@@ -436,7 +436,11 @@ fn summary_json(
         "ops_failed": stats.errors,
         "ops_per_s": ran.report.stats.figures(ran.report.elapsed).ops_per_s,
         "history_events": ran.events,
-        "final_reads": {"ok": ran.report.final_reads_ok, "failed": ran.report.final_reads_failed},
+        "final_reads": {
+            "ok": ran.report.final_reads_ok,
+            "failed": ran.report.final_reads_failed,
+            "gave_up": ran.report.final_reads_gave_up,
+        },
         "faults_injected": ran.records.len(),
         "faults": &ran.records,
         "fault_errors": &ran.fault_errors,
