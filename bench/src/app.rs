@@ -66,6 +66,16 @@ pub struct CheckSummary {
     pub anomaly_types: Vec<String>,
 }
 
+impl CheckSummary {
+    /// Final reads failed (`reason`): a valid history becomes unknown, an invalid one stays.
+    fn final_reads_short(&mut self, reason: &str) {
+        if self.valid == checker::Validity::Valid {
+            self.valid = checker::Validity::Unknown;
+            self.verdict = format!("unknown: {reason}");
+        }
+    }
+}
+
 /// What a run produced.
 #[derive(Debug)]
 pub struct RunOutcome {
@@ -244,10 +254,7 @@ fn finish(
     };
     let shortfall = measured.report.final_reads_shortfall();
     if let (Some(check), Some(reason)) = (&mut check, &shortfall) {
-        if check.valid == checker::Validity::Valid {
-            check.valid = checker::Validity::Unknown;
-            check.verdict = format!("unknown: {reason}");
-        }
+        check.final_reads_short(reason);
     }
     let summary = serde_json::json!({
         "kind": "bench",
@@ -402,5 +409,28 @@ impl ProgressLine {
     fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.thread.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CheckSummary;
+    use checker::Validity;
+
+    #[test]
+    fn failed_final_reads_make_a_valid_verdict_unknown_and_leave_an_invalid_one() {
+        let summary = |valid| CheckSummary {
+            valid,
+            verdict: "checker's".into(),
+            anomaly_types: Vec::new(),
+        };
+        let mut valid = summary(Validity::Valid);
+        valid.final_reads_short("3 of 8 final reads failed");
+        assert_eq!(valid.valid, Validity::Unknown);
+        assert_eq!(valid.verdict, "unknown: 3 of 8 final reads failed");
+        let mut invalid = summary(Validity::Invalid);
+        invalid.final_reads_short("3 of 8 final reads failed");
+        assert_eq!(invalid.valid, Validity::Invalid);
+        assert_eq!(invalid.verdict, "checker's");
     }
 }

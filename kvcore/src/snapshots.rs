@@ -29,6 +29,9 @@ pub(crate) struct Snapshots {
     received: VecDeque<(SnapshotMeta, StateMachine)>,
     /// Our own snapshot is being written (at most one at a time).
     pub taking: bool,
+    /// The applied index when `NodeCore::maybe_snapshot` last looked (`None`: not yet), so
+    /// that a window the applied index jumped over is seen (`snapshot_due`).
+    pub checked_applied: Option<u64>,
     /// Our newest snapshot, written, whose compaction of the log waits for a follower
     /// (`NodeCore::handle_snapshot_taken`).
     pub compaction_deferred: Option<SnapshotMeta>,

@@ -635,7 +635,7 @@ async fn node_a_retried_write_applies_once() {
 }
 
 /// A follower that lagged gets what it missed in one batch, so its applied index jumps over
-/// its turn to snapshot (kvcore's `snapshot_due`); it snapshots anyway, once overdue. Before,
+/// its turn to snapshot (kvcore's `snapshot_due`); it snapshots anyway, at once. Before,
 /// it waited for its window in a later cycle, which never came without more writes (a CI run
 /// of `node_restarted_follower_recovers_from_wal_and_snapshot` failed on it).
 #[tokio::test(flavor = "current_thread")]
