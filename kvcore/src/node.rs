@@ -819,7 +819,7 @@ impl<T> NodeCore<T> {
         // Windows passed while a snapshot is written (or while blocked below) are spent: only
         // a window the applied index jumped over since the last look is caught up on.
         let checked = self.snapshots.checked_applied.replace(applied);
-        let from = checked.unwrap_or(applied.saturating_sub(1)).min(applied);
+        let from = checked.unwrap_or(applied.saturating_sub(1));
         let status = self.raw.status();
         let snapshot_index = status.snapshot_index;
         let every = self.config.snapshot_entries;
@@ -1055,10 +1055,10 @@ fn snapshot_due(
         return false;
     }
     let position = position as u64;
-    if slot(first) == position || applied - first + 1 >= every {
+    if slot(first) == position {
         return true;
     }
-    // The start of the node's next window after `first`.
+    // The start of the node's next window after `first` (less than a cycle after it).
     let mut start = first - first % every + position * window;
     if start < first {
         start += every;

@@ -233,11 +233,8 @@ async fn write_answers(
             } else {
                 (answer.code, answer.body)
             };
-            let mut header = [0u8; ANSWER_HEADER_BYTES];
-            header[..8].copy_from_slice(&answer.id.to_le_bytes());
-            header[8..12].copy_from_slice(&code.to_le_bytes());
             // Bounded by client_response_bytes_max (a u32) above.
-            header[12..].copy_from_slice(&(body.len() as u32).to_le_bytes());
+            let header = answer_header(answer.id, code, body.len() as u32);
             push_frame(&mut buf, &mut chunks, &header, body);
         }
         finish_frames(&mut buf, &mut chunks);
@@ -274,6 +271,15 @@ pub(crate) fn request_header(id: u64, len: u32) -> [u8; REQUEST_HEADER_BYTES] {
     let mut header = [0u8; REQUEST_HEADER_BYTES];
     header[..8].copy_from_slice(&id.to_le_bytes());
     header[8..].copy_from_slice(&len.to_le_bytes());
+    header
+}
+
+/// Encodes an answer frame's header (node side); `read_answer_header` reads it.
+fn answer_header(id: u64, code: u32, len: u32) -> [u8; ANSWER_HEADER_BYTES] {
+    let mut header = [0u8; ANSWER_HEADER_BYTES];
+    header[..8].copy_from_slice(&id.to_le_bytes());
+    header[8..12].copy_from_slice(&code.to_le_bytes());
+    header[12..].copy_from_slice(&len.to_le_bytes());
     header
 }
 
