@@ -66,16 +66,6 @@ pub struct CheckSummary {
     pub anomaly_types: Vec<String>,
 }
 
-impl CheckSummary {
-    /// Final reads failed (`reason`): a valid history becomes unknown, an invalid one stays.
-    fn final_reads_short(&mut self, reason: &str) {
-        if self.valid == checker::Validity::Valid {
-            self.valid = checker::Validity::Unknown;
-            self.verdict = format!("unknown: {reason}");
-        }
-    }
-}
-
 /// What a run produced.
 #[derive(Debug)]
 pub struct RunOutcome {
@@ -247,15 +237,12 @@ fn finish(
         &run_dir.join("timeseries.csv"),
         stats.timeseries_csv().as_bytes(),
     )?;
-    let mut check = if settings.check {
-        Some(check_history(settings, run_dir)?)
+    let shortfall = measured.report.final_reads_shortfall();
+    let check = if settings.check {
+        Some(check_history(settings, run_dir, shortfall.clone())?)
     } else {
         None
     };
-    let shortfall = measured.report.final_reads_shortfall();
-    if let (Some(check), Some(reason)) = (&mut check, &shortfall) {
-        check.final_reads_short(reason);
-    }
     let summary = serde_json::json!({
         "kind": "bench",
         "run_dir": run_dir,
@@ -297,7 +284,12 @@ fn cpu_text(cpu: &CpuFigures) -> String {
     )
 }
 
-fn check_history(settings: &Settings, run_dir: &Path) -> Result<CheckSummary, BenchError> {
+/// Checks the run's history; `shortfall` (failed final reads) keeps a valid verdict unknown.
+fn check_history(
+    settings: &Settings,
+    run_dir: &Path,
+    shortfall: Option<String>,
+) -> Result<CheckSummary, BenchError> {
     let path = run_dir.join("history.jsonl");
     let history =
         checker::history::read_jsonl(&path).map_err(|e| BenchError::Check(e.to_string()))?;
@@ -306,10 +298,13 @@ fn check_history(settings: &Settings, run_dir: &Path) -> Result<CheckSummary, Be
         ..checker::Options::default()
     };
     let workload = settings.workload.checker_workload();
-    let report = checker::check(&history, workload, &options)
+    let mut report = checker::check(&history, workload, &options)
         .map_err(|e| BenchError::Check(e.to_string()))?;
     let json = serde_json::to_vec_pretty(&report).map_err(|e| BenchError::Check(e.to_string()))?;
     output::write(&run_dir.join("checker.json"), &json)?;
+    if let Some(reason) = shortfall {
+        report.not_valid(reason);
+    }
     let anomaly_types = report.anomalies.iter().map(|a| a.kind.clone()).collect();
     Ok(CheckSummary {
         valid: report.valid,
@@ -409,28 +404,5 @@ impl ProgressLine {
     fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.thread.join();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::CheckSummary;
-    use checker::Validity;
-
-    #[test]
-    fn failed_final_reads_make_a_valid_verdict_unknown_and_leave_an_invalid_one() {
-        let summary = |valid| CheckSummary {
-            valid,
-            verdict: "checker's".into(),
-            anomaly_types: Vec::new(),
-        };
-        let mut valid = summary(Validity::Valid);
-        valid.final_reads_short("3 of 8 final reads failed");
-        assert_eq!(valid.valid, Validity::Unknown);
-        assert_eq!(valid.verdict, "unknown: 3 of 8 final reads failed");
-        let mut invalid = summary(Validity::Invalid);
-        invalid.final_reads_short("3 of 8 final reads failed");
-        assert_eq!(invalid.valid, Validity::Invalid);
-        assert_eq!(invalid.verdict, "checker's");
     }
 }

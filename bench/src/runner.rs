@@ -3,7 +3,7 @@
 //! stall is charged to every op it delays: no coordinated omission), every op recorded in the
 //! history, then final reads of every key.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -164,7 +164,7 @@ impl TimedLoad {
             elapsed: self.elapsed,
             final_reads_ok,
             final_reads_failed,
-            final_reads_gave_up: stall.gave_up.load(Ordering::Relaxed),
+            final_reads_gave_up: stall.expired(),
         }
     }
 }
@@ -219,7 +219,6 @@ struct Stall {
     /// Nanoseconds from `start` to the last answered final read (or to the start).
     answered_ns: AtomicU64,
     start: Instant,
-    gave_up: AtomicBool,
 }
 
 impl Stall {
@@ -228,7 +227,6 @@ impl Stall {
             timeout,
             answered_ns: AtomicU64::new(0),
             start: Instant::now(),
-            gave_up: AtomicBool::new(false),
         }
     }
 
@@ -243,13 +241,9 @@ impl Stall {
         self.answered_ns.fetch_max(now, Ordering::Relaxed);
     }
 
-    /// Whether to stop (and it is recorded that they gave up).
+    /// Whether to stop; once the final reads ended, whether they gave up.
     fn expired(&self) -> bool {
-        let expired = Instant::now() >= self.deadline();
-        if expired {
-            self.gave_up.store(true, Ordering::Relaxed);
-        }
-        expired
+        Instant::now() >= self.deadline()
     }
 }
 

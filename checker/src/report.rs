@@ -249,6 +249,16 @@ impl Report {
         }
     }
 
+    /// A reason from outside the history why it cannot be called valid (the cluster did not
+    /// recover, final reads failed): a valid verdict becomes unknown with it; an invalid or
+    /// unknown one keeps its own.
+    pub fn not_valid(&mut self, reason: String) {
+        if self.valid == Validity::Valid {
+            self.valid = Validity::Unknown;
+            self.unknown_reason = Some(reason);
+        }
+    }
+
     /// The one-line verdict the binary prints.
     pub fn verdict_line(&self) -> String {
         match self.valid {

@@ -136,3 +136,19 @@ fn txn_is_refused_by_the_kv_workload() {
     let error = check(&history.build(), Workload::Kv, &Options::default()).unwrap_err();
     assert!(error.to_string().contains("line 1"), "{error}");
 }
+
+/// A reason from outside the history (a bench run's failed final reads, a campaign's cluster
+/// that did not recover) makes a valid verdict unknown and leaves an invalid one alone.
+#[test]
+fn a_reason_from_outside_makes_a_valid_verdict_unknown_and_leaves_an_invalid_one() {
+    let check = |builder: &Builder| check(&builder.build(), Workload::Kv, &Options::default());
+    let mut valid = check(&overwritten("2")).unwrap();
+    valid.not_valid("3 of 8 final reads failed".into());
+    assert_eq!(valid.valid, Validity::Unknown);
+    assert_eq!(valid.verdict_line(), "unknown: 3 of 8 final reads failed");
+    let mut invalid = check(&overwritten("1")).unwrap();
+    let before = invalid.verdict_line();
+    invalid.not_valid("3 of 8 final reads failed".into());
+    assert_eq!(invalid.valid, Validity::Invalid);
+    assert_eq!(invalid.verdict_line(), before);
+}

@@ -161,8 +161,7 @@ pub fn run(settings: &CampaignSettings) -> Result<CampaignOutcome, CampaignError
     };
     if let Some(reason) = short {
         if checked.valid == checker::Validity::Valid {
-            checked.valid = checker::Validity::Unknown;
-            checked.unknown_reason = Some(reason);
+            checked.not_valid(reason);
             verdict = checked.verdict_line();
         } else {
             verdict = format!("{verdict}; {reason}");
