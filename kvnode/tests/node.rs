@@ -144,15 +144,7 @@ impl Cluster {
     /// Waits until node `id` took (and compacted its log to) a snapshot of its own; on timeout
     /// fails showing its log.
     fn wait_snapshot_taken(&self, id: u64) {
-        let deadline = Instant::now() + WAIT_MAX;
-        while self.metric(id, "raft_snapshots_taken_total").unwrap_or(0.0) < 1.0 {
-            assert!(
-                Instant::now() < deadline,
-                "n{id} took no snapshot; its log:\n{}",
-                self.log(id)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.wait_counted(id, "raft_snapshots_taken_total", "took no snapshot", id);
     }
 
     /// Elects a leader, writes 100 values over keys k0..k9 and waits until every node holds
@@ -172,18 +164,21 @@ impl Cluster {
     /// Waits until node `id` installed a snapshot from its leader; on timeout fails showing
     /// node `log_of`'s log.
     fn wait_snapshot_installed(&self, id: u64, log_of: u64) {
+        let metric = "raft_snapshots_installed_total";
+        self.wait_counted(id, metric, "installed no snapshot", log_of);
+    }
+
+    /// Waits until node `id`'s counter `metric` is at least 1; on timeout fails saying that
+    /// it `missing` and showing node `log_of`'s log.
+    fn wait_counted(&self, id: u64, metric: &str, missing: &str, log_of: u64) {
         let deadline = Instant::now() + WAIT_MAX;
-        while self
-            .metric(id, "raft_snapshots_installed_total")
-            .unwrap_or(0.0)
-            < 1.0
-        {
+        while self.metric(id, metric).unwrap_or(0.0) < 1.0 {
             assert!(
                 Instant::now() < deadline,
-                "n{id} installed no snapshot; n{log_of}'s log:\n{}",
+                "n{id} {missing}; n{log_of}'s log:\n{}",
                 self.log(log_of)
             );
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
