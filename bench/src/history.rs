@@ -75,6 +75,9 @@ struct State {
 /// Records one history. Share it as `Arc<Recorder>`.
 pub struct Recorder {
     start: Instant,
+    /// Whether events are kept (not `Sink::Discard`): a discarding recorder only counts them,
+    /// building no event, taking no clock reading and cloning no value.
+    keeps: bool,
     /// Wall-clock time of `start`, to place faults and metrics samples on the history's axis.
     start_unix_ms: u64,
     state: Mutex<State>,
@@ -86,8 +89,10 @@ pub struct Pending {
     recorder: Arc<Recorder>,
     process: u64,
     f: F,
+    /// The invocation's key (`None` if the recorder discards events).
     key: Option<Value>,
-    /// The invocation's value, repeated on `info` completions.
+    /// The invocation's value, repeated on `info` completions (`Null` if the recorder
+    /// discards events).
     value: Value,
     done: bool,
 }
@@ -137,6 +142,7 @@ impl Recorder {
     }
 
     fn with_sink(sink: Sink) -> Arc<Recorder> {
+        let keeps = !matches!(sink, Sink::Discard);
         let state = State {
             sink,
             next_index: 0,
@@ -148,6 +154,7 @@ impl Recorder {
             .map_or(0, |since| since.as_millis() as u64);
         Arc::new(Recorder {
             start: Instant::now(),
+            keeps,
             start_unix_ms,
             state: Mutex::new(state),
         })
@@ -163,10 +170,24 @@ impl Recorder {
         self: &Arc<Self>,
         process: u64,
         f: F,
-        key: Option<Value>,
-        value: Value,
+        key: &Option<Value>,
+        value: &Value,
         intended: Option<Instant>,
     ) -> Pending {
+        let mut pending = Pending {
+            recorder: self.clone(),
+            process,
+            f,
+            key: None,
+            value: Value::Null,
+            done: false,
+        };
+        if !self.keeps {
+            let mut state = self.lock();
+            state.open += 1;
+            state.next_index += 1;
+            return pending;
+        }
         let intended_time = intended.map(|at| {
             let since = at.saturating_duration_since(self.start);
             since.as_nanos() as u64
@@ -178,20 +199,15 @@ impl Recorder {
             process,
             OpType::Invoke,
             f,
-            &key,
+            key,
             value.clone(),
             None,
         );
         state.write(op, intended_time);
         drop(state);
-        Pending {
-            recorder: self.clone(),
-            process,
-            f,
-            key,
-            value,
-            done: false,
-        }
+        pending.key = key.clone();
+        pending.value = value.clone();
+        pending
     }
 
     /// Milliseconds since the Unix epoch at the history's time 0.
@@ -326,6 +342,12 @@ impl Pending {
             return;
         }
         self.done = true;
+        if !self.recorder.keeps {
+            let mut state = self.recorder.lock();
+            state.open -= 1;
+            state.next_index += 1;
+            return;
+        }
         let (op_type, value, error) = match completion {
             Completion::Ok(value) => (OpType::Ok, value, None),
             Completion::Fail { value, error } => (OpType::Fail, value, error),
@@ -349,8 +371,10 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        let error = DROPPED_ERROR.to_string();
-        self.record(Completion::Info { error });
+        if !self.done {
+            let error = DROPPED_ERROR.to_string();
+            self.record(Completion::Info { error });
+        }
     }
 }
 
@@ -372,7 +396,7 @@ mod tests {
                 None => {
                     let key = Some(Value::Int(step % 3));
                     let pending =
-                        recorder.invoke(process as u64, F::Write, key, Value::Int(step), None);
+                        recorder.invoke(process as u64, F::Write, &key, &Value::Int(step), None);
                     open[process] = Some(pending);
                 }
                 Some(pending) => match rng.below(4) {
@@ -411,11 +435,34 @@ mod tests {
             .all(|call| call.complete_event.is_some()));
     }
 
+    /// A discarding recorder (`--history off`) keeps nothing but still counts every event
+    /// and still refuses to finish with an invocation open.
+    #[test]
+    fn discarding_recorder_counts_events_and_open_invocations() {
+        let recorder = Recorder::discard();
+        let key = Some(Value::Int(1));
+        let completed = recorder.invoke(0, F::Write, &key, &Value::Int(7), None);
+        let dropped = recorder.invoke(1, F::Read, &key, &Value::Null, None);
+        let open = recorder.invoke(2, F::Read, &key, &Value::Null, None);
+        completed.complete(Completion::Ok(Value::Int(7)));
+        drop(dropped);
+        assert!(matches!(
+            recorder.finish(),
+            Err(HistoryError::Incomplete(1))
+        ));
+        open.complete(Completion::Info {
+            error: "timeout".into(),
+        });
+        let recorded = recorder.finish().unwrap();
+        assert_eq!(recorded.events, 6);
+        assert!(recorded.ops.is_empty());
+    }
+
     #[test]
     fn info_repeats_the_invocation_value_and_drop_names_the_reason() {
         let recorder = Recorder::in_memory();
         let value = Value::List(vec![Value::Int(1), Value::Int(2)]);
-        let pending = recorder.invoke(3, F::Cas, Some(Value::Int(0)), value.clone(), None);
+        let pending = recorder.invoke(3, F::Cas, &Some(Value::Int(0)), &value, None);
         drop(pending);
         let ops = recorder.finish().unwrap().ops;
         assert_eq!(ops[1].op_type, OpType::Info);
@@ -429,13 +476,13 @@ mod tests {
         let path = dir.path().join("history.jsonl");
         let recorder = Recorder::create(&path, "register").unwrap();
         recorder
-            .invoke(0, F::Read, Some(Value::Int(1)), Value::Null, None)
+            .invoke(0, F::Read, &Some(Value::Int(1)), &Value::Null, None)
             .complete(Completion::Ok(Value::Int(5)));
         // Due a while ago (an open-loop op held up by an outage).
         let due = Instant::now();
         std::thread::sleep(std::time::Duration::from_millis(20));
         recorder
-            .invoke(1, F::Read, Some(Value::Int(1)), Value::Null, Some(due))
+            .invoke(1, F::Read, &Some(Value::Int(1)), &Value::Null, Some(due))
             .complete(Completion::Ok(Value::Int(5)));
         assert_eq!(recorder.finish().unwrap().events, 4);
         let lines: Vec<serde_json::Value> = (std::fs::read_to_string(&path).unwrap().lines())

@@ -321,6 +321,8 @@ impl Worker {
             });
         let mut process = u64::from(self.index);
         let mut stats = Stats::default();
+        // The clock read that ends an op starts the next one of a closed loop.
+        let mut now = Instant::now();
         loop {
             let send_at = match interval {
                 Some(interval) => {
@@ -332,7 +334,7 @@ impl Worker {
                     tokio::time::sleep_until(at).await;
                     at
                 }
-                None => Instant::now(),
+                None => now,
             };
             if send_at >= deadline {
                 break;
@@ -340,9 +342,10 @@ impl Worker {
             let planned = self.workload.next(&mut rng);
             let intended = interval.map(|_| send_at.into_std());
             let executed = self.execute(process, &planned, intended).await;
+            now = Instant::now();
             stats.record(
                 send_at - start,
-                send_at.elapsed(),
+                now - send_at,
                 planned.f.name(),
                 executed.error,
             );
@@ -366,13 +369,9 @@ impl Worker {
         intended: Option<std::time::Instant>,
     ) -> Executed {
         let read_mode = self.workload.config.read_mode;
-        let pending = self.recorder.invoke(
-            process,
-            planned.f,
-            planned.key.clone(),
-            planned.value.clone(),
-            intended,
-        );
+        let pending =
+            self.recorder
+                .invoke(process, planned.f, &planned.key, &planned.value, intended);
         let answer = self.session.execute(planned.op.clone(), read_mode).await;
         let completion = workload::completion(planned, &answer);
         let info = matches!(completion, Completion::Info { .. });

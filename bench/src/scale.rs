@@ -566,7 +566,7 @@ fn wait_caught_up(
 
 /// The figures of the seconds `keep` selects.
 fn window(stats: &Stats, keep: impl Fn(usize) -> bool) -> Window {
-    let mut merged = Stats::default().latency_us;
+    let mut merged = crate::stats::second_histogram();
     let (mut seconds, mut ops, mut errors) = (0, 0, 0);
     for (index, second) in stats.seconds.iter().enumerate() {
         if !keep(index) {

@@ -1,7 +1,8 @@
-//! Latency and throughput figures: one HdrHistogram per worker and per operation (merged at
-//! the end), per-second buckets for the time series, error counts by kind, and the printed
-//! summary in the manner of etcd's benchmark (total, slowest, fastest, average, stddev,
-//! ops/s; a per-operation breakdown; a log-scale histogram; the latency distribution).
+//! Latency and throughput figures: one HdrHistogram per worker and operation kind (merged at
+//! the end; the run's distribution is their sum), per-second buckets for the time series,
+//! error counts by kind, and the printed summary in the manner of etcd's benchmark (total,
+//! slowest, fastest, average, stddev, ops/s; a per-operation breakdown; a log-scale
+//! histogram; the latency distribution).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -23,6 +24,11 @@ const BUCKET_STEPS: [u64; 3] = [1, 2, 5];
 /// The percentiles of the printed latency distribution (etcd's, plus the tail).
 pub const DISTRIBUTION_PERCENTILES: [f64; 9] =
     [10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.9, 99.99];
+
+/// An empty latency histogram of the per-second buckets' precision.
+pub fn second_histogram() -> Histogram<u64> {
+    histogram(SECOND_SIGNIFICANT_FIGURES)
+}
 
 fn histogram(figures: u8) -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_US_MAX, figures).expect("constant bounds are valid")
@@ -53,30 +59,17 @@ impl Default for OpStats {
 }
 
 /// What one worker (or, merged, the whole run) measured.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Stats {
-    /// Latency of operations answered without a client error, in microseconds.
-    pub latency_us: Histogram<u64>,
     pub seconds: Vec<Second>,
     pub errors_by_kind: BTreeMap<String, u64>,
-    /// Per operation kind (`read`, `write`, `cas`, `txn`).
+    /// Per operation kind (`read`, `write`, `cas`, `txn`): latency of operations answered
+    /// without a client error, in microseconds; the run's is their sum (`latency_us`), so an
+    /// op costs two histogram records, not three.
     pub by_op: BTreeMap<&'static str, OpStats>,
     /// Operations answered (`ok`, or `fail` of an executed cas / aborted transaction).
     pub answered: u64,
     pub errors: u64,
-}
-
-impl Default for Stats {
-    fn default() -> Self {
-        Stats {
-            latency_us: histogram(SIGNIFICANT_FIGURES),
-            seconds: Vec::new(),
-            errors_by_kind: BTreeMap::new(),
-            by_op: BTreeMap::new(),
-            answered: 0,
-            errors: 0,
-        }
-    }
 }
 
 impl Stats {
@@ -103,7 +96,6 @@ impl Stats {
         match error {
             None => {
                 self.answered += 1;
-                self.latency_us.saturating_record(micros);
                 by_op.latency_us.saturating_record(micros);
                 bucket.ops += 1;
                 bucket.latency_us.saturating_record(micros);
@@ -117,9 +109,17 @@ impl Stats {
         }
     }
 
+    /// Latency of every operation answered without a client error, in microseconds.
+    pub fn latency_us(&self) -> Histogram<u64> {
+        let mut all = histogram(SIGNIFICANT_FIGURES);
+        for stats in self.by_op.values() {
+            // Same bounds and precision: adding cannot fail.
+            let _ = all.add(&stats.latency_us);
+        }
+        all
+    }
+
     pub fn merge(&mut self, other: &Stats) {
-        // Both histograms have the same bounds, so adding cannot fail.
-        let _ = self.latency_us.add(&other.latency_us);
         for (index, second) in other.seconds.iter().enumerate() {
             if self.seconds.len() <= index {
                 self.seconds.push(second.clone());
@@ -144,7 +144,8 @@ impl Stats {
 
     pub fn figures(&self, elapsed: Duration) -> Figures {
         let seconds = elapsed.as_secs_f64().max(f64::EPSILON);
-        let latency = LatencyFigures::of(&self.latency_us);
+        let all = self.latency_us();
+        let latency = LatencyFigures::of(&all);
         let per_op = (self.by_op.iter())
             .map(|(op, stats)| {
                 let figures = OpFigures {
@@ -172,10 +173,10 @@ impl Stats {
             distribution: (DISTRIBUTION_PERCENTILES.iter())
                 .map(|&percentile| Percentile {
                     percentile,
-                    latency_us: self.latency_us.value_at_percentile(percentile),
+                    latency_us: all.value_at_percentile(percentile),
                 })
                 .collect(),
-            histogram: log_buckets(&self.latency_us),
+            histogram: log_buckets(&all),
             per_op,
             errors_by_kind: self.errors_by_kind.clone(),
         }
@@ -203,7 +204,7 @@ impl Stats {
     /// `latency.hgrm`: HdrHistogram's percentile distribution format, values in milliseconds
     /// (plot with HdrHistogram's plotter).
     pub fn hgrm(&self) -> String {
-        let latency = &self.latency_us;
+        let latency = &self.latency_us();
         let mut text = format!(
             "{:>12} {:>14} {:>10} {:>14}\n\n",
             "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
