@@ -22,7 +22,7 @@ use crate::action::{Action, Observation, WalCommand};
 use crate::config::CoreConfig;
 use crate::pipeline::{Pipeline, Release};
 use crate::recovery::{self, DiskState, RecoveryError};
-use crate::requests::{Read, Requests};
+use crate::requests::{NewWrite, Ours, Read, Requests};
 use crate::snapshots::Snapshots;
 use crate::LEADERSHIP_CHANGED;
 
@@ -180,8 +180,13 @@ impl<T> NodeCore<T> {
         }
         match command.encode() {
             Ok(data) => {
-                let deadline = self.deadline();
-                self.requests.add_write(Bytes::from(data), token, deadline);
+                let deadline_tick = self.deadline();
+                self.requests.add_write(NewWrite {
+                    data: Bytes::from(data),
+                    command,
+                    token,
+                    deadline_tick,
+                });
             }
             Err(error) => self.answer_error(token, ClientError::BadRequest(error.to_string())),
         }
@@ -585,13 +590,13 @@ impl<T> NodeCore<T> {
         if batch.is_empty() {
             return;
         }
-        let data: Vec<Bytes> = batch.iter().map(|(d, ..)| d.clone()).collect();
+        let data: Vec<Bytes> = batch.iter().map(|write| write.data.clone()).collect();
         match self.raw.propose_batch(data) {
             Ok((last, term)) => self.requests.proposed(batch, last, term),
             Err(error) => {
                 let error = propose_error(error);
-                for (_, token, _) in batch {
-                    self.answer_error(token, error.clone());
+                for write in batch {
+                    self.answer_error(write.token, error.clone());
                 }
             }
         }
@@ -722,8 +727,17 @@ impl<T> NodeCore<T> {
     fn apply(&mut self, entries: &[Entry]) {
         let Some(last) = entries.last() else { return };
         for entry in entries {
+            let (ours, replaced) = self.requests.applied(entry.index, entry.term);
+            let (ours, command) = match ours {
+                Some(Ours { token, command }) => (Some(token), command),
+                None => (None, None),
+            };
             let outcome = match entry.kind {
-                EntryKind::Normal => Some(self.sm.apply(entry.index, &entry.data)),
+                // Our own proposal: its data is `command.encode()` (same index, same term).
+                EntryKind::Normal => Some(match command {
+                    Some(command) => self.sm.apply_command(entry.index, command),
+                    None => self.sm.apply(entry.index, &entry.data),
+                }),
                 EntryKind::Noop => {
                     self.sm.apply_empty(entry.index);
                     None
@@ -740,7 +754,6 @@ impl<T> NodeCore<T> {
                     None
                 }
             };
-            let (ours, replaced) = self.requests.applied(entry.index, entry.term);
             if let Some(token) = ours {
                 let response = match outcome {
                     Some(outcome) => ClientResponse::from(outcome),

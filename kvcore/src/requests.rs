@@ -19,12 +19,32 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::Bytes;
 use kvraft::{Index, Term};
 use kvstate::client_proto::ClientError;
-use kvstate::Op;
+use kvstate::{Command, Op};
 
 /// A write waiting for its entry.
 #[derive(Debug)]
 struct Proposal<T> {
     token: T,
+    /// The command the entry's data encodes, kept so that the leader applies it without
+    /// decoding its own bytes again (`None` for a configuration change).
+    command: Option<Command>,
+}
+
+/// A client write that arrived since the last drive, not yet proposed.
+#[derive(Debug)]
+pub(crate) struct NewWrite<T> {
+    /// `command.encode()`: the entry's data.
+    pub data: Bytes,
+    pub command: Command,
+    pub token: T,
+    pub deadline_tick: u64,
+}
+
+/// The proposal an applied entry was, as `Requests::applied` hands it back.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Ours<T> {
+    pub token: T,
+    pub command: Option<Command>,
 }
 
 /// A linearizable read.
@@ -44,7 +64,7 @@ pub(crate) struct Requests<T> {
     /// Proposals in arrival order with their deadlines (deadlines grow with arrival).
     proposal_deadlines: VecDeque<(u64, Index, Term)>,
     /// Writes that arrived since the last drive; proposed together as one batch.
-    new_proposals: Vec<(Bytes, T, u64)>,
+    new_proposals: Vec<NewWrite<T>>,
     /// Reads that arrived since the last drive; they share one ReadIndex round.
     new_reads: Vec<Read<T>>,
     /// Reads in a ReadIndex round, by the round's context.
@@ -80,8 +100,8 @@ impl<T> Requests<T> {
         self.proposals.len() + self.new_proposals.len() + self.new_reads.len() + reads
     }
 
-    pub fn add_write(&mut self, command: Bytes, token: T, deadline_tick: u64) {
-        self.new_proposals.push((command, token, deadline_tick));
+    pub fn add_write(&mut self, write: NewWrite<T>) {
+        self.new_proposals.push(write);
     }
 
     pub fn add_read(&mut self, read: Read<T>) {
@@ -89,28 +109,37 @@ impl<T> Requests<T> {
     }
 
     /// The writes to propose now, as one batch.
-    pub fn take_new_writes(&mut self) -> Vec<(Bytes, T, u64)> {
+    pub fn take_new_writes(&mut self) -> Vec<NewWrite<T>> {
         std::mem::take(&mut self.new_proposals)
     }
 
     /// The batch was proposed; its last entry got `(last, term)`.
-    pub fn proposed(&mut self, batch: Vec<(Bytes, T, u64)>, last: Index, term: Term) {
+    pub fn proposed(&mut self, batch: Vec<NewWrite<T>>, last: Index, term: Term) {
         let first = last + 1 - batch.len() as u64;
-        for (offset, (_, token, deadline)) in batch.into_iter().enumerate() {
+        for (offset, write) in batch.into_iter().enumerate() {
             let index = first + offset as u64;
-            let previous = self.proposals.insert((index, term), Proposal { token });
+            let proposal = Proposal {
+                token: write.token,
+                command: Some(write.command),
+            };
+            let previous = self.proposals.insert((index, term), proposal);
             assert!(
                 previous.is_none(),
                 "two proposals at index {index} term {term}"
             );
-            self.proposal_deadlines.push_back((deadline, index, term));
+            self.proposal_deadlines
+                .push_back((write.deadline_tick, index, term));
         }
     }
 
     /// One request whose entry was proposed on its own (a configuration change) got
     /// `(index, term)`; it is answered like a write when that entry is applied.
     pub fn proposed_one(&mut self, index: Index, term: Term, token: T, deadline_tick: u64) {
-        let previous = self.proposals.insert((index, term), Proposal { token });
+        let proposal = Proposal {
+            token,
+            command: None,
+        };
+        let previous = self.proposals.insert((index, term), proposal);
         assert!(
             previous.is_none(),
             "two proposals at index {index} term {term}"
@@ -146,7 +175,7 @@ impl<T> Requests<T> {
         let writes = std::mem::take(&mut self.new_proposals);
         writes
             .into_iter()
-            .map(|(_, t, _)| (t, error.clone()))
+            .map(|write| (write.token, error.clone()))
             .collect()
     }
 
@@ -177,23 +206,22 @@ impl<T> Requests<T> {
         ready
     }
 
-    /// The entry `(index, term)` was applied. Returns the token of the proposal that was this
-    /// entry, if any, and the tokens of proposals that held `index` in another term: those
-    /// were never applied.
-    pub fn applied(&mut self, index: Index, term: Term) -> (Option<T>, Vec<T>) {
+    /// The entry `(index, term)` is being applied. Returns the proposal that was this entry,
+    /// if any, and the tokens of proposals that held `index` in another term: those were
+    /// never applied.
+    pub fn applied(&mut self, index: Index, term: Term) -> (Option<Ours<T>>, Vec<T>) {
         let mut ours = None;
         let mut replaced = Vec::new();
-        let keys: Vec<(Index, Term)> = self
-            .proposals
-            .range((index, 0)..=(index, Term::MAX))
-            .map(|(key, _)| *key)
-            .collect();
-        for key in keys {
+        // Usually one proposal holds `index`: no list of keys is built for it.
+        while let Some((&key, _)) = self.proposals.range((index, 0)..=(index, Term::MAX)).next() {
             let Some(proposal) = self.proposals.remove(&key) else {
-                continue;
+                break;
             };
             if key.1 == term {
-                ours = Some(proposal.token);
+                ours = Some(Ours {
+                    token: proposal.token,
+                    command: proposal.command,
+                });
             } else {
                 replaced.push(proposal.token);
             }
@@ -245,7 +273,7 @@ impl<T> Requests<T> {
             .map(|p| p.token)
             .collect();
         self.proposal_deadlines.clear();
-        all.extend(self.new_proposals.drain(..).map(|(_, t, _)| t));
+        all.extend(self.new_proposals.drain(..).map(|write| write.token));
         all.extend(self.new_reads.drain(..).map(|r| r.token));
         for (_, reads) in std::mem::take(&mut self.read_batches) {
             all.extend(reads.into_iter().map(|r| r.token));
@@ -272,8 +300,28 @@ fn take_expired<T>(reads: &mut Vec<Read<T>>, now_tick: u64) -> Vec<T> {
 mod tests {
     use super::*;
 
-    fn batch(tokens: &[u32]) -> Vec<(Bytes, u32, u64)> {
-        tokens.iter().map(|&t| (Bytes::new(), t, 100)).collect()
+    fn write(token: u32, deadline_tick: u64) -> NewWrite<u32> {
+        NewWrite {
+            data: Bytes::new(),
+            command: Command {
+                owner: String::new(),
+                client_id: 1,
+                seq: u64::from(token),
+                op: Op::put("k", "v"),
+            },
+            token,
+            deadline_tick,
+        }
+    }
+
+    fn batch(tokens: &[u32]) -> Vec<NewWrite<u32>> {
+        tokens.iter().map(|&token| write(token, 100)).collect()
+    }
+
+    /// The tokens `applied` answers: the proposal that was the entry, the ones replaced.
+    fn applied(requests: &mut Requests<u32>, index: Index, term: Term) -> (Option<u32>, Vec<u32>) {
+        let (ours, replaced) = requests.applied(index, term);
+        (ours.map(|ours| ours.token), replaced)
     }
 
     /// Issue 10, bug 3: the scenario of the module doc. Before the fix, proposals were answered
@@ -284,9 +332,9 @@ mod tests {
         let mut requests = Requests::default();
         requests.proposed(batch(&[10, 11, 12]), 12, 2);
         requests.proposed(batch(&[111]), 11, 4);
-        assert_eq!(requests.applied(10, 4), (None, vec![10]));
-        assert_eq!(requests.applied(11, 4), (Some(111), vec![11]));
-        assert_eq!(requests.applied(12, 4), (None, vec![12]));
+        assert_eq!(applied(&mut requests, 10, 4), (None, vec![10]));
+        assert_eq!(applied(&mut requests, 11, 4), (Some(111), vec![11]));
+        assert_eq!(applied(&mut requests, 12, 4), (None, vec![12]));
         assert_eq!(requests.pending(), 0);
     }
 
@@ -295,13 +343,30 @@ mod tests {
         let mut requests = Requests::default();
         requests.proposed(batch(&[1, 2, 3]), 3, 1);
         assert_eq!(requests.covered_by_snapshot(2), vec![1, 2]);
-        assert_eq!(requests.applied(3, 1), (Some(3), vec![]));
+        assert_eq!(applied(&mut requests, 3, 1), (Some(3), vec![]));
+    }
+
+    /// The leader gets back the command it proposed, to apply without decoding its bytes; a
+    /// configuration change holds none.
+    #[test]
+    fn an_applied_proposal_hands_back_its_command() {
+        let mut requests = Requests::default();
+        requests.proposed(batch(&[1, 2]), 2, 1);
+        requests.proposed_one(3, 1, 3, 100);
+        let (ours, _) = requests.applied(2, 1);
+        let expected = Ours {
+            token: 2,
+            command: Some(write(2, 100).command),
+        };
+        assert_eq!(ours, Some(expected));
+        let (ours, _) = requests.applied(3, 1);
+        assert_eq!(ours.and_then(|ours| ours.command), None);
     }
 
     #[test]
     fn deadlines_expire_writes_and_reads() {
         let mut requests = Requests::default();
-        requests.proposed(vec![(Bytes::new(), 1, 5), (Bytes::new(), 2, 9)], 2, 1);
+        requests.proposed(vec![write(1, 5), write(2, 9)], 2, 1);
         let read = |token, deadline_tick| Read {
             op: Op::get("k"),
             token,
@@ -312,7 +377,7 @@ mod tests {
         requests.add_read(read(4, 9));
         assert_eq!(requests.expire(4), Vec::<u32>::new());
         assert_eq!(requests.expire(5), vec![1, 3]);
-        assert_eq!(requests.applied(1, 1), (None, vec![]));
+        assert_eq!(applied(&mut requests, 1, 1), (None, vec![]));
         assert_eq!(requests.take_all(), vec![2, 4]);
     }
 }

@@ -63,6 +63,15 @@ fn seq_choice_strategy() -> impl Strategy<Value = SeqChoice> {
 
 /// A log of encoded commands from a few clients, some retried, some stale.
 fn log_strategy() -> impl Strategy<Value = Vec<Vec<u8>>> {
+    command_strategy().prop_map(|commands| {
+        (commands.iter())
+            .map(|command| command.encode().unwrap())
+            .collect()
+    })
+}
+
+/// The commands of `log_strategy`, before encoding.
+fn command_strategy() -> impl Strategy<Value = Vec<Command>> {
     let step = (0u64..4, seq_choice_strategy(), op_strategy());
     proptest::collection::vec(step, 1..80).prop_map(|steps| {
         let mut seqs: BTreeMap<u64, u64> = BTreeMap::new();
@@ -82,7 +91,7 @@ fn log_strategy() -> impl Strategy<Value = Vec<Vec<u8>>> {
                 seq,
                 op,
             };
-            log.push(command.encode().unwrap());
+            log.push(command);
         }
         log
     })
@@ -111,6 +120,28 @@ proptest! {
         let outcomes_second = apply_all(&mut second, &log, 1);
         prop_assert_eq!(outcomes_first, outcomes_second);
         prop_assert_eq!(first.snapshot(), second.snapshot());
+    }
+
+    /// The leader applies its own proposals from the commands it encoded
+    /// (`StateMachine::apply_command`), the followers from the bytes: same outcomes, same
+    /// state. A mismatch would let the leader's answers and state drift from the replicas'.
+    #[test]
+    fn a_leader_applying_its_commands_agrees_with_replicas_decoding_them(
+        commands in command_strategy(),
+        from_bytes in proptest::collection::vec(any::<bool>(), 80),
+    ) {
+        let mut leader = StateMachine::new();
+        let mut follower = StateMachine::new();
+        for ((index, command), bytes) in (1u64..).zip(commands).zip(from_bytes) {
+            let data = command.encode().unwrap();
+            let outcome = if bytes {
+                leader.apply(index, &data)
+            } else {
+                leader.apply_command(index, command)
+            };
+            prop_assert_eq!(outcome, follower.apply(index, &data));
+        }
+        prop_assert_eq!(leader.snapshot(), follower.snapshot());
     }
 
     #[test]
