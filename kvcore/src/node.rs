@@ -45,6 +45,8 @@ pub struct NodeCore<T> {
     transfer: Option<Transfer<T>>,
     /// Entries dropped by a compaction, for the caller to free (`take_dropped_entries`).
     dropped: Vec<Entry>,
+    /// Committed entries handed out by the Raft core, applied by `apply_committed`.
+    to_apply: Vec<Entry>,
 }
 
 /// A `MoveLeader` request in progress.
@@ -101,6 +103,7 @@ impl<T> NodeCore<T> {
             observations: Vec::new(),
             transfer: None,
             dropped: Vec::new(),
+            to_apply: Vec::new(),
         };
         if plan.discarded > 0 {
             core.observations.push(Observation::RecoveryDiscarded {
@@ -547,7 +550,22 @@ impl<T> NodeCore<T> {
 
     /// `drive`, showing each Ready and the Raft core to `inspect` before it is handled (the
     /// simulator checks its invariants there; the server passes nothing).
-    pub fn drive_inspect(&mut self, mut inspect: impl FnMut(&Ready, &RawNode)) {
+    pub fn drive_inspect(&mut self, inspect: impl FnMut(&Ready, &RawNode)) {
+        self.drive_io_inspect(inspect);
+        self.apply_committed();
+    }
+
+    /// The first half of `drive`: everything but applying the committed entries, which wait
+    /// for `apply_committed`. The actions it leaves (messages, WAL writes) are on the commit
+    /// path, applying is not: a driver that performs them first, sends them on their way, then
+    /// applies, takes the apply's time off the path of every write (the leader's appends, the
+    /// followers' acknowledgements and WAL writes).
+    pub fn drive_io(&mut self) {
+        self.drive_io_inspect(|_, _| {});
+    }
+
+    /// `drive_io`, showing each Ready to `inspect` (see `drive_inspect`).
+    pub fn drive_io_inspect(&mut self, mut inspect: impl FnMut(&Ready, &RawNode)) {
         self.flush_writes();
         self.flush_reads();
         while self.raw.has_ready() {
@@ -555,6 +573,21 @@ impl<T> NodeCore<T> {
             inspect(&ready, &self.raw);
             self.handle_ready(ready);
         }
+    }
+
+    /// Whether `drive_io` left committed entries to apply.
+    pub fn has_committed_to_apply(&self) -> bool {
+        !self.to_apply.is_empty()
+    }
+
+    /// The second half of `drive`: applies the committed entries (answering the writes among
+    /// them), serves the reads now applied, and takes, compacts or evicts what the applied
+    /// index allows.
+    pub fn apply_committed(&mut self) {
+        let entries = std::mem::take(&mut self.to_apply);
+        self.apply(&entries);
+        self.serve_reads();
+        self.maybe_snapshot();
         self.maybe_compact();
         self.maybe_evict();
     }
@@ -631,6 +664,9 @@ impl<T> NodeCore<T> {
             self.send(message);
         }
         if let Some(meta) = ready.snapshot.take() {
+            // What an earlier Ready committed comes first, as it came first in the log.
+            let entries = std::mem::take(&mut self.to_apply);
+            self.apply(&entries);
             self.install_snapshot(meta);
         }
         let entries = std::mem::take(&mut ready.entries);
@@ -648,7 +684,7 @@ impl<T> NodeCore<T> {
         {
             self.release(release);
         }
-        self.apply(&ready.committed_entries);
+        self.to_apply.append(&mut ready.committed_entries);
         for state in &ready.read_states {
             self.requests.read_confirmed(state.context, state.index);
         }
@@ -660,8 +696,6 @@ impl<T> NodeCore<T> {
                 self.answer_error(read.token, error.clone());
             }
         }
-        self.serve_reads();
-        self.maybe_snapshot();
         for load in ready.entries_to_load {
             self.actions.push(Action::LoadEntries(load));
         }

@@ -229,6 +229,43 @@ fn node_core_nothing_is_acknowledged_before_its_fsync() {
     assert_eq!(answer, &ClientResponse::Ok(expected));
 }
 
+/// The server's two phases: `drive_io` hands out the messages and WAL writes and leaves the
+/// committed entries to `apply_committed`, which applies them and answers (the server sends
+/// what the first phase gave before it applies).
+#[test]
+fn node_core_drive_io_leaves_the_apply_to_apply_committed() {
+    let mut h = Harness::new();
+    h.elect_node_1();
+    h.client(1, 7, "client1", &put(1, 1, "k", "v"));
+    h.deliver();
+    h.sync(1);
+    h.sync(2);
+    assert_eq!(acks(&h.network), 1, "n2's acknowledgement is on its way");
+    let leader = &mut h.cores[0];
+    for message in std::mem::take(&mut h.network) {
+        if message.to == 1 {
+            leader.handle_message(message);
+        }
+    }
+    leader.drive_io();
+    let is_answer = |action: &Action<Token>| matches!(action, Action::Answer { .. });
+    assert!(!leader.take_actions().iter().any(is_answer));
+    assert!(leader.has_committed_to_apply());
+    assert_eq!(leader.state_machine().get_local(b"k"), None);
+    leader.apply_committed();
+    let answers: Vec<_> = (leader.take_actions().into_iter())
+        .filter_map(|action| match action {
+            Action::Answer { token, response } => Some((token, response)),
+            _ => None,
+        })
+        .collect();
+    let expected = ClientResponse::Ok(OpResult::Key(KeyResult::Put { existed: false }));
+    assert_eq!(answers, vec![(7, expected)]);
+    assert!(!leader.has_committed_to_apply());
+    let value = leader.state_machine().get_local(b"k");
+    assert_eq!(value, Some(Value::Bytes(Bytes::from("v"))));
+}
+
 /// Issue 10, bug 2: the WAL command that realigns the WAL at recovery is command 1. A report
 /// of one durable command must not release the acknowledgement of the append that follows.
 #[test]

@@ -332,17 +332,33 @@ impl Sim {
 
     // ---------------------------------------------------------------- driving a node
 
-    /// Drives node `index`'s core, checking every Ready, and performs its actions.
+    /// Drives node `index`'s core, checking every Ready, and performs its actions, in the
+    /// server's two phases: the Readies and their messages and WAL writes first
+    /// (`NodeCore::drive_io`), then the apply (`NodeCore::apply_committed`) and its answers.
     fn drive(&mut self, index: usize) -> Result<(), Violation> {
         loop {
-            let mut errors = Vec::new();
-            let mut new_leader = false;
-            let node = &mut self.nodes[index];
-            let Some(core) = node.core.as_mut() else {
-                return Ok(());
-            };
-            let (checker, clients) = (&mut self.checker, &mut self.clients);
-            core.drive_inspect(|ready, raw| {
+            let io = self.drive_phase(index, true)?;
+            let applied = self.drive_phase(index, false)?;
+            if !io && !applied {
+                break;
+            }
+        }
+        self.checker
+            .check_durable(&self.nodes_view())
+            .map_err(|what| self.violation(what))
+    }
+
+    /// One phase of `drive` (`io`: the Readies, else the apply); false if it left no action.
+    fn drive_phase(&mut self, index: usize, io: bool) -> Result<bool, Violation> {
+        let mut errors = Vec::new();
+        let mut new_leader = false;
+        let node = &mut self.nodes[index];
+        let Some(core) = node.core.as_mut() else {
+            return Ok(false);
+        };
+        let (checker, clients) = (&mut self.checker, &mut self.clients);
+        if io {
+            core.drive_io_inspect(|ready, raw| {
                 if ready.soft_state.is_some_and(|s| s.role == Role::Leader) {
                     new_leader = true;
                     let status = raw.status();
@@ -361,26 +377,26 @@ impl Sim {
                     clients.note_committed(entry);
                 }
             });
-            drop(core.take_dropped_entries());
-            let actions = core.take_actions();
-            let observations = core.take_observations();
-            if let Some(what) = errors.into_iter().next() {
-                return Err(self.violation(what));
-            }
-            self.note_observations(index, observations);
-            if new_leader {
-                self.on_new_leader(index);
-            }
-            if actions.is_empty() {
-                break;
-            }
-            for action in actions {
-                self.perform(index, action)?;
-            }
+        } else {
+            core.apply_committed();
         }
-        self.checker
-            .check_durable(&self.nodes_view())
-            .map_err(|what| self.violation(what))
+        drop(core.take_dropped_entries());
+        let actions = core.take_actions();
+        let observations = core.take_observations();
+        if let Some(what) = errors.into_iter().next() {
+            return Err(self.violation(what));
+        }
+        self.note_observations(index, observations);
+        if new_leader {
+            self.on_new_leader(index);
+        }
+        if actions.is_empty() {
+            return Ok(false);
+        }
+        for action in actions {
+            self.perform(index, action)?;
+        }
+        Ok(true)
     }
 
     fn note_observations(&mut self, index: usize, observations: Vec<kvcore::Observation>) {

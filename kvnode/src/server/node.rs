@@ -242,6 +242,12 @@ impl Node {
             while let Ok(report) = self.durable.try_recv() {
                 self.on_durable(report)?;
             }
+            self.perform_io()?;
+            if self.core.has_committed_to_apply() {
+                // The appends, acknowledgements and WAL writes just queued leave before the
+                // apply, whose time is then off the commit path.
+                tokio::task::yield_now().await;
+            }
             self.perform()?;
             if !self.inbound.is_empty() {
                 // More of a burst is queued: let what was just sent leave first.
@@ -486,25 +492,46 @@ impl Node {
     /// Drives the core and performs its actions until it has nothing more to do.
     fn perform(&mut self) -> Result<(), ServerError> {
         loop {
-            self.core.drive();
-            // A compaction that waited for a follower may have happened in `drive`.
-            free_entries(self.core.take_dropped_entries());
-            let actions = self.core.take_actions();
-            self.observe();
-            if actions.is_empty() {
-                let status = self.core.status();
-                if self.peers_config_index != Some(status.membership_index)
-                    || self.peers_leader != status.leader
-                    || !self.peers_unresolved.is_empty()
-                {
-                    self.resolve_peers();
-                }
-                return self.retry_wal_backlog();
-            }
-            for action in actions {
-                self.perform_one(action)?;
+            self.perform_io()?;
+            self.core.apply_committed();
+            if !self.perform_actions()? {
+                break;
             }
         }
+        let status = self.core.status();
+        if self.peers_config_index != Some(status.membership_index)
+            || self.peers_leader != status.leader
+            || !self.peers_unresolved.is_empty()
+        {
+            self.resolve_peers();
+        }
+        self.retry_wal_backlog()
+    }
+
+    /// Drives the core without applying (`NodeCore::drive_io`) and performs its actions,
+    /// until it has nothing more to do.
+    fn perform_io(&mut self) -> Result<(), ServerError> {
+        loop {
+            self.core.drive_io();
+            if !self.perform_actions()? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Performs the actions the core holds; false if it held none.
+    fn perform_actions(&mut self) -> Result<bool, ServerError> {
+        // A compaction that waited for a follower may have happened in `apply_committed`.
+        free_entries(self.core.take_dropped_entries());
+        let actions = self.core.take_actions();
+        self.observe();
+        if actions.is_empty() {
+            return Ok(false);
+        }
+        for action in actions {
+            self.perform_one(action)?;
+        }
+        Ok(true)
     }
 
     fn perform_one(&mut self, action: Action<Reply>) -> Result<(), ServerError> {
