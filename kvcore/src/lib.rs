@@ -23,6 +23,11 @@
 //!     for action in core.take_actions() { perform it, in order }
 //! }
 //! ```
+//!
+//! Both loops run `drive` in its two halves: `drive_io` (the Readies: messages, WAL writes,
+//! snapshot installs), its actions performed, then `apply_committed` (the apply, answers,
+//! reads, snapshots) and its actions. kvnode lets the first half's messages leave before it
+//! applies, so the apply's time is off the path of every write.
 
 mod action;
 mod config;
