@@ -84,8 +84,8 @@ impl RunOutcome {
     /// `false` if the checker found the history invalid, or final reads failed (the cluster
     /// stopped answering, or lost keys).
     pub fn passed(&self) -> bool {
-        let valid = self.check.as_ref();
-        valid.is_none_or(|check| check.valid != checker::Validity::Invalid)
+        let check = self.check.as_ref();
+        check.is_none_or(|check| check.valid != checker::Validity::Invalid)
             && self.final_reads_shortfall.is_none()
     }
 }

@@ -22,7 +22,7 @@ use crate::action::{Action, Observation, WalCommand};
 use crate::config::CoreConfig;
 use crate::pipeline::{Pipeline, Release};
 use crate::recovery::{self, DiskState, RecoveryError};
-use crate::requests::{NewWrite, Ours, Read, Requests};
+use crate::requests::{NewWrite, Read, Requests};
 use crate::snapshots::Snapshots;
 use crate::LEADERSHIP_CHANGED;
 
@@ -584,8 +584,7 @@ impl<T> NodeCore<T> {
     /// them), serves the reads now applied, and takes, compacts or evicts what the applied
     /// index allows.
     pub fn apply_committed(&mut self) {
-        let entries = std::mem::take(&mut self.to_apply);
-        self.apply(&entries);
+        self.apply_left();
         self.serve_reads();
         self.maybe_snapshot();
         self.maybe_compact();
@@ -665,8 +664,7 @@ impl<T> NodeCore<T> {
         }
         if let Some(meta) = ready.snapshot.take() {
             // What an earlier Ready committed comes first, as it came first in the log.
-            let entries = std::mem::take(&mut self.to_apply);
-            self.apply(&entries);
+            self.apply_left();
             self.install_snapshot(meta);
         }
         let entries = std::mem::take(&mut ready.entries);
@@ -758,14 +756,18 @@ impl<T> NodeCore<T> {
 
     // ------------------------------------------------------------------ applying
 
+    /// Applies the committed entries `drive_io` left, in log order.
+    fn apply_left(&mut self) {
+        let entries = std::mem::take(&mut self.to_apply);
+        self.apply(&entries);
+    }
+
     fn apply(&mut self, entries: &[Entry]) {
         let Some(last) = entries.last() else { return };
         for entry in entries {
             let (ours, replaced) = self.requests.applied(entry.index, entry.term);
-            let (ours, command) = match ours {
-                Some(Ours { token, command }) => (Some(token), command),
-                None => (None, None),
-            };
+            let (ours, command) =
+                ours.map_or((None, None), |ours| (Some(ours.token), ours.command));
             let outcome = match entry.kind {
                 // Our own proposal: its data is `command.encode()` (same index, same term).
                 EntryKind::Normal => Some(match command {

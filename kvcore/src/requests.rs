@@ -21,13 +21,13 @@ use kvraft::{Index, Term};
 use kvstate::client_proto::ClientError;
 use kvstate::{Command, Op};
 
-/// A write waiting for its entry.
-#[derive(Debug)]
-struct Proposal<T> {
-    token: T,
+/// A write waiting for its entry (handed back by `Requests::applied` when it is applied).
+#[derive(Debug, PartialEq)]
+pub(crate) struct Proposal<T> {
+    pub token: T,
     /// The command the entry's data encodes, kept so that the leader applies it without
     /// decoding its own bytes again (`None` for a configuration change).
-    command: Option<Command>,
+    pub command: Option<Command>,
 }
 
 /// A client write that arrived since the last drive, not yet proposed.
@@ -38,13 +38,6 @@ pub(crate) struct NewWrite<T> {
     pub command: Command,
     pub token: T,
     pub deadline_tick: u64,
-}
-
-/// The proposal an applied entry was, as `Requests::applied` hands it back.
-#[derive(Debug, PartialEq)]
-pub(crate) struct Ours<T> {
-    pub token: T,
-    pub command: Option<Command>,
 }
 
 /// A linearizable read.
@@ -209,7 +202,7 @@ impl<T> Requests<T> {
     /// The entry `(index, term)` is being applied. Returns the proposal that was this entry,
     /// if any, and the tokens of proposals that held `index` in another term: those were
     /// never applied.
-    pub fn applied(&mut self, index: Index, term: Term) -> (Option<Ours<T>>, Vec<T>) {
+    pub fn applied(&mut self, index: Index, term: Term) -> (Option<Proposal<T>>, Vec<T>) {
         let mut ours = None;
         let mut replaced = Vec::new();
         // Usually one proposal holds `index`: no list of keys is built for it.
@@ -218,10 +211,7 @@ impl<T> Requests<T> {
                 break;
             };
             if key.1 == term {
-                ours = Some(Ours {
-                    token: proposal.token,
-                    command: proposal.command,
-                });
+                ours = Some(proposal);
             } else {
                 replaced.push(proposal.token);
             }
@@ -354,7 +344,7 @@ mod tests {
         requests.proposed(batch(&[1, 2]), 2, 1);
         requests.proposed_one(3, 1, 3, 100);
         let (ours, _) = requests.applied(2, 1);
-        let expected = Ours {
+        let expected = Proposal {
             token: 2,
             command: Some(write(2, 100).command),
         };

@@ -248,7 +248,7 @@ impl Node {
                 // apply, whose time is then off the commit path.
                 tokio::task::yield_now().await;
             }
-            self.perform()?;
+            self.perform_apply()?;
             if !self.inbound.is_empty() {
                 // More of a burst is queued: let what was just sent leave first.
                 tokio::task::yield_now().await;
@@ -491,12 +491,19 @@ impl Node {
 
     /// Drives the core and performs its actions until it has nothing more to do.
     fn perform(&mut self) -> Result<(), ServerError> {
+        self.perform_io()?;
+        self.perform_apply()
+    }
+
+    /// The rest of `perform` once `perform_io` is done: applies (`NodeCore::apply_committed`)
+    /// and performs, driving again while that gave actions.
+    fn perform_apply(&mut self) -> Result<(), ServerError> {
         loop {
-            self.perform_io()?;
             self.core.apply_committed();
             if !self.perform_actions()? {
                 break;
             }
+            self.perform_io()?;
         }
         let status = self.core.status();
         if self.peers_config_index != Some(status.membership_index)
