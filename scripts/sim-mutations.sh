@@ -97,4 +97,15 @@ mutate d-snapshot-install-keeps-sessions \
 mutate e-simple-change-of-two-voters \
   kvraft/src/confchange.rs "pub const SIMPLE_VOTERS_CHANGED_MAX: usize = 1;" \
   "pub const SIMPLE_VOTERS_CHANGED_MAX: usize = usize::MAX;"
+mutate f-inline-write-reported-before-its-sync \
+  kvsim/src/lib.rs "        disk.start_sync();
+        let total = disk
+            .finish_sync()" "        let total = disk
+            .unsynced_total()" \
+  kvsim/src/disk.rs "    /// Nothing written and not yet synced, nothing being synced." \
+  "    pub fn unsynced_total(&self) -> Result<u64, String> {
+        Ok(self.durable_total + self.unsynced.len() as u64)
+    }
+
+    /// Nothing written and not yet synced, nothing being synced."
 exit $missed

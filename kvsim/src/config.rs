@@ -72,6 +72,10 @@ pub struct SimConfig {
     /// Per time unit: chance of a configuration change proposed on the leader (the membership
     /// fault, `membership.rs`). Zero in about a third of the seeds.
     pub conf_change_per_million: u64,
+    /// Chance that a node that does not lead writes an append on its own thread when its disk
+    /// is idle (kvnode's `wal_sync_inline_when_following`): durable at once, reported in the
+    /// middle of performing its actions, instead of after a group commit's delay.
+    pub wal_inline_per_million: u64,
     pub clients: ClientConfig,
 }
 
@@ -107,6 +111,7 @@ impl SimConfig {
             crash_new_leader_per_million: rng.between(0, 300_000),
             crash_during_vote_per_million: rng.between(0, 100_000),
             conf_change_per_million: 0,
+            wal_inline_per_million: 0,
             clients: ClientConfig {
                 clients: rng.between(4, 16) as usize,
                 attempt_timeout_units: rng.between(5, 40) * TICK_UNITS,
@@ -148,6 +153,10 @@ impl SimConfig {
         // Two seeds in three evict log entries from memory (a few entries' worth or less).
         if rng.chance(666_667) {
             config.log_memory_bytes_max = rng.between(0, 3_000);
+        }
+        // Two seeds in three sync some followers' appends inline (as kvnode does by default).
+        if rng.chance(666_667) {
+            config.wal_inline_per_million = rng.between(200_000, 1_000_000);
         }
         config
     }

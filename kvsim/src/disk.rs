@@ -105,6 +105,11 @@ impl Disk {
         self.unsynced.push_back(command);
     }
 
+    /// Nothing written and not yet synced, nothing being synced.
+    pub fn is_idle(&self) -> bool {
+        self.in_flight == 0 && self.unsynced.is_empty()
+    }
+
     pub fn has_unsynced(&self) -> bool {
         !self.unsynced.is_empty()
     }

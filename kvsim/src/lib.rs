@@ -60,6 +60,8 @@ pub struct SimStats {
     pub appends_held_off: u64,
     /// Evicted entries leaders read back from the disk for their followers.
     pub entries_loaded: u64,
+    /// Appends written on a non-leader's own thread (`SimConfig::wal_inline_per_million`).
+    pub wal_writes_inline: u64,
     pub final_commit: u64,
     /// Client operations checked for linearizability.
     pub history_lines: u64,
@@ -433,7 +435,11 @@ impl Sim {
             Action::SendSnapshot { to, meta } => self.send_snapshot(index, to, meta),
             Action::Wal(command) => {
                 self.maybe_crash_during_vote(index, &command);
+                let inline = self.may_write_inline(index, &command);
                 self.nodes[index].disk.submit(command);
+                if inline {
+                    return self.write_inline(index);
+                }
                 self.start_sync(index);
             }
             Action::InstallSnapshotFile { meta } => {
@@ -479,6 +485,35 @@ impl Sim {
                 let delay = self.rng.between(1, self.config.delay_units_max);
                 self.schedule(delay, Event::ClientAnswer { token, response });
             }
+        }
+        Ok(())
+    }
+
+    /// Whether node `index` writes `command` on its own thread, as kvnode's driver does
+    /// (`Node::retry_wal_backlog`): an append, on a node that does not lead, with nothing
+    /// else in flight or waiting on its disk.
+    fn may_write_inline(&mut self, index: usize, command: &kvcore::WalCommand) -> bool {
+        let node = &self.nodes[index];
+        let Some(core) = node.core.as_ref() else {
+            return false;
+        };
+        matches!(command, kvcore::WalCommand::Append { .. })
+            && core.role() != Role::Leader
+            && node.disk.is_idle()
+            && self.rng.chance(self.config.wal_inline_per_million)
+    }
+
+    /// The append just submitted is written and synced now, and the core told at once.
+    fn write_inline(&mut self, index: usize) -> Result<(), Violation> {
+        let disk = &mut self.nodes[index].disk;
+        disk.start_sync();
+        let total = disk
+            .finish_sync()
+            .map_err(|what| self.violation(format!("node {}: {what}", index + 1)))?;
+        self.stats.wal_writes_inline += 1;
+        self.log(|| format!("node {} wrote inline: {total} commands durable", index + 1));
+        if let Some(core) = self.nodes[index].core.as_mut() {
+            core.handle_durable(total);
         }
         Ok(())
     }
@@ -790,6 +825,7 @@ fn add_stats(total: &mut SimStats, stats: &SimStats) {
     total.snapshots_installed += stats.snapshots_installed;
     total.appends_held_off += stats.appends_held_off;
     total.entries_loaded += stats.entries_loaded;
+    total.wal_writes_inline += stats.wal_writes_inline;
     total.final_commit += stats.final_commit;
     total.history_lines += stats.history_lines;
     total.histories_unknown += stats.histories_unknown;
@@ -804,7 +840,7 @@ impl std::fmt::Display for SimStats {
             f,
             "{} events, {} crashes, {} pauses, {} partitions, {} elections, {} snapshots \
              installed ({} appends held off while decoding), {} evicted entries read back, \
-             {} writes acked, {} writes \
+             {} appends written inline, {} writes acked, {} writes \
              unknown, {} writes failed, {} reads, {} history lines, {} histories undecided by \
              the search, {} configuration changes ({} refused, {} unsafe single-step changes \
              refused)",
@@ -816,6 +852,7 @@ impl std::fmt::Display for SimStats {
             self.snapshots_installed,
             self.appends_held_off,
             self.entries_loaded,
+            self.wal_writes_inline,
             self.writes_acked,
             self.writes_unknown,
             self.writes_failed,

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{batch, capture_logs, entries, entry, small_config};
 use kvraft::message::HardState;
-use kvstorage::wal::{Durable, SubmitError, Wal, WalConfig, WalError, WalWriter};
+use kvstorage::wal::{Durable, SubmitError, Wal, WalConfig, WalError, WalWriter, WriteNowError};
 
 fn segment_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = fs::read_dir(dir)
@@ -833,4 +833,81 @@ fn wal_group_commit_reports_the_durable_command_count() {
         last = total;
     }
     assert_eq!(last, 21);
+}
+
+/// "wal: write_now: on the caller's thread, only when the WAL thread is done, in order"
+#[test]
+fn wal_write_now_waits_for_nothing_and_never_overtakes_the_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let (entered_sender, entered) = mpsc::channel();
+    let (release, released) = mpsc::channel::<()>();
+    let released = Mutex::new(released);
+    let callback = Box::new(move |report: Result<Durable, WalError>| {
+        let durable = report.unwrap();
+        let _ = entered_sender.send(durable.commands_durable_total);
+        let _ = released.lock().unwrap().recv();
+    });
+    let (wal, _) = Wal::open(dir.path(), WalConfig::default(), callback).unwrap();
+    // Dropped before `wal` if an assertion fails: the thread must leave the callback for the
+    // WAL to close.
+    let release = release;
+    wal.submit(batch(vec![entry(1, 1, 8)], None)).unwrap();
+    // The thread has written entry 1 and is held in the callback; entry 2 waits in its queue.
+    assert_eq!(entered.recv().unwrap(), 1);
+    wal.submit(batch(vec![entry(2, 1, 8)], None)).unwrap();
+    let early = wal.write_now(&batch(vec![entry(3, 1, 8)], None));
+    assert!(matches!(early, Err(WriteNowError::Busy)), "{early:?}");
+    release.send(()).unwrap(); // the thread writes entry 2 and reports it
+    assert_eq!(entered.recv().unwrap(), 2);
+    release.send(()).unwrap();
+    // Everything queued is written: entry 3 goes now, on this thread, counted third.
+    let hard_state = HardState {
+        term: 1,
+        vote: 1,
+        commit: 2,
+    };
+    let durable = wal
+        .write_now(&batch(vec![entry(3, 1, 8)], Some(hard_state)))
+        .unwrap();
+    assert_eq!(durable.last_index, 3);
+    assert_eq!(durable.commands_durable_total, 3);
+    assert_eq!(durable.hard_state, hard_state);
+    // The thread's count goes on from there.
+    drop(release); // the callback returns at once from now on
+    wal.submit(batch(vec![entry(4, 1, 8)], None)).unwrap();
+    assert_eq!(entered.recv().unwrap(), 4);
+    wal.close().unwrap();
+    let (_, recovered) = WalWriter::open(dir.path(), WalConfig::default()).unwrap();
+    assert_eq!(
+        recovered.entries,
+        (1..=4).map(|i| entry(i, 1, 8)).collect::<Vec<_>>()
+    );
+    assert_eq!(recovered.hard_state, hard_state);
+}
+
+/// "wal: write_now: a failure is fatal, as on the thread"
+#[test]
+fn wal_write_now_failure_closes_the_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let callback = Box::new(|_report: Result<Durable, WalError>| {});
+    let (wal, _) = Wal::open(dir.path(), WalConfig::default(), callback).unwrap();
+    wal.write_now(&batch(vec![entry(1, 1, 8)], None)).unwrap();
+    // A gap: refused by the writer, and the WAL writes nothing more.
+    let failed = wal.write_now(&batch(vec![entry(7, 1, 8)], None));
+    let message = match &failed {
+        Err(WriteNowError::Failed(error)) => error.to_string(),
+        other => panic!("expected a failure, got {other:?}"),
+    };
+    assert!(message.contains("invalid batch"), "{message}");
+    assert_eq!(
+        wal.submit(batch(vec![entry(2, 1, 8)], None)),
+        Err(SubmitError::Closed)
+    );
+    assert!(matches!(
+        wal.write_now(&batch(vec![entry(2, 1, 8)], None)),
+        Err(WriteNowError::Failed(WalError::Poisoned))
+    ));
+    drop(wal);
+    let (_, recovered) = WalWriter::open(dir.path(), WalConfig::default()).unwrap();
+    assert_eq!(recovered.entries, vec![entry(1, 1, 8)]);
 }

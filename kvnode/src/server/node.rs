@@ -4,7 +4,8 @@
 //! what must be durable before which message or answer leaves lives in the core, which the
 //! simulator drives too.
 //!
-//! Threads: this task on one single-threaded runtime; the WAL's writer thread (fsync); snapshot
+//! Threads: this task on one single-threaded runtime; the WAL's writer thread (fsync: a
+//! leader's always, a follower's only while it is busy, see `Node::retry_wal_backlog`); snapshot
 //! files written and decoded on threads of their own at a lower CPU priority
 //! (`spawn_background`).
 
@@ -21,7 +22,7 @@ use kvstate::client_proto::{encode_response, ClientResponse};
 use kvstate::StateMachine;
 use kvstorage::snapshot::SnapshotStore;
 use kvstorage::wal::load::LoadCursor;
-use kvstorage::wal::{Durable, SubmitError, Wal, WalError, WriteBatch};
+use kvstorage::wal::{Durable, SubmitError, Wal, WalError, WriteBatch, WriteNowError};
 use kvtransport::{Inbound, Transport};
 use tokio::sync::{mpsc, oneshot};
 
@@ -86,8 +87,13 @@ pub(super) struct Node {
     durable: mpsc::UnboundedReceiver<Result<Durable, WalError>>,
     /// WAL commands that found the queue full; retried before any new one, in order.
     wal_backlog: VecDeque<WalCommand>,
-    /// Commands handed to the WAL and when (fsync latency metric).
+    /// Commands handed to the WAL (`submit`), counted as the WAL counts them, and when (fsync
+    /// latency metric).
     wal_submitted: u64,
+    /// The WAL's count in the last report handled (`on_durable`).
+    wal_reported: u64,
+    /// `ClusterConfig::wal_sync_inline_when_following`.
+    wal_inline_when_following: bool,
     wal_submit_times: VecDeque<(u64, Instant)>,
     snapshots: Arc<Mutex<SnapshotStore>>,
     snapshot_done_tx: mpsc::UnboundedSender<Result<SnapshotMeta, String>>,
@@ -171,6 +177,7 @@ impl Node {
         let (snapshot_done_tx, snapshot_done) = mpsc::unbounded_channel();
         let (snapshot_loaded_tx, snapshot_loaded) = mpsc::unbounded_channel();
         let (entries_loaded_tx, entries_loaded) = mpsc::unbounded_channel();
+        let wal_inline_when_following = config.wal_sync_inline_when_following;
         metrics::gauge!(m::RAFT_SNAPSHOT_IN_PROGRESS).set(0.0);
         Node {
             snapshot_loaded_tx,
@@ -184,6 +191,8 @@ impl Node {
             durable: parts.durable,
             wal_backlog: VecDeque::new(),
             wal_submitted: 0,
+            wal_reported: 0,
+            wal_inline_when_following,
             wal_submit_times: VecDeque::new(),
             snapshots: Arc::new(Mutex::new(parts.snapshots)),
             snapshot_done_tx,
@@ -470,6 +479,7 @@ impl Node {
     fn on_durable(&mut self, report: Result<Durable, WalError>) -> Result<(), ServerError> {
         let durable = report.map_err(|e| ServerError::Wal(e.to_string()))?;
         let total = durable.commands_durable_total;
+        self.wal_reported = total;
         metrics::histogram!(m::WAL_FSYNC_DURATION_SECONDS)
             .record(durable.group_duration.as_secs_f64());
         if !durable.roll_duration.is_zero() {
@@ -610,8 +620,19 @@ impl Node {
         self.retry_wal_backlog()
     }
 
+    /// Hands the waiting WAL commands over in order. A node that does not lead writes an
+    /// append on this thread instead (`Wal::write_now`) when nothing else is outstanding:
+    /// every command before it reported durable, so the WAL thread is idle and the counts
+    /// stay in order. Its report is handled at once, in the middle of performing the core's
+    /// actions, as the simulator does too: the core has queued whatever waits for it.
     fn retry_wal_backlog(&mut self) -> Result<(), ServerError> {
         while let Some(command) = self.wal_backlog.pop_front() {
+            if self.wal_backlog.is_empty() && self.wal_reported + 1 == self.wal_submitted {
+                if let Some(durable) = self.write_now(&command)? {
+                    self.on_durable(Ok(durable))?;
+                    continue;
+                }
+            }
             let result = match &command {
                 WalCommand::Append {
                     entries,
@@ -634,6 +655,30 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// Writes `command` on this thread if it is an append and this node may (see
+    /// `retry_wal_backlog`); `None`: submit it.
+    fn write_now(&mut self, command: &WalCommand) -> Result<Option<Durable>, ServerError> {
+        let WalCommand::Append {
+            entries,
+            hard_state,
+        } = command
+        else {
+            return Ok(None);
+        };
+        if !self.wal_inline_when_following || self.core.role() == Role::Leader {
+            return Ok(None);
+        }
+        let batch = WriteBatch {
+            entries: entries.clone(),
+            hard_state: *hard_state,
+        };
+        match self.wal.write_now(&batch) {
+            Ok(durable) => Ok(Some(durable)),
+            Err(WriteNowError::Busy) => Ok(None),
+            Err(WriteNowError::Failed(error)) => Err(ServerError::Wal(error.to_string())),
+        }
     }
 
     /// Makes the received file the current snapshot, durably, before the next action.

@@ -27,7 +27,7 @@ use thiserror::Error;
 
 use kvraft::message::{Entry, HardState, Index, Term};
 
-pub use group::{DurableCallback, SubmitError, Wal};
+pub use group::{DurableCallback, SubmitError, Wal, WriteNowError};
 pub use writer::{TailPosition, WalWriter};
 
 /// Limits of the WAL. Every field documents its trade-off.
