@@ -91,6 +91,18 @@ const ENDPOINT_DRIVER_YIELDS: usize = 4;
 const INCOMING_BUFFER_BYTES_MAX: u64 = 64 << 10;
 /// The same, summed over all pending connection attempts.
 const INCOMING_BUFFER_BYTES_TOTAL_MAX: u64 = 4 << 20;
+/// ACK frequency (the QUIC extension draft-ietf-quic-ack-frequency, in quinn): each side asks
+/// the other to acknowledge after this many ack-eliciting packets, or after
+/// `ACK_DELAY_US_MAX`, instead of after every second one. Our traffic flows both ways on
+/// every connection (appends and their answers, requests and theirs), so acknowledgements
+/// mostly ride along with data; without this, about one datagram in five was an
+/// acknowledgement alone, each a `sendmsg` and a wake-up of the receiving thread. Measured
+/// (embedded cluster, 64 clients, put, 2-vCPU VM): datagrams per put 0.34 -> 0.27, node CPU
+/// per put 35-43 -> 32-42 us, bench CPU per put 6.5-8.4 -> 5.6-7.5 us over 5 pairs.
+/// Out-of-order packets are still acknowledged at once (quinn's reordering threshold), so
+/// loss detection keeps its speed; the delay adds to the probe timeout.
+const ACK_ELICITING_THRESHOLD_PACKETS: u32 = 10;
+const ACK_DELAY_US_MAX: u64 = 2_000;
 
 /// Every limit of the transport. Units are in the names.
 ///
@@ -333,6 +345,11 @@ impl TransportLimits {
             .datagram_receive_buffer_size(None)
             .max_idle_timeout(Some(idle))
             .keep_alive_interval(Some(Duration::from_millis(self.keep_alive_interval_ms)));
+        let mut ack_frequency = quinn::AckFrequencyConfig::default();
+        ack_frequency
+            .ack_eliciting_threshold(ACK_ELICITING_THRESHOLD_PACKETS.into())
+            .max_ack_delay(Some(Duration::from_micros(ACK_DELAY_US_MAX)));
+        transport.ack_frequency_config(Some(ack_frequency));
         Ok(Arc::new(transport))
     }
 
