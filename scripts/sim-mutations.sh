@@ -98,13 +98,14 @@ mutate e-simple-change-of-two-voters \
   kvraft/src/confchange.rs "pub const SIMPLE_VOTERS_CHANGED_MAX: usize = 1;" \
   "pub const SIMPLE_VOTERS_CHANGED_MAX: usize = usize::MAX;"
 mutate f-inline-write-reported-before-its-sync \
-  kvsim/src/lib.rs "        disk.start_sync();
-        let total = disk
-            .finish_sync()" "        let total = disk
-            .unsynced_total()" \
+  kvsim/src/lib.rs "        self.nodes[index].disk.start_sync();
+        let total = self.finish_sync(index)?;" "        let total = self.nodes[index].disk.unsynced_total();
+        if let Some(core) = self.nodes[index].core.as_mut() {
+            core.handle_durable(total);
+        }" \
   kvsim/src/disk.rs "    /// Nothing written and not yet synced, nothing being synced." \
-  "    pub fn unsynced_total(&self) -> Result<u64, String> {
-        Ok(self.durable_total + self.unsynced.len() as u64)
+  "    pub fn unsynced_total(&self) -> u64 {
+        self.durable_total + self.unsynced.len() as u64
     }
 
     /// Nothing written and not yet synced, nothing being synced."

@@ -331,13 +331,7 @@ impl Sim {
         if self.nodes[index].epoch != epoch {
             return Ok(());
         }
-        let total = self.nodes[index]
-            .disk
-            .finish_sync()
-            .map_err(|what| self.violation(format!("node {}: {what}", index + 1)))?;
-        if let Some(core) = self.nodes[index].core.as_mut() {
-            core.handle_durable(total);
-        }
+        self.finish_sync(index)?;
         self.start_sync(index);
         self.drive(index)
     }

@@ -505,17 +505,24 @@ impl Sim {
 
     /// The append just submitted is written and synced now, and the core told at once.
     fn write_inline(&mut self, index: usize) -> Result<(), Violation> {
-        let disk = &mut self.nodes[index].disk;
-        disk.start_sync();
-        let total = disk
-            .finish_sync()
-            .map_err(|what| self.violation(format!("node {}: {what}", index + 1)))?;
+        self.nodes[index].disk.start_sync();
+        let total = self.finish_sync(index)?;
         self.stats.wal_writes_inline += 1;
         self.log(|| format!("node {} wrote inline: {total} commands durable", index + 1));
+        Ok(())
+    }
+
+    /// The group commit under way is durable: the disk keeps it, the core is told. Returns
+    /// the WAL's new count.
+    fn finish_sync(&mut self, index: usize) -> Result<u64, Violation> {
+        let total = self.nodes[index]
+            .disk
+            .finish_sync()
+            .map_err(|what| self.violation(format!("node {}: {what}", index + 1)))?;
         if let Some(core) = self.nodes[index].core.as_mut() {
             core.handle_durable(total);
         }
-        Ok(())
+        Ok(total)
     }
 
     fn start_sync(&mut self, index: usize) {

@@ -627,20 +627,21 @@ impl Node {
     /// actions, as the simulator does too: the core has queued whatever waits for it.
     fn retry_wal_backlog(&mut self) -> Result<(), ServerError> {
         while let Some(command) = self.wal_backlog.pop_front() {
-            if self.wal_backlog.is_empty() && self.wal_reported + 1 == self.wal_submitted {
-                if let Some(durable) = self.write_now(&command)? {
-                    self.on_durable(Ok(durable))?;
-                    continue;
-                }
-            }
             let result = match &command {
                 WalCommand::Append {
                     entries,
                     hard_state,
-                } => self.wal.submit(WriteBatch {
-                    entries: entries.clone(),
-                    hard_state: *hard_state,
-                }),
+                } => {
+                    let batch = WriteBatch {
+                        entries: entries.clone(),
+                        hard_state: *hard_state,
+                    };
+                    if let Some(durable) = self.write_now(&batch)? {
+                        self.on_durable(Ok(durable))?;
+                        continue;
+                    }
+                    self.wal.submit(batch)
+                }
                 WalCommand::InstallSnapshot(index) => self.wal.install_snapshot(*index),
                 WalCommand::Compact(index) => self.wal.compact(*index),
             };
@@ -657,24 +658,19 @@ impl Node {
         Ok(())
     }
 
-    /// Writes `command` on this thread if it is an append and this node may (see
-    /// `retry_wal_backlog`); `None`: submit it.
-    fn write_now(&mut self, command: &WalCommand) -> Result<Option<Durable>, ServerError> {
-        let WalCommand::Append {
-            entries,
-            hard_state,
-        } = command
-        else {
-            return Ok(None);
-        };
-        if !self.wal_inline_when_following || self.core.role() == Role::Leader {
+    /// Writes the append being handed over (the last command submitted) on this thread if
+    /// this node may (see `retry_wal_backlog`); `None`: submit it.
+    fn write_now(&mut self, batch: &WriteBatch) -> Result<Option<Durable>, ServerError> {
+        // Every command before this one reported: the WAL thread is idle, counts stay in order.
+        let earlier_reported = self.wal_reported + 1 == self.wal_submitted;
+        if !self.wal_inline_when_following
+            || !self.wal_backlog.is_empty()
+            || !earlier_reported
+            || self.core.role() == Role::Leader
+        {
             return Ok(None);
         }
-        let batch = WriteBatch {
-            entries: entries.clone(),
-            hard_state: *hard_state,
-        };
-        match self.wal.write_now(&batch) {
+        match self.wal.write_now(batch) {
             Ok(durable) => Ok(Some(durable)),
             Err(WriteNowError::Busy) => Ok(None),
             Err(WriteNowError::Failed(error)) => Err(ServerError::Wal(error.to_string())),
