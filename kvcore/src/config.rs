@@ -25,7 +25,7 @@ pub struct CoreConfig {
     /// message arrives; older ones are discarded. Each costs the whole state in memory.
     pub received_snapshots_max: usize,
     /// Bytes of log entries (`Entry::size_bytes`: payload plus 24) held in memory. Beyond it
-    /// the oldest applied, durable entries are evicted down to half of it; a leader reads them
+    /// the oldest applied, durable entries are evicted down to 7/8 of it; a leader reads them
     /// back from the WAL when a follower needs them (`proto-docs/storage.md`, "Evicted
     /// entries"). Larger budgets serve lagging followers from memory longer; smaller ones keep
     /// a node closer to its state's size (a follower catching up replays up to

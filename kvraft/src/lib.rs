@@ -499,7 +499,7 @@ impl RawNode {
 
     /// The entries held in memory (the log after the snapshot, from its first entry not
     /// evicted). For checks and tests.
-    pub fn log_entries(&self) -> &[Entry] {
+    pub fn log_entries(&self) -> impl ExactSizeIterator<Item = &Entry> {
         self.raft.log.entries()
     }
 

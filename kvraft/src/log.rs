@@ -28,6 +28,8 @@
 //! ```
 //! `snapshot.last_index <= memory_base <= min(applied, stable)`.
 
+use std::collections::VecDeque;
+
 use bytes::Bytes;
 
 use super::message::{Entry, EntryKind, Index, SnapshotMeta, Term};
@@ -45,7 +47,10 @@ pub struct RaftLog {
     evicted_configs: Vec<(Index, Bytes)>,
     /// `Entry::size_bytes` summed over `entries`.
     memory_bytes: u64,
-    entries: Vec<Entry>,
+    /// A ring buffer: dropping from the front (eviction, compaction) moves only the entries
+    /// dropped, never the ones kept, and its capacity stays (a `Vec` moved every kept entry
+    /// into a fresh allocation, which then regrew).
+    entries: VecDeque<Entry>,
     pub(crate) committed: Index,
     /// Highest index handed out in a `Ready` for applying.
     pub(crate) applying: Index,
@@ -80,7 +85,7 @@ impl RaftLog {
             stable: last,
             unstable_from: last + 1,
             snapshot,
-            entries,
+            entries: entries.into(),
         }
     }
 
@@ -97,7 +102,7 @@ impl RaftLog {
     }
 
     pub fn last_term(&self) -> Term {
-        match self.entries.last() {
+        match self.entries.back() {
             Some(entry) => entry.term,
             None => self
                 .term(self.memory_base)
@@ -228,7 +233,7 @@ impl RaftLog {
         self.entries.truncate(keep);
         self.stable = self.stable.min(first.index - 1);
         self.unstable_from = self.unstable_from.min(first.index);
-        self.entries.extend_from_slice(entries);
+        self.entries.extend(entries.iter().cloned());
         let added: u64 = entries.iter().map(Entry::size_bytes).sum();
         self.memory_bytes = self.memory_bytes - truncated + added;
     }
@@ -285,7 +290,7 @@ impl RaftLog {
         }
         let start = (self.unstable_from - self.memory_base - 1) as usize;
         self.unstable_from = last + 1;
-        self.entries[start..].to_vec()
+        self.entries.range(start..).cloned().collect()
     }
 
     pub fn has_unstable(&self) -> bool {
@@ -371,8 +376,7 @@ impl RaftLog {
     /// Drops the entries held in memory up to `index` (at or after `memory_base`).
     fn drop_front(&mut self, index: Index) -> Vec<Entry> {
         let drop = (index - self.memory_base) as usize;
-        let kept = self.entries.split_off(drop.min(self.entries.len()));
-        let dropped = std::mem::replace(&mut self.entries, kept);
+        let dropped: Vec<Entry> = self.entries.drain(..drop.min(self.entries.len())).collect();
         self.memory_bytes -= dropped.iter().map(Entry::size_bytes).sum::<u64>();
         self.memory_base = index;
         dropped
@@ -426,8 +430,8 @@ impl RaftLog {
 
     /// All entries held in memory, from `memory_first_index` (for tests and the simulator's
     /// checks).
-    pub fn entries(&self) -> &[Entry] {
-        &self.entries
+    pub fn entries(&self) -> impl ExactSizeIterator<Item = &Entry> {
+        self.entries.iter()
     }
 }
 

@@ -510,7 +510,7 @@ impl Env {
             }
             "raft-log" => {
                 let raw = self.raw(id(args[0]));
-                let entries: Vec<String> = raw.log_entries().iter().map(describe_entry).collect();
+                let entries: Vec<String> = raw.log_entries().map(describe_entry).collect();
                 out = entries.join("\n");
             }
             other => panic!("unknown command {other:?}"),
