@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use common::{batch, capture_logs, entries, entry, small_config};
 use kvraft::message::HardState;
-use kvstorage::wal::{Durable, SubmitError, Wal, WalConfig, WalError, WalWriter, WriteNowError};
+use kvstorage::wal::{
+    Durable, DurableCallback, SubmitError, Wal, WalConfig, WalError, WalWriter, WriteNowError,
+};
 
 fn segment_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = fs::read_dir(dir)
@@ -378,17 +380,25 @@ fn wal_group_commit_concurrent_writers_coalesce() {
     assert_eq!(recovered.entries.len(), 400);
 }
 
+/// A callback that holds the WAL thread inside each report: it sends the report's durable
+/// count (0 for an error) to `entered`, then waits for a message on `release` (or for
+/// `release` to be dropped, after which it returns at once).
+fn held_callback() -> (DurableCallback, mpsc::Receiver<u64>, mpsc::Sender<()>) {
+    let (entered_sender, entered) = mpsc::channel();
+    let (release, released) = mpsc::channel::<()>();
+    let released = Mutex::new(released);
+    let callback = Box::new(move |report: Result<Durable, WalError>| {
+        let _ = entered_sender.send(report.map_or(0, |durable| durable.commands_durable_total));
+        let _ = released.lock().unwrap().recv();
+    });
+    (callback, entered, release)
+}
+
 /// "wal: group commit: a full queue refuses, it does not block"
 #[test]
 fn wal_group_commit_a_full_queue_refuses() {
     let dir = tempfile::tempdir().unwrap();
-    let (entered_sender, entered) = mpsc::channel();
-    let (release, released) = mpsc::channel::<()>();
-    let released = Mutex::new(released);
-    let callback = Box::new(move |_report: Result<Durable, WalError>| {
-        let _ = entered_sender.send(());
-        let _ = released.lock().unwrap().recv();
-    });
+    let (callback, entered, release) = held_callback();
     let config = WalConfig {
         queue_batches_max: 4,
         ..WalConfig::default()
@@ -839,14 +849,7 @@ fn wal_group_commit_reports_the_durable_command_count() {
 #[test]
 fn wal_write_now_waits_for_nothing_and_never_overtakes_the_thread() {
     let dir = tempfile::tempdir().unwrap();
-    let (entered_sender, entered) = mpsc::channel();
-    let (release, released) = mpsc::channel::<()>();
-    let released = Mutex::new(released);
-    let callback = Box::new(move |report: Result<Durable, WalError>| {
-        let durable = report.unwrap();
-        let _ = entered_sender.send(durable.commands_durable_total);
-        let _ = released.lock().unwrap().recv();
-    });
+    let (callback, entered, release) = held_callback();
     let (wal, _) = Wal::open(dir.path(), WalConfig::default(), callback).unwrap();
     // Dropped before `wal` if an assertion fails: the thread must leave the callback for the
     // WAL to close.

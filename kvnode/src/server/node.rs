@@ -92,8 +92,6 @@ pub(super) struct Node {
     wal_submitted: u64,
     /// The WAL's count in the last report handled (`on_durable`).
     wal_reported: u64,
-    /// `ClusterConfig::wal_sync_inline_when_following`.
-    wal_inline_when_following: bool,
     wal_submit_times: VecDeque<(u64, Instant)>,
     snapshots: Arc<Mutex<SnapshotStore>>,
     snapshot_done_tx: mpsc::UnboundedSender<Result<SnapshotMeta, String>>,
@@ -177,7 +175,6 @@ impl Node {
         let (snapshot_done_tx, snapshot_done) = mpsc::unbounded_channel();
         let (snapshot_loaded_tx, snapshot_loaded) = mpsc::unbounded_channel();
         let (entries_loaded_tx, entries_loaded) = mpsc::unbounded_channel();
-        let wal_inline_when_following = config.wal_sync_inline_when_following;
         metrics::gauge!(m::RAFT_SNAPSHOT_IN_PROGRESS).set(0.0);
         Node {
             snapshot_loaded_tx,
@@ -192,7 +189,6 @@ impl Node {
             wal_backlog: VecDeque::new(),
             wal_submitted: 0,
             wal_reported: 0,
-            wal_inline_when_following,
             wal_submit_times: VecDeque::new(),
             snapshots: Arc::new(Mutex::new(parts.snapshots)),
             snapshot_done_tx,
@@ -478,6 +474,12 @@ impl Node {
 
     fn on_durable(&mut self, report: Result<Durable, WalError>) -> Result<(), ServerError> {
         let durable = report.map_err(|e| ServerError::Wal(e.to_string()))?;
+        self.record_durable(durable);
+        self.retry_wal_backlog()
+    }
+
+    /// Counts a WAL report and tells the core what is durable now.
+    fn record_durable(&mut self, durable: Durable) {
         let total = durable.commands_durable_total;
         self.wal_reported = total;
         metrics::histogram!(m::WAL_FSYNC_DURATION_SECONDS)
@@ -494,7 +496,6 @@ impl Node {
             metrics::histogram!(m::WAL_WRITE_DURATION_SECONDS).record(at.elapsed().as_secs_f64());
         }
         self.core.handle_durable(total);
-        self.retry_wal_backlog()
     }
 
     // ------------------------------------------------------------------ performing
@@ -637,7 +638,7 @@ impl Node {
                         hard_state: *hard_state,
                     };
                     if let Some(durable) = self.write_now(&batch)? {
-                        self.on_durable(Ok(durable))?;
+                        self.record_durable(durable);
                         continue;
                     }
                     self.wal.submit(batch)
@@ -663,7 +664,7 @@ impl Node {
     fn write_now(&mut self, batch: &WriteBatch) -> Result<Option<Durable>, ServerError> {
         // Every command before this one reported: the WAL thread is idle, counts stay in order.
         let earlier_reported = self.wal_reported + 1 == self.wal_submitted;
-        if !self.wal_inline_when_following
+        if !self.config.wal_sync_inline_when_following
             || !self.wal_backlog.is_empty()
             || !earlier_reported
             || self.core.role() == Role::Leader

@@ -72,6 +72,18 @@ struct Writer {
     completed_total: u64,
 }
 
+impl Writer {
+    /// Counts `commands` just written and synced (`started` when their write began) and
+    /// completes their report.
+    fn completed(&mut self, mut durable: Durable, commands: u64, started: Instant) -> Durable {
+        self.completed_total += commands;
+        durable.commands_durable_total = self.completed_total;
+        durable.group_duration = started.elapsed();
+        durable.roll_duration = self.writer.take_roll_duration();
+        durable
+    }
+}
+
 #[derive(Debug)]
 enum Command {
     Append(WriteBatch),
@@ -211,13 +223,9 @@ impl Wal {
         let started = Instant::now();
         let written = state.writer.stage(batch).and_then(|()| state.writer.sync());
         match written {
-            Ok(mut durable) => {
-                state.completed_total += 1;
+            Ok(durable) => {
                 self.accepted_total.fetch_add(1, Ordering::SeqCst);
-                durable.commands_durable_total = state.completed_total;
-                durable.group_duration = started.elapsed();
-                durable.roll_duration = state.writer.take_roll_duration();
-                Ok(durable)
+                Ok(state.completed(durable, 1, started))
             }
             Err(error) => {
                 tracing::error!("wal: fatal: {error}");
@@ -313,11 +321,8 @@ fn run(
         let started = Instant::now();
         let group = commands.len() as u64;
         match execute(&mut state.writer, commands.drain(..)) {
-            Ok(mut durable) => {
-                state.completed_total += group;
-                durable.commands_durable_total = state.completed_total;
-                durable.group_duration = started.elapsed();
-                durable.roll_duration = state.writer.take_roll_duration();
+            Ok(durable) => {
+                let durable = state.completed(durable, group, started);
                 // Unlocked before the report: the caller may write now as soon as it has it.
                 drop(slot);
                 on_durable(Ok(durable))
