@@ -20,6 +20,10 @@ const EXIT_USAGE: u8 = 2;
 const SEED_MASK: u64 = (1 << 53) - 1;
 
 fn main() -> ExitCode {
+    // The embedded cluster's nodes run in this process (see the function's measurements).
+    if let Err(error) = kvnode::server::disable_transparent_huge_pages() {
+        eprintln!("bench: warning: cannot turn transparent huge pages off: {error}");
+    }
     let mut args = Args::parse();
     let clock_seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)

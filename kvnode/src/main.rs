@@ -106,6 +106,9 @@ fn run(config_path: PathBuf, id: &str, log: &str, join: bool) -> anyhow::Result<
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .init();
+    if let Err(error) = kvnode::server::disable_transparent_huge_pages() {
+        tracing::warn!("cannot turn transparent huge pages off ({error}): expect latency spikes");
+    }
     let mut config = ClusterConfig::load(&config_path)?;
     let node = config.node(id)?.id;
     if join {

@@ -650,3 +650,24 @@ async fn node_follower_that_caught_up_in_one_batch_takes_its_snapshot() {
     cluster.wait_converged("k9").await;
     cluster.wait_snapshot_taken(follower);
 }
+
+/// `kvnode run` turns transparent huge pages off for its process: a 2 MiB huge-page fault
+/// zeroes all of it inside the allocation that touched it, and those faults made the put tail
+/// (see `kvnode::server::disable_transparent_huge_pages`). Read from the kernel's own view of
+/// each running node process.
+#[tokio::test(flavor = "current_thread")]
+async fn node_processes_run_with_transparent_huge_pages_off() {
+    let mut cluster = Cluster::new(52210, 100_000);
+    cluster.wait_for_one_leader();
+    let response = cluster.write(Op::put("k", "v")).await;
+    assert!(matches!(response, ClientResponse::Ok(_)), "{response:?}");
+    for (id, child) in &cluster.children {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+        let line = status.lines().find(|line| line.starts_with("THP_enabled:"));
+        assert_eq!(
+            line.map(|line| line.split_whitespace().collect::<Vec<_>>()),
+            Some(vec!["THP_enabled:", "0"]),
+            "node n{id}"
+        );
+    }
+}
