@@ -172,7 +172,7 @@ impl Checker {
         Ok(())
     }
 
-    /// A leader's Ready carried commit index `commit` while `membership` was in force on it.
+    /// A leader's commit index was `commit` while `membership` was in force on it.
     pub fn record_leader_commit(&mut self, commit: Index, membership: &Membership) {
         if self.commit_configs.contains_key(&commit) {
             return;

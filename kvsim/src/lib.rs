@@ -367,13 +367,14 @@ impl Sim {
                     errors.extend(checker.check_leader(status.id, status.term, raw).err());
                 }
                 errors.extend(checker.check_appended(Some(raw), &ready.entries).err());
-                if let Some(hard_state) = ready.hard_state {
-                    if raw.status().role == Role::Leader {
-                        checker.record_leader_commit(hard_state.commit, raw.membership());
-                    }
-                    let result = checker.record_commit(index, hard_state.commit, Some(raw));
-                    errors.extend(result.err());
+                // Read from the node, not from `ready.hard_state`: a change of the commit
+                // index alone is not handed out to persist.
+                let status = raw.status();
+                if status.role == Role::Leader {
+                    checker.record_leader_commit(status.commit_index, raw.membership());
                 }
+                let result = checker.record_commit(index, status.commit_index, Some(raw));
+                errors.extend(result.err());
                 for entry in &ready.committed_entries {
                     errors.extend(checker.check_apply(entry).err());
                     clients.note_committed(entry);
