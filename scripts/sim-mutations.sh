@@ -62,17 +62,17 @@ mutate bug2-recovery-commands-uncounted \
   kvcore/src/pipeline.rs "            total <= self.submitted_total," "            true,"
 mutate bug3-answers-in-arrival-order \
   kvcore/src/requests.rs "        let mut replaced = Vec::new();
-        let keys" "        let mut replaced = Vec::new();
+        // Usually one" "        let mut replaced = Vec::new();
         while let Some(&(_, i, t)) = self.proposal_deadlines.front() {
             if i > index {
                 break;
             }
             self.proposal_deadlines.pop_front();
             let Some(p) = self.proposals.remove(&(i, t)) else { continue };
-            if i == index && t == term { ours = Some(p.token) } else { replaced.push(p.token) }
+            if i == index && t == term { ours = Some(p) } else { replaced.push(p.token) }
         }
         if true { return (ours, replaced); }
-        let keys"
+        // Usually one"
 mutate a-session-dedup-disabled \
   kvstate/src/state.rs "        if let Some(session) = self.sessions.get(&key) {" \
   "        if let Some(session) = self.sessions.get(&key).filter(|_| false) {"
