@@ -401,7 +401,7 @@ impl RawNode {
             || !raft.dropped_reads.is_empty()
             || raft.pending_snapshot.is_some()
             || !raft.entries_to_load.is_empty()
-            || votes_changed(&raft.hard_state(), &self.previous_hard_state)
+            || raft.hard_state().vote_differs(&self.previous_hard_state)
             || self.soft_state() != self.previous_soft_state
     }
 
@@ -427,9 +427,10 @@ impl RawNode {
         };
         ready.persist_mark = (raft.log.last_index(), raft.log.last_term());
         let hard_state = raft.hard_state();
-        let persist =
-            votes_changed(&hard_state, &self.previous_hard_state) || !ready.entries.is_empty();
-        if persist && hard_state != self.previous_hard_state {
+        let previous = &self.previous_hard_state;
+        if hard_state.vote_differs(previous)
+            || (hard_state != *previous && !ready.entries.is_empty())
+        {
             ready.hard_state = Some(hard_state);
             self.previous_hard_state = hard_state;
         }
@@ -525,12 +526,6 @@ impl RawNode {
             .map(|(&id, p)| (id, p.match_index, p.next_index, format!("{:?}", p.state)))
             .collect()
     }
-}
-
-/// Whether `a` and `b` differ in what must be durable before messages that depend on it
-/// (the term or the vote), as opposed to the commit index alone (see `Ready::hard_state`).
-fn votes_changed(a: &HardState, b: &HardState) -> bool {
-    a.term != b.term || a.vote != b.vote
 }
 
 #[cfg(test)]

@@ -50,14 +50,23 @@ impl Entry {
 pub const ENTRY_OVERHEAD_BYTES: u64 = 24;
 
 /// The state that must be on stable storage before a node answers a vote or an append
-/// (Raft paper, Figure 2 "Persistent state on all servers"). `commit` is persisted too, so that a
-/// restarted node can re-apply up to it without waiting for a leader.
+/// (Raft paper, Figure 2 "Persistent state on all servers"). `commit` is persisted too, along
+/// with entries or a term or vote change (never synced for itself, see `Ready::hard_state`), so
+/// that a restarted node can re-apply up to it without waiting for a leader.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HardState {
     pub term: Term,
     /// The candidate voted for in `term`, 0 for none.
     pub vote: NodeId,
     pub commit: Index,
+}
+
+impl HardState {
+    /// Whether the term or the vote differs from `other`'s: what must be durable before the
+    /// messages that depend on it, as opposed to the commit index alone.
+    pub fn vote_differs(&self, other: &HardState) -> bool {
+        self.term != other.term || self.vote != other.vote
+    }
 }
 
 /// A cluster configuration (Raft thesis §4.3, etcd-io/raft's `ConfState`): who votes, who only

@@ -546,8 +546,9 @@ impl Sim {
             return;
         };
         let disk = self.nodes[index].disk.image.hard_state;
-        let vote_changes = hard_state.term != disk.term || hard_state.vote != disk.vote;
-        if !vote_changes || !self.rng.chance(self.config.crash_during_vote_per_million) {
+        if !hard_state.vote_differs(&disk)
+            || !self.rng.chance(self.config.crash_during_vote_per_million)
+        {
             return;
         }
         let delay = self.rng.between(0, self.config.persist_units_max);
