@@ -1,14 +1,15 @@
 //! `bench compare`: our embedded cluster against a local 3-member etcd, the same workloads
 //! interleaved round by round (the machine's noise hits both sides alike), medians printed
-//! side by side. Also measures, in the same run, the floor a single client's put cannot beat:
-//! one fdatasync of a small append plus one QUIC round trip to a node.
+//! side by side. Also measures, in the same run, the floor a single client's put cannot beat
+//! (one fdatasync of a small append plus one QUIC round trip to a node), and the machine's own
+//! bounds on the other figures (`probe`): a put's latency on the disk alone, and the CPU an
+//! fdatasync and a waking message cost.
 //!
 //! etcd runs as three processes (Debian's `etcd-server`, plain HTTP on loopback, default
 //! durability: it fsyncs its WAL before answering, as we do); our nodes run in bench's
 //! process, each on its own thread, as in a plain `bench` run.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -18,6 +19,7 @@ use serde::Serialize;
 use crate::app::{self, RunOutcome};
 use crate::args::{parse_duration, Settings, TargetKind, ETCD_CONNS_DEFAULT};
 use crate::output;
+use crate::probe;
 use crate::workload::WorkloadKind;
 
 /// etcd members started.
@@ -35,6 +37,12 @@ const FSYNC_TAIL_WRITERS: usize = 3;
 /// fdatasync samples per writer of the disk-tail probe, and the most time it may take.
 const FSYNC_TAIL_SAMPLES_PER_WRITER: usize = 3_000;
 const FSYNC_TAIL_MS_MAX: u64 = 10_000;
+/// Writers that must hold a put before it is acknowledged: a majority of the three.
+const COMMIT_QUORUM: usize = 2;
+/// Spacing of the simulated arrivals over the disk probe's syncs.
+const COMMIT_ARRIVAL_STEP_US: u64 = 10;
+/// Round trips of the loopback wake-up probe (two messages each).
+const WAKEUP_ROUND_TRIPS: u32 = 2_000;
 /// QUIC round trips sampled (a status request to one node).
 const ROUND_TRIP_SAMPLES: u32 = 2_000;
 
@@ -153,11 +161,20 @@ pub struct RunFigures {
 pub struct Floor {
     pub fdatasync_p50_us: u64,
     pub quic_round_trip_p50_us: u64,
-    /// The disk's own tail with `FSYNC_TAIL_WRITERS` appenders at once (three WALs on one
-    /// disk): every put waits for two fdatasyncs (the leader's and a follower's), so a put's
-    /// tail cannot be much below this.
+    /// One fdatasync's latency with `FSYNC_TAIL_WRITERS` appenders at once (three WALs on one
+    /// disk).
     pub fdatasync_concurrent_p99_us: u64,
     pub fdatasync_concurrent_p999_us: u64,
+    /// What a put waits for on that disk alone (no network, no CPU work): two of the three
+    /// writers having finished a sync begun after it arrived (`probe::commit_latencies_us`).
+    /// A put's latency cannot be below this, percentile by percentile.
+    pub disk_commit_p50_us: u64,
+    pub disk_commit_p99_us: u64,
+    pub disk_commit_p999_us: u64,
+    /// Thread CPU per append + fdatasync of the single writer, in microseconds.
+    pub fdatasync_cpu_us: f64,
+    /// CPU per loopback UDP message that wakes its receiver, both threads counted.
+    pub wakeup_message_cpu_us: f64,
 }
 
 /// Runs the comparison; prints progress on stderr and the table on stdout.
@@ -176,12 +193,16 @@ pub fn run(args: &CompareArgs, seed: u64) -> Result<PathBuf, CompareError> {
     let floor = measure_floor(&dir)?;
     eprintln!(
         "compare: floor: fdatasync p50 {} us, QUIC round trip p50 {} us; {} writers at once: \
-         fdatasync p99 {} us, p99.9 {} us",
+         fdatasync p99 {} us, p99.9 {} us, a put on the disk alone p99.9 {} us; CPU per \
+         fdatasync {:.1} us, per waking message {:.1} us",
         floor.fdatasync_p50_us,
         floor.quic_round_trip_p50_us,
         FSYNC_TAIL_WRITERS,
         floor.fdatasync_concurrent_p99_us,
-        floor.fdatasync_concurrent_p999_us
+        floor.fdatasync_concurrent_p999_us,
+        floor.disk_commit_p999_us,
+        floor.fdatasync_cpu_us,
+        floor.wakeup_message_cpu_us
     );
     let mut runs = Vec::new();
     for round in 1..=args.rounds {
@@ -406,79 +427,71 @@ pub fn table(cases: &[Case], runs: &[RunFigures], floor: &Floor) -> String {
         floor_us,
         2.0 * floor_us as f64 / 1000.0
     ));
+    let ms = |us: u64| us as f64 / 1000.0;
     text.push_str(&format!(
-        "disk tail: {} writers appending and fdatasyncing at once: p99 {:.3} ms, p99.9 {:.3} ms \
-         (every put waits for two fdatasyncs)\n",
+        "disk tail: {} writers appending and fdatasyncing at once: one fdatasync p99 {:.3} ms, \
+         p99.9 {:.3} ms;\n  a put on this disk alone (synced by {} of {}, no network, no CPU): \
+         p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms\n",
         FSYNC_TAIL_WRITERS,
-        floor.fdatasync_concurrent_p99_us as f64 / 1000.0,
-        floor.fdatasync_concurrent_p999_us as f64 / 1000.0
+        ms(floor.fdatasync_concurrent_p99_us),
+        ms(floor.fdatasync_concurrent_p999_us),
+        COMMIT_QUORUM,
+        FSYNC_TAIL_WRITERS,
+        ms(floor.disk_commit_p50_us),
+        ms(floor.disk_commit_p99_us),
+        ms(floor.disk_commit_p999_us)
+    ));
+    text.push_str(&format!(
+        "machine costs: an append + fdatasync takes {:.1} us of CPU, a loopback message that \
+         wakes its receiver {:.1} us (node CPU per op counts these)\n",
+        floor.fdatasync_cpu_us, floor.wakeup_message_cpu_us
     ));
     text
 }
 
-/// Appends `FSYNC_APPEND_BYTES` to a new file at `path` and fdatasyncs it, `count` times or
-/// until `deadline`; the fdatasync latencies in microseconds. The file is removed.
-fn fdatasync_samples(
-    path: &Path,
-    count: usize,
-    deadline: Option<Instant>,
-) -> std::io::Result<Vec<u64>> {
-    let mut file = File::create(path)?;
-    let block = vec![0x5a_u8; FSYNC_APPEND_BYTES];
-    let mut samples = Vec::with_capacity(count);
-    while samples.len() < count && deadline.is_none_or(|end| Instant::now() < end) {
-        file.write_all(&block)?;
-        let started = Instant::now();
-        file.sync_data()?;
-        samples.push(started.elapsed().as_micros() as u64);
-    }
-    drop(file);
-    std::fs::remove_file(path)?;
-    Ok(samples)
-}
-
-/// fdatasync latency percentiles (p99, p99.9, microseconds) with `FSYNC_TAIL_WRITERS` threads
-/// each appending `FSYNC_APPEND_BYTES` to a file of its own in `dir` and syncing, at once.
-fn measure_disk_tail(dir: &Path) -> Result<(u64, u64), CompareError> {
-    let deadline = Instant::now() + std::time::Duration::from_millis(FSYNC_TAIL_MS_MAX);
-    let writers: Vec<_> = (0..FSYNC_TAIL_WRITERS)
-        .map(|writer| {
-            let path = dir.join(format!("fsync-tail-probe-{writer}"));
-            std::thread::spawn(move || {
-                fdatasync_samples(&path, FSYNC_TAIL_SAMPLES_PER_WRITER, Some(deadline))
-            })
-        })
-        .collect();
-    let mut samples = Vec::new();
-    for writer in writers {
-        let written = writer
-            .join()
-            .map_err(|_| io("fsync tail probe")(std::io::Error::other("writer panicked")))?;
-        samples.extend(written.map_err(io("fsync tail probe"))?);
-    }
-    samples.sort_unstable();
-    let at = |q: f64| {
-        let rank = ((samples.len() as f64 * q).ceil() as usize).saturating_sub(1);
-        samples.get(rank).copied().unwrap_or(0)
-    };
-    Ok((at(0.99), at(0.999)))
-}
-
-/// p50 of one fdatasync after a small append in `dir`, and of a status round trip to a node
-/// of a fresh embedded cluster.
+/// The floor's probes: one writer's fdatasync p50 and CPU, a status round trip to a node of a
+/// fresh embedded cluster, `FSYNC_TAIL_WRITERS` writers at once, and loopback wake-ups.
 fn measure_floor(dir: &Path) -> Result<Floor, CompareError> {
     let path = dir.join("fsync-probe");
-    let samples = fdatasync_samples(&path, FSYNC_SAMPLES as usize, None)
-        .map_err(io(path.display().to_string()))?;
-    let samples = samples.into_iter().map(|us| us as f64).collect();
-    let fdatasync_p50_us = median(samples).unwrap_or(0.0) as u64;
+    let single = probe::fdatasync_samples(
+        &path,
+        FSYNC_APPEND_BYTES,
+        FSYNC_SAMPLES as usize,
+        None,
+        Instant::now(),
+    )
+    .map_err(io(path.display().to_string()))?;
+    let mut durations: Vec<u64> = single.syncs.iter().map(probe::Sync::duration_us).collect();
+    durations.sort_unstable();
     let quic_round_trip_p50_us = quic_round_trip_p50_us()?;
-    let (fdatasync_concurrent_p99_us, fdatasync_concurrent_p999_us) = measure_disk_tail(dir)?;
+    let deadline = Instant::now() + Duration::from_millis(FSYNC_TAIL_MS_MAX);
+    let writers = probe::disk_writers(
+        dir,
+        FSYNC_TAIL_WRITERS,
+        FSYNC_APPEND_BYTES,
+        FSYNC_TAIL_SAMPLES_PER_WRITER,
+        deadline,
+    )
+    .map_err(io("fsync tail probe"))?;
+    let mut concurrent: Vec<u64> = (writers.iter())
+        .flat_map(|w| w.syncs.iter().map(probe::Sync::duration_us))
+        .collect();
+    concurrent.sort_unstable();
+    let syncs: Vec<Vec<probe::Sync>> = writers.into_iter().map(|w| w.syncs).collect();
+    let mut commit = probe::commit_latencies_us(&syncs, COMMIT_QUORUM, COMMIT_ARRIVAL_STEP_US);
+    commit.sort_unstable();
+    let wakeup_message_cpu_us =
+        probe::wakeup_message_cpu_us(WAKEUP_ROUND_TRIPS).map_err(io("loopback wake-up probe"))?;
     Ok(Floor {
-        fdatasync_p50_us,
+        fdatasync_p50_us: probe::quantile(&durations, 0.5),
         quic_round_trip_p50_us,
-        fdatasync_concurrent_p99_us,
-        fdatasync_concurrent_p999_us,
+        fdatasync_concurrent_p99_us: probe::quantile(&concurrent, 0.99),
+        fdatasync_concurrent_p999_us: probe::quantile(&concurrent, 0.999),
+        disk_commit_p50_us: probe::quantile(&commit, 0.5),
+        disk_commit_p99_us: probe::quantile(&commit, 0.99),
+        disk_commit_p999_us: probe::quantile(&commit, 0.999),
+        fdatasync_cpu_us: single.cpu_us_per_sync().unwrap_or(0.0),
+        wakeup_message_cpu_us,
     })
 }
 

@@ -17,6 +17,7 @@ pub mod etcd;
 pub mod history;
 pub mod index;
 pub mod output;
+pub mod probe;
 pub mod report;
 pub mod rng;
 pub mod runner;

@@ -69,6 +69,8 @@ fn compare_prints_both_sides_and_stops_etcd() {
         "get-stale  kv/etcd",
         "floor of one put",
         "disk tail: 3 writers",
+        "a put on this disk alone (synced by 2 of 3",
+        "machine costs: an append + fdatasync takes",
     ] {
         assert!(stdout.contains(needle), "{needle:?} missing:\n{stdout}");
     }
@@ -95,6 +97,18 @@ fn compare_prints_both_sides_and_stops_etcd() {
     let p99 = json["floor"]["fdatasync_concurrent_p99_us"].as_u64();
     let p999 = json["floor"]["fdatasync_concurrent_p999_us"].as_u64();
     assert!(p99 > Some(0) && p999 >= p99, "{json}");
+    let floor = &json["floor"];
+    let commit: Vec<Option<u64>> = ["p50", "p99", "p999"]
+        .iter()
+        .map(|q| floor[format!("disk_commit_{q}_us")].as_u64())
+        .collect();
+    assert!(
+        commit[0] > Some(0) && commit[1] >= commit[0] && commit[2] >= commit[1],
+        "{json}"
+    );
+    for cost in ["fdatasync_cpu_us", "wakeup_message_cpu_us"] {
+        assert!(floor[cost].as_f64() > Some(0.0), "{cost}: {json}");
+    }
     let probes_left: Vec<_> = std::fs::read_dir(&run)
         .expect("run directory")
         .filter_map(|entry| entry.ok())
