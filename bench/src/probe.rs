@@ -117,21 +117,15 @@ pub fn disk_writers(
 /// the writers hold it. Only arrivals that every writer serves in full are counted. Latencies
 /// in microseconds, in arrival order.
 pub fn commit_latencies_us(writers: &[Vec<Sync>], quorum: usize, step_us: u64) -> Vec<u64> {
-    let (Some(first), Some(last)) = (
-        (writers.iter())
-            .map(|syncs| syncs.first().map(|s| s.start_us))
-            .max()
-            .flatten(),
-        (writers.iter())
-            .map(|syncs| syncs.last().map(|s| s.start_us))
-            .min()
-            .flatten(),
-    ) else {
-        return Vec::new();
-    };
-    if quorum == 0 || quorum > writers.len() || step_us == 0 {
+    if quorum == 0 || quorum > writers.len() || step_us == 0 || writers.iter().any(Vec::is_empty) {
         return Vec::new();
     }
+    // From the last writer's first sync to the first writer's last: every arrival in between
+    // has, on every writer, a sync that starts at or after it.
+    let first_starts = writers.iter().filter_map(|syncs| syncs.first());
+    let first = first_starts.map(|s| s.start_us).max().unwrap_or(0);
+    let last_starts = writers.iter().filter_map(|syncs| syncs.last());
+    let last = last_starts.map(|s| s.start_us).min().unwrap_or(0);
     let mut latencies = Vec::new();
     let mut next = vec![0usize; writers.len()];
     let mut ends = Vec::with_capacity(writers.len());
@@ -142,14 +136,10 @@ pub fn commit_latencies_us(writers: &[Vec<Sync>], quorum: usize, step_us: u64) -
             while syncs.get(*next).is_some_and(|s| s.start_us < arrival) {
                 *next += 1;
             }
-            if let Some(sync) = syncs.get(*next) {
-                ends.push(sync.end_us);
-            }
+            ends.extend(syncs.get(*next).map(|s| s.end_us));
         }
-        if ends.len() == writers.len() {
-            ends.sort_unstable();
-            latencies.push(ends[quorum - 1] - arrival);
-        }
+        ends.sort_unstable();
+        latencies.extend(ends.get(quorum - 1).map(|end| end - arrival));
         arrival += step_us;
     }
     latencies

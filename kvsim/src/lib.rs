@@ -361,15 +361,14 @@ impl Sim {
         let (checker, clients) = (&mut self.checker, &mut self.clients);
         if io {
             core.drive_io_inspect(|ready, raw| {
+                // The commit index is read from the node, not from `ready.hard_state`: a
+                // change of the commit index alone is not handed out to persist.
+                let status = raw.status();
                 if ready.soft_state.is_some_and(|s| s.role == Role::Leader) {
                     new_leader = true;
-                    let status = raw.status();
                     errors.extend(checker.check_leader(status.id, status.term, raw).err());
                 }
                 errors.extend(checker.check_appended(Some(raw), &ready.entries).err());
-                // Read from the node, not from `ready.hard_state`: a change of the commit
-                // index alone is not handed out to persist.
-                let status = raw.status();
                 if status.role == Role::Leader {
                     checker.record_leader_commit(status.commit_index, raw.membership());
                 }
